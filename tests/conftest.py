@@ -1,0 +1,158 @@
+"""Shared fixtures: real processes on loopback, free ports, bounded waits, leak checks.
+
+Every fixture here starts a *real* thing (mosquitto, socat) on 127.0.0.1 and waits for
+readiness with a deadline instead of sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.05,
+               message: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {message}")
+        time.sleep(interval_s)
+
+
+def port_open(port: int, host: str = LOOPBACK) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Broker:
+    """A mosquitto process on loopback that a test may stop and start again."""
+
+    host: str
+    port: int
+    config_path: Path
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [_mosquitto_binary(), "-c", str(self.config_path)],
+            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: port_open(self.port), timeout_s=10, message=f"mosquitto on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.process = None
+
+
+def _mosquitto_binary() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    pytest.fail("mosquitto is not installed: run ./scripts/test, which installs it")
+
+
+def make_broker(directory: Path, extra_config: str = "") -> Broker:
+    """Write a mosquitto config for a free loopback port (anonymous, no persistence)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = directory / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} {LOOPBACK}\n"
+        "allow_anonymous true\n"
+        "persistence false\n"
+        "log_dest stdout\n"
+        "max_inflight_messages 100\n"
+        "max_queued_messages 100000\n"
+        + extra_config
+    )
+    return Broker(LOOPBACK, port, config, directory / "mosquitto.log")
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A fresh mosquitto broker for one test."""
+    broker = make_broker(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@dataclass
+class PtyPair:
+    """Two connected pseudo-terminals made by socat: a meter on one end, the gateway on the other."""
+
+    device_side: str
+    gateway_side: str
+
+
+@pytest.fixture
+def pty_pair(tmp_path: Path) -> Iterator[PtyPair]:
+    socat = shutil.which("socat")
+    if socat is None:
+        pytest.fail("socat is not installed: run ./scripts/test, which installs it")
+    a, b = tmp_path / "ttyDEVICE", tmp_path / "ttyGATEWAY"
+    process = subprocess.Popen(
+        [socat, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: a.exists() and b.exists(), timeout_s=10, message="socat pty pair")
+        yield PtyPair(str(a), str(b))
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves threads running (pymodbus ``system_health_check`` in spirit)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()
+                  and not t.name.startswith(("pydevd", "asyncio_"))]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"
