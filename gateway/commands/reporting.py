@@ -1,7 +1,85 @@
-"""CLI commands of this area; ``gateway.cli`` adds everything in ``COMMANDS``."""
+"""CLI commands of the reporting area: ``report`` and ``import``.
+
+They parse arguments, call ``local_store`` and turn its errors into ``click.ClickException``.
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import date
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from gateway.paths import DEFAULT_DATA_DIR
+from local_store import StoreError, open_store
+from local_store.reports import BY_CHOICES, build_report
+
+_DATA_DIR = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help=f"State directory holding gateway.db (default: {DEFAULT_DATA_DIR}, or $CARBON_GATEWAY_DATA_DIR).")
+
+
+def _store_path(data_dir: Path | None, must_exist: bool) -> Path:
+    path = (data_dir or DEFAULT_DATA_DIR) / "gateway.db"
+    if must_exist and not path.exists():
+        raise click.ClickException(
+            f"{path}: no gateway database here: run `carbon-gateway run` first, or pass --data-dir DIR "
+            f"pointing at the gateway's state directory")
+    return path
+
+
+@click.command("report")
+@click.option("--from", "start", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="First day of the period (YYYY-MM-DD, local time).")
+@click.option("--to", "end", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="Day after the period (exclusive): --from 2026-01-01 --to 2027-01-01 is the year 2026.")
+@click.option("--by", type=click.Choice(BY_CHOICES), default="source", show_default=True,
+              help="How to break the total down.")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "html"]), default="json", show_default=True)
+@click.option("--method", type=click.Choice(["location", "market"]), default=None,
+              help="Electricity method for total_tco2e (default: the gateway's setting).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file instead of standard output.")
+@_DATA_DIR
+def report(start, end, by: str, fmt: str, method: str | None, output: Path | None, data_dir: Path | None) -> None:
+    """Emissions for a period: total tCO2e, by scope, by source, factors used, data quality."""
+    from local_store import reports as r
+
+    path = _store_path(data_dir, must_exist=True)
+    try:
+        with open_store(path) as store:
+            store.process()     # include readings stored since the daemon's last run
+            data = build_report(store, start.date(), end.date(), by=by, method=method)  # type: ignore[arg-type]
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    if fmt == "json":
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    elif fmt == "csv":
+        text = r.render_csv(data)
+    else:
+        text = r.render_html(data)
+    if output:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_DATA_DIR
+def import_(file: Path, data_dir: Path | None) -> None:
+    """Import activity data or meter readings from a CSV file, all or nothing (see docs/import.md)."""
+    from local_store.importer import import_csv
+
+    path = _store_path(data_dir, must_exist=False)
+    try:
+        with open_store(path) as store:
+            result = import_csv(store, file)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.summary())
+
+
+COMMANDS: list[click.Command] = [report, import_]

@@ -1,0 +1,151 @@
+"""The emission metering model: activity data x emission factor, vectorised over intervals.
+
+- Purchased electricity (location-based): E = AD_MWh x EF_grid (tCO2/MWh).        Scope 2, ISO cat. 2
+- Purchased heat / steam: E = AD_GJ x EF_heat (tCO2/GJ).                          Scope 2, ISO cat. 2
+- Fuel combustion (GB/T 32150, national guidelines):                              Scope 1, ISO cat. 1
+    AD_GJ = FC x NCV;  EF = CC (tC/GJ) x OF x 44/12;  E_CO2 = AD_GJ x EF
+    optional E_CH4 = AD_GJ x EF_CH4, E_N2O = AD_GJ x EF_N2O, CO2e = CO2 + GWP_CH4 CH4 + GWP_N2O N2O
+- Exported electricity / heat: the same factor with a negative sign (net purchase, as the national
+  guidelines account it); reports keep the exported rows visible separately.
+The market-based method needs the whole period's instruments, so it is in ``reports``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Literal
+
+import numpy as np
+
+from local_store.errors import FactorError
+from local_store.factors import Factor, FactorLibrary, missing_factor_error
+from local_store.units import activity as get_activity
+
+#: Global warming potentials (100 years). AR5: IPCC 2013 WG1 Table 8.7. AR6: IPCC 2021 WG1 Table 7.15,
+#: with fossil methane (29.8) because the sources here burn fossil fuels.
+GWP: dict[str, dict[str, float]] = {
+    "AR5": {"CH4": 28.0, "N2O": 265.0},
+    "AR6": {"CH4": 29.8, "N2O": 273.0},
+}
+C_TO_CO2 = 44.0 / 12.0
+
+Method = Literal["location", "market"]
+
+
+@dataclass(frozen=True)
+class EmissionSettings:
+    """How the gateway computes emissions; ``gateway.config`` builds it from ``[emissions]``.
+
+    :param region: grid region of the electricity factor (``national``, ``national_ets``, or a
+        region a custom factor file defines).
+    :param method: which electricity figure goes into ``total_tco2e``; reports show both.
+    :param include_ch4_n2o: add CH4 and N2O of combustion as CO2e with ``gwp``.
+    :param factor_files: extra factor files (a site's own values), read after the shipped library.
+    """
+
+    region: str = "national"
+    method: Method = "location"
+    include_ch4_n2o: bool = False
+    gwp: Literal["AR5", "AR6"] = "AR6"
+    factor_files: tuple[str, ...] = ()
+    interval_s: int = 900
+
+
+@dataclass
+class EmissionArrays:
+    """Per-row results of :func:`compute` (same length as the input)."""
+
+    energy_gj: np.ndarray
+    co2_t: np.ndarray
+    ch4_t: np.ndarray
+    n2o_t: np.ndarray
+    co2e_t: np.ndarray
+    factor_id: list[str]
+    factor_version: list[int]
+    factor_refs: list[str]
+    used: list[Factor]
+
+
+def _select(library: FactorLibrary, activity: str, parameter: str, region: str, ts: np.ndarray,
+            place: str, fallback_national: bool) -> tuple[list[Factor], np.ndarray]:
+    cands, idx = library.select_many(activity, parameter, region, ts)
+    if fallback_national and region != "national" and (idx < 0).any():
+        # Fuel parameters are national defaults; a site region only overrides them when it has its own.
+        n_cands, n_idx = library.select_many(activity, parameter, "national", ts)
+        missing = idx < 0
+        idx = np.where(missing & (n_idx >= 0), n_idx + len(cands), idx)
+        cands = cands + n_cands
+    if (idx < 0).any():
+        first = float(ts[np.flatnonzero(idx < 0)[0]])
+        raise missing_factor_error(activity, parameter, region, first, place)
+    return cands, idx
+
+
+def compute(activity_name: str, start_ts: np.ndarray, amount: np.ndarray, library: FactorLibrary,
+            settings: EmissionSettings, place: str) -> EmissionArrays:
+    """Emissions for amounts (in the activity's canonical unit) of one activity.
+
+    The factor valid at each row's start time is used.
+
+    :param place: names the source for error messages (e.g. ``source boiler-1``).
+    :raises FactorError: when a factor is missing for some period; nothing is computed.
+    """
+    act = get_activity(activity_name)
+    ts = np.asarray(start_ts, dtype=np.float64)
+    amount = np.asarray(amount, dtype=np.float64)
+    n = len(ts)
+    sign = -1.0 if act.export else 1.0
+    zeros = np.zeros(n)
+    base = activity_name.removesuffix("_export")
+    if n == 0:
+        return EmissionArrays(zeros, zeros, zeros, zeros, zeros, [], [], [], [])
+    ch4 = n2o = zeros
+    if act.kind in ("electricity", "heat"):
+        cands, idx = _select(library, base, "ef", settings.region if act.kind == "electricity" else settings.region,
+                             ts, place, fallback_national=act.kind == "heat")
+        ef = np.array([c.value_si for c in cands])[idx]
+        co2 = sign * amount * ef
+        energy = amount * (3.6 if act.kind == "electricity" else 1.0)
+        groups = [(cands, idx)]
+        primary = (cands, idx)
+    else:
+        ncv_c, ncv_i = _select(library, base, "ncv", settings.region, ts, place, True)
+        cc_c, cc_i = _select(library, base, "carbon_content", settings.region, ts, place, True)
+        of_c, of_i = _select(library, base, "oxidation", settings.region, ts, place, True)
+        energy = amount * np.array([c.value_si for c in ncv_c])[ncv_i]
+        ef = np.array([c.value_si for c in cc_c])[cc_i] * np.array([c.value_si for c in of_c])[of_i] * C_TO_CO2
+        co2 = energy * ef
+        groups = [(ncv_c, ncv_i), (cc_c, cc_i), (of_c, of_i)]
+        primary = (cc_c, cc_i)
+        if settings.include_ch4_n2o:
+            ch4_c, ch4_i = _select(library, base, "ch4", settings.region, ts, place, True)
+            n2o_c, n2o_i = _select(library, base, "n2o", settings.region, ts, place, True)
+            ch4 = energy * np.array([c.value_si for c in ch4_c])[ch4_i]
+            n2o = energy * np.array([c.value_si for c in n2o_c])[n2o_i]
+            groups += [(ch4_c, ch4_i), (n2o_c, n2o_i)]
+    gwp = GWP[settings.gwp]
+    co2e = co2 + gwp["CH4"] * ch4 + gwp["N2O"] * n2o
+    # Factor references per row: one string per distinct combination of selected factors.
+    stacked = np.stack([i for _, i in groups], axis=1)
+    combos, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    combo_refs = [",".join(groups[g][0][int(k)].ref for g, k in enumerate(row)) for row in combos]
+    refs = [combo_refs[k] for k in inverse]
+    p_cands, p_idx = primary
+    used_ids = {id(groups[g][0][int(k)]): groups[g][0][int(k)] for row in combos for g, k in enumerate(row)}
+    return EmissionArrays(
+        energy_gj=energy, co2_t=co2, ch4_t=ch4, n2o_t=n2o, co2e_t=co2e,
+        factor_id=[p_cands[k].id for k in p_idx], factor_version=[p_cands[k].version for k in p_idx],
+        factor_refs=refs, used=list(used_ids.values()),
+    )
+
+
+def period_text(start_ts: float, end_ts: float) -> str:
+    fmt = "%Y-%m-%d %H:%M"
+    a = datetime.fromtimestamp(start_ts, timezone.utc).strftime(fmt)
+    b = datetime.fromtimestamp(end_ts, timezone.utc).strftime(fmt)
+    return f"{a}..{b} UTC"
+
+
+__all__ = ["GWP", "EmissionSettings", "EmissionArrays", "compute", "FactorError", "period_text"]

@@ -1,0 +1,247 @@
+"""Emission factor library: versioned TOML files under ``config/factors/`` plus the user's own.
+
+A file has a ``[library]`` table (``name``, integer ``version``, ``priority``), an optional
+``[defaults]`` table merged into every entry, and ``[[factors]]`` entries with ``id``, ``activity``,
+``parameter``, ``value``, ``unit``, ``region``, ``year``, ``valid_from``, optional ``valid_to``
+(exclusive) and ``source``. A factor's identity is ``(id, version)``; a factor's version is the
+entry's ``version`` or else the file's.
+
+Selection for an activity period: among entries with the activity, parameter and region whose
+validity covers the time, the highest ``priority`` wins, then the newest ``year``, then the highest
+version. A custom file therefore overrides a shipped value by using ``priority = 100``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from local_store.errors import FactorError
+from local_store.units import ACTIVITIES
+
+#: The shipped library; CARBON_GATEWAY_CONFIG_DIR overrides it like gateway.paths does.
+DEFAULT_FACTORS_DIR = Path(os.environ.get(
+    "CARBON_GATEWAY_CONFIG_DIR", Path(__file__).resolve().parent.parent / "config")) / "factors"
+
+# parameter -> accepted units and the multiplier to the unit the model computes with.
+_PARAMETER_UNITS: dict[str, dict[str, float]] = {
+    "ef": {"tCO2/MWh": 1.0, "kgCO2/kWh": 1.0, "tCO2/GJ": 1.0},
+    "residual_mix": {"tCO2/MWh": 1.0, "kgCO2/kWh": 1.0},
+    "ncv": {"GJ/t": 1.0, "GJ/m3": 1.0, "GJ/10^4 Nm3": 1e-4, "GJ/10^4 m3": 1e-4, "MJ/m3": 1e-3, "MJ/kg": 1.0},
+    "carbon_content": {"tC/GJ": 1.0, "tC/TJ": 1e-3},
+    "oxidation": {"%": 0.01, "fraction": 1.0},
+    "ch4": {"kg/TJ": 1e-9, "t/GJ": 1.0},      # -> tCH4 per GJ
+    "n2o": {"kg/TJ": 1e-9, "t/GJ": 1.0},
+}
+# Electricity factors are per MWh, heat per GJ; a wrong pairing is a unit error in the file.
+_EF_UNIT_BY_KIND = {"electricity": {"tCO2/MWh", "kgCO2/kWh"}, "heat": {"tCO2/GJ"}}
+_ENTRY_KEYS = {"id", "activity", "parameter", "value", "unit", "region", "year", "valid_from",
+               "valid_to", "source", "version", "gas", "description"}
+_REQUIRED = ("id", "activity", "parameter", "value", "unit", "region", "year", "valid_from", "source")
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One factor value as read from a file; ``value_si`` is in the unit the model uses."""
+
+    id: str
+    version: int
+    activity: str
+    parameter: str
+    value: float
+    unit: str
+    region: str
+    year: int
+    valid_from: date
+    valid_to: date | None
+    source: str
+    file: str
+    priority: int = 0
+
+    @property
+    def value_si(self) -> float:
+        return self.value * _PARAMETER_UNITS[self.parameter][self.unit]
+
+    @property
+    def ref(self) -> str:
+        """``id@version``, the reference stored in every emission row."""
+        return f"{self.id}@{self.version}"
+
+    @property
+    def valid_from_ts(self) -> float:
+        return _date_ts(self.valid_from)
+
+    @property
+    def valid_to_ts(self) -> float:
+        return _date_ts(self.valid_to) if self.valid_to else float("inf")
+
+    def covers(self, ts: float) -> bool:
+        return self.valid_from_ts <= ts < self.valid_to_ts
+
+
+def _date_ts(d: date) -> float:
+    # Validity dates are calendar dates in China Standard Time, where the published factors apply.
+    return datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp() - 8 * 3600
+
+
+@dataclass(frozen=True)
+class FactorLibrary:
+    """All factors from a set of files, with selection by activity, parameter, region and time."""
+
+    factors: tuple[Factor, ...]
+    files: tuple[str, ...]
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever any factor's value, unit, validity or version changes."""
+        h = hashlib.sha256()
+        for f in sorted(self.factors, key=lambda f: (f.id, f.version, f.valid_from)):
+            h.update(repr((f.id, f.version, f.value, f.unit, f.region, f.valid_from, f.valid_to,
+                           f.activity, f.parameter, f.priority)).encode())
+        return h.hexdigest()[:16]
+
+    def candidates(self, activity: str, parameter: str, region: str) -> list[Factor]:
+        """Entries for one activity/parameter/region, least preferred first."""
+        found = [f for f in self.factors
+                 if f.activity == activity and f.parameter == parameter and f.region == region]
+        return sorted(found, key=lambda f: (f.priority, f.year, f.version))
+
+    def select(self, activity: str, parameter: str, region: str, ts: float) -> Factor | None:
+        """The preferred factor valid at epoch ``ts``, or None."""
+        best = None
+        for f in self.candidates(activity, parameter, region):
+            if f.covers(ts):
+                best = f
+        return best
+
+    def select_many(self, activity: str, parameter: str, region: str,
+                    ts: np.ndarray) -> tuple[list[Factor], np.ndarray]:
+        """Vectorised :meth:`select`: the candidates and, per timestamp, an index into them (-1: none)."""
+        cands = self.candidates(activity, parameter, region)
+        index = np.full(ts.shape, -1, dtype=np.int32)
+        for i, f in enumerate(cands):      # later (preferred) candidates paint over earlier ones
+            index[(ts >= f.valid_from_ts) & (ts < f.valid_to_ts)] = i
+        return cands, index
+
+    def require(self, activity: str, parameter: str, region: str, ts: float, place: str) -> Factor:
+        """Like :meth:`select` but a missing factor is an error that names the place and the fix.
+
+        :raises FactorError: when no factor covers the time.
+        """
+        f = self.select(activity, parameter, region, ts)
+        if f is None:
+            raise missing_factor_error(activity, parameter, region, ts, place)
+        return f
+
+
+def missing_factor_error(activity: str, parameter: str, region: str, ts: float, place: str) -> FactorError:
+    when = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return FactorError(
+        f"{place}: no emission factor {parameter!r} for {activity} in region {region!r} valid at {when}: "
+        f"add one to a custom file in config/factors/ (activity = \"{activity}\", parameter = "
+        f"\"{parameter}\", region = \"{region}\", valid_from/valid_to covering that date), "
+        f"see docs/models.md")
+
+
+def default_factor_files() -> list[Path]:
+    return sorted(DEFAULT_FACTORS_DIR.glob("*.toml"))
+
+
+def load_library(paths: Iterable[Path] | None = None) -> FactorLibrary:
+    """Load factor files (default: every ``*.toml`` in the shipped ``config/factors/``).
+
+    :raises FactorError: naming the file, the entry and the fix for any malformed entry, or two
+        entries with the same id, version and validity start.
+    """
+    files = list(paths) if paths is not None else default_factor_files()
+    factors: list[Factor] = []
+    for path in files:
+        factors.extend(_load_file(Path(path)))
+    seen: dict[tuple[str, int, date], str] = {}
+    for f in factors:
+        key = (f.id, f.version, f.valid_from)
+        if key in seen:
+            raise FactorError(f"{f.file}: factor {f.id!r} version {f.version} valid from {f.valid_from} is "
+                              f"also defined in {seen[key]}: give the new value a higher version")
+        seen[key] = f.file
+    return FactorLibrary(tuple(factors), tuple(str(p) for p in files))
+
+
+def _load_file(path: Path) -> list[Factor]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FactorError(f"{path}: cannot read factor file: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise FactorError(f"{path}: not valid TOML: {exc}: fix the syntax") from exc
+    library = data.get("library", {})
+    version = library.get("version", 1)
+    priority = library.get("priority", 0)
+    if not isinstance(version, int) or not isinstance(priority, int):
+        raise FactorError(f"{path}: [library] version and priority must be integers, "
+                          f"got version = {version!r}, priority = {priority!r}")
+    defaults = data.get("defaults", {})
+    entries = data.get("factors", [])
+    if not isinstance(entries, list):
+        raise FactorError(f"{path}: 'factors' must be an array of tables ([[factors]])")
+    out = []
+    for i, raw in enumerate(entries):
+        entry = {**defaults, **raw}
+        place = f"{path.name}: factors[{i}]" + (f" ({entry['id']})" if "id" in entry else "")
+        out.append(_parse_entry(entry, place, str(path), version, priority))
+    return out
+
+
+def _parse_entry(entry: dict, place: str, file: str, version: int, priority: int) -> Factor:
+    unknown = set(entry) - _ENTRY_KEYS
+    if unknown:
+        raise FactorError(f"{place}: unknown key {sorted(unknown)[0]!r}: use only {', '.join(sorted(_ENTRY_KEYS))}")
+    for key in _REQUIRED:
+        if key not in entry:
+            raise FactorError(f"{place}: missing key {key!r}: add it (see docs/models.md)")
+    activity, parameter, unit = entry["activity"], entry["parameter"], entry["unit"]
+    if activity not in ACTIVITIES:
+        raise FactorError(f"{place}: activity = {activity!r}: use one of {', '.join(sorted(ACTIVITIES))}")
+    if parameter not in _PARAMETER_UNITS:
+        raise FactorError(f"{place}: parameter = {parameter!r}: use one of {', '.join(_PARAMETER_UNITS)}")
+    units = _PARAMETER_UNITS[parameter]
+    kind = ACTIVITIES[activity].kind
+    if parameter == "ef":
+        units = {u: m for u, m in units.items() if u in _EF_UNIT_BY_KIND.get(kind, set())}
+    if unit not in units:
+        raise FactorError(f"{place}: unit = {unit!r}: for {parameter} of {activity} use one of {', '.join(units)}")
+    value = entry["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise FactorError(f"{place}: value = {value!r}: use a number >= 0")
+    valid_from, valid_to = entry["valid_from"], entry.get("valid_to")
+    if not isinstance(valid_from, date) or (valid_to is not None and not isinstance(valid_to, date)):
+        raise FactorError(f"{place}: valid_from/valid_to must be TOML dates like 2025-01-01")
+    if isinstance(valid_from, datetime) or isinstance(valid_to, datetime):
+        raise FactorError(f"{place}: valid_from/valid_to must be dates without a time, like 2025-01-01")
+    if valid_to is not None and valid_to <= valid_from:
+        raise FactorError(f"{place}: valid_to {valid_to} is not after valid_from {valid_from}: fix the period")
+    entry_version = entry.get("version", version)
+    if not isinstance(entry_version, int) or isinstance(entry_version, bool):
+        raise FactorError(f"{place}: version = {entry_version!r}: use an integer")
+    if not isinstance(entry["year"], int):
+        raise FactorError(f"{place}: year = {entry['year']!r}: use the data year as an integer")
+    return Factor(
+        id=str(entry["id"]), version=entry_version, activity=activity, parameter=parameter,
+        value=float(value), unit=unit, region=str(entry["region"]), year=entry["year"],
+        valid_from=valid_from, valid_to=valid_to, source=str(entry["source"]), file=file, priority=priority,
+    )
+
+
+def describe(factors: Sequence[Factor]) -> list[dict]:
+    """Plain dicts for reports and the web UI's factor page."""
+    return [{"id": f.id, "version": f.version, "activity": f.activity, "parameter": f.parameter,
+             "value": f.value, "unit": f.unit, "region": f.region, "year": f.year,
+             "valid_from": f.valid_from.isoformat(), "valid_to": f.valid_to.isoformat() if f.valid_to else None,
+             "source": f.source} for f in factors]

@@ -1,0 +1,297 @@
+"""Emission reports by period, scope, ISO 14064-1 category and source; dashboard summaries.
+
+Every figure comes from the current (not superseded) rows of the ``emissions`` table. A row that
+straddles the report's edge counts with the share of its time inside the period, so yearly activity
+data and the still-open 15-minute interval both add up correctly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING, Literal
+
+from local_store.errors import ReportError
+
+if TYPE_CHECKING:
+    from local_store.db import Store
+
+By = Literal["day", "month", "source", "scope"]
+BY_CHOICES = ("day", "month", "source", "scope")
+ISO_CATEGORY_NAMES = {
+    1: "Category 1: direct GHG emissions and removals",
+    2: "Category 2: indirect GHG emissions from imported energy",
+}
+
+_OVERLAP = ("(MIN(end_ts, :e) - MAX(start_ts, :s)) * 1.0 / MAX(end_ts - start_ts, 1)")
+
+
+def local_tz() -> tzinfo:
+    """The machine's local time zone (the gateway's site time)."""
+    tz = datetime.now().astimezone().tzinfo
+    assert tz is not None
+    return tz
+
+
+def _epoch(d: date, tz: tzinfo) -> float:
+    return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
+
+
+def _r(x: float | None, digits: int = 6) -> float:
+    return round(float(x or 0.0), digits)
+
+
+def build_report(store: Store, start: date, end: date, by: By = "source", tz: tzinfo | None = None,
+                 method: Literal["location", "market"] | None = None) -> dict:
+    """Emissions from ``start`` (inclusive) to ``end`` (exclusive), local dates.
+
+    :returns: a dict with ``total_tco2e`` (by ``method``, default the store's setting),
+        ``location_based_tco2e``, ``market_based_tco2e``, ``by_scope``, ``by_iso_category``,
+        ``by_source`` (consumption and unit per source), ``breakdown`` (rows per ``by``),
+        ``factors`` (id, version, value, unit, source) and ``data_quality``.
+    :raises ReportError: for an empty or reversed period, or a period without data (the message
+        says which period the store does hold).
+    """
+    if by not in BY_CHOICES:
+        raise ReportError(f"by = {by!r}: use one of {', '.join(BY_CHOICES)}")
+    if end <= start:
+        raise ReportError(f"period {start}..{end} is empty: --to must be after --from (the end date is exclusive)")
+    tz = tz or local_tz()
+    s, e = _epoch(start, tz), _epoch(end, tz)
+    offset = int(datetime(start.year, start.month, start.day, tzinfo=tz).utcoffset().total_seconds())  # type: ignore[union-attr]
+    method = method or store.settings.method
+    db = store.db
+    p = {"s": s, "e": e, "off": offset}
+    where = "superseded_at IS NULL AND start_ts < :e AND end_ts > :s"
+    per_source = db.execute(
+        f"SELECT source_id, activity, unit, scope, iso_category, SUM(amount * f), SUM(energy_gj * f), SUM(co2_t * f),"
+        f" SUM(ch4_t * f), SUM(n2o_t * f), SUM(co2e_t * f), SUM(amount * f * measured_fraction), COUNT(*),"
+        f" SUM(status != 'measured'), SUM(status = 'invalid')"
+        f" FROM (SELECT *, {_OVERLAP} AS f FROM emissions WHERE {where})"
+        f" GROUP BY source_id, activity ORDER BY source_id, activity", p).fetchall()
+    if not per_source:
+        raise ReportError(_no_data_message(store, start, end, tz))
+
+    by_source = []
+    by_scope = {"scope_1": 0.0, "scope_2": 0.0}
+    by_cat = {1: 0.0, 2: 0.0}
+    by_gas = {"co2_t": 0.0, "ch4_t": 0.0, "n2o_t": 0.0}
+    total = 0.0
+    weighted_measured = weighted_all = 0.0
+    intervals = estimated = invalid = 0
+    electricity_mwh = electricity_loc_t = 0.0
+    for (src, act, unit, scope, cat, amount, gj, co2, ch4, n2o, co2e, amount_measured, count, n_est, n_inv) in per_source:
+        share = (amount_measured / amount) if amount else 1.0
+        by_source.append({"source": src, "activity": act, "consumption": _r(amount), "unit": unit,
+                          "energy_gj": _r(gj), "co2_t": _r(co2), "ch4_t": _r(ch4, 9), "n2o_t": _r(n2o, 9),
+                          "tco2e": _r(co2e), "scope": scope, "iso_category": cat,
+                          "share_measured": _r(share, 4)})
+        by_scope[f"scope_{scope}"] += co2e
+        by_cat[cat] += co2e
+        by_gas["co2_t"] += co2
+        by_gas["ch4_t"] += ch4
+        by_gas["n2o_t"] += n2o
+        total += co2e
+        weighted_all += abs(co2e)
+        weighted_measured += abs(co2e) * share
+        intervals += count
+        estimated += n_est
+        invalid += n_inv
+        if act == "electricity":
+            electricity_mwh += amount
+            electricity_loc_t += co2e
+
+    market_total, market = _market_based(store, s, e, electricity_mwh, electricity_loc_t, total)
+    if method == "market" and market_total is None:
+        raise ReportError(f"market-based total for {start}..{end}: {market['note']}")
+    breakdown = _breakdown(db, by, p, where, by_source, by_scope)
+    factors = _factors_used(db, p, where)
+    share_measured = weighted_measured / weighted_all if weighted_all else 1.0
+    return {
+        "period": {"from": start.isoformat(), "to": end.isoformat(), "end_exclusive": True,
+                   "utc_offset": _offset_text(offset)},
+        "generated_at": datetime.now(tz).isoformat(timespec="seconds"),
+        "method": method,
+        "region": store.settings.region,
+        "gwp": store.settings.gwp,
+        "total_tco2e": _r(market_total if method == "market" and market_total is not None else total),
+        "location_based_tco2e": _r(total),
+        "market_based_tco2e": None if market_total is None else _r(market_total),
+        "market_based": market,
+        "by_scope": {k: _r(v) for k, v in by_scope.items()},
+        "by_iso_category": {ISO_CATEGORY_NAMES[k]: _r(v) for k, v in by_cat.items()},
+        "by_gas": {k: _r(v, 9) for k, v in by_gas.items()},
+        "by_source": by_source,
+        "by": by,
+        "breakdown": breakdown,
+        "factors": factors,
+        "data_quality": {
+            "share_measured": _r(share_measured, 4),
+            "share_estimated": _r(1.0 - share_measured, 4),
+            "intervals": intervals,
+            "intervals_estimated": estimated - invalid,
+            "intervals_invalid": invalid,
+            "readings": _reading_counts(db, s, e),
+        },
+    }
+
+
+def _offset_text(offset_s: int) -> str:
+    sign = "+" if offset_s >= 0 else "-"
+    h, m = divmod(abs(offset_s) // 60, 60)
+    return f"{sign}{h:02d}:{m:02d}"
+
+
+def _breakdown(db, by: str, p: dict, where: str, by_source: list[dict], by_scope: dict) -> list[dict]:
+    if by == "source":
+        return [{"key": r["source"], "activity": r["activity"], "tco2e": r["tco2e"]} for r in by_source]
+    if by == "scope":
+        return [{"key": k, "tco2e": _r(v)} for k, v in by_scope.items()]
+    fmt = "%Y-%m-%d" if by == "day" else "%Y-%m"
+    rows = db.execute(
+        f"SELECT strftime('{fmt}', MAX(start_ts, :s) + :off, 'unixepoch') AS k, scope, SUM(co2e_t * f)"
+        f" FROM (SELECT *, {_OVERLAP} AS f FROM emissions WHERE {where}) GROUP BY k, scope ORDER BY k", p).fetchall()
+    out: dict[str, dict] = {}
+    for k, scope, v in rows:
+        row = out.setdefault(k, {"key": k, "tco2e": 0.0, "scope_1": 0.0, "scope_2": 0.0})
+        row[f"scope_{scope}"] += v
+        row["tco2e"] += v
+    return [{key: (_r(val) if isinstance(val, float) else val) for key, val in r.items()} for r in out.values()]
+
+
+def _factors_used(db, p: dict, where: str) -> list[dict]:
+    refs = set()
+    for (r,) in db.execute(f"SELECT DISTINCT factor_refs FROM emissions WHERE {where}", p):
+        refs.update(x for x in r.split(",") if x)
+    out = []
+    s_date = datetime.fromtimestamp(p["s"], timezone.utc).date().isoformat()
+    e_date = (datetime.fromtimestamp(p["e"], timezone.utc).date() + timedelta(days=1)).isoformat()
+    for ref in sorted(refs):
+        fid, _, version = ref.rpartition("@")
+        for row in db.execute("SELECT id, version, activity, parameter, value, unit, region, year, valid_from, valid_to,"
+                              " source FROM factors WHERE id = ? AND version = ? AND valid_from < ?"
+                              " AND (valid_to IS NULL OR valid_to > ?) ORDER BY valid_from",
+                              (fid, int(version), e_date, s_date)):
+            out.append(dict(zip(("id", "version", "activity", "parameter", "value", "unit", "region", "year",
+                                 "valid_from", "valid_to", "source"), row)))
+    return out
+
+
+def _reading_counts(db, s: float, e: float) -> dict[str, int]:
+    counts = {"measured": 0, "estimated": 0, "invalid": 0, "unprocessed": 0}
+    series = db.execute("SELECT DISTINCT meter_id, point FROM latest_readings").fetchall()
+    for meter_id, point in series:
+        for status, n in db.execute("SELECT status, COUNT(*) FROM readings WHERE meter_id = ? AND point = ?"
+                                    " AND timestamp >= ? AND timestamp < ? GROUP BY status", (meter_id, point, s, e)):
+            counts[status or "unprocessed"] = counts.get(status or "unprocessed", 0) + n
+    return counts
+
+
+def _market_based(store: Store, s: float, e: float, electricity_mwh: float, electricity_loc_t: float,
+                  location_total: float) -> tuple[float | None, dict]:
+    """Market-based electricity: instruments first (their own factor), the rest at the residual mix."""
+    db = store.db
+    rows = db.execute(
+        f"SELECT kind, reference, mwh * {_OVERLAP.replace(':e', ':e').replace(':s', ':s')} AS mwh_in, factor_t_per_mwh"
+        f" FROM instruments WHERE start_ts < :e AND end_ts > :s", {"s": s, "e": e}).fetchall()
+    claimed = sum(r[2] for r in rows)
+    covered = min(claimed, electricity_mwh)
+    scale = covered / claimed if claimed else 0.0
+    instrument_t = sum(r[2] * r[3] for r in rows) * scale
+    residual = store.library.select("electricity", "residual_mix", store.settings.region, s)
+    detail: dict = {"electricity_mwh": _r(electricity_mwh), "covered_by_instruments_mwh": _r(covered),
+                    "instruments": [{"kind": r[0], "reference": r[1], "mwh_in_period": _r(r[2]),
+                                     "factor_t_per_mwh": r[3]} for r in rows]}
+    if residual is None:
+        detail["note"] = (f"no residual-mix factor for region {store.settings.region!r} at the period start: add one "
+                          f"(parameter = \"residual_mix\") to a custom factor file")
+        return None, detail
+    residual_t = (electricity_mwh - covered) * residual.value_si
+    detail["residual_mix_factor"] = {"id": residual.id, "version": residual.version, "value": residual.value,
+                                     "unit": residual.unit, "source": residual.source}
+    detail["electricity_tco2e"] = _r(instrument_t + residual_t)
+    return location_total - electricity_loc_t + instrument_t + residual_t, detail
+
+
+def _no_data_message(store: Store, start: date, end: date, tz: tzinfo) -> str:
+    lo, hi = store.db.execute("SELECT MIN(start_ts), MAX(end_ts) FROM emissions WHERE superseded_at IS NULL").fetchone()
+    if lo is None:
+        held = "the store has no emissions yet: run the gateway (it processes readings every minute), run " \
+               "`carbon-gateway import` for activity data, or check --data-dir"
+    else:
+        a = datetime.fromtimestamp(lo, tz).date()
+        b = datetime.fromtimestamp(hi, tz).date()
+        held = f"the store holds emissions from {a} to {b}: choose --from/--to inside that range"
+    return f"no emissions data from {start} to {end} (end exclusive) in {store.path}: {held}"
+
+
+@dataclass(frozen=True)
+class ScopeTotals:
+    """tCO2e of one period."""
+
+    scope_1_t: float
+    scope_2_t: float
+
+    @property
+    def total_t(self) -> float:
+        return self.scope_1_t + self.scope_2_t
+
+
+@dataclass(frozen=True)
+class EmissionsSummary:
+    """Today's and this month's emissions (local time), for the dashboard."""
+
+    today: ScopeTotals
+    month: ScopeTotals
+    day_start: datetime
+    month_start: datetime
+    last_calculated_at: float | None
+
+
+def _totals(store: Store, s: float, e: float) -> ScopeTotals:
+    rows = store.db.execute(
+        f"SELECT scope, SUM(co2e_t * f) FROM (SELECT *, {_OVERLAP} AS f FROM emissions"
+        f" WHERE superseded_at IS NULL AND start_ts < :e AND end_ts > :s) GROUP BY scope", {"s": s, "e": e}).fetchall()
+    d = {scope: v or 0.0 for scope, v in rows}
+    return ScopeTotals(_r(d.get(1)), _r(d.get(2)))
+
+
+def emissions_summary(store: Store, now: datetime | None = None) -> EmissionsSummary:
+    """tCO2e by scope for today and this month so far (never raises for an empty store)."""
+    now = now or datetime.now().astimezone()
+    if now.tzinfo is None:
+        now = now.astimezone()
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.replace(day=1)
+    next_day = (day + timedelta(days=1, hours=2)).replace(hour=0)
+    next_month = (month + timedelta(days=32)).replace(day=1)
+    last = store.db.execute("SELECT MAX(calculated_at) FROM emissions").fetchone()[0]
+    return EmissionsSummary(
+        today=_totals(store, day.timestamp(), next_day.timestamp()),
+        month=_totals(store, month.timestamp(), next_month.timestamp()),
+        day_start=day, month_start=month, last_calculated_at=last,
+    )
+
+
+def consumption(store: Store, source_id: str, start: float, end: float, resolution: str = "hour",
+                utc_offset_s: int | None = None) -> list[dict]:
+    """Interval consumption of one source re-summed to ``15min``, ``hour``, ``day`` or ``month``."""
+    import numpy as np
+
+    from local_store.preprocess import aggregate
+
+    rows = store.db.execute("SELECT start_ts, amount, unit FROM intervals WHERE source_id = ? AND start_ts >= ?"
+                            " AND start_ts < ? ORDER BY start_ts", (source_id, start, end)).fetchall()
+    if not rows:
+        return []
+    unit = rows[0][2]
+    t = np.array([r[0] for r in rows], dtype=np.int64)
+    a = np.array([r[1] for r in rows], dtype=np.float64)
+    if resolution == "15min":
+        return [{"start": datetime.fromtimestamp(int(x)).astimezone().isoformat(), "amount": float(y), "unit": unit}
+                for x, y in zip(t, a)]
+    if utc_offset_s is None:
+        utc_offset_s = -time.timezone if not time.daylight else -time.altzone
+    labels, sums = aggregate(t, a, resolution, utc_offset_s)
+    return [{"start": str(lab), "amount": float(v), "unit": unit} for lab, v in zip(labels, sums)]

@@ -1,0 +1,118 @@
+"""Activities, their canonical units and unit conversion.
+
+Every amount is converted once, at the border (polled reading, CSV row), to the canonical unit of
+its activity; factors in ``config/factors/`` are expressed per canonical unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from local_store.errors import UnitError
+
+Scope = Literal[1, 2]
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One kind of activity data and how it is accounted."""
+
+    name: str
+    unit: str                 # canonical unit of the amount
+    kind: Literal["electricity", "fuel", "heat"]
+    scope: Scope
+    iso_category: int         # ISO 14064-1:2018 clause 5.2.4: 1 direct, 2 imported energy
+    export: bool = False      # exported energy is subtracted (net purchase, national guidelines)
+
+
+ACTIVITIES: dict[str, Activity] = {a.name: a for a in (
+    Activity("electricity", "MWh", "electricity", 2, 2),
+    Activity("electricity_export", "MWh", "electricity", 2, 2, export=True),
+    Activity("heat", "GJ", "heat", 2, 2),
+    Activity("steam", "GJ", "heat", 2, 2),
+    Activity("heat_export", "GJ", "heat", 2, 2, export=True),
+    Activity("natural_gas", "m3", "fuel", 1, 1),
+    Activity("raw_coal", "t", "fuel", 1, 1),
+    Activity("diesel", "t", "fuel", 1, 1),
+    Activity("gasoline", "t", "fuel", 1, 1),
+    Activity("lpg", "t", "fuel", 1, 1),
+    Activity("fuel_oil", "t", "fuel", 1, 1),
+)}
+
+# Multipliers to the canonical unit, per dimension. Units are matched case-sensitively after
+# trimming, with a few spellings accepted (Nm3 = m3 at standard conditions, as the guidelines use).
+_ENERGY_TO_MWH = {"Wh": 1e-6, "kWh": 1e-3, "MWh": 1.0, "GWh": 1e3}
+_HEAT_TO_GJ = {"MJ": 1e-3, "GJ": 1.0, "TJ": 1e3, "kWh": 0.0036, "MWh": 3.6}
+_VOLUME_TO_M3 = {"m3": 1.0, "Nm3": 1.0, "m³": 1.0, "L": 1e-3, "l": 1e-3, "10^4 m3": 1e4, "10^4 Nm3": 1e4}
+_MASS_TO_T = {"t": 1.0, "kg": 1e-3}
+
+#: Liquid fuels bought by volume: density in t/m3. Typical values (diesel 0.84, gasoline 0.73,
+#: fuel oil 0.94, LPG 0.54 as liquid); a site with a delivery note should import tonnes instead.
+LIQUID_DENSITY_T_PER_M3 = {"diesel": 0.84, "gasoline": 0.73, "fuel_oil": 0.94, "lpg": 0.54}
+
+#: Steam metered by mass: heat = mass x (enthalpy - 83.74 kJ/kg) as in the national guidelines for
+#: purchased steam (83.74 kJ/kg is feed water at 20 degC). 2763 kJ/kg is saturated steam at ~1 MPa;
+#: set a measured enthalpy in SourceSettings when the steam conditions are known.
+DEFAULT_STEAM_ENTHALPY_KJ_PER_KG = 2763.0
+FEED_WATER_ENTHALPY_KJ_PER_KG = 83.74
+
+
+def activity(name: str) -> Activity:
+    """The :class:`Activity` called ``name``.
+
+    :raises UnitError: for an unknown activity, listing the known ones.
+    """
+    try:
+        return ACTIVITIES[name]
+    except KeyError:
+        raise UnitError(f"unknown activity {name!r}: use one of {', '.join(sorted(ACTIVITIES))}") from None
+
+
+def accepted_units(activity_name: str) -> list[str]:
+    """Units :func:`to_canonical` accepts for an activity."""
+    act = activity(activity_name)
+    if act.kind == "electricity":
+        return list(_ENERGY_TO_MWH)
+    if act.kind == "heat":
+        return list(_HEAT_TO_GJ) + (["t"] if activity_name == "steam" else [])
+    if activity_name == "natural_gas":
+        return list(_VOLUME_TO_M3)
+    if activity_name in LIQUID_DENSITY_T_PER_M3:
+        return list(_MASS_TO_T) + ["L", "m3"]
+    return list(_MASS_TO_T)
+
+
+def factor_to_canonical(activity_name: str, unit: str,
+                        steam_enthalpy_kj_per_kg: float = DEFAULT_STEAM_ENTHALPY_KJ_PER_KG) -> float:
+    """Multiplier that converts an amount in ``unit`` to the activity's canonical unit.
+
+    :raises UnitError: naming the activity, the unit and the accepted units.
+    """
+    act = activity(activity_name)
+    u = unit.strip()
+    table: dict[str, float]
+    if act.kind == "electricity":
+        table = _ENERGY_TO_MWH
+    elif act.kind == "heat":
+        table = dict(_HEAT_TO_GJ)
+        if activity_name == "steam":
+            table["t"] = (steam_enthalpy_kj_per_kg - FEED_WATER_ENTHALPY_KJ_PER_KG) / 1000.0
+    elif activity_name == "natural_gas":
+        table = _VOLUME_TO_M3
+    else:
+        table = dict(_MASS_TO_T)
+        density = LIQUID_DENSITY_T_PER_M3.get(activity_name)
+        if density is not None:
+            table["m3"] = density
+            table["L"] = density / 1000.0
+    if u not in table:
+        raise UnitError(f"unit {unit!r} is not valid for {activity_name}: "
+                        f"use one of {', '.join(accepted_units(activity_name))}")
+    return table[u]
+
+
+def to_canonical(activity_name: str, amount: float, unit: str,
+                 steam_enthalpy_kj_per_kg: float = DEFAULT_STEAM_ENTHALPY_KJ_PER_KG) -> float:
+    """``amount`` in ``unit`` converted to the canonical unit of ``activity_name``."""
+    return amount * factor_to_canonical(activity_name, unit, steam_enthalpy_kj_per_kg)

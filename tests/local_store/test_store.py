@@ -1,0 +1,158 @@
+"""The store: schema and migrations, WAL, durable readings, the thin path to a non-zero report."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from drivers.model import Quantity, Reading
+from local_store import SchemaError, SourceSettings, open_store
+from local_store.db import schema_version
+from local_store.reports import build_report, emissions_summary
+
+UTC = timezone.utc
+
+
+def demo_readings(t0: float, n: int, step_s: float = 5.0) -> list[Reading]:
+    """The demo's three meters: electricity (kWh), natural gas (m3), steam/heat (GJ)."""
+    out = []
+    for i in range(n):
+        ts = t0 + i * step_s
+        out.append(Reading("main-incomer", "energy_import", ts, 12_000.0 + i * 0.25, "kWh", Quantity.ENERGY_IMPORT))
+        out.append(Reading("gas-boiler", "gas_volume", ts, 3_000.0 + i * 0.02, "m3", Quantity.GAS_VOLUME))
+        out.append(Reading("steam-main", "heat_energy", ts, 800.0 + i * 0.004, "GJ", Quantity.HEAT_ENERGY))
+    return out
+
+
+DEMO_SOURCES = [SourceSettings("main-incomer", "electricity"), SourceSettings("gas-boiler", "natural_gas"),
+                SourceSettings("steam-main", "steam")]
+
+
+def test_open_store_creates_schema_in_wal_mode(tmp_path: Path) -> None:
+    with open_store(tmp_path / "gateway.db") as store:
+        assert store.db.journal_mode == "wal"
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
+        tables = set(store.db.table_names())
+        assert {"readings", "intervals", "emissions", "factors", "sources", "activity_data",
+                "instruments", "_sqlite_migrations"} <= tables
+        assert schema_version(store.db) == 1
+    # Re-opening applies nothing twice.
+    with open_store(tmp_path / "gateway.db") as store:
+        assert schema_version(store.db) == 1
+
+
+def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    open_store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES ('local_store', 'm999_future', 'x')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaError, match=r"gateway.db: schema has migrations this version does not know \(m999_future\)"):
+        open_store(path)
+
+
+def test_insert_keeps_quality_reason_and_increasing_ids(tmp_path: Path) -> None:
+    with open_store(tmp_path / "gateway.db") as store:
+        t0 = 1_790_000_000.0
+        n = store.insert_readings([
+            Reading("m1", "energy_import", t0, 10.0, "kWh", Quantity.ENERGY_IMPORT),
+            Reading("m1", "voltage_l1", t0, None, "V", Quantity.VOLTAGE, quality="invalid", reason="NaN sentinel 0xFFFF"),
+            Reading("m1", "energy_import", t0 + 5, 10.5, "kWh", Quantity.ENERGY_IMPORT),
+        ])
+        assert n == 3
+        rows = store.readings_after(0, 10)
+        assert [r.id for r in rows] == sorted(r.id for r in rows) and len({r.id for r in rows}) == 3
+        bad = [r for r in rows if r.point == "voltage_l1"][0]
+        assert (bad.quality, bad.reason, bad.value) == ("invalid", "NaN sentinel 0xFFFF", None)
+        assert [r.value for r in store.readings_after(rows[0].id, 1)] == [None]
+        latest = {(r.meter_id, r.point): r for r in store.latest_readings()}
+        assert latest[("m1", "energy_import")].value == 10.5
+        assert latest[("m1", "energy_import")].timestamp == t0 + 5
+        # An older reading arriving late does not replace the newest one.
+        store.insert_readings([Reading("m1", "energy_import", t0 - 60, 9.0, "kWh", Quantity.ENERGY_IMPORT)])
+        latest = {(r.meter_id, r.point): r for r in store.latest_readings()}
+        assert latest[("m1", "energy_import")].value == 10.5
+    # Durable: visible from a fresh connection after close.
+    conn = sqlite3.connect(tmp_path / "gateway.db")
+    assert conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 4
+    conn.close()
+
+
+def test_readings_can_be_inserted_from_several_threads(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "gateway.db")
+    errors: list[BaseException] = []
+
+    def writer(meter: str) -> None:
+        try:
+            for i in range(20):
+                store.insert_readings([Reading(meter, "energy_import", 1_790_000_000.0 + i, float(i), "kWh",
+                                               Quantity.ENERGY_IMPORT)])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(f"m{k}",), name=f"writer-{k}") for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors
+    assert len(store.readings_after(0, 1000)) == 60
+    store.close()
+
+
+def test_thirty_seconds_of_demo_polling_gives_a_non_zero_report_for_today(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    with open_store(tmp_path / "gateway.db") as store:
+        store.configure_sources(DEMO_SOURCES)
+        store.insert_readings(demo_readings(now.timestamp() - 30, 7))   # 7 polls, 5 s apart = 30 s
+        result = store.process()
+        assert result.sources == 3 and result.emission_rows >= 3
+        today = now.astimezone().date()
+        report = build_report(store, today, today + timedelta(days=1))
+        # Hand check: 6 steps of 0.25 kWh = 1.5 kWh = 0.0015 MWh x 0.5366 = 0.0008049 t;
+        # 6 x 0.02 m3 = 0.12 m3 x 0.038931 GJ/m3 x 0.01532 tC/GJ x 0.99 x 44/12 = 0.00025980 t;
+        # 6 x 0.004 GJ = 0.024 GJ x 0.11 = 0.00264 t.
+        expected = 0.0015 * 0.5366 + 0.12 * 0.038931 * 0.01532 * 0.99 * 44 / 12 + 0.024 * 0.11
+        assert report["total_tco2e"] == pytest.approx(expected, abs=2e-6)
+        assert report["total_tco2e"] > 0
+        assert report["by_scope"]["scope_1"] == pytest.approx(0.12 * 0.038931 * 0.01532 * 0.99 * 44 / 12, abs=1e-6)
+        by_source = {r["source"]: r for r in report["by_source"]}
+        assert by_source["main-incomer"]["consumption"] == pytest.approx(0.0015)
+        assert by_source["main-incomer"]["unit"] == "MWh"
+        assert {f["id"] for f in report["factors"]} >= {"cn.grid.national", "cn.steam.default",
+                                                         "cn.fuel.natural_gas.ncv"}
+        assert report["data_quality"]["share_measured"] == 1.0
+        summary = emissions_summary(store, now.astimezone())
+        assert summary.today.total_t == pytest.approx(report["total_tco2e"], abs=2e-6)
+        assert summary.month.scope_2_t >= summary.today.scope_2_t > 0
+
+
+def test_process_is_incremental_and_the_open_interval_grows(tmp_path: Path) -> None:
+    start = 1_790_000_000 - (1_790_000_000 % 900)
+    t0 = start + 60.0                                   # one minute into an interval
+
+    def minute(k: int) -> Reading:                      # 0.25 kWh per minute
+        return Reading("main-incomer", "energy_import", t0 + 60 * k, 12_000.0 + 0.25 * k, "kWh",
+                       Quantity.ENERGY_IMPORT)
+
+    with open_store(tmp_path / "gateway.db") as store:
+        store.configure_sources([SourceSettings("main-incomer", "electricity")])
+        store.insert_readings([minute(k) for k in range(10)])
+        store.process()
+        # Still open: 9 minutes x 0.25 kWh so far.
+        assert store.db.execute("SELECT amount, complete FROM intervals").fetchall() == [(pytest.approx(9 * 0.25 / 1000), 0)]
+        store.insert_readings([minute(k) for k in range(10, 26)])
+        store.process()
+        rows = store.db.execute("SELECT start_ts, amount, complete FROM intervals ORDER BY start_ts").fetchall()
+        # First interval closed with minutes 1..14 (14 x 0.25 kWh), the second open with minutes 15..25 (11 x 0.25).
+        assert rows == [(start, pytest.approx(14 * 0.25 / 1000), 1), (start + 900, pytest.approx(11 * 0.25 / 1000), 0)]
+        current = store.db.execute("SELECT start_ts, amount FROM emissions WHERE superseded_at IS NULL"
+                                   " ORDER BY start_ts").fetchall()
+        assert current == [(start, pytest.approx(14 * 0.25 / 1000)), (start + 900, pytest.approx(11 * 0.25 / 1000))]
+        assert store.process().readings == 0          # nothing new: nothing re-read
