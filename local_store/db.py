@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, tzinfo
 from pathlib import Path
 
 import numpy as np
@@ -392,7 +393,8 @@ class Store:
             recalculated = self._maybe_recalculate(db, library)
             totals = [0, 0, 0, 0]
             errors: list[str] = []
-            rows = db.execute("SELECT id, settings FROM sources WHERE kind = 'meter' AND enabled = 1 ORDER BY id").fetchall()
+            rows = db.execute("SELECT id, settings FROM sources WHERE kind IN ('meter', 'imported') AND enabled = 1"
+                              " ORDER BY id").fetchall()
             for source_id, blob in rows:
                 settings = SourceSettings(**json.loads(blob))
                 try:
@@ -630,3 +632,44 @@ def open_store(path: Path | str, settings: EmissionSettings | None = None) -> St
 def schema_version(db: sqlite_utils.Database) -> int:
     """Number of ``local_store`` migrations applied to this file."""
     return len(migrations.applied(db))
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """A contractual instrument for the market-based method (green certificate, PPA, green power).
+
+    :param mwh: electricity the instrument covers over [start, end) (local dates, end exclusive).
+    :param factor_t_per_mwh: its emission factor; 0 for renewable certificates and PPAs.
+    """
+
+    kind: str
+    start: date
+    end: date
+    mwh: float
+    factor_t_per_mwh: float = 0.0
+    reference: str = ""
+    source_id: str | None = None
+
+
+def add_instruments(store: Store, instruments: Sequence[Instrument], tz: tzinfo | None = None) -> int:
+    """Record contractual instruments in one transaction.
+
+    :raises StoreError: for an unknown kind, a negative amount or an empty period (naming the reference).
+    """
+    tz = tz or datetime.now().astimezone().tzinfo
+    rows = []
+    for i in instruments:
+        place = f"instrument {i.reference or i.kind} {i.start}..{i.end}"
+        if i.kind not in ("certificate", "ppa", "green_power"):
+            raise StoreError(f"{place}: kind = {i.kind!r}: use certificate, ppa or green_power")
+        if not i.mwh >= 0 or not i.factor_t_per_mwh >= 0:
+            raise StoreError(f"{place}: mwh and factor_t_per_mwh must be >= 0, got {i.mwh} and {i.factor_t_per_mwh}")
+        if i.end <= i.start:
+            raise StoreError(f"{place}: end must be after start (end is exclusive)")
+        s = datetime(i.start.year, i.start.month, i.start.day, tzinfo=tz).timestamp()
+        e = datetime(i.end.year, i.end.month, i.end.day, tzinfo=tz).timestamp()
+        rows.append((i.kind, i.source_id, int(s), int(e), i.mwh, i.factor_t_per_mwh, i.reference))
+    with store.db.atomic():
+        store.db.conn.executemany("INSERT INTO instruments (kind, source_id, start_ts, end_ts, mwh, factor_t_per_mwh,"
+                                  " reference) VALUES (?,?,?,?,?,?,?)", rows)
+    return len(rows)

@@ -295,3 +295,143 @@ def consumption(store: Store, source_id: str, start: float, end: float, resoluti
         utc_offset_s = -time.timezone if not time.daylight else -time.altzone
     labels, sums = aggregate(t, a, resolution, utc_offset_s)
     return [{"start": str(lab), "amount": float(v), "unit": unit} for lab, v in zip(labels, sums)]
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+_CSV_COLUMNS = {
+    "source": ["source", "activity", "consumption", "unit", "energy_gj", "co2_t", "ch4_t", "n2o_t", "tco2e",
+               "scope", "iso_category", "share_measured"],
+    "day": ["key", "tco2e", "scope_1", "scope_2"],
+    "month": ["key", "tco2e", "scope_1", "scope_2"],
+    "scope": ["key", "tco2e"],
+}
+
+
+def render_csv(report: dict) -> str:
+    """The report's breakdown as CSV (one row per source, day, month or scope) plus a total row."""
+    import csv
+    import io
+
+    by = report["by"]
+    cols = _CSV_COLUMNS[by]
+    rows = report["by_source"] if by == "source" else report["breakdown"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for row in rows:
+        w.writerow([row.get(c, "") for c in cols])
+    total = {"source": "TOTAL", "key": "TOTAL", "tco2e": report["total_tco2e"],
+             "scope_1": report["by_scope"]["scope_1"], "scope_2": report["by_scope"]["scope_2"]}
+    w.writerow([total.get(c, "") for c in cols])
+    return buf.getvalue()
+
+
+def _bar_chart_svg(title: str, labels: list[str], series: dict[str, list[float]], colors: dict[str, str]) -> str:
+    """A stacked bar chart as inline SVG (no scripts, no external assets: prints as it shows)."""
+    from html import escape
+
+    width, height, left, bottom, top = 720, 260, 70, 60, 30
+    n = max(len(labels), 1)
+    totals = [sum(series[k][i] for k in series) for i in range(len(labels))]
+    vmax = max([t for t in totals if t > 0] or [1.0])
+    plot_h = height - bottom - top
+    bw = (width - left - 20) / n
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{escape(title)}" class="chart">',
+             f'<text x="{left}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
+    for frac in (0, 0.5, 1.0):
+        y = top + plot_h * (1 - frac)
+        parts.append(f'<line x1="{left}" x2="{width - 20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ccc"/>'
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{vmax * frac:.4g}</text>')
+    for i, label in enumerate(labels):
+        y = top + plot_h
+        x = left + i * bw + bw * 0.15
+        for key, values in series.items():
+            v = max(values[i], 0.0)
+            h = plot_h * v / vmax
+            y -= h
+            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw * 0.7:.1f}" height="{h:.1f}" fill="{colors[key]}">'
+                         f'<title>{escape(label)} {escape(key)}: {values[i]:.6g} tCO2e</title></rect>')
+        if n <= 40 or i % max(n // 20, 1) == 0:
+            parts.append(f'<text x="{x + bw * 0.35:.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="end" '
+                         f'transform="rotate(-40 {x + bw * 0.35:.1f} {top + plot_h + 14})">{escape(label)}</text>')
+    lx = width - 20 - 110 * len(series)
+    for j, key in enumerate(series):
+        parts.append(f'<rect x="{lx + j * 110}" y="6" width="10" height="10" fill="{colors[key]}"/>'
+                     f'<text x="{lx + j * 110 + 14}" y="15" font-size="11">{escape(key)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_html(report: dict) -> str:
+    """A self-contained, printable HTML page with server-rendered SVG charts."""
+    from html import escape
+
+    colors = {"scope 1": "#c0504d", "scope 2": "#4f81bd", "tCO2e": "#4f81bd"}
+    if report["by"] in ("day", "month"):
+        rows = report["breakdown"]
+        chart = _bar_chart_svg(f"tCO2e by {report['by']}", [r["key"] for r in rows],
+                               {"scope 1": [r["scope_1"] for r in rows], "scope 2": [r["scope_2"] for r in rows]},
+                               colors)
+    else:
+        chart = _bar_chart_svg("tCO2e by source", [r["source"] for r in report["by_source"]],
+                               {"tCO2e": [r["tco2e"] for r in report["by_source"]]}, colors)
+    scope_chart = _bar_chart_svg("tCO2e by scope", ["Scope 1", "Scope 2"],
+                                 {"scope 1": [report["by_scope"]["scope_1"], 0.0],
+                                  "scope 2": [0.0, report["by_scope"]["scope_2"]]}, colors)
+
+    def table(headers: list[str], rows: list[list]) -> str:
+        head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    src = table(["Source", "Activity", "Consumption", "Unit", "Energy (GJ)", "tCO2e", "Scope", "Measured share"],
+                [[r["source"], r["activity"], r["consumption"], r["unit"], r["energy_gj"], r["tco2e"], r["scope"],
+                  f"{r['share_measured']:.1%}"] for r in report["by_source"]])
+    fac = table(["Factor", "Version", "Parameter", "Value", "Unit", "Valid from", "Source"],
+                [[f["id"], f["version"], f["parameter"], f["value"], f["unit"], f["valid_from"], f["source"]]
+                 for f in report["factors"]])
+    cat = table(["ISO 14064-1 category", "tCO2e"], [[k, v] for k, v in report["by_iso_category"].items()])
+    dq = report["data_quality"]
+    market = report["market_based_tco2e"]
+    p = report["period"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Emissions report {escape(p['from'])} to {escape(p['to'])}</title>
+<style>
+body {{ font-family: "Noto Sans CJK SC", "Noto Sans", Arial, sans-serif; margin: 2em; color: #222; }}
+h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.15em; margin-top: 1.5em; }}
+table {{ border-collapse: collapse; width: 100%; font-size: 0.85em; }}
+th, td {{ border: 1px solid #bbb; padding: 4px 6px; text-align: left; vertical-align: top; }}
+.kpi {{ display: flex; gap: 2em; flex-wrap: wrap; }} .kpi div {{ border: 1px solid #bbb; padding: 0.6em 1em; }}
+.kpi b {{ display: block; font-size: 1.4em; }}
+.chart {{ width: 100%; max-width: 720px; height: auto; }}
+@media print {{ body {{ margin: 1cm; }} h2 {{ page-break-after: avoid; }} table, svg {{ page-break-inside: avoid; }} }}
+</style></head><body>
+<h1>Emissions report: {escape(p['from'])} to {escape(p['to'])} (end exclusive, UTC{escape(p['utc_offset'])})</h1>
+<p>Method for the total: {escape(report['method'])}-based; grid region {escape(report['region'])}; GWP {escape(report['gwp'])}.
+Generated {escape(report['generated_at'])}.</p>
+<div class="kpi">
+<div>Total<b>{report['total_tco2e']:.6g} tCO2e</b></div>
+<div>Scope 1<b>{report['by_scope']['scope_1']:.6g}</b></div>
+<div>Scope 2<b>{report['by_scope']['scope_2']:.6g}</b></div>
+<div>Location-based<b>{report['location_based_tco2e']:.6g}</b></div>
+<div>Market-based<b>{'n/a' if market is None else f'{market:.6g}'}</b></div>
+<div>Measured share<b>{dq['share_measured']:.1%}</b></div>
+</div>
+<h2>Breakdown</h2>
+{chart}
+{scope_chart}
+<h2>By source</h2>
+{src}
+<h2>ISO 14064-1 categories</h2>
+{cat}
+<h2>Emission factors used</h2>
+{fac}
+<h2>Data quality</h2>
+<p>{dq['intervals']} interval rows, {dq['intervals_estimated']} estimated, {dq['intervals_invalid']} invalid;
+readings: {', '.join(f'{k} {v}' for k, v in dq['readings'].items())}.</p>
+</body></html>
+"""

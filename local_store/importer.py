@@ -1,0 +1,332 @@
+"""CSV import of activity data and of meter readings, all or nothing (docs/import.md).
+
+Every row is checked first and every problem is reported with its line number; only a file without
+errors is written, in one transaction together with its emissions.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, tzinfo
+from pathlib import Path
+
+import numpy as np
+
+from drivers.model import Quantity, Reading
+from local_store.db import SourceSettings, Store
+from local_store.emissions import compute
+from local_store.errors import DataImportError, FactorError, UnitError
+from local_store.reports import local_tz
+from local_store.units import ACTIVITIES, factor_to_canonical
+from local_store.units import activity as get_activity
+
+ACTIVITY_HEADER = ["source", "activity", "start", "end", "amount", "unit"]
+READINGS_HEADER = ["source", "timestamp", "register", "value", "unit"]
+
+#: Cumulative registers a readings file may carry, and the activity each measures.
+REGISTER_ACTIVITY = {
+    Quantity.ENERGY_IMPORT.value: "electricity",
+    Quantity.ENERGY_EXPORT.value: "electricity_export",
+    Quantity.GAS_VOLUME.value: "natural_gas",
+    Quantity.HEAT_ENERGY.value: "heat",
+    Quantity.STEAM_MASS.value: "steam",
+}
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import wrote."""
+
+    path: str
+    kind: str              # "activity" or "readings"
+    rows: int
+    sources: tuple[str, ...]
+    emission_rows: int
+    tco2e: float
+
+    def summary(self) -> str:
+        what = "activity rows" if self.kind == "activity" else "meter readings"
+        return (f"{self.path}: imported {self.rows} {what} for {', '.join(self.sources)}; "
+                f"{self.emission_rows} emission rows, {self.tco2e:.6g} tCO2e")
+
+
+def _parse_when(text: str, tz: tzinfo, need_offset: bool) -> float:
+    text = text.strip()
+    if len(text) == 10:
+        if need_offset:
+            raise ValueError("needs a time and a UTC offset, like 2026-01-05T08:00:00+08:00")
+        d = date.fromisoformat(text)
+        return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        if need_offset:
+            raise ValueError("has no UTC offset: write it like 2026-01-05T08:00:00+08:00")
+        dt = dt.replace(tzinfo=tz)
+    return dt.timestamp()
+
+
+def _number(text: str) -> float:
+    x = float(text.strip())
+    if not math.isfinite(x):
+        raise ValueError("not a finite number")
+    return x
+
+
+def import_csv(store: Store, path: Path, tz: tzinfo | None = None) -> ImportResult:
+    """Import ``path``; the header decides whether it holds activity data or meter readings.
+
+    :param tz: time zone for dates without an offset in activity files (default: local).
+    :raises DataImportError: listing every bad line; nothing was written.
+    """
+    path = Path(path)
+    tz = tz or local_tz()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataImportError(str(path), [f"cannot read the file: {exc}: save it as UTF-8 CSV"]) from None
+    rows = list(csv.reader(text.splitlines()))
+    if not rows:
+        raise DataImportError(str(path), ["line 1: the file is empty: the first line must be a header"])
+    header = [h.strip() for h in rows[0]]
+    if header == ACTIVITY_HEADER:
+        return _import_activity(store, path, rows[1:], tz)
+    if header == READINGS_HEADER:
+        return _import_readings(store, path, rows[1:])
+    raise DataImportError(str(path), [
+        f"line 1: header {','.join(header)!r} is not recognised: use {','.join(ACTIVITY_HEADER)!r} for activity "
+        f"data or {','.join(READINGS_HEADER)!r} for meter readings"])
+
+
+@dataclass(frozen=True)
+class _ActivityRow:
+    line: int
+    source: str
+    activity: str
+    start: float
+    end: float
+    amount: float          # canonical unit
+    amount_original: float
+    unit_original: str
+
+
+def _import_activity(store: Store, path: Path, rows: list[list[str]], tz: tzinfo) -> ImportResult:
+    errors: list[str] = []
+    good: list[_ActivityRow] = []
+    for n, raw in enumerate(rows, start=2):
+        if not any(c.strip() for c in raw):
+            continue
+        if len(raw) != len(ACTIVITY_HEADER):
+            errors.append(f"line {n}: {len(raw)} fields, expected {len(ACTIVITY_HEADER)} ({','.join(ACTIVITY_HEADER)})")
+            continue
+        source, act, start_s, end_s, amount_s, unit = (c.strip() for c in raw)
+        problems = []
+        if not source:
+            problems.append("source is empty: name the meter or installation, e.g. boiler-1")
+        if act not in ACTIVITIES:
+            problems.append(f"activity = {act!r}: use one of {', '.join(sorted(ACTIVITIES))}")
+        try:
+            start = _parse_when(start_s, tz, need_offset=False)
+        except ValueError as exc:
+            problems.append(f"start = {start_s!r}: {exc}; use a date like 2025-01-01")
+            start = None
+        try:
+            end = _parse_when(end_s, tz, need_offset=False)
+        except ValueError as exc:
+            problems.append(f"end = {end_s!r}: {exc}; use a date like 2026-01-01")
+            end = None
+        if start is not None and end is not None and end <= start:
+            problems.append(f"end {end_s} is not after start {start_s}: the end is exclusive, "
+                            f"e.g. 2025-01-01,2026-01-01 is the year 2025")
+        try:
+            amount = _number(amount_s)
+            if amount < 0:
+                problems.append(f"amount = {amount_s!r}: must be >= 0 (report exports as electricity_export or heat_export)")
+        except ValueError:
+            problems.append(f"amount = {amount_s!r}: not a number; write it like 250000 or 1234.5")
+            amount = None
+        mult = None
+        if act in ACTIVITIES:
+            try:
+                mult = factor_to_canonical(act, unit)
+            except UnitError as exc:
+                problems.append(str(exc))
+        if problems:
+            errors.extend(f"line {n}: {p}" for p in problems)
+            continue
+        assert start is not None and end is not None and amount is not None and mult is not None
+        good.append(_ActivityRow(n, source, act, start, end, amount * mult, amount, unit))
+
+    # Overlaps with data already imported, and between rows of this file, would count twice.
+    db = store.db
+    seen: list[_ActivityRow] = []
+    for r in good:
+        clash = db.execute("SELECT origin, row FROM activity_data WHERE source_id = ? AND activity = ? AND start_ts < ?"
+                           " AND end_ts > ? LIMIT 1", (r.source, r.activity, r.end, r.start)).fetchone()
+        if clash:
+            errors.append(f"line {r.line}: {r.source} {r.activity} {_day(r.start, tz)}..{_day(r.end, tz)} overlaps data "
+                          f"already imported from {clash[0]} line {clash[1]}: remove the row or the earlier import")
+        for o in seen:
+            if o.source == r.source and o.activity == r.activity and o.start < r.end and o.end > r.start:
+                errors.append(f"line {r.line}: {r.source} {r.activity} overlaps line {o.line} of this file: "
+                              f"merge the rows or fix the periods")
+                break
+        seen.append(r)
+
+    # Split each row at local midnights so that reports by day attribute it to the right days.
+    pieces: list[tuple[_ActivityRow, float, float, float]] = []
+    for r in good:
+        for a, b in _day_pieces(r.start, r.end, tz):
+            pieces.append((r, a, b, r.amount * (b - a) / (r.end - r.start)))
+    # Every piece needs its factor: check all before writing anything.
+    results = {}
+    for act in sorted({r.activity for r in good}):
+        sel = [p for p in pieces if p[0].activity == act]
+        try:
+            results[act] = (sel, compute(act, np.array([p[1] for p in sel]), np.array([p[3] for p in sel]),
+                                         store.library, store.settings, "import"))
+        except FactorError:
+            for r in [g for g in good if g.activity == act]:
+                try:
+                    compute(act, np.array([p[1] for p in pieces if p[0] is r]),
+                            np.ones(sum(1 for p in pieces if p[0] is r)), store.library, store.settings,
+                            f"{path.name} line {r.line} (source {r.source})")
+                except FactorError as exc:
+                    errors.append(f"line {r.line}: {str(exc).split(': ', 1)[1]}")
+    if errors:
+        raise DataImportError(str(path), errors)
+    if not good:
+        raise DataImportError(str(path), ["the file has a header but no data rows: add rows below the header"])
+
+    now = time.time()
+    origin = f"import:{path.name}"
+    n_emis = 0
+    tco2e = 0.0
+    with db.atomic():
+        store._maybe_recalculate(db, store.library)
+        for r in good:
+            db.execute("INSERT INTO activity_data (source_id, activity, start_ts, end_ts, amount, unit, amount_original,"
+                       " unit_original, origin, row) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (r.source, r.activity, int(r.start), int(r.end), r.amount, get_activity(r.activity).unit,
+                        r.amount_original, r.unit_original, origin, r.line))
+            db.execute("INSERT INTO sources (id, kind, activity, description, enabled, updated_at)"
+                       " VALUES (?, 'manual', ?, ?, 1, ?) ON CONFLICT (id) DO NOTHING",
+                       (r.source, r.activity, f"imported from {path.name}", now))
+        for act, (sel, res) in results.items():
+            a = get_activity(act)
+            db.conn.executemany(
+                "INSERT INTO emissions (source_id, activity, origin, start_ts, end_ts, amount, unit, energy_gj, co2_t,"
+                " ch4_t, n2o_t, co2e_t, scope, iso_category, factor_id, factor_version, factor_refs, gwp, region,"
+                " status, measured_fraction, calculated_at) VALUES (?,?,'activity',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+                " 'measured',1.0,?)",
+                [(p[0].source, act, int(p[1]), int(p[2]), p[3], a.unit, float(res.energy_gj[k]), float(res.co2_t[k]),
+                  float(res.ch4_t[k]), float(res.n2o_t[k]), float(res.co2e_t[k]), a.scope, a.iso_category,
+                  res.factor_id[k], res.factor_version[k], res.factor_refs[k], store.settings.gwp,
+                  store.settings.region, now) for k, p in enumerate(sel)])
+            n_emis += len(sel)
+            tco2e += float(res.co2e_t.sum())
+        store._record_factors(db, store.library)
+    return ImportResult(str(path), "activity", len(good), tuple(sorted({r.source for r in good})), n_emis, tco2e)
+
+
+def _day(ts: float, tz: tzinfo) -> str:
+    return datetime.fromtimestamp(ts, tz).date().isoformat()
+
+
+def _day_pieces(start: float, end: float, tz: tzinfo) -> list[tuple[float, float]]:
+    out = []
+    a = start
+    while a < end:
+        d = datetime.fromtimestamp(a, tz).date() + timedelta(days=1)
+        b = min(datetime(d.year, d.month, d.day, tzinfo=tz).timestamp(), end)
+        out.append((a, b))
+        a = b
+    return out
+
+
+def _import_readings(store: Store, path: Path, rows: list[list[str]]) -> ImportResult:
+    errors: list[str] = []
+    readings: list[Reading] = []
+    lines: list[int] = []
+    for n, raw in enumerate(rows, start=2):
+        if not any(c.strip() for c in raw):
+            continue
+        if len(raw) != len(READINGS_HEADER):
+            errors.append(f"line {n}: {len(raw)} fields, expected {len(READINGS_HEADER)} ({','.join(READINGS_HEADER)})")
+            continue
+        source, ts_s, register, value_s, unit = (c.strip() for c in raw)
+        problems = []
+        if not source:
+            problems.append("source is empty: name the meter, e.g. main-incomer")
+        activity = REGISTER_ACTIVITY.get(register)
+        if activity is None:
+            problems.append(f"register = {register!r}: use one of {', '.join(REGISTER_ACTIVITY)} (cumulative registers)")
+        try:
+            ts = _parse_when(ts_s, local_tz(), need_offset=True)
+        except ValueError as exc:
+            problems.append(f"timestamp = {ts_s!r}: {exc}")
+            ts = None
+        try:
+            value = _number(value_s)
+            if value < 0:
+                problems.append(f"value = {value_s!r}: a cumulative register is never negative")
+        except ValueError:
+            problems.append(f"value = {value_s!r}: not a number; write the register value like 123456.7")
+            value = None
+        if activity is not None:
+            try:
+                factor_to_canonical(activity, unit)
+            except UnitError as exc:
+                problems.append(str(exc))
+        if problems:
+            errors.extend(f"line {n}: {p}" for p in problems)
+            continue
+        assert ts is not None and value is not None
+        readings.append(Reading(source, register, ts, value, unit, Quantity(register)))
+        lines.append(n)
+    if not errors and not readings:
+        errors.append("the file has a header but no data rows: add rows below the header")
+    # Each series needs factors over its whole time span.
+    series: dict[tuple[str, str], list[float]] = {}
+    for r in readings:
+        series.setdefault((r.meter_id, r.point), []).append(r.timestamp)
+    settings = []
+    for (meter, register), stamps in sorted(series.items()):
+        activity = REGISTER_ACTIVITY[register]
+        s = SourceSettings(meter_id=meter, activity=activity, point=register)
+        grid = np.arange(math.floor(min(stamps) / 900) * 900, max(stamps) + 900, 900.0)
+        try:
+            compute(activity, grid, np.ones(len(grid)), store.library, store.settings, f"source {s.id}")
+        except FactorError as exc:
+            errors.append(f"{path.name}: {exc}")
+        settings.append(s)
+    if errors:
+        raise DataImportError(str(path), errors)
+
+    db = store.db
+    totals = [0, 0]
+    with db.atomic():
+        store._maybe_recalculate(db, store.library)
+        now = time.time()
+        import json
+        from dataclasses import asdict
+        for s in settings:
+            db.execute("INSERT INTO sources (id, kind, activity, meter_id, point, settings, description, enabled,"
+                       " processed_reading_id, updated_at) VALUES (?, 'imported', ?, ?, ?, ?, ?, 1, 0, ?)"
+                       " ON CONFLICT (id) DO UPDATE SET enabled = 1",
+                       (s.id, s.activity, s.meter_id, s.point, json.dumps(asdict(s), sort_keys=True),
+                        f"imported from {path.name}", now))
+        store.insert_readings(readings, origin=f"import:{path.name}")
+        for s in settings:
+            blob = db.execute("SELECT settings FROM sources WHERE id = ?", (s.id,)).fetchone()[0]
+            current = SourceSettings(**json.loads(blob))
+            try:
+                _, _, _, n_emis = store._process_source(db, store.library, current, None)
+            except Exception as exc:   # rolls back the whole import; re-raised as a row-less error
+                raise DataImportError(str(path), [f"source {s.id}: {exc}"]) from exc
+            totals[0] += n_emis
+        tco2e = db.execute("SELECT COALESCE(SUM(co2e_t), 0) FROM emissions WHERE superseded_at IS NULL AND source_id IN"
+                           " (SELECT value FROM json_each(?))", (json.dumps([s.id for s in settings]),)).fetchone()[0]
+    return ImportResult(str(path), "readings", len(readings), tuple(s.id for s in settings), totals[0], float(tco2e))
