@@ -37,8 +37,8 @@ _PARAMETER_UNITS: dict[str, dict[str, float]] = {
     "ncv": {"GJ/t": 1.0, "GJ/m3": 1.0, "GJ/10^4 Nm3": 1e-4, "GJ/10^4 m3": 1e-4, "MJ/m3": 1e-3, "MJ/kg": 1.0},
     "carbon_content": {"tC/GJ": 1.0, "tC/TJ": 1e-3},
     "oxidation": {"%": 0.01, "fraction": 1.0},
-    "ch4": {"kg/TJ": 1e-9, "t/GJ": 1.0},      # -> tCH4 per GJ
-    "n2o": {"kg/TJ": 1e-9, "t/GJ": 1.0},
+    "ch4": {"kg/TJ": 1e-6, "t/GJ": 1.0},      # -> tCH4 per GJ (1 kg/TJ = 1e-3 t / 1e3 GJ)
+    "n2o": {"kg/TJ": 1e-6, "t/GJ": 1.0},
 }
 # Electricity factors are per MWh, heat per GJ; a wrong pairing is a unit error in the file.
 _EF_UNIT_BY_KIND = {"electricity": {"tCO2/MWh", "kgCO2/kWh"}, "heat": {"tCO2/GJ"}}
