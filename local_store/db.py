@@ -524,7 +524,6 @@ class Store:
                 [act.iso_category] * n, res.factor_id, res.factor_version, res.factor_refs,
                 [self.settings.gwp] * n, [self.settings.region] * n, list(status), np.asarray(measured_fraction).tolist(),
                 [now] * n))
-        self._record_factors(db, library)
         return n
 
     def _fingerprint(self, library: FactorLibrary) -> str:

@@ -1,0 +1,157 @@
+"""CSV import: activity data and meter readings, all or nothing, exact row-numbered messages."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from local_store import DataImportError, open_store
+from local_store.importer import import_csv
+from local_store.reports import build_report
+
+CST = timezone(timedelta(hours=8))
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text.lstrip(), encoding="utf-8")
+    return path
+
+
+def counts(store) -> tuple[int, int, int, int]:
+    q = store.db.execute
+    return (q("SELECT COUNT(*) FROM activity_data").fetchone()[0], q("SELECT COUNT(*) FROM emissions").fetchone()[0],
+            q("SELECT COUNT(*) FROM readings").fetchone()[0], q("SELECT COUNT(*) FROM sources").fetchone()[0])
+
+
+def test_activity_data_with_unit_conversion(tmp_path: Path) -> None:
+    csv = write(tmp_path, "activity.csv", """
+source,activity,start,end,amount,unit
+boiler-1,natural_gas,2025-01-01,2026-01-01,250000,m3
+forklifts,diesel,2025-01-01,2025-07-01,12000,L
+office,electricity,2025-03-01,2025-04-01,84000,kWh
+""")
+    with open_store(tmp_path / "gateway.db") as store:
+        result = import_csv(store, csv, tz=CST)
+        assert (result.kind, result.rows, result.sources) == ("activity", 3, ("boiler-1", "forklifts", "office"))
+        report = build_report(store, date(2025, 1, 1), date(2026, 1, 1), tz=CST)
+        gas = 250_000 * 0.038931 * 0.01532 * 0.99 * 44 / 12          # 541.25 t
+        diesel = 12_000 * 0.84 / 1000 * 42.652 * 0.0202 * 0.98 * 44 / 12   # 10.08 t -> 31.21 t
+        power = 84 * 0.5366                                           # 84 MWh -> 45.07 t
+        assert report["total_tco2e"] == pytest.approx(gas + diesel + power, abs=1e-5)
+        assert report["by_scope"] == {"scope_1": pytest.approx(gas + diesel, abs=1e-5), "scope_2": pytest.approx(power, abs=1e-5)}
+        by_source = {r["source"]: r for r in report["by_source"]}
+        assert (by_source["forklifts"]["consumption"], by_source["forklifts"]["unit"]) == (pytest.approx(10.08), "t")
+        # Half a year of the gas: the period share of a yearly row (181 of 365 days).
+        h1 = build_report(store, date(2025, 1, 1), date(2025, 7, 1), tz=CST)
+        assert {r["source"]: r["tco2e"] for r in h1["by_source"]}["boiler-1"] == pytest.approx(gas * 181 / 365, abs=1e-5)
+        months = build_report(store, date(2025, 1, 1), date(2026, 1, 1), by="month", tz=CST)["breakdown"]
+        assert [m["key"] for m in months] == [f"2025-{k:02d}" for k in range(1, 13)]
+        assert months[2]["scope_2"] == pytest.approx(power, abs=1e-5)
+
+
+def test_bad_rows_are_all_reported_and_nothing_is_written(tmp_path: Path) -> None:
+    csv = write(tmp_path, "bad.csv", """
+source,activity,start,end,amount,unit
+boiler-1,natural_gas,2025-01-01,2026-01-01,250000,m3
+boiler-2,natural_gaz,2025-01-01,2026-01-01,1,m3
+boiler-3,natural_gas,2025-02-01,2025-01-01,abc,kg
+,diesel,2025-01-01,2025-02-01,5,t
+too,few,fields
+""")
+    with open_store(tmp_path / "gateway.db") as store:
+        with pytest.raises(DataImportError) as exc:
+            import_csv(store, csv, tz=CST)
+        assert exc.value.errors == [
+            "line 3: activity = 'natural_gaz': use one of diesel, electricity, electricity_export, fuel_oil, gasoline, "
+            "heat, heat_export, lpg, natural_gas, raw_coal, steam",
+            "line 4: end 2025-01-01 is not after start 2025-02-01: the end is exclusive, e.g. 2025-01-01,2026-01-01 "
+            "is the year 2025",
+            "line 4: amount = 'abc': not a number; write it like 250000 or 1234.5",
+            "line 4: unit 'kg' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
+            "line 5: source is empty: name the meter or installation, e.g. boiler-1",
+            "line 6: 3 fields, expected 6 (source,activity,start,end,amount,unit)",
+        ]
+        assert str(exc.value).startswith(f"{csv}: import rejected, nothing was written:\nline 3: activity")
+        assert counts(store) == (0, 0, 0, 0)
+
+
+def test_missing_factor_for_the_period_rejects_the_file(tmp_path: Path) -> None:
+    csv = write(tmp_path, "old.csv", """
+source,activity,start,end,amount,unit
+office,electricity,2025-01-01,2025-02-01,1000,kWh
+office,electricity,2019-01-01,2019-02-01,1000,kWh
+""")
+    with open_store(tmp_path / "gateway.db") as store:
+        with pytest.raises(DataImportError) as exc:
+            import_csv(store, csv, tz=CST)
+        assert exc.value.errors == [
+            "line 3: no emission factor 'ef' for electricity in region 'national' valid at 2018-12-31 16:00 UTC: add one "
+            "to a custom file in config/factors/ (activity = \"electricity\", parameter = \"ef\", region = \"national\", "
+            "valid_from/valid_to covering that date), see docs/models.md"]
+        assert counts(store) == (0, 0, 0, 0)
+
+
+def test_importing_the_same_period_twice_is_refused(tmp_path: Path) -> None:
+    csv = write(tmp_path, "a.csv", "source,activity,start,end,amount,unit\nb1,lpg,2025-01-01,2025-02-01,2,t\n")
+    with open_store(tmp_path / "gateway.db") as store:
+        import_csv(store, csv, tz=CST)
+        before = counts(store)
+        with pytest.raises(DataImportError) as exc:
+            import_csv(store, csv, tz=CST)
+        assert exc.value.errors == ["line 2: b1 lpg 2025-01-01..2025-02-01 overlaps data already imported from "
+                                    "import:a.csv line 2: remove the row or the earlier import"]
+        assert counts(store) == before
+
+
+def test_unknown_header(tmp_path: Path) -> None:
+    csv = write(tmp_path, "x.csv", "meter,when,kwh\n")
+    with open_store(tmp_path / "gateway.db") as store, pytest.raises(DataImportError) as exc:
+        import_csv(store, csv)
+    assert exc.value.errors == ["line 1: header 'meter,when,kwh' is not recognised: use "
+                                "'source,activity,start,end,amount,unit' for activity data or "
+                                "'source,timestamp,register,value,unit' for meter readings"]
+
+
+def test_meter_readings_go_through_preprocessing(tmp_path: Path) -> None:
+    # Daily reads of a register that rolls over at 100 000 kWh between day 2 and day 3.
+    csv = write(tmp_path, "reads.csv", """
+source,timestamp,register,value,unit
+old-meter,2025-03-01T00:00:00+08:00,energy_import,96000,kWh
+old-meter,2025-03-02T00:00:00+08:00,energy_import,98400,kWh
+old-meter,2025-03-03T00:00:00+08:00,energy_import,800,kWh
+old-meter,2025-03-04T00:00:00+08:00,energy_import,3200,kWh
+""")
+    with open_store(tmp_path / "gateway.db") as store:
+        result = import_csv(store, csv)
+        assert (result.kind, result.rows, result.sources) == ("readings", 4, ("old-meter",))
+        report = build_report(store, date(2025, 3, 1), date(2025, 3, 4), tz=CST, by="day")
+        # 2 400 + (100 000 - 98 400 + 800) + 2 400 = 7 200 kWh = 7.2 MWh x 0.5366
+        assert report["total_tco2e"] == pytest.approx(7.2 * 0.5366)
+        assert [d["tco2e"] for d in report["breakdown"]] == [pytest.approx(2.4 * 0.5366)] * 3
+        flags = store.db.execute("SELECT flags FROM readings ORDER BY timestamp").fetchall()
+        assert flags[2] == (64,)          # Reason.ROLLOVER
+        # Daily reads leave gaps longer than 30 minutes: the 15-minute values are estimates.
+        assert report["data_quality"]["share_estimated"] == 1.0
+
+
+def test_meter_reading_errors(tmp_path: Path) -> None:
+    csv = write(tmp_path, "r.csv", """
+source,timestamp,register,value,unit
+m1,2025-03-01T00:00:00,energy_import,1,kWh
+m1,2025-03-01T00:15:00+08:00,voltage,230,V
+m1,2025-03-01T00:30:00+08:00,gas_volume,-4,kWh
+""")
+    with open_store(tmp_path / "gateway.db") as store:
+        with pytest.raises(DataImportError) as exc:
+            import_csv(store, csv)
+        assert exc.value.errors == [
+            "line 2: timestamp = '2025-03-01T00:00:00': has no UTC offset: write it like 2026-01-05T08:00:00+08:00",
+            "line 3: register = 'voltage': use one of energy_import, energy_export, gas_volume, heat_energy, "
+            "steam_mass (cumulative registers)",
+            "line 4: value = '-4': a cumulative register is never negative",
+            "line 4: unit 'kWh' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
+        ]
+        assert counts(store) == (0, 0, 0, 0)
