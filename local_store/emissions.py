@@ -54,17 +54,34 @@ class EmissionSettings:
 
 @dataclass
 class EmissionArrays:
-    """Per-row results of :func:`compute` (same length as the input)."""
+    """Per-row results of :func:`compute` (same length as the input).
+
+    Factor references are kept as small tables plus an index per row, so millions of rows cost
+    an int array rather than millions of strings; the list properties expand them for SQL.
+    """
 
     energy_gj: np.ndarray
     co2_t: np.ndarray
     ch4_t: np.ndarray
     n2o_t: np.ndarray
     co2e_t: np.ndarray
-    factor_id: list[str]
-    factor_version: list[int]
-    factor_refs: list[str]
+    ref_table: list[str]
+    ref_index: np.ndarray
+    primary_table: list[Factor]
+    primary_index: np.ndarray
     used: list[Factor]
+
+    @property
+    def factor_refs(self) -> list[str]:
+        return [self.ref_table[k] for k in self.ref_index.tolist()]
+
+    @property
+    def factor_id(self) -> list[str]:
+        return [self.primary_table[k].id for k in self.primary_index.tolist()]
+
+    @property
+    def factor_version(self) -> list[int]:
+        return [self.primary_table[k].version for k in self.primary_index.tolist()]
 
 
 def _select(library: FactorLibrary, activity: str, parameter: str, region: str, ts: np.ndarray,
@@ -99,7 +116,8 @@ def compute(activity_name: str, start_ts: np.ndarray, amount: np.ndarray, librar
     zeros = np.zeros(n)
     base = activity_name.removesuffix("_export")
     if n == 0:
-        return EmissionArrays(zeros, zeros, zeros, zeros, zeros, [], [], [], [])
+        none = np.zeros(0, dtype=np.int64)
+        return EmissionArrays(zeros, zeros, zeros, zeros, zeros, [], none, [], none, [])
     ch4 = n2o = zeros
     if act.kind in ("electricity", "heat"):
         cands, idx = _select(library, base, "ef", settings.region if act.kind == "electricity" else settings.region,
@@ -126,18 +144,19 @@ def compute(activity_name: str, start_ts: np.ndarray, amount: np.ndarray, librar
             groups += [(ch4_c, ch4_i), (n2o_c, n2o_i)]
     gwp = GWP[settings.gwp]
     co2e = co2 + gwp["CH4"] * ch4 + gwp["N2O"] * n2o
-    # Factor references per row: one string per distinct combination of selected factors.
-    stacked = np.stack([i for _, i in groups], axis=1)
-    combos, inverse = np.unique(stacked, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    combo_refs = [",".join(groups[g][0][int(k)].ref for g, k in enumerate(row)) for row in combos]
-    refs = [combo_refs[k] for k in inverse]
+    # Factor references per row: one string per distinct combination of selected factors. Rows are
+    # encoded as one integer per combination (mixed radix) so that np.unique works on a 1-D array.
+    code = np.zeros(n, dtype=np.int64)
+    for cands_g, idx_g in groups:
+        code = code * (len(cands_g) + 1) + idx_g
+    combos, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+    ref_table = [",".join(g_cands[int(g_idx[i])].ref for g_cands, g_idx in groups) for i in first]
+    used = {f.ref + str(f.valid_from): f for g_cands, g_idx in groups for i in first for f in [g_cands[int(g_idx[i])]]}
     p_cands, p_idx = primary
-    used_ids = {id(groups[g][0][int(k)]): groups[g][0][int(k)] for row in combos for g, k in enumerate(row)}
     return EmissionArrays(
         energy_gj=energy, co2_t=co2, ch4_t=ch4, n2o_t=n2o, co2e_t=co2e,
-        factor_id=[p_cands[k].id for k in p_idx], factor_version=[p_cands[k].version for k in p_idx],
-        factor_refs=refs, used=list(used_ids.values()),
+        ref_table=ref_table, ref_index=inverse.reshape(-1), primary_table=p_cands, primary_index=p_idx,
+        used=list(used.values()),
     )
 
 

