@@ -429,17 +429,17 @@ class Store:
         cursor = db.execute("SELECT processed_reading_id FROM sources WHERE id = ?", (s.id,)).fetchone()[0]
         until_sql = "" if until is None else " AND timestamp <= ?"
         params: tuple = (s.meter_id, point, cursor) + (() if until is None else (until,))
+        # Readings stamped before 2000 (an RTC that lost power) cannot be placed in time: they are
+        # marked invalid below but still move the cursor.
         t_min, max_id = db.execute(
-            "SELECT MIN(timestamp), MAX(id) FROM readings WHERE meter_id = ? AND point = ? AND id > ?" + until_sql
-            + " AND timestamp >= 946684800", params).fetchone()
+            "SELECT MIN(CASE WHEN timestamp >= 946684800 THEN timestamp END), MAX(id) FROM readings"
+            " WHERE meter_id = ? AND point = ? AND id > ?" + until_sql, params).fetchone()
         if max_id is None:
-            # Only clock-fault readings are new: mark them and move on.
-            any_id = db.execute("SELECT MAX(id) FROM readings WHERE meter_id = ? AND point = ? AND id > ?",
-                                (s.meter_id, point, cursor)).fetchone()[0]
-            if any_id is not None:
-                db.execute("UPDATE readings SET status = 'invalid', flags = ? WHERE meter_id = ? AND point = ? AND id > ?"
-                           " AND timestamp < 946684800", (int(pp.Reason.CLOCK_JUMP), s.meter_id, point, cursor))
-                db.execute("UPDATE sources SET processed_reading_id = ? WHERE id = ?", (any_id, s.id))
+            return (0, 0, 0, 0)
+        if t_min is None:
+            db.execute("UPDATE readings SET status = 'invalid', flags = ? WHERE meter_id = ? AND point = ? AND id > ?"
+                       " AND id <= ?", (int(pp.Reason.CLOCK_JUMP), s.meter_id, point, cursor, int(max_id)))
+            db.execute("UPDATE sources SET processed_reading_id = ? WHERE id = ?", (int(max_id), s.id))
             return (0, 0, 0, 0)
         interval = self.settings.interval_s
         context = max(self.context_s, (s.frozen_after_s or 0) + interval)
@@ -478,14 +478,21 @@ class Store:
             replace_from = math.ceil(first_kept / interval) * interval       # earlier intervals keep their value
         iv = pp.to_intervals(clean, interval, start=replace_from)
 
-        # Reading flags: update only rows whose status changed.
-        status_names = np.array(pp.STATUS_NAMES)[clean.status]
-        old_status = [r[4] for r in rows]
-        old_flags = np.array([r[5] for r in rows], dtype=np.int64)
-        changed = [(str(status_names[i]), int(clean.reasons[i]), int(ids[i])) for i in range(len(rows))
-                   if old_status[i] != status_names[i] or old_flags[i] != clean.reasons[i]]
-        if changed:
-            db.conn.executemany("UPDATE readings SET status = ?, flags = ? WHERE id = ?", changed)
+        # Reading flags: new readings are marked measured in one statement, then only the rows whose
+        # status or flags differ (typically a handful) are updated one by one.
+        db.execute("UPDATE readings SET status = 'measured', flags = 0 WHERE meter_id = ? AND point = ? AND id > ?"
+                   " AND id <= ? AND timestamp >= ?" + until_sql,
+                   (s.meter_id, point, cursor, int(max_id), lo) + (() if until is None else (until,)))
+        db.execute("UPDATE readings SET status = 'invalid', flags = ? WHERE meter_id = ? AND point = ? AND id > ?"
+                   " AND id <= ? AND timestamp < 946684800", (int(pp.Reason.CLOCK_JUMP), s.meter_id, point, cursor,
+                                                               int(max_id)))
+        old_status = np.array([r[4] if r[0] <= cursor else "measured" for r in rows], dtype=object)
+        old_flags = np.array([r[5] if r[0] <= cursor else 0 for r in rows], dtype=np.int64)
+        status_names = np.array(pp.STATUS_NAMES, dtype=object)[clean.status]
+        diff = np.flatnonzero((old_status != status_names) | (old_flags != clean.reasons))
+        if len(diff):
+            db.conn.executemany("UPDATE readings SET status = ?, flags = ? WHERE id = ?",
+                                [(status_names[i], int(clean.reasons[i]), int(ids[i])) for i in diff])
 
         n_emis = 0
         if replace_from is not None and len(iv):

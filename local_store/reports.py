@@ -64,14 +64,30 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
     db = store.db
     p = {"s": s, "e": e, "off": offset}
     where = "superseded_at IS NULL AND start_ts < :e AND end_ts > :s"
-    per_source = db.execute(
-        f"SELECT source_id, activity, unit, scope, iso_category, SUM(amount * f), SUM(energy_gj * f), SUM(co2_t * f),"
-        f" SUM(ch4_t * f), SUM(n2o_t * f), SUM(co2e_t * f), SUM(amount * f * measured_fraction), COUNT(*),"
-        f" SUM(status != 'measured'), SUM(status = 'invalid')"
+    # One pass over the emission rows: per source, factor set and breakdown key; merged below.
+    key_sql = "''" if by in ("source", "scope") else \
+        f"strftime('{'%Y-%m-%d' if by == 'day' else '%Y-%m'}', MAX(start_ts, :s) + :off, 'unixepoch')"
+    grouped = db.execute(
+        f"SELECT source_id, activity, unit, scope, iso_category, factor_refs, {key_sql} AS k, SUM(amount * f),"
+        f" SUM(energy_gj * f), SUM(co2_t * f), SUM(ch4_t * f), SUM(n2o_t * f), SUM(co2e_t * f),"
+        f" SUM(amount * f * measured_fraction), COUNT(*), SUM(status != 'measured'), SUM(status = 'invalid')"
         f" FROM (SELECT *, {_OVERLAP} AS f FROM emissions WHERE {where})"
-        f" GROUP BY source_id, activity ORDER BY source_id, activity", p).fetchall()
-    if not per_source:
+        f" GROUP BY source_id, activity, factor_refs, k", p).fetchall()
+    if not grouped:
         raise ReportError(_no_data_message(store, start, end, tz))
+    merged: dict[tuple, list] = {}
+    by_key: dict[str, dict] = {}
+    refs: set[str] = set()
+    for src, act, unit, scope, cat, frefs, k, *nums in grouped:
+        acc = merged.setdefault((src, act, unit, scope, cat), [0.0] * len(nums))
+        for i, x in enumerate(nums):
+            acc[i] += x or 0
+        refs.update(x for x in frefs.split(",") if x)
+        if k:
+            row = by_key.setdefault(k, {"key": k, "tco2e": 0.0, "scope_1": 0.0, "scope_2": 0.0})
+            row[f"scope_{scope}"] += nums[5]
+            row["tco2e"] += nums[5]
+    per_source = [(*key, *vals) for key, vals in sorted(merged.items())]
 
     by_source = []
     by_scope = {"scope_1": 0.0, "scope_2": 0.0}
@@ -105,8 +121,8 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
     market_total, market = _market_based(store, s, e, electricity_mwh, electricity_loc_t, total)
     if method == "market" and market_total is None:
         raise ReportError(f"market-based total for {start}..{end}: {market['note']}")
-    breakdown = _breakdown(db, by, p, where, by_source, by_scope)
-    factors = _factors_used(db, p, where)
+    breakdown = _breakdown(by, by_key, by_source, by_scope)
+    factors = _factors_used(db, p, refs)
     share_measured = weighted_measured / weighted_all if weighted_all else 1.0
     return {
         "period": {"from": start.isoformat(), "to": end.isoformat(), "end_exclusive": True,
@@ -143,27 +159,15 @@ def _offset_text(offset_s: int) -> str:
     return f"{sign}{h:02d}:{m:02d}"
 
 
-def _breakdown(db, by: str, p: dict, where: str, by_source: list[dict], by_scope: dict) -> list[dict]:
+def _breakdown(by: str, by_key: dict[str, dict], by_source: list[dict], by_scope: dict) -> list[dict]:
     if by == "source":
         return [{"key": r["source"], "activity": r["activity"], "tco2e": r["tco2e"]} for r in by_source]
     if by == "scope":
         return [{"key": k, "tco2e": _r(v)} for k, v in by_scope.items()]
-    fmt = "%Y-%m-%d" if by == "day" else "%Y-%m"
-    rows = db.execute(
-        f"SELECT strftime('{fmt}', MAX(start_ts, :s) + :off, 'unixepoch') AS k, scope, SUM(co2e_t * f)"
-        f" FROM (SELECT *, {_OVERLAP} AS f FROM emissions WHERE {where}) GROUP BY k, scope ORDER BY k", p).fetchall()
-    out: dict[str, dict] = {}
-    for k, scope, v in rows:
-        row = out.setdefault(k, {"key": k, "tco2e": 0.0, "scope_1": 0.0, "scope_2": 0.0})
-        row[f"scope_{scope}"] += v
-        row["tco2e"] += v
-    return [{key: (_r(val) if isinstance(val, float) else val) for key, val in r.items()} for r in out.values()]
+    return [{key: (_r(val) if isinstance(val, float) else val) for key, val in by_key[k].items()} for k in sorted(by_key)]
 
 
-def _factors_used(db, p: dict, where: str) -> list[dict]:
-    refs = set()
-    for (r,) in db.execute(f"SELECT DISTINCT factor_refs FROM emissions WHERE {where}", p):
-        refs.update(x for x in r.split(",") if x)
+def _factors_used(db, p: dict, refs: set[str]) -> list[dict]:
     out = []
     s_date = datetime.fromtimestamp(p["s"], timezone.utc).date().isoformat()
     e_date = (datetime.fromtimestamp(p["e"], timezone.utc).date() + timedelta(days=1)).isoformat()

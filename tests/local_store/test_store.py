@@ -156,3 +156,37 @@ def test_process_is_incremental_and_the_open_interval_grows(tmp_path: Path) -> N
                                    " ORDER BY start_ts").fetchall()
         assert current == [(start, pytest.approx(14 * 0.25 / 1000)), (start + 900, pytest.approx(11 * 0.25 / 1000))]
         assert store.process().readings == 0          # nothing new: nothing re-read
+
+
+def test_reading_status_and_flags_are_written_back(tmp_path: Path) -> None:
+    t0 = 1_790_000_000.0
+    with open_store(tmp_path / "gateway.db") as store:
+        store.configure_sources([SourceSettings("m", "electricity")])
+        values = [100.0, 101.0, 9_000.0, 103.0, 104.0]            # a spike at the third reading
+        store.insert_readings([Reading("m", "energy_import", t0 + 60 * k, x, "kWh", Quantity.ENERGY_IMPORT)
+                               for k, x in enumerate(values)]
+                              + [Reading("m", "energy_import", 5.0, 1.0, "kWh", Quantity.ENERGY_IMPORT)])  # RTC at 1970
+        store.process()
+        rows = store.db.execute("SELECT value, status, flags FROM readings ORDER BY id").fetchall()
+        assert rows == [(100.0, "measured", 0), (101.0, "measured", 0), (9_000.0, "invalid", 16),
+                        (103.0, "measured", 0), (104.0, "measured", 0), (1.0, "invalid", 8)]
+        assert store.db.execute("SELECT SUM(amount) FROM intervals").fetchone()[0] == pytest.approx(4 / 1000)
+
+
+def test_unknown_unit_fails_that_source_only(tmp_path: Path) -> None:
+    t0 = 1_790_000_000.0
+    with open_store(tmp_path / "gateway.db") as store:
+        store.configure_sources([SourceSettings("good", "electricity"), SourceSettings("bad", "natural_gas")])
+        store.insert_readings([Reading("good", "energy_import", t0 + 60 * k, 10.0 + k, "kWh", Quantity.ENERGY_IMPORT)
+                               for k in range(3)]
+                              + [Reading("bad", "gas_volume", t0 + 60 * k, 10.0 + k, "ft3", Quantity.GAS_VOLUME)
+                                 for k in range(3)])
+        from local_store import ProcessingError
+        with pytest.raises(ProcessingError) as exc:
+            store.process()
+        assert str(exc.value).startswith(
+            "source bad (meter bad, point gas_volume): unit 'ft3' is not valid for natural_gas: use one of m3, Nm3")
+        assert "fix the profile's unit or the source's activity" in str(exc.value)
+        sources = {r[0] for r in store.db.execute("SELECT DISTINCT source_id FROM emissions")}
+        assert sources == {"good"}
+        assert store.db.execute("SELECT COUNT(*) FROM intervals WHERE source_id = 'bad'").fetchone()[0] == 0
