@@ -63,16 +63,8 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
     method = method or store.settings.method
     db = store.db
     p = {"s": s, "e": e, "off": offset}
-    where = "superseded_at IS NULL AND start_ts < :e AND end_ts > :s"
-    # One pass over the emission rows: per source, factor set and breakdown key; merged below.
-    key_sql = "''" if by in ("source", "scope") else \
-        f"strftime('{'%Y-%m-%d' if by == 'day' else '%Y-%m'}', MAX(start_ts, :s) + :off, 'unixepoch')"
-    grouped = db.execute(
-        f"SELECT source_id, activity, unit, scope, iso_category, factor_refs, {key_sql} AS k, SUM(amount * f),"
-        f" SUM(energy_gj * f), SUM(co2_t * f), SUM(ch4_t * f), SUM(n2o_t * f), SUM(co2e_t * f),"
-        f" SUM(amount * f * measured_fraction), COUNT(*), SUM(status != 'measured'), SUM(status = 'invalid')"
-        f" FROM (SELECT *, {_OVERLAP} AS f FROM emissions WHERE {where})"
-        f" GROUP BY source_id, activity, factor_refs, k", p).fetchall()
+    key = None if by in ("source", "scope") else ("%Y-%m-%d" if by == "day" else "%Y-%m")
+    grouped = _grouped(db, p, key)
     if not grouped:
         raise ReportError(_no_data_message(store, start, end, tz))
     merged: dict[tuple, list] = {}
@@ -153,6 +145,30 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
     }
 
 
+def _grouped(db, p: dict, key_fmt: str | None) -> list[tuple]:
+    """Sums per (source, activity, unit, scope, category, factor set, breakdown key) over [s, e).
+
+    Interval rows come from the hourly rollup when the period is made of whole hours (any time zone
+    with a whole-hour offset); imported activity rows, split per day, are pro-rated by overlap.
+    """
+    def key_sql(col: str) -> str:
+        return "''" if key_fmt is None else f"strftime('{key_fmt}', MAX({col}, :s) + :off, 'unixepoch')"
+
+    sums = ("SUM(amount * f), SUM(energy_gj * f), SUM(co2_t * f), SUM(ch4_t * f), SUM(n2o_t * f), SUM(co2e_t * f),"
+            " SUM(amount * f * measured_fraction), COUNT(*), SUM(status != 'measured'), SUM(status = 'invalid')")
+    cols = "source_id, activity, unit, scope, iso_category, factor_refs"
+    group = " GROUP BY source_id, activity, factor_refs, k"
+    whole_hours = p["s"] % 3600 == 0 and p["e"] % 3600 == 0
+    rows_where = "superseded_at IS NULL AND start_ts < :e AND end_ts > :s" + (" AND origin != 'interval'" if whole_hours else "")
+    sql = (f"SELECT {cols}, {key_sql('start_ts')} AS k, {sums}"
+           f" FROM (SELECT *, {_OVERLAP} AS f FROM emissions WHERE {rows_where}){group}")
+    if whole_hours:
+        sql += (f" UNION ALL SELECT {cols}, {key_sql('hour_ts')} AS k, SUM(amount), SUM(energy_gj), SUM(co2_t),"
+                f" SUM(ch4_t), SUM(n2o_t), SUM(co2e_t), SUM(amount_measured), SUM(rows), SUM(rows_estimated),"
+                f" SUM(rows_invalid) FROM emissions_hourly WHERE hour_ts >= :s AND hour_ts < :e{group}")
+    return db.execute(sql, p).fetchall()
+
+
 def _offset_text(offset_s: int) -> str:
     sign = "+" if offset_s >= 0 else "-"
     h, m = divmod(abs(offset_s) // 60, 60)
@@ -183,12 +199,19 @@ def _factors_used(db, p: dict, refs: set[str]) -> list[dict]:
 
 
 def _reading_counts(db, s: float, e: float) -> dict[str, int]:
+    """Readings in the period by preprocessing status (index-only counts; not-measured via a partial index)."""
     counts = {"measured": 0, "estimated": 0, "invalid": 0, "unprocessed": 0}
     series = db.execute("SELECT DISTINCT meter_id, point FROM latest_readings").fetchall()
     for meter_id, point in series:
-        for status, n in db.execute("SELECT status, COUNT(*) FROM readings WHERE meter_id = ? AND point = ?"
-                                    " AND timestamp >= ? AND timestamp < ? GROUP BY status", (meter_id, point, s, e)):
-            counts[status or "unprocessed"] = counts.get(status or "unprocessed", 0) + n
+        total = db.execute("SELECT COUNT(*) FROM readings INDEXED BY readings_series_ts WHERE meter_id = ? AND point = ?"
+                           " AND timestamp >= ? AND timestamp < ?", (meter_id, point, s, e)).fetchone()[0]
+        other = 0
+        for status, n in db.execute("SELECT status, COUNT(*) FROM readings INDEXED BY readings_flagged"
+                                    " WHERE meter_id = ? AND point = ? AND timestamp >= ? AND timestamp < ?"
+                                    " AND status IS NOT 'measured' GROUP BY status", (meter_id, point, s, e)):
+            counts[status or "unprocessed"] += n
+            other += n
+        counts["measured"] += total - other
     return counts
 
 
@@ -254,11 +277,10 @@ class EmissionsSummary:
 
 
 def _totals(store: Store, s: float, e: float) -> ScopeTotals:
-    rows = store.db.execute(
-        f"SELECT scope, SUM(co2e_t * f) FROM (SELECT *, {_OVERLAP} AS f FROM emissions"
-        f" WHERE superseded_at IS NULL AND start_ts < :e AND end_ts > :s) GROUP BY scope", {"s": s, "e": e}).fetchall()
-    d = {scope: v or 0.0 for scope, v in rows}
-    return ScopeTotals(_r(d.get(1)), _r(d.get(2)))
+    d = {1: 0.0, 2: 0.0}
+    for row in _grouped(store.db, {"s": s, "e": e, "off": 0}, None):
+        d[row[3]] += row[12] or 0.0
+    return ScopeTotals(_r(d[1]), _r(d[2]))
 
 
 def emissions_summary(store: Store, now: datetime | None = None) -> EmissionsSummary:

@@ -40,10 +40,10 @@ def test_open_store_creates_schema_in_wal_mode(tmp_path: Path) -> None:
         tables = set(store.db.table_names())
         assert {"readings", "intervals", "emissions", "factors", "sources", "activity_data",
                 "instruments", "_sqlite_migrations"} <= tables
-        assert schema_version(store.db) == 1
+        assert schema_version(store.db) == 2
     # Re-opening applies nothing twice.
     with open_store(tmp_path / "gateway.db") as store:
-        assert schema_version(store.db) == 1
+        assert schema_version(store.db) == 2
 
 
 def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
@@ -190,3 +190,34 @@ def test_unknown_unit_fails_that_source_only(tmp_path: Path) -> None:
         sources = {r[0] for r in store.db.execute("SELECT DISTINCT source_id FROM emissions")}
         assert sources == {"good"}
         assert store.db.execute("SELECT COUNT(*) FROM intervals WHERE source_id = 'bad'").fetchone()[0] == 0
+
+
+def test_instant_means_drop_outliers(tmp_path: Path) -> None:
+    start = 1_790_000_000 - (1_790_000_000 % 900)
+    values = [50.0, 52.0, 51.0, 9_999.0, 49.0, 50.0, 48.0]          # kW every 2 min; one glitch
+    with open_store(tmp_path / "gateway.db") as store:
+        store.insert_readings([Reading("m", "active_power", start + 120 * k, x, "kW", Quantity.ACTIVE_POWER)
+                               for k, x in enumerate(values)])
+        means = store.instant_means("m", "active_power", start, start + 900)
+        assert means == [{"start": start, "mean": pytest.approx((50 + 52 + 51 + 49 + 50 + 48) / 6), "count": 6}]
+
+
+def test_migration_from_version_1_fills_the_hourly_rollup(tmp_path: Path) -> None:
+    import sqlite_utils
+
+    from local_store.db import migrations
+
+    path = tmp_path / "gateway.db"
+    db = sqlite_utils.Database(path)
+    migrations.apply(db, stop_before="m002_hourly_rollup")
+    assert schema_version(db) == 1
+    db.execute("INSERT INTO emissions (source_id, activity, origin, start_ts, end_ts, amount, unit, energy_gj, co2_t,"
+               " ch4_t, n2o_t, co2e_t, scope, iso_category, factor_id, factor_version, factor_refs, gwp, region, status,"
+               " measured_fraction, calculated_at) VALUES ('m', 'electricity', 'interval', 1790001000, 1790001900, 2.0,"
+               " 'MWh', 7.2, 1.0732, 0, 0, 1.0732, 2, 2, 'cn.grid.national', 1, 'cn.grid.national@1', 'AR6',"
+               " 'national', 'measured', 1.0, 0)")
+    db.close()
+    with open_store(path) as store:
+        assert schema_version(store.db) == 2
+        assert store.db.execute("SELECT hour_ts, amount, co2e_t, rows FROM emissions_hourly").fetchall() == [
+            (1_789_999_200, 2.0, 1.0732, 1)]
