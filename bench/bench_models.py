@@ -170,7 +170,7 @@ def main() -> None:
     scale = args.meters / sm
     print(f"SQLite path, {sm} meters: insert {ti - ts:.2f} s, process {tp - ti:.2f} s, monthly report {tr - tp:.2f} s "
           f"({report['total_tco2e']:,.1f} tCO2e) -> extrapolated to {args.meters} meters: insert {(ti - ts) * scale:.0f} s, "
-          f"process {(tp - ti) * scale:.0f} s")
+          f"process {(tp - ti) * scale:.0f} s, report {(tr - tp) * scale:.1f} s")
     print(f"peak RSS {rss_mb():,.0f} MB")
 
 

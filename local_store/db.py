@@ -9,11 +9,12 @@ readings per transaction keeps the fsync cost small. See docs/models.md, "Store"
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, tzinfo
 from pathlib import Path
@@ -30,7 +31,32 @@ from local_store.factors import FactorLibrary, default_factor_files, load_librar
 from local_store.units import activity as get_activity
 from local_store.units import factor_to_canonical
 
-SCHEMA_VERSION = 1
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """Like ``Database.atomic()`` but takes the write lock at BEGIN (``BEGIN IMMEDIATE``).
+
+    A deferred transaction that reads first and writes later fails at once with SQLITE_BUSY when
+    another connection (the daemon, a CLI report) committed in between; taking the lock up front
+    makes it wait for ``busy_timeout`` instead. Nested use becomes a savepoint.
+    """
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.rollback()
+        raise
+    else:
+        try:
+            db.conn.execute("COMMIT")
+        except BaseException:
+            db.rollback()
+            raise
 migrations = Migrations("local_store")
 
 #: Default reading point (by quantity) of each activity when a source names no point.
@@ -298,7 +324,7 @@ class Store:
         if not rows:
             return 0
         db = self.db
-        with db.atomic():
+        with write_transaction(db):
             cur = db.conn.executemany(
                 "INSERT INTO readings (meter_id, point, timestamp, value, unit, quantity, quality, reason, origin)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -355,7 +381,7 @@ class Store:
                                  f"give one of them a distinct source_id")
             seen[s.id] = s.meter_id
         db = self.db
-        with db.atomic():
+        with write_transaction(db):
             for s in sources:
                 old = db.execute("SELECT meter_id, point, activity, settings FROM sources WHERE id = ?", (s.id,)).fetchone()
                 quantity = DEFAULT_QUANTITY[s.activity].value if s.point is None else None
@@ -435,7 +461,7 @@ class Store:
             for source_id, blob in rows:
                 settings = SourceSettings(**json.loads(blob))
                 try:
-                    with db.atomic():
+                    with write_transaction(db):
                         n = self._process_source(db, library, settings, until)
                 except (ProcessingError, FactorError, UnitError) as exc:
                     errors.append(str(exc))
@@ -596,7 +622,7 @@ class Store:
         row = db.execute("SELECT value FROM store_meta WHERE key = 'factor_fingerprint'").fetchone()
         if row is not None and row[0] == fp:
             return 0
-        with db.atomic():
+        with write_transaction(db):
             self._record_factors(db, library)
             n = recalculate(db, library, self.settings) if row is not None else 0
             db.execute("INSERT INTO store_meta (key, value) VALUES ('factor_fingerprint', ?)"

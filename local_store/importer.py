@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from drivers.model import Quantity, Reading
-from local_store.db import SourceSettings, Store
+from local_store.db import SourceSettings, Store, write_transaction
 from local_store.emissions import compute
 from local_store.errors import DataImportError, FactorError, UnitError
 from local_store.reports import local_tz
@@ -204,7 +204,7 @@ def _import_activity(store: Store, path: Path, rows: list[list[str]], tz: tzinfo
     origin = f"import:{path.name}"
     n_emis = 0
     tco2e = 0.0
-    with db.atomic():
+    with write_transaction(db):
         store._maybe_recalculate(db, store.library)
         for r in good:
             db.execute("INSERT INTO activity_data (source_id, activity, start_ts, end_ts, amount, unit, amount_original,"
@@ -307,7 +307,7 @@ def _import_readings(store: Store, path: Path, rows: list[list[str]]) -> ImportR
 
     db = store.db
     totals = [0, 0]
-    with db.atomic():
+    with write_transaction(db):
         store._maybe_recalculate(db, store.library)
         now = time.time()
         import json

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from gateway.paths import DEFAULT_DATA_DIR
-from local_store import StoreError, open_store
+from local_store import ProcessingError, StoreError, open_store
 from local_store.reports import BY_CHOICES, build_report
 
 _DATA_DIR = click.option(
@@ -49,7 +49,11 @@ def report(start, end, by: str, fmt: str, method: str | None, output: Path | Non
     path = _store_path(data_dir, must_exist=True)
     try:
         with open_store(path) as store:
-            store.process()     # include readings stored since the daemon's last run
+            try:
+                store.process()     # include readings stored since the daemon's last run
+            except ProcessingError as exc:
+                # The other sources were processed; report with what is there and say what is missing.
+                click.echo(f"warning: some readings could not be processed: {exc}", err=True)
             data = build_report(store, start.date(), end.date(), by=by, method=method)  # type: ignore[arg-type]
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None

@@ -221,3 +221,44 @@ def test_migration_from_version_1_fills_the_hourly_rollup(tmp_path: Path) -> Non
         assert schema_version(store.db) == 2
         assert store.db.execute("SELECT hour_ts, amount, co2e_t, rows FROM emissions_hourly").fetchall() == [
             (1_789_999_200, 2.0, 1.0732, 1)]
+
+
+def test_two_stores_on_one_file_process_concurrently(tmp_path: Path) -> None:
+    """The daemon and a `report` command both call process(): neither fails with 'database is locked'."""
+    path = tmp_path / "gateway.db"
+    t0 = 1_790_000_000.0
+    with open_store(path) as setup:
+        setup.configure_sources(DEMO_SOURCES)
+    daemon, cli = open_store(path), open_store(path)
+    errors: list[BaseException] = []
+
+    def poll_and_process() -> None:
+        try:
+            for k in range(15):
+                daemon.insert_readings([Reading("main-incomer", "energy_import", t0 + 5 * (7 * k + i),
+                                                12_000.0 + 0.25 * (7 * k + i), "kWh", Quantity.ENERGY_IMPORT)
+                                        for i in range(7)])
+                daemon.process()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def report_loop() -> None:
+        try:
+            for _ in range(15):
+                cli.process()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=poll_and_process, name="daemon"), threading.Thread(target=report_loop, name="cli")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    daemon.process()
+    assert not errors
+    # Every interval counted once: 105 readings 0.25 kWh apart = 104 x 0.25 kWh.
+    total_mwh = daemon.db.execute("SELECT SUM(amount) FROM intervals WHERE source_id = 'main-incomer'").fetchone()[0]
+    assert total_mwh == pytest.approx(104 * 0.25 / 1000)
+    assert daemon.db.execute("SELECT COUNT(*) FROM readings WHERE status = 'measured'").fetchone()[0] == 105
+    daemon.close()
+    cli.close()
