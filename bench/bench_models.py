@@ -138,7 +138,9 @@ def main() -> None:
 
     # Plain Python loop on a subset, extrapolated.
     lm = min(args.loop_meters, args.meters)
-    ef = library.select("electricity", "ef", "national", START).value_si
+    grid = library.select("electricity", "ef", "national", START)
+    assert grid is not None
+    ef = grid.value_si
     tl = time.perf_counter()
     for t, v, activity in meters[:lm]:
         loop_model(t, v * 1e-3, ef)

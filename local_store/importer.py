@@ -215,14 +215,14 @@ def _import_activity(store: Store, path: Path, rows: list[list[str]], tz: tzinfo
                        " VALUES (?, 'manual', ?, ?, 1, ?) ON CONFLICT (id) DO NOTHING",
                        (r.source, r.activity, f"imported from {path.name}", now))
         for act, (sel, res) in results.items():
-            a = get_activity(act)
+            act_def = get_activity(act)
             db.conn.executemany(
                 "INSERT INTO emissions (source_id, activity, origin, start_ts, end_ts, amount, unit, energy_gj, co2_t,"
                 " ch4_t, n2o_t, co2e_t, scope, iso_category, factor_id, factor_version, factor_refs, gwp, region,"
                 " status, measured_fraction, calculated_at) VALUES (?,?,'activity',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
                 " 'measured',1.0,?)",
-                [(p[0].source, act, int(p[1]), int(p[2]), p[3], a.unit, float(res.energy_gj[k]), float(res.co2_t[k]),
-                  float(res.ch4_t[k]), float(res.n2o_t[k]), float(res.co2e_t[k]), a.scope, a.iso_category,
+                [(p[0].source, act, int(p[1]), int(p[2]), p[3], act_def.unit, float(res.energy_gj[k]), float(res.co2_t[k]),
+                  float(res.ch4_t[k]), float(res.n2o_t[k]), float(res.co2e_t[k]), act_def.scope, act_def.iso_category,
                   res.factor_id[k], res.factor_version[k], res.factor_refs[k], store.settings.gwp,
                   store.settings.region, now) for k, p in enumerate(sel)])
             n_emis += len(sel)

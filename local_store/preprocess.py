@@ -267,8 +267,11 @@ def clean_cumulative(t: np.ndarray, v: np.ndarray, rules: CumulativeRules = Cumu
     status = np.full(n, INVALID, dtype=np.int8)
     status[idx] = MEASURED
     status[idx[(reasons[idx] & Reason.RESET) != 0]] = ESTIMATED
-    counts = {name: int(np.count_nonzero(reasons & bit)) for bit in Reason if bit
-              for name in [bit.name.lower()] if np.any(reasons & bit)}
+    counts = {}
+    for bit in Reason:
+        n_bit = int(np.count_nonzero(reasons & bit)) if bit else 0
+        if n_bit and bit.name:
+            counts[bit.name.lower()] = n_bit
     return CleanSeries(tt, c, est_after, reasons_after, status, reasons, counts)
 
 
