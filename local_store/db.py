@@ -59,19 +59,20 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
             raise
 migrations = Migrations("local_store")
 
-#: Default reading point (by quantity) of each activity when a source names no point.
-DEFAULT_QUANTITY = {
-    "electricity": Quantity.ENERGY_IMPORT,
-    "electricity_export": Quantity.ENERGY_EXPORT,
-    "natural_gas": Quantity.GAS_VOLUME,
-    "heat": Quantity.HEAT_ENERGY,
-    "heat_export": Quantity.HEAT_ENERGY,
-    "steam": Quantity.HEAT_ENERGY,
-    "raw_coal": Quantity.OTHER,
-    "diesel": Quantity.OTHER,
-    "gasoline": Quantity.OTHER,
-    "lpg": Quantity.OTHER,
-    "fuel_oil": Quantity.OTHER,
+#: Quantities that may carry an activity when a source names no point, in order of preference
+#: (a steam meter may total heat in GJ or mass in t; heat is preferred because no enthalpy is assumed).
+DEFAULT_QUANTITIES: dict[str, tuple[Quantity, ...]] = {
+    "electricity": (Quantity.ENERGY_IMPORT,),
+    "electricity_export": (Quantity.ENERGY_EXPORT,),
+    "natural_gas": (Quantity.GAS_VOLUME,),
+    "heat": (Quantity.HEAT_ENERGY,),
+    "heat_export": (Quantity.HEAT_ENERGY,),
+    "steam": (Quantity.HEAT_ENERGY, Quantity.STEAM_MASS),
+    "raw_coal": (Quantity.OTHER,),
+    "diesel": (Quantity.OTHER,),
+    "gasoline": (Quantity.OTHER,),
+    "lpg": (Quantity.OTHER,),
+    "fuel_oil": (Quantity.OTHER,),
 }
 
 
@@ -384,7 +385,7 @@ class Store:
         with write_transaction(db):
             for s in sources:
                 old = db.execute("SELECT meter_id, point, activity, settings FROM sources WHERE id = ?", (s.id,)).fetchone()
-                quantity = DEFAULT_QUANTITY[s.activity].value if s.point is None else None
+                quantity = DEFAULT_QUANTITIES[s.activity][0].value if s.point is None else None
                 blob = json.dumps(asdict(s), sort_keys=True)
                 if old is None:
                     db.execute("INSERT INTO sources (id, kind, activity, meter_id, point, quantity, settings, description,"
@@ -491,13 +492,24 @@ class Store:
     def _series_point(self, db: sqlite_utils.Database, s: SourceSettings) -> str | None:
         if s.point is not None:
             return s.point
-        quantity = DEFAULT_QUANTITY[s.activity].value
-        points = [r[0] for r in db.execute("SELECT point FROM latest_readings WHERE meter_id = ? AND quantity = ?",
-                                           (s.meter_id, quantity))]
-        if len(points) > 1:
-            raise ProcessingError(f"meter {s.meter_id}: several points measure {quantity} ({', '.join(sorted(points))}): "
-                                  f"set point = \"<one of them>\" for this meter's {s.activity} source")
-        return points[0] if points else None
+        for q in DEFAULT_QUANTITIES[s.activity]:
+            quantity = q.value
+            points = [r[0] for r in db.execute("SELECT point FROM latest_readings WHERE meter_id = ? AND quantity = ?",
+                                               (s.meter_id, quantity))]
+            if len(points) > 1:
+                raise ProcessingError(f"meter {s.meter_id}: several points measure {quantity} "
+                                      f"({', '.join(sorted(points))}): set point = \"<one of them>\" for this "
+                                      f"meter's {s.activity} source")
+            if points:
+                return points[0]
+        others = [r[0] for r in db.execute("SELECT point FROM latest_readings WHERE meter_id = ? ORDER BY point",
+                                           (s.meter_id,))]
+        if others:
+            # The meter is polled but none of its points fits the activity: a config error, say so.
+            wanted = " or ".join(q.value for q in DEFAULT_QUANTITIES[s.activity])
+            raise ProcessingError(f"meter {s.meter_id}: no point measures {wanted} for its {s.activity} source "
+                                  f"(points: {', '.join(others)}): set point = \"<one of them>\" or fix the activity")
+        return None
 
     def _process_source(self, db: sqlite_utils.Database, library: FactorLibrary, s: SourceSettings,
                         until: float | None) -> tuple[int, int, int, int]:

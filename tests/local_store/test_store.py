@@ -262,3 +262,20 @@ def test_two_stores_on_one_file_process_concurrently(tmp_path: Path) -> None:
     assert daemon.db.execute("SELECT COUNT(*) FROM readings WHERE status = 'measured'").fetchone()[0] == 105
     daemon.close()
     cli.close()
+
+
+def test_default_point_per_activity(tmp_path: Path) -> None:
+    t0 = 1_790_000_000.0
+    with open_store(tmp_path / "gateway.db") as store:
+        store.configure_sources([SourceSettings("steam-t", "steam"), SourceSettings("power", "natural_gas")])
+        store.insert_readings(
+            [Reading("steam-t", "steam_total", t0 + 60 * k, 100.0 + k, "t", Quantity.STEAM_MASS) for k in range(3)]
+            + [Reading("power", "energy_import", t0 + 60 * k, 1.0 + k, "kWh", Quantity.ENERGY_IMPORT) for k in range(3)])
+        from local_store import ProcessingError
+        with pytest.raises(ProcessingError) as exc:
+            store.process()
+        assert str(exc.value) == ("meter power: no point measures gas_volume for its natural_gas source (points: "
+                                  "energy_import): set point = \"<one of them>\" or fix the activity")
+        # Steam metered in t: 2 t x (2763 - 83.74) kJ/kg = 5.35852 GJ.
+        gj = store.db.execute("SELECT SUM(amount) FROM intervals WHERE source_id = 'steam-t'").fetchone()[0]
+        assert gj == pytest.approx(2 * (2763 - 83.74) / 1000)
