@@ -7,7 +7,6 @@ data and the still-open 15-minute interval both add up correctly.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Literal
@@ -318,7 +317,8 @@ def consumption(store: Store, source_id: str, start: float, end: float, resoluti
         return [{"start": datetime.fromtimestamp(int(x)).astimezone().isoformat(), "amount": float(y), "unit": unit}
                 for x, y in zip(t, a)]
     if utc_offset_s is None:
-        utc_offset_s = -time.timezone if not time.daylight else -time.altzone
+        offset = datetime.fromtimestamp(start, local_tz()).utcoffset()
+        utc_offset_s = int(offset.total_seconds()) if offset else 0
     labels, sums = aggregate(t, a, resolution, utc_offset_s)
     return [{"start": str(lab), "amount": float(v), "unit": unit} for lab, v in zip(labels, sums)]
 

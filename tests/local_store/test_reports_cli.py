@@ -118,3 +118,17 @@ def test_cli_import(tmp_path: Path) -> None:
                           f"natural_gas, raw_coal, steam\n")
     res = runner.invoke(main, ["report", "--from", "2026-01-01", "--to", "2026-02-01", "--data-dir", str(tmp_path / "state")])
     assert json.loads(res.output)["total_tco2e"] == pytest.approx(1000 * 0.038931 * 0.01532 * 0.99 * 44 / 12, abs=1e-6)
+
+
+def test_consumption_per_15_minutes_hour_and_day(tmp_path: Path) -> None:
+    from local_store.reports import consumption
+
+    seed(tmp_path / "gateway.db")               # 0.25 MWh per 15 minutes for 24 h
+    t0 = local_midnight(date(2026, 3, 10))
+    with open_store(tmp_path / "gateway.db") as store:
+        quarter = consumption(store, "main", t0, t0 + 3600, "15min")
+        assert [q["amount"] for q in quarter] == [pytest.approx(0.25)] * 4 and quarter[0]["unit"] == "MWh"
+        hours = consumption(store, "main", t0, t0 + 86_400, "hour")
+        assert len(hours) == 24 and all(h["amount"] == pytest.approx(1.0) for h in hours)
+        days = consumption(store, "main", t0, t0 + 86_400, "day")
+        assert days == [{"start": "2026-03-10", "amount": pytest.approx(24.0), "unit": "MWh"}]
