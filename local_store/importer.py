@@ -168,6 +168,12 @@ def _import_activity(store: Store, path: Path, rows: list[list[str]], tz: tzinfo
         if clash:
             errors.append(f"line {r.line}: {r.source} {r.activity} {_day(r.start, tz)}..{_day(r.end, tz)} overlaps data "
                           f"already imported from {clash[0]} line {clash[1]}: remove the row or the earlier import")
+        metered = db.execute("SELECT 1 FROM emissions WHERE source_id = ? AND origin = 'interval' AND activity = ?"
+                             " AND superseded_at IS NULL AND start_ts < ? AND end_ts > ? LIMIT 1",
+                             (r.source, r.activity, r.end, r.start)).fetchone()
+        if clash is None and metered:
+            errors.append(f"line {r.line}: {r.source} {r.activity} {_day(r.start, tz)}..{_day(r.end, tz)} overlaps "
+                          f"metered data of the same source: use another source name or drop the row")
         for o in seen:
             if o.source == r.source and o.activity == r.activity and o.start < r.end and o.end > r.start:
                 errors.append(f"line {r.line}: {r.source} {r.activity} overlaps line {o.line} of this file: "

@@ -155,3 +155,20 @@ m1,2025-03-01T00:30:00+08:00,gas_volume,-4,kWh
             "line 4: unit 'kWh' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
         ]
         assert counts(store) == (0, 0, 0, 0)
+
+
+def test_activity_data_overlapping_metered_data_is_refused(tmp_path: Path) -> None:
+    from drivers.model import Quantity, Reading
+    from local_store import SourceSettings
+
+    with open_store(tmp_path / "gateway.db") as store:
+        store.configure_sources([SourceSettings("main", "electricity")])
+        t0 = 1_741_536_000.0                                       # 2025-03-09T16:00Z = 2025-03-10 00:00 CST
+        store.insert_readings([Reading("main", "energy_import", t0 + 900 * k, 100.0 * k, "kWh", Quantity.ENERGY_IMPORT)
+                               for k in range(5)])
+        store.process()
+        csv = write(tmp_path, "dup.csv", "source,activity,start,end,amount,unit\nmain,electricity,2025-03-01,2025-04-01,9,MWh\n")
+        with pytest.raises(DataImportError) as exc:
+            import_csv(store, csv, tz=CST)
+        assert exc.value.errors == ["line 2: main electricity 2025-03-01..2025-04-01 overlaps metered data of the same "
+                                    "source: use another source name or drop the row"]
