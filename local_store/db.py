@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -689,8 +690,6 @@ def _fmt_ts(ts: float) -> str:
 
 
 def _connect(path: Path) -> sqlite_utils.Database:
-    import sqlite3
-
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
     db = sqlite_utils.Database(conn)
     db.execute("PRAGMA busy_timeout = 30000")
@@ -707,17 +706,26 @@ def open_store(path: Path | str, settings: EmissionSettings | None = None) -> St
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     store = Store(path=path, settings=settings or EmissionSettings())
-    db = store.db
-    db.enable_wal()
-    known = {m.name for m in migrations._migrations}
-    applied = {m.name for m in migrations.applied(db)}
-    unknown = applied - known
-    if unknown:
+    try:
+        db = store.db
+        db.enable_wal()
+        known = {m.name for m in migrations._migrations}
+        # The lock is taken before looking at pending migrations, so the daemon and a CLI command
+        # starting together cannot both apply the same migration.
+        with store._lock, write_transaction(db):
+            unknown = {m.name for m in migrations.applied(db)} - known
+            if unknown:
+                raise SchemaError(f"{path}: schema has migrations this version does not know "
+                                  f"({', '.join(sorted(unknown))}): upgrade carbon-gateway, or restore a backup "
+                                  f"made by this version")
+            migrations.apply(db)
+    except SchemaError:
         store.close()
-        raise SchemaError(f"{path}: schema has migrations this version does not know ({', '.join(sorted(unknown))}): "
-                          f"upgrade carbon-gateway, or restore a backup made by this version")
-    with store._lock:
-        migrations.apply(db)
+        raise
+    except sqlite3.DatabaseError as exc:
+        store.close()
+        raise SchemaError(f"{path}: not a usable SQLite database ({exc}): move the file away or restore a backup "
+                          f"(see docs/operations.md)") from exc
     if settings is None:
         row = db.execute("SELECT value FROM store_meta WHERE key = 'emission_settings'").fetchone()
         if row is not None:

@@ -6,6 +6,7 @@ They parse arguments, call ``local_store`` and turn its errors into ``click.Clic
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import date
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def report(start, end, by: str, fmt: str, method: str | None, output: Path | Non
             data = build_report(store, start.date(), end.date(), by=by, method=method)  # type: ignore[arg-type]
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"{path}: database error: {exc}: check the disk and the file's permissions") from None
     if fmt == "json":
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     elif fmt == "csv":
@@ -83,6 +86,9 @@ def import_(file: Path, data_dir: Path | None) -> None:
             result = import_csv(store, file)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"{path}: database error: {exc}: nothing was imported; check the disk and the "
+                                   f"file's permissions") from None
     click.echo(result.summary())
 
 

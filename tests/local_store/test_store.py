@@ -279,3 +279,11 @@ def test_default_point_per_activity(tmp_path: Path) -> None:
         # Steam metered in t: 2 t x (2763 - 83.74) kJ/kg = 5.35852 GJ.
         gj = store.db.execute("SELECT SUM(amount) FROM intervals WHERE source_id = 'steam-t'").fetchone()[0]
         assert gj == pytest.approx(2 * (2763 - 83.74) / 1000)
+
+
+def test_a_file_that_is_not_a_database_is_a_named_error(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(SchemaError, match=r"gateway.db: not a usable SQLite database \(file is not a database\): "
+                                          r"move the file away or restore a backup"):
+        open_store(path)
