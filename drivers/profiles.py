@@ -1,0 +1,110 @@
+"""Load and validate meter profiles (register maps) from ``config/profiles/*.toml``.
+
+A profile file has top-level ``id``, ``manufacturer``, ``model``, ``source`` (the public document the map
+comes from), an optional ``[defaults]`` table applied to every point, and ``[[points]]``. See
+``docs/profiles.md``. Every error names the file, the point and the fix.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from drivers.errors import ProfileError
+from drivers.model import MAX_REGISTERS_PER_READ, REGISTER_COUNT, Point, Profile, Quantity
+
+_POINT_KEYS = {"name", "address", "data_type", "quantity", "unit", "table", "word_order", "byte_order",
+               "scale", "scale_register", "nan_values", "description"}
+_CHOICES = {
+    "data_type": tuple(REGISTER_COUNT),
+    "table": ("holding", "input"),
+    "word_order": ("big", "little"),
+    "byte_order": ("big", "little"),
+    "quantity": tuple(q.value for q in Quantity),
+}
+
+
+def _point(raw: dict[str, Any], where: str) -> Point:
+    unknown = set(raw) - _POINT_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ProfileError(f"{where}.{key}: unknown key; use one of {', '.join(sorted(_POINT_KEYS))}")
+    for key in ("name", "address", "data_type", "quantity", "unit"):
+        if key not in raw:
+            raise ProfileError(f"{where}: missing '{key}'; every point needs name, address, data_type, quantity and unit")
+    for key, choices in _CHOICES.items():
+        if key in raw and raw[key] not in choices:
+            raise ProfileError(f'{where}.{key} = "{raw[key]}": use one of {", ".join(choices)}')
+    address = raw["address"]
+    if not isinstance(address, int) or isinstance(address, bool) or not 0 <= address <= 0xFFFF:
+        raise ProfileError(f"{where}.address = {address!r}: use a register address from 0 to 65535 "
+                           "(the 0-based address sent on the wire, not 30001/40001 notation)")
+    if address + REGISTER_COUNT[raw["data_type"]] - 1 > 0xFFFF:
+        raise ProfileError(f"{where}.address = {address}: a {raw['data_type']} there runs past register 65535")
+    scale = raw.get("scale", 1.0)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale == 0:
+        raise ProfileError(f"{where}.scale = {scale!r}: use a non-zero number, e.g. 0.01")
+    scale_register = raw.get("scale_register")
+    if scale_register is not None and (not isinstance(scale_register, int) or not 0 <= scale_register <= 0xFFFF):
+        raise ProfileError(f"{where}.scale_register = {scale_register!r}: use the address (0-65535) of an i16 exponent")
+    if raw["data_type"].startswith("f") and raw.get("nan_values"):
+        raise ProfileError(f"{where}.nan_values: not allowed for float types; NaN and infinity are detected anyway")
+    return Point(
+        name=str(raw["name"]), address=address, data_type=raw["data_type"], quantity=Quantity(raw["quantity"]),
+        unit=str(raw["unit"]), table=raw.get("table", "holding"), word_order=raw.get("word_order", "big"),
+        byte_order=raw.get("byte_order", "big"), scale=float(scale), scale_register=scale_register,
+        nan_values=tuple(int(v) for v in raw.get("nan_values", ())), description=str(raw.get("description", "")),
+    )
+
+
+def parse_profile(data: dict[str, Any], origin: str) -> Profile:
+    """Build a :class:`Profile` from parsed TOML; ``origin`` names the file in messages."""
+    for key in ("id", "manufacturer", "model"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ProfileError(f"{origin}: missing '{key}'; a profile needs id, manufacturer and model")
+    defaults = data.get("defaults", {})
+    raw_points = data.get("points")
+    if not isinstance(raw_points, list) or not raw_points:
+        raise ProfileError(f"{origin}: no [[points]]; add at least one point")
+    points = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_points):
+        where = f"{origin}: points[{index}]"
+        if not isinstance(raw, dict):
+            raise ProfileError(f"{where}: must be a table ([[points]])")
+        point = _point({**defaults, **raw}, where)
+        if point.name in seen:
+            raise ProfileError(f'{where}.name = "{point.name}": used twice; point names must be unique')
+        seen.add(point.name)
+        points.append(point)
+    max_read = data.get("max_registers_per_read", MAX_REGISTERS_PER_READ)
+    if not isinstance(max_read, int) or not 1 <= max_read <= MAX_REGISTERS_PER_READ:
+        raise ProfileError(f"{origin}: max_registers_per_read = {max_read!r}: use 1 to {MAX_REGISTERS_PER_READ}")
+    return Profile(id=data["id"], manufacturer=data["manufacturer"], model=data["model"], points=tuple(points),
+                   source=str(data.get("source", "")), description=str(data.get("description", "")),
+                   max_registers_per_read=max_read)
+
+
+def load_profile(path: Path) -> Profile:
+    """Load one profile file.
+
+    :raises ProfileError: unreadable TOML or an invalid entry, naming the file and point.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML ({exc})") from exc
+    profile = parse_profile(data, str(path))
+    if profile.id != path.stem:
+        raise ProfileError(f'{path}: id = "{profile.id}" differs from the file name; rename the file to {profile.id}.toml')
+    return profile
+
+
+def load_profiles(directory: Path) -> dict[str, Profile]:
+    """All profiles in ``directory`` by id."""
+    if not directory.is_dir():
+        raise ProfileError(f"{directory}: profile directory not found")
+    return {p.id: p for p in (load_profile(path) for path in sorted(directory.glob("*.toml")))}

@@ -1,0 +1,187 @@
+"""Simulated meters: serve any profile over Modbus TCP with plausible values that advance in time.
+
+Counters are the exact integral of a slowly varying load, so energy grows consistently with power:
+``P(t) = P0 * (1 + A sin(w t))`` and ``E(t) = E0 + P0 * (t + A (1 - cos(w t)) / w) / 3600``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from drivers.decode import encode_point
+from drivers.errors import DriverError
+from drivers.model import Point, Profile, Quantity
+
+log = logging.getLogger(__name__)
+
+#: Mean hourly growth of each cumulative quantity, and the matching instantaneous level.
+_RATE_PER_H = {
+    Quantity.ENERGY_IMPORT: 120.0, Quantity.ENERGY_EXPORT: 0.0, Quantity.REACTIVE_ENERGY: 30.0,
+    Quantity.GAS_VOLUME: 40.0, Quantity.HEAT_ENERGY: 5.6, Quantity.STEAM_MASS: 2.0,
+    Quantity.WATER_VOLUME: 5.0, Quantity.PULSE_COUNT: 1000.0,
+}
+_SWING = 0.2                      # +-20 % load variation
+_OMEGA = 2 * math.pi / 600.0      # one load cycle every 10 minutes
+
+Fault = str  # "exception" (illegal data address on every read), "busy" (device busy)
+
+
+@dataclass(frozen=True)
+class SimulatedDevice:
+    device_id: int
+    profile: Profile
+    faults: frozenset[Fault] = field(default_factory=frozenset)
+
+
+class _MeterModel:
+    """Values of one simulated meter at a given time."""
+
+    def __init__(self, device: SimulatedDevice, started: float) -> None:
+        self.device = device
+        self.started = started
+        cumulative = [p.quantity for p in device.profile.points if p.quantity.cumulative]
+        self.main_rate = _RATE_PER_H.get(cumulative[0], 10.0) if cumulative else 10.0
+
+    def load(self, t: float) -> float:
+        return 1.0 + _SWING * math.sin(_OMEGA * t)
+
+    def value(self, point: Point, now: float) -> float:
+        t = now - self.started
+        q = point.quantity
+        if q.cumulative:
+            rate = _RATE_PER_H.get(q, 10.0)
+            start = 10_000.0 + 1_000.0 * self.device.device_id if rate else 12.5
+            return start + rate * (t + _SWING * (1 - math.cos(_OMEGA * t)) / _OMEGA) / 3600.0
+        ripple = 0.002 * math.sin(now * 1.7 + self.device.device_id)
+        if q is Quantity.ACTIVE_POWER:
+            return _RATE_PER_H[Quantity.ENERGY_IMPORT] * self.load(t)
+        if q is Quantity.VOLTAGE:
+            return 230.0 * (1 + ripple)
+        if q is Quantity.CURRENT:
+            return _RATE_PER_H[Quantity.ENERGY_IMPORT] * self.load(t) * 1000 / (3 * 230.0)
+        if q is Quantity.FREQUENCY:
+            return 50.0 + ripple
+        if q is Quantity.POWER_FACTOR:
+            return 0.95
+        if q is Quantity.FLOW_RATE:
+            return self.main_rate * self.load(t)
+        if q is Quantity.TEMPERATURE:
+            return 25.0 if self.main_rate > 20 else 180.0
+        if q is Quantity.PRESSURE:
+            return 300.0
+        return 1.0
+
+    def registers(self, now: float) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for point in self.device.profile.points:
+            for offset, word in enumerate(encode_point(point, self.value(point, now))):
+                out[point.address + offset] = word
+            if point.scale_register is not None:
+                out[point.scale_register] = 0
+        return out
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class SimulatorServer:
+    """A Modbus TCP server on loopback answering for several simulated meters (one RS-485 line's worth)."""
+
+    def __init__(self, devices: Sequence[SimulatedDevice], host: str = "127.0.0.1", port: int = 0) -> None:
+        if not devices:
+            raise DriverError("simulator: no devices to serve")
+        self.host = host
+        self.port = port or _free_port(host)
+        started = time.time()
+        self._models = {d.device_id: _MeterModel(d, started) for d in devices}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: ModbusTcpServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    async def _action(self, model: _MeterModel, function_code: int, start_address: int, address: int,
+                      count: int, current_registers: list[int], set_values: object) -> ExcCodes | None:
+        if "exception" in model.device.faults:
+            return ExcCodes.ILLEGAL_ADDRESS
+        if "busy" in model.device.faults:
+            return ExcCodes.DEVICE_BUSY
+        for register, word in model.registers(time.time()).items():
+            index = register - start_address
+            if 0 <= index < len(current_registers):
+                current_registers[index] = word
+        return None
+
+    def _device(self, model: _MeterModel) -> SimDevice:
+        top = max(max(p.address + p.count for p in model.device.profile.points), 1)
+        return SimDevice(id=model.device.device_id,
+                         simdata=[SimData(0, count=top + 1, values=0, datatype=DataType.REGISTERS)],
+                         action=functools.partial(self._action, model))
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        assert self._loop is not None
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start() instead of dying silently in a thread
+            self._error = exc
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        # The server binds to the running loop, so it is built inside it.
+        self._server = ModbusTcpServer([self._device(m) for m in self._models.values()],
+                                       address=(self.host, self.port))
+        task = asyncio.ensure_future(self._server.serve_forever())
+        for _ in range(200):
+            if self._server.transport is not None or task.done():
+                break
+            await asyncio.sleep(0.01)
+        self._ready.set()
+        await task
+
+    def start(self, timeout_s: float = 10.0) -> SimulatorServer:
+        """Serve in a background thread; return once the port accepts connections."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=f"simulator-{self.port}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s) or self._error is not None:
+            self.stop()
+            raise DriverError(f"simulator: cannot serve on {self.host}:{self.port}: {self._error}")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                log.info("simulator serving %d meter(s) on %s:%d", len(self._models), self.host, self.port)
+                return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise DriverError(f"simulator: {self.host}:{self.port} did not accept connections within {timeout_s}s")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._server is not None and self._loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop)
+            try:
+                future.result(timeout=5)
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                log.debug("simulator shutdown raised", exc_info=True)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._thread = None
