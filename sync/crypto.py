@@ -1,0 +1,89 @@
+"""Sealing and signing batches.
+
+A message on the wire is ``b"CEG1" | u16 header_len | header | u32 sealed_len | sealed | signature``:
+the header is canonical JSON (gateway id, sequence, previous batch hash, key ids, reading count);
+``sealed`` is HPKE (RFC 9180, X25519 / HKDF-SHA256 / AES-256-GCM, base mode) of the payload to the
+receiver's public key with the header as ``info``, so a header cannot be moved onto other ciphertext;
+``signature`` is Ed25519 by the gateway over everything before it (HPKE alone does not prove the sender).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from sync.errors import BatchRejected
+
+MAGIC = b"CEG1"
+SIGNATURE_BYTES = 64
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+@dataclass(frozen=True)
+class BatchHeader:
+    gateway_id: str
+    seq: int
+    prev_hash: str          # hex SHA-256 of the previous message, "" for the first
+    gateway_key_id: str
+    receiver_key_id: str
+    count: int
+    created_at: float
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"v": 1, **self.__dict__}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def message_hash(message: bytes) -> str:
+    return hashlib.sha256(message).hexdigest()
+
+
+def seal(header: BatchHeader, payload: bytes, receiver: X25519PublicKey, signer: Ed25519PrivateKey) -> bytes:
+    header_bytes = header.to_bytes()
+    sealed = _SUITE.encrypt(payload, receiver, info=header_bytes)
+    body = MAGIC + struct.pack("<H", len(header_bytes)) + header_bytes + struct.pack("<I", len(sealed)) + sealed
+    return body + signer.sign(body)
+
+
+def parse_header(message: bytes) -> tuple[BatchHeader, bytes, bytes, bytes]:
+    """Split a message; returns (header, header bytes, sealed, signed body). Raises BatchRejected."""
+    if len(message) > MAX_MESSAGE_BYTES:
+        raise BatchRejected("oversized", f"{len(message)} bytes, limit {MAX_MESSAGE_BYTES}")
+    if not message.startswith(MAGIC):
+        raise BatchRejected("malformed", "does not start with CEG1; not a Carbon Edge Gateway batch of version 1")
+    try:
+        (header_len,) = struct.unpack_from("<H", message, 4)
+        header_bytes = message[6:6 + header_len]
+        (sealed_len,) = struct.unpack_from("<I", message, 6 + header_len)
+        start = 10 + header_len
+        sealed = message[start:start + sealed_len]
+        if len(sealed) != sealed_len or len(message) != start + sealed_len + SIGNATURE_BYTES:
+            raise ValueError("lengths do not add up (truncated or padded)")
+        fields = json.loads(header_bytes)
+        if fields.pop("v", None) != 1:
+            raise ValueError("unknown header version")
+        header = BatchHeader(**fields)
+    except (struct.error, ValueError, TypeError) as exc:
+        raise BatchRejected("malformed", str(exc)) from exc
+    return header, header_bytes, sealed, message[:start + sealed_len]
+
+
+def open_message(message: bytes, gateway_key: Ed25519PublicKey, receiver_key: X25519PrivateKey) -> tuple[BatchHeader, bytes]:
+    """Verify the signature, then decrypt. Raises BatchRejected ("bad_signature", "undecryptable", ...)."""
+    header, header_bytes, sealed, body = parse_header(message)
+    try:
+        gateway_key.verify(message[len(body):], body)
+    except InvalidSignature as exc:
+        raise BatchRejected("bad_signature", f"gateway {header.gateway_id} seq {header.seq}: signature does not verify") from exc
+    try:
+        payload = _SUITE.decrypt(sealed, receiver_key, info=header_bytes)
+    except Exception as exc:  # the library raises InvalidTag or ValueError for a wrong key or bad bytes
+        raise BatchRejected("undecryptable", f"gateway {header.gateway_id} seq {header.seq}: {type(exc).__name__}") from exc
+    return header, payload

@@ -1,0 +1,81 @@
+"""Key files: the gateway's Ed25519 signing key and the receiver's X25519 sealing key (files 0600)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from sync.errors import KeyFileError
+
+GATEWAY_KEY = "gateway-signing.key"
+GATEWAY_PUB = "gateway-signing.pub"
+RECEIVER_KEY = "receiver-sealing.key"
+RECEIVER_PUB = "receiver-sealing.pub"
+
+
+def key_id(public_key: Ed25519PublicKey | X25519PublicKey) -> str:
+    """Short fingerprint: the first 8 bytes of SHA-256 over the raw public key, in hex."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _write_private(path: Path, key: Ed25519PrivateKey | X25519PrivateKey) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    path.with_suffix(".pub").write_bytes(public)
+
+
+def ensure_gateway_key(keys_dir: Path) -> Ed25519PrivateKey:
+    """The gateway's signing key, generated on first use."""
+    path = keys_dir / GATEWAY_KEY
+    if not path.exists():
+        _write_private(path, Ed25519PrivateKey.generate())
+    key = load_private(path)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: not an Ed25519 private key; move it away and restart to generate a new one")
+    return key
+
+
+def ensure_receiver_key(keys_dir: Path) -> X25519PrivateKey:
+    """A receiver sealing key pair (the cloud side, or the demo's local stand-in)."""
+    path = keys_dir / RECEIVER_KEY
+    if not path.exists():
+        _write_private(path, X25519PrivateKey.generate())
+    key = load_private(path)
+    if not isinstance(key, X25519PrivateKey):
+        raise KeyFileError(f"{path}: not an X25519 private key")
+    return key
+
+
+def load_private(path: Path) -> Ed25519PrivateKey | X25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read ({exc.strerror})") from exc
+    except ValueError as exc:
+        raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
+    if not isinstance(key, (Ed25519PrivateKey, X25519PrivateKey)):
+        raise KeyFileError(f"{path}: unsupported key type {type(key).__name__}; use Ed25519 or X25519")
+    return key
+
+
+def load_public(path: Path) -> Ed25519PublicKey | X25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read ({exc.strerror}); copy the peer's public key there") from exc
+    except ValueError as exc:
+        raise KeyFileError(f"{path}: not a PEM public key ({exc})") from exc
+    if not isinstance(key, (Ed25519PublicKey, X25519PublicKey)):
+        raise KeyFileError(f"{path}: unsupported key type {type(key).__name__}")
+    return key

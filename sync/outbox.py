@@ -1,0 +1,122 @@
+"""The outbox: sealed batches kept in the gateway's SQLite file until the receiver acknowledges them.
+
+The batch row, the sequence counter, the reading cursor and the hash chain move in one transaction, so
+a power cut either loses the whole new batch (and its readings are batched again) or keeps all of it;
+a sequence number is never reused.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import sqlite_utils
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from sync.batches import WireReading, encode_readings
+from sync.crypto import BatchHeader, message_hash, seal
+from sync.keys import key_id
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sync_outbox (
+    seq INTEGER PRIMARY KEY,
+    first_reading_id INTEGER NOT NULL,
+    last_reading_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    message BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    seq: int
+    count: int
+    message: bytes
+    created_at: float
+    sent_at: float | None
+
+
+def ensure_schema(db: sqlite_utils.Database) -> None:
+    db.executescript(SCHEMA)
+
+
+def _state(db: sqlite_utils.Database, key: str, default: str) -> str:
+    row = db.execute("SELECT value FROM sync_state WHERE key = ?", [key]).fetchone()
+    return row[0] if row else default
+
+
+def _set_state(db: sqlite_utils.Database, key: str, value: object) -> None:
+    db.execute("INSERT INTO sync_state(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+               [key, str(value)])
+
+
+def cursor(db: sqlite_utils.Database) -> int:
+    """Id of the last reading already put into a batch."""
+    return int(_state(db, "last_reading_id", "0"))
+
+
+def pending_readings(db: sqlite_utils.Database) -> tuple[int, float | None]:
+    """Readings stored but not yet batched, and the timestamp of the oldest one."""
+    row = db.execute("SELECT COUNT(*), MIN(timestamp) FROM readings WHERE id > ?", [cursor(db)]).fetchone()
+    return int(row[0]), row[1]
+
+
+def make_batch(db: sqlite_utils.Database, gateway_id: str, max_readings: int,
+               receiver: X25519PublicKey, signer: Ed25519PrivateKey) -> int | None:
+    """Seal the next batch of unbatched readings into the outbox; returns its sequence number."""
+    with db.conn:  # one transaction: counter, cursor, chain and row commit together
+        db.execute("BEGIN IMMEDIATE")
+        rows = db.execute(
+            "SELECT id, meter_id, point, timestamp, value, unit, quantity, quality, reason FROM readings "
+            "WHERE id > ? ORDER BY id LIMIT ?", [cursor(db), max_readings]).fetchall()
+        if not rows:
+            db.execute("ROLLBACK")
+            return None
+        readings = [WireReading(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] or "ok", r[8] or "") for r in rows]
+        seq = int(_state(db, "next_seq", "1"))
+        header = BatchHeader(gateway_id=gateway_id, seq=seq, prev_hash=_state(db, "prev_hash", ""),
+                             gateway_key_id=key_id(signer.public_key()), receiver_key_id=key_id(receiver),
+                             count=len(readings), created_at=time.time())
+        message = seal(header, encode_readings(readings), receiver, signer)
+        db.execute("INSERT INTO sync_outbox(seq, first_reading_id, last_reading_id, count, message, created_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?)", [seq, readings[0].reading_id, readings[-1].reading_id,
+                                                  len(readings), message, header.created_at])
+        _set_state(db, "next_seq", seq + 1)
+        _set_state(db, "last_reading_id", readings[-1].reading_id)
+        _set_state(db, "prev_hash", message_hash(message))
+    return seq
+
+
+def unacked(db: sqlite_utils.Database, limit: int) -> list[OutboxRow]:
+    return [OutboxRow(*r) for r in db.execute(
+        "SELECT seq, count, message, created_at, sent_at FROM sync_outbox ORDER BY seq LIMIT ?", [limit]).fetchall()]
+
+
+def mark_sent(db: sqlite_utils.Database, seq: int) -> None:
+    with db.conn:
+        db.execute("UPDATE sync_outbox SET sent_at = ?, attempts = attempts + 1 WHERE seq = ?", [time.time(), seq])
+
+
+def acknowledge(db: sqlite_utils.Database, seq: int) -> bool:
+    """Drop an acknowledged batch; True if it was still there."""
+    with db.conn:
+        removed = db.execute("DELETE FROM sync_outbox WHERE seq = ?", [seq]).rowcount
+        _set_state(db, "last_ack_at", time.time())
+    return bool(removed)
+
+
+def backlog(db: sqlite_utils.Database) -> tuple[int, int]:
+    """(batches waiting for an acknowledgement, readings in them)."""
+    row = db.execute("SELECT COUNT(*), COALESCE(SUM(count), 0) FROM sync_outbox").fetchone()
+    return int(row[0]), int(row[1])
+
+
+def last_ack_at(db: sqlite_utils.Database) -> float | None:
+    value = _state(db, "last_ack_at", "")
+    return float(value) if value else None
