@@ -1,7 +1,100 @@
-"""CLI commands of this area; ``gateway.cli`` adds everything in ``COMMANDS``."""
+"""``read`` and ``simulate``: commissioning a meter on site."""
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
+
 import click
 
-COMMANDS: list[click.Command] = []
+from drivers import BusConfig, DriverError, SimulatedDevice, SimulatorServer, load_profiles, read_meter
+from drivers.model import SerialSettings
+
+from gateway.paths import PROFILES_DIR
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise click.BadParameter(f"'{value}': use HOST:PORT, e.g. 192.168.1.50:502", param_hint="--tcp")
+    return host, int(port)
+
+
+def _profile(profile_id: str):  # type: ignore[no-untyped-def]
+    try:
+        profiles = load_profiles(PROFILES_DIR)
+    except DriverError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if profile_id not in profiles:
+        raise click.BadParameter(f"'{profile_id}' is not a known profile; use one of {', '.join(sorted(profiles))}",
+                                 param_hint="--profile")
+    return profiles[profile_id]
+
+
+@click.command()
+@click.option("--tcp", metavar="HOST:PORT", help="Modbus TCP endpoint.")
+@click.option("--serial", metavar="DEVICE", help="Serial port for Modbus RTU, e.g. /dev/ttyUSB0.")
+@click.option("--baud", type=int, default=9600, show_default=True)
+@click.option("--parity", type=click.Choice(["N", "E", "O"]), default="N", show_default=True)
+@click.option("--stopbits", type=click.Choice(["1", "2"]), default="1", show_default=True)
+@click.option("--unit", "unit_id", type=click.IntRange(1, 247), required=True, help="Modbus unit id, 1-247.")
+@click.option("--profile", "profile_id", required=True, help="Profile id from config/profiles/.")
+@click.option("--timeout", "timeout_s", type=float, default=1.0, show_default=True, help="Reply timeout in seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.option("--raw", is_flag=True, help="Show the raw registers in hex beside each value (spot a wrong byte order).")
+def read(tcp: str | None, serial: str | None, baud: int, parity: str, stopbits: str, unit_id: int, profile_id: str,
+         timeout_s: float, as_json: bool, raw: bool) -> None:
+    """One-shot test read of one meter: every point of its profile with value and unit."""
+    if bool(tcp) == bool(serial):
+        raise click.UsageError("give exactly one of --tcp HOST:PORT or --serial DEVICE")
+    profile = _profile(profile_id)
+    if tcp:
+        host, port = _host_port(tcp)
+        bus = BusConfig("cli", "tcp", host=host, port=port, timeout_s=timeout_s)
+    else:
+        bus = BusConfig("cli", "rtu", serial=SerialSettings(serial or "", baud, parity, int(stopbits)),  # type: ignore[arg-type]
+                        timeout_s=timeout_s)
+    try:
+        readings = read_meter(bus, unit_id, profile)
+    except DriverError as exc:
+        raise click.ClickException(f"unit {unit_id}: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps([{"point": r.point, "value": r.value, "unit": r.unit, "quality": r.quality,
+                                "reason": r.reason, "raw": [f"{w:04x}" for w in r.raw]} for r in readings], indent=2))
+        return
+    for r in readings:
+        value = f"{r.value:.4f}" if r.value is not None else f"INVALID ({r.reason})"
+        extra = "  [" + " ".join(f"{w:04x}" for w in r.raw) + "]" if raw else ""
+        click.echo(f"{r.point:<24} {value:>16} {r.unit}{extra}")
+
+
+@click.command()
+@click.option("--profile", "profile_ids", multiple=True, required=True,
+              help="Profile to serve; repeat together with --unit for several meters.")
+@click.option("--unit", "unit_ids", type=click.IntRange(1, 247), multiple=True, required=True,
+              help="Unit id of the meter with the --profile at the same position.")
+@click.option("--tcp", default="127.0.0.1:5020", show_default=True, metavar="127.0.0.1:PORT",
+              help="Loopback address and port to serve Modbus TCP on.")
+def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str) -> None:
+    """Serve simulated meters with plausible values that advance in time, until Ctrl-C."""
+    if len(profile_ids) != len(unit_ids):
+        raise click.UsageError("give one --unit for each --profile, in the same order")
+    host, port = _host_port(tcp)
+    devices = [SimulatedDevice(unit, _profile(pid)) for pid, unit in zip(profile_ids, unit_ids)]
+    try:
+        server = SimulatorServer(devices, host=host, port=port).start()
+    except DriverError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"serving {len(devices)} simulated meter(s) on {host}:{server.port}; Ctrl-C to stop", err=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+
+
+COMMANDS: list[click.Command] = [read, simulate]

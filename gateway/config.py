@@ -1,0 +1,257 @@
+"""Read the gateway's TOML config once, validate it, and build each library's settings.
+
+Fields are checked first, then cross-field rules (a meter's bus and profile must exist, ids are unique).
+Every message names the file, the key, the value and the fix, e.g.
+``config/gateway.toml: meters[2].device_id = 300: use a Modbus unit id from 1 to 247``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers import BusConfig, MeterConfig, Profile, SerialSettings
+from local_store import EmissionSettings, SourceSettings
+from sync import BrokerSettings, SyncSettings
+
+from gateway.paths import DEFAULT_CONFIG, DEFAULT_DATA_DIR
+
+ACTIVITIES = ("electricity", "electricity_export", "natural_gas", "raw_coal", "diesel", "gasoline", "lpg",
+              "fuel_oil", "heat", "heat_export", "steam", "none")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    gateway_id: str
+    data_dir: Path
+    buses: tuple[BusConfig, ...]
+    meters: tuple[MeterConfig, ...]
+    sources: tuple[SourceSettings, ...]
+    emissions: EmissionSettings
+    sync: SyncSettings
+    web: WebSettings
+    simulated_buses: frozenset[str] = frozenset()   # served by the built-in simulator (the demo)
+    demo_receiver_key: bool = False                 # make a local receiver key so batches are sealed
+    source_path: Path | None = None
+    text: str = field(default="", repr=False, compare=False)
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "gateway.db"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+
+class _Reader:
+    """Typed access to one TOML table with messages that say where."""
+
+    def __init__(self, origin: str, table: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+        self.origin, self.table, self.where = origin, table, where
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise ConfigError(f"{origin}: {self._key(unknown[0])}: unknown key; use one of {', '.join(sorted(allowed))}")
+
+    def _key(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, fix: str) -> ConfigError:
+        value = self.table.get(key)
+        shown = f'"{value}"' if isinstance(value, str) else repr(value)
+        return ConfigError(f"{self.origin}: {self._key(key)} = {shown}: {fix}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., fix: str = "") -> Any:
+        if key not in self.table:
+            if default is ...:
+                raise ConfigError(f"{self.origin}: {self._key(key)} is missing: {fix or 'add it'}")
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join({str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+                                .get(k, k.__name__) for k in kinds)
+            raise self.fail(key, fix or f"use {names}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> Any:
+        value = self.get(key, str, default, fix=f"use one of {', '.join(choices)}")
+        if value not in choices and value is not default:
+            raise self.fail(key, f"use one of {', '.join(choices)}")
+        return value
+
+    def number(self, key: str, default: Any, low: float, high: float, unit: str = "") -> float:
+        value = self.get(key, float, default)
+        if not low <= value <= high:
+            raise self.fail(key, f"use a value from {low:g} to {high:g}{unit}")
+        return value
+
+
+def _tables(origin: str, data: Mapping[str, Any], key: str) -> list[dict]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{origin}: {key} must be a list of tables: write each entry as [[{key}]]")
+    return value
+
+
+def _bus(origin: str, index: int, raw: dict) -> tuple[BusConfig, bool]:
+    r = _Reader(origin, raw, f"buses[{index}]", {"name", "transport", "host", "port", "serial_port", "baudrate",
+                                                  "parity", "stopbits", "bytesize", "timeout_s", "retries",
+                                                  "inter_request_delay_s", "max_gap_registers", "simulated"})
+    name = r.get("name", str, fix="give the bus a name, e.g. name = \"rs485-1\"")
+    transport = r.choice("transport", ("tcp", "rtu", "rtu_over_tcp"))
+    simulated = r.get("simulated", bool, False)
+    serial = None
+    if transport == "rtu":
+        serial = SerialSettings(
+            port=r.get("serial_port", str, fix="name the serial device, e.g. serial_port = \"/dev/ttyUSB0\""),
+            baudrate=int(r.choice("baudrate", ("1200", "2400", "4800", "9600", "19200", "38400", "57600", "115200"),
+                                  "9600")) if isinstance(raw.get("baudrate"), str) else
+            int(r.number("baudrate", 9600, 300, 115200, " baud")),
+            parity=r.choice("parity", ("N", "E", "O"), "N"),
+            stopbits=int(r.number("stopbits", 1, 1, 2)),
+            bytesize=int(r.number("bytesize", 8, 7, 8)),
+        )
+    port = 0 if simulated else int(r.number("port", 502, 1, 65535))
+    return BusConfig(
+        name=name, transport=transport, host=r.get("host", str, "127.0.0.1"), port=port, serial=serial,
+        timeout_s=r.number("timeout_s", 1.0, 0.05, 30, " s"), retries=int(r.number("retries", 0, 0, 5)),
+        inter_request_delay_s=r.number("inter_request_delay_s", 0.0, 0, 5, " s"),
+        max_gap_registers=int(r.number("max_gap_registers", 10, 0, 100)),
+    ), simulated
+
+
+def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSettings | None]:
+    r = _Reader(origin, raw, f"meters[{index}]", {"id", "bus", "device_id", "profile", "poll_interval_s", "enabled",
+                                                   "description", "activity", "point", "rollover_at"})
+    device_id = r.get("device_id", int, fix="set the meter's Modbus unit id (1-247)")
+    if not 1 <= device_id <= 247:
+        raise r.fail("device_id", "use a Modbus unit id from 1 to 247")
+    meter = MeterConfig(id=r.get("id", str, fix="give the meter a unique id, e.g. id = \"main-incomer\""),
+                        bus=r.get("bus", str, fix="name the bus the meter is wired to"), device_id=device_id,
+                        profile=r.get("profile", str, fix="name a profile from config/profiles/"),
+                        poll_interval_s=r.number("poll_interval_s", 5.0, 0.2, 86400, " s"),
+                        enabled=r.get("enabled", bool, True), description=r.get("description", str, ""))
+    activity = r.choice("activity", ACTIVITIES, "none")
+    if activity == "none":
+        return meter, None
+    rollover = raw.get("rollover_at")
+    return meter, SourceSettings(meter_id=meter.id, activity=activity, point=r.get("point", str, None),
+                                 description=meter.description,
+                                 rollover_at=float(r.get("rollover_at", float)) if rollover is not None else None)
+
+
+def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Profile],
+                 data_dir_override: Path | None = None, base_dir: Path | None = None) -> GatewayConfig:
+    """Validate parsed TOML and build a :class:`GatewayConfig`."""
+    top = _Reader(origin, data, "", {"gateway", "buses", "meters", "emissions", "sync", "web"})
+    g = _Reader(origin, top.get("gateway", dict, {}), "gateway", {"id", "data_dir"})
+    gateway_id = g.get("id", str, "gateway")
+    if not gateway_id or not all(c.isalnum() or c in "-_." for c in gateway_id):
+        raise g.fail("id", "use letters, digits, '-', '_' or '.', e.g. id = \"plant-a-gw1\"")
+    data_dir = data_dir_override or Path(g.get("data_dir", str, str(DEFAULT_DATA_DIR)))
+
+    buses, simulated = [], set()
+    for index, raw in enumerate(_tables(origin, data, "buses")):
+        bus, is_simulated = _bus(origin, index, raw)
+        if bus.name in {b.name for b in buses}:
+            raise ConfigError(f'{origin}: buses[{index}].name = "{bus.name}": used twice; bus names must be unique')
+        buses.append(bus)
+        if is_simulated:
+            simulated.add(bus.name)
+    meters, sources = [], []
+    for index, raw in enumerate(_tables(origin, data, "meters")):
+        meter, source = _meter(origin, index, raw)
+        where = f"{origin}: meters[{index}]"
+        if meter.id in {m.id for m in meters}:
+            raise ConfigError(f'{where}.id = "{meter.id}": used twice; meter ids must be unique')
+        if meter.bus not in {b.name for b in buses}:
+            raise ConfigError(f'{where}.bus = "{meter.bus}": no such bus; use one of '
+                              f'{", ".join(b.name for b in buses) or "(none: add a [[buses]] table)"}')
+        if meter.profile not in profiles:
+            raise ConfigError(f'{where}.profile = "{meter.profile}": unknown profile; use one of '
+                              f'{", ".join(sorted(profiles))}')
+        if any(m.bus == meter.bus and m.device_id == meter.device_id for m in meters):
+            raise ConfigError(f"{where}.device_id = {meter.device_id}: another meter on bus {meter.bus} "
+                              "has the same unit id; each device on a bus needs its own")
+        meters.append(meter)
+        if source is not None:
+            sources.append(source)
+
+    e = _Reader(origin, top.get("emissions", dict, {}), "emissions",
+                {"region", "method", "include_ch4_n2o", "gwp", "factor_files"})
+    emissions = EmissionSettings(region=e.get("region", str, "national"),
+                                 method=e.choice("method", ("location", "market"), "location"),
+                                 include_ch4_n2o=e.get("include_ch4_n2o", bool, False),
+                                 gwp=e.choice("gwp", ("AR5", "AR6"), "AR6"),
+                                 factor_files=tuple(e.get("factor_files", list, [])))
+
+    s = _Reader(origin, top.get("sync", dict, {}), "sync",
+                {"enabled", "broker_host", "broker_port", "tls", "ca_file", "client_cert", "client_key", "username",
+                 "password", "topic_prefix", "receiver_public_key", "demo_receiver_key", "batch_max_readings",
+                 "batch_max_age_s"})
+
+    def _path(value: str | None) -> Path | None:
+        if value is None:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else data_dir / path
+
+    keys_dir = data_dir / "keys"
+    demo_key = s.get("demo_receiver_key", bool, False)
+    receiver_key = _path(s.get("receiver_public_key", str, None))
+    if receiver_key is None and demo_key:
+        receiver_key = keys_dir / "receiver-sealing.pub"
+    sync = SyncSettings(
+        gateway_id=gateway_id, keys_dir=keys_dir, receiver_public_key=receiver_key,
+        broker=BrokerSettings(host=s.get("broker_host", str, "127.0.0.1"),
+                              port=int(s.number("broker_port", 1883, 1, 65535)), tls=s.get("tls", bool, False),
+                              ca_file=_path(s.get("ca_file", str, None)),
+                              client_cert=_path(s.get("client_cert", str, None)),
+                              client_key=_path(s.get("client_key", str, None)),
+                              username=s.get("username", str, None), password=s.get("password", str, None)),
+        enabled=s.get("enabled", bool, True), topic_prefix=s.get("topic_prefix", str, "carbon"),
+        batch_max_readings=int(s.number("batch_max_readings", 5000, 1, 100_000)),
+        batch_max_age_s=s.number("batch_max_age_s", 30.0, 0, 86400, " s"),
+    )
+    w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port"})
+    web = WebSettings(enabled=w.get("enabled", bool, True), host=w.get("host", str, "127.0.0.1"),
+                      port=int(w.number("port", 8080, 1, 65535)))
+    return GatewayConfig(gateway_id=gateway_id, data_dir=data_dir, buses=tuple(buses), meters=tuple(meters),
+                         sources=tuple(sources), emissions=emissions, sync=sync, web=web,
+                         simulated_buses=frozenset(simulated), demo_receiver_key=demo_key)
+
+
+def load_config(path: Path | None, profiles: Mapping[str, Profile], data_dir_override: Path | None = None) -> GatewayConfig:
+    """Load ``path`` (None: the embedded default, the demo).
+
+    :raises ConfigError: unreadable file, TOML syntax error (with line and column) or an invalid value.
+    """
+    path = path or DEFAULT_CONFIG
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror}); check the path given to --config") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}; fix that line (strings need quotes, "
+                          "tables are [name] and lists of tables [[name]])") from exc
+    config = parse_config(data, str(path), profiles, data_dir_override)
+    return GatewayConfig(**{**config.__dict__, "source_path": path, "text": text})

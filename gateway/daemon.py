@@ -1,0 +1,216 @@
+"""The daemon: wires drivers -> local_store -> sync and serves the web UI.
+
+Threads: one per bus (owns the bus, polls on a monotonic schedule and queues readings), an APScheduler
+pool (store writer, preprocessing + emissions), the ``sync`` thread, and the web server. A meter that
+does not answer is reported and retried by its bus owner; it never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from drivers import BusConfig, BusPoller, MeterStats, Profile, Reading, SimulatedDevice, SimulatorServer
+from drivers import load_profiles
+from local_store import Store, StoreError, open_store
+from local_store.reports import emissions_summary
+from sync import SyncService, SyncStatus
+from sync.keys import ensure_receiver_key
+
+from gateway.config import GatewayConfig
+from gateway.paths import PROFILES_DIR
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED_BATCHES = 10_000  # readings kept in memory while the disk refuses writes
+
+
+@dataclass(frozen=True)
+class MeterStatus:
+    meter_id: str
+    bus: str
+    device_id: int
+    profile: str
+    stats: MeterStats
+    values: tuple[dict, ...]     # latest stored value per point: point, value, unit, timestamp, quality
+
+
+class Gateway:
+    """The running gateway. ``start()`` returns once polling has started."""
+
+    def __init__(self, config: GatewayConfig, profiles: Mapping[str, Profile] | None = None) -> None:
+        self.config = config
+        self._profiles = dict(profiles) if profiles is not None else load_profiles(PROFILES_DIR)
+        self.store: Store | None = None
+        self.sync: SyncService | None = None
+        self._simulators: list[SimulatorServer] = []
+        self._pollers: dict[str, BusPoller] = {}
+        self._bus_threads: list[threading.Thread] = []
+        self._readings: queue.Queue[list[Reading]] = queue.Queue(MAX_QUEUED_BATCHES)
+        self._stop = threading.Event()
+        self._scheduler: BackgroundScheduler | None = None
+        self._web_server: Any = None
+        self._web_thread: threading.Thread | None = None
+        self.last_store_ok = 0.0           # monotonic time of the last successful poll -> store cycle
+        self.store_error = ""
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = open_store(config.database, config.emissions)
+        self.store.configure_sources(config.sources, config.emissions)
+        if config.demo_receiver_key:
+            ensure_receiver_key(config.keys_dir)
+        buses = [self._start_simulator(bus) if bus.name in config.simulated_buses else bus for bus in config.buses]
+        for bus in buses:
+            poller = BusPoller(bus, config.meters, self._profiles)
+            self._pollers[bus.name] = poller
+            thread = threading.Thread(target=self._poll_bus, args=(poller,), name=f"bus-{bus.name}", daemon=True)
+            self._bus_threads.append(thread)
+            thread.start()
+        self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self._scheduler.add_job(self.flush_readings, "interval", seconds=1, id="store-writer")
+        self._scheduler.add_job(self.process, "interval", seconds=10, id="preprocess-emissions")
+        self._scheduler.start()
+        if config.sync.enabled:
+            self.sync = SyncService(config.sync, self.store)
+            self.sync.start()
+        if config.web.enabled:
+            self._start_web()
+        log.info("gateway %s started: %d bus(es), %d meter(s), data in %s", config.gateway_id, len(buses),
+                 len(config.meters), config.data_dir)
+
+    def stop(self) -> None:
+        """Stop polling, flush what was read, process it, stop sync and the web server."""
+        self._stop.set()
+        for thread in self._bus_threads:
+            thread.join(timeout=10)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+        if self.store is not None:
+            self.flush_readings()
+            self.process()
+        if self.sync is not None:
+            self.sync.stop()
+        if self._web_server is not None:
+            self._web_server.close()
+            if self._web_thread is not None:
+                self._web_thread.join(timeout=10)
+        for poller in self._pollers.values():
+            poller.close()
+        for simulator in self._simulators:
+            simulator.stop()
+        if self.store is not None:
+            self.store.close()
+        log.info("gateway stopped")
+
+    def _start_simulator(self, bus: BusConfig) -> BusConfig:
+        devices = [SimulatedDevice(m.device_id, self._profiles[m.profile]) for m in self.config.meters if m.bus == bus.name]
+        simulator = SimulatorServer(devices, host="127.0.0.1").start()
+        self._simulators.append(simulator)
+        return replace(bus, host=simulator.host, port=simulator.port)
+
+    def _start_web(self) -> None:
+        from webui import create_app, serve  # the web UI is optional for a headless gateway
+
+        app = create_app(runtime=self)
+        self._web_server = serve(app, self.config.web.host, self.config.web.port)
+        self._web_thread = threading.Thread(target=self._web_server.run, name="web", daemon=True)
+        self._web_thread.start()
+        log.info("web UI on http://%s:%d", self.config.web.host, self.config.web.port)
+
+    # -- work ------------------------------------------------------------------------------------------
+    def _poll_bus(self, poller: BusPoller) -> None:
+        while not self._stop.is_set():
+            readings = poller.poll_due()
+            if readings:
+                try:
+                    self._readings.put_nowait(readings)
+                except queue.Full:
+                    log.error("reading queue full (store not writing); dropping the oldest batch in memory")
+                    self._readings.get_nowait()
+                    self._readings.put_nowait(readings)
+            self._stop.wait(min(poller.next_due_in(), 1.0))
+
+    def flush_readings(self) -> int:
+        """Write queued readings in one transaction; on failure they stay queued and are retried."""
+        batches: list[list[Reading]] = []
+        while True:
+            try:
+                batches.append(self._readings.get_nowait())
+            except queue.Empty:
+                break
+        if not batches or self.store is None:
+            return 0
+        readings = [r for batch in batches for r in batch]
+        try:
+            written = self.store.insert_readings(readings)
+        except (StoreError, OSError, Exception) as exc:  # disk full, read-only: keep them and retry
+            if str(exc) != self.store_error:
+                log.error("cannot store %d readings, keeping them in memory: %s", len(readings), exc)
+            self.store_error = str(exc)
+            for batch in batches:
+                try:
+                    self._readings.put_nowait(batch)
+                except queue.Full:
+                    break
+            return 0
+        if self.store_error:
+            log.info("storing readings again")
+        self.store_error = ""
+        self.last_store_ok = time.monotonic()
+        return written
+
+    def process(self) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.process()
+        except StoreError as exc:
+            log.error("preprocessing/emissions: %s", exc)
+
+    # -- what the web UI reads (webui.runtime.Runtime) --------------------------------------------------
+    def profiles(self) -> Mapping[str, Profile]:
+        return self._profiles
+
+    def meter_status(self) -> list[MeterStatus]:
+        latest: dict[str, list[dict]] = {}
+        if self.store is not None:
+            for r in self.store.latest_readings():
+                latest.setdefault(r.meter_id, []).append(
+                    {"point": r.point, "value": r.value, "unit": r.unit, "timestamp": r.timestamp,
+                     "quality": r.quality, "reason": r.reason})
+        stats: dict[str, MeterStats] = {}
+        for poller in self._pollers.values():
+            stats.update(poller.stats())
+        return [MeterStatus(m.id, m.bus, m.device_id, m.profile, stats.get(m.id, MeterStats()),
+                            tuple(latest.get(m.id, ()))) for m in self.config.meters]
+
+    def sync_status(self) -> SyncStatus | None:
+        return self.sync.status() if self.sync is not None else None
+
+    def emissions_summary(self) -> Any:
+        return emissions_summary(self.store) if self.store is not None else None
+
+    def test_read(self, bus_name: str, device_id: int, profile_id: str) -> list[Reading]:
+        """A test read through the bus owner, so it never collides with polling on the same line."""
+        return self._pollers[bus_name].read_once(device_id, self._profiles[profile_id])
+
+    def health(self) -> dict:
+        age = time.monotonic() - self.last_store_ok if self.last_store_ok else None
+        sync = self.sync_status()
+        return {
+            "status": "ok" if age is not None and age < 60 and not self.store_error else "degraded",
+            "last_store_age_s": age,
+            "store_error": self.store_error,
+            "sync_backlog_readings": sync.backlog_readings if sync else None,
+            "sync_connected": sync.connected if sync else None,
+        }

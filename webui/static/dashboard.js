@@ -1,0 +1,47 @@
+// Refreshes the dashboard from /api/status every 2 s. Plain DOM, no framework: works offline on a phone.
+"use strict";
+(function () {
+  const fmt = (x, digits) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
+  const text = (id, value) => { const el = document.getElementById(id); if (el) el.textContent = value; };
+  const meters = document.getElementById("meters");
+  function render(status) {
+    if (status.emissions) {
+      text("today-total", fmt(status.emissions.today_tco2e, 4));
+      text("today-scope1", fmt(status.emissions.today_scope1, 4));
+      text("today-scope2", fmt(status.emissions.today_scope2, 4));
+      text("month-total", fmt(status.emissions.month_tco2e, 4));
+    }
+    if (status.sync) {
+      text("backlog-readings", status.sync.backlog_readings);
+      text("backlog-batches", status.sync.backlog_batches);
+      text("sync-error", status.sync.last_error || "");
+    }
+    for (const m of status.meters) {
+      const card = meters.querySelector(`[data-meter="${CSS.escape(m.id)}"]`);
+      if (!card) continue;
+      card.className = "meter state-" + m.state;
+      const state = card.querySelector(".state");
+      state.textContent = (m.state === "ok" ? meters.dataset.labelOk : m.state === "failing" ? meters.dataset.labelFailing : m.state) + " " + (m.error || "");
+      const table = card.querySelector("table");
+      for (const v of m.points) {
+        let row = table.querySelector(`[data-point="${CSS.escape(v.point)}"]`);
+        if (!row) {
+          row = table.insertRow();
+          row.dataset.point = v.point;
+          row.innerHTML = "<th></th><td class='value'></td><td></td><td class='age'></td>";
+          row.cells[0].textContent = v.point;
+          row.cells[2].textContent = v.unit;
+        }
+        row.querySelector(".value").textContent = v.value === null ? v.reason : fmt(v.value, 3);
+        row.querySelector(".age").textContent = v.age_s + " " + meters.dataset.labelAge;
+      }
+    }
+  }
+  async function refresh() {
+    try {
+      const response = await fetch("/api/status", { cache: "no-store" });
+      if (response.ok) render(await response.json());
+    } catch (e) { /* gateway restarting: try again next tick */ }
+  }
+  setInterval(refresh, 2000);
+})();
