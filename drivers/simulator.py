@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.decode import encode_point
@@ -102,11 +103,15 @@ def _free_port(host: str) -> int:
 class SimulatorServer:
     """A Modbus TCP server on loopback answering for several simulated meters (one RS-485 line's worth)."""
 
-    def __init__(self, devices: Sequence[SimulatedDevice], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, devices: Sequence[SimulatedDevice], host: str = "127.0.0.1", port: int = 0,
+                 serial_port: str | None = None, baudrate: int = 9600) -> None:
+        """Serve Modbus TCP on ``host:port`` (0: a free port), or Modbus RTU on ``serial_port``."""
         if not devices:
             raise DriverError("simulator: no devices to serve")
         self.host = host
-        self.port = port or _free_port(host)
+        self.serial_port = serial_port
+        self.baudrate = baudrate
+        self.port = 0 if serial_port else (port or _free_port(host))
         started = time.time()
         self._models = {d.device_id: _MeterModel(d, started) for d in devices}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -146,8 +151,12 @@ class SimulatorServer:
 
     async def _serve(self) -> None:
         # The server binds to the running loop, so it is built inside it.
-        self._server = ModbusTcpServer([self._device(m) for m in self._models.values()],
-                                       address=(self.host, self.port))
+        devices = [self._device(m) for m in self._models.values()]
+        if self.serial_port:
+            self._server = ModbusSerialServer(devices, framer=FramerType.RTU, port=self.serial_port,
+                                              baudrate=self.baudrate)
+        else:
+            self._server = ModbusTcpServer(devices, address=(self.host, self.port))
         task = asyncio.ensure_future(self._server.serve_forever())
         for _ in range(200):
             if self._server.transport is not None or task.done():
@@ -161,9 +170,13 @@ class SimulatorServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=f"simulator-{self.port}", daemon=True)
         self._thread.start()
+        where = self.serial_port or f"{self.host}:{self.port}"
         if not self._ready.wait(timeout_s) or self._error is not None:
             self.stop()
-            raise DriverError(f"simulator: cannot serve on {self.host}:{self.port}: {self._error}")
+            raise DriverError(f"simulator: cannot serve on {where}: {self._error}")
+        if self.serial_port:
+            log.info("simulator serving %d meter(s) on %s", len(self._models), where)
+            return self
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:

@@ -1,0 +1,152 @@
+"""Profiles decoded from a real pymodbus server: over TCP, and as RTU over a socat pseudo-terminal pair."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from drivers import (BusConfig, BusPoller, MeterConfig, ProfileError, SerialSettings, SimulatedDevice,
+                     SimulatorServer, load_profile, load_profiles, read_meter)
+from drivers.decode import decode_point, encode_point
+from drivers.model import Point, Quantity
+
+PROFILES = load_profiles(Path(__file__).resolve().parents[2] / "config" / "profiles")
+
+#: (what each quantity should read on the simulator) - plausible ranges, not exact values.
+PLAUSIBLE = {
+    "voltage": (200, 260), "current": (0, 1000), "frequency": (49, 51), "active_power": (50, 200),
+    "energy_import": (1000, 10**7), "energy_export": (0, 10**7), "gas_volume": (1000, 10**7),
+    "heat_energy": (1000, 10**7), "steam_mass": (1000, 10**7), "flow_rate": (0, 100),
+    "temperature": (0, 250), "pressure": (0, 1000),
+}
+
+
+@pytest.fixture
+def tcp_simulator():
+    devices = [SimulatedDevice(i + 1, p) for i, p in enumerate(PROFILES.values())]
+    server = SimulatorServer(devices).start()
+    yield server, {d.profile.id: d.device_id for d in devices}
+    server.stop()
+
+
+@pytest.mark.parametrize("profile_id", sorted(PROFILES))
+def test_every_profile_reads_plausible_values_over_tcp(tcp_simulator, profile_id: str) -> None:
+    server, unit_of = tcp_simulator
+    bus = BusConfig("t", "tcp", port=server.port, timeout_s=1.0)
+    readings = read_meter(bus, unit_of[profile_id], PROFILES[profile_id])
+    assert [r.point for r in readings] == sorted((p.name for p in PROFILES[profile_id].points),
+                                                 key=lambda n: PROFILES[profile_id].point(n).address)
+    for r in readings:
+        low, high = PLAUSIBLE[r.quantity.value]
+        assert r.quality == "ok" and low <= r.value <= high, r
+
+
+def test_rtu_over_socat_pty_pair(pty_pair) -> None:
+    profile = PROFILES["eastron-sdm630"]
+    server = SimulatorServer([SimulatedDevice(7, profile)], serial_port=pty_pair.device_side).start()
+    try:
+        bus = BusConfig("rs485", "rtu", serial=SerialSettings(pty_pair.gateway_side, 9600), timeout_s=1.0)
+        readings = read_meter(bus, 7, profile)
+    finally:
+        server.stop()
+    values = {r.point: r.value for r in readings}
+    assert 220 < values["voltage_l1"] < 240 and 49 < values["frequency"] < 51
+    assert values["energy_import"] > 10_000
+
+
+def test_counters_advance_consistently_with_power(tcp_simulator) -> None:
+    server, unit_of = tcp_simulator
+    bus = BusConfig("t", "tcp", port=server.port)
+    profile = PROFILES["eastron-sdm630"]
+    first = {r.point: r for r in read_meter(bus, unit_of[profile.id], profile)}
+    time.sleep(1.0)
+    second = {r.point: r for r in read_meter(bus, unit_of[profile.id], profile)}
+    hours = (second["energy_import"].timestamp - first["energy_import"].timestamp) / 3600
+    delta_kwh = second["energy_import"].value - first["energy_import"].value
+    # f32 holds ~11000 kWh to about 1 Wh, so compare with the power (about 120 kW) within float resolution.
+    assert delta_kwh == pytest.approx(first["active_power"].value * hours, abs=0.005)
+
+
+def test_dead_meter_costs_one_timeout_and_backs_off(tcp_simulator) -> None:
+    server, unit_of = tcp_simulator
+    bus = BusConfig("t", "tcp", port=server.port, timeout_s=0.3)
+    meters = [MeterConfig("alive", "t", unit_of["eastron-sdm630"], "eastron-sdm630", 1.0),
+              MeterConfig("dead", "t", 200, "eastron-sdm630", 1.0)]
+    poller = BusPoller(bus, meters, PROFILES)
+    try:
+        now = time.monotonic()
+        readings = poller.poll_due(now)
+        assert {r.meter_id for r in readings} == {"alive"}
+        stats = poller.stats()
+        assert stats["dead"].state == "failing" and stats["dead"].requests == 1  # skipped its other requests
+        assert stats["alive"].state == "ok" and stats["alive"].requests == 3
+        # Retried after 1 interval, then 2, then 4 (exponential back-off); the live meter keeps its 1 s schedule.
+        for offset, dead_requests in ((1.5, 2), (2.5, 2), (3.6, 3), (5.7, 3), (7.7, 4)):
+            assert poller.poll_due(now + offset), f"live meter not polled at +{offset} s"
+            assert poller.stats()["dead"].requests == dead_requests, offset
+    finally:
+        poller.close()
+
+
+DECODE_TABLE = [
+    # (data type, word order, byte order, scale, value)
+    ("f32", "big", "big", 1.0, 230.5),
+    ("f32", "little", "big", 1.0, 230.5),
+    ("f32", "big", "little", 1.0, -12.25),
+    ("u32", "little", "big", 0.01, 123456.78),
+    ("i16", "big", "big", 0.1, -123.4),
+    ("u64", "big", "big", 1.0, 2**40 + 5),
+    ("f64", "little", "little", 1.0, 1234567.125),
+    ("bcd32", "big", "big", 0.01, 9876.54),
+]
+
+
+@pytest.mark.parametrize("data_type,word_order,byte_order,scale,value", DECODE_TABLE)
+def test_decode_round_trip(data_type, word_order, byte_order, scale, value) -> None:
+    point = Point("p", 0, data_type, Quantity.OTHER, "", word_order=word_order, byte_order=byte_order, scale=scale)
+    assert decode_point(point, encode_point(point, value)) == pytest.approx(value, rel=1e-6)
+
+
+def test_known_wire_bytes() -> None:
+    # 230.0 as IEEE 754 float is 0x43660000; a meter with swapped words sends 0x0000 0x4366.
+    big = Point("v", 0, "f32", Quantity.VOLTAGE, "V")
+    swapped = Point("v", 0, "f32", Quantity.VOLTAGE, "V", word_order="little")
+    assert decode_point(big, [0x4366, 0x0000]) == 230.0
+    assert decode_point(swapped, [0x0000, 0x4366]) == 230.0
+
+
+def test_nan_sentinel_gives_invalid_reading_not_zero(tcp_simulator) -> None:
+    from drivers.decode import decode_raw
+    from drivers.errors import DecodeError
+
+    point = Point("e", 0, "u32", Quantity.ENERGY_IMPORT, "kWh", nan_values=(0xFFFFFFFF,))
+    with pytest.raises(DecodeError, match="not available"):
+        decode_raw(point, [0xFFFF, 0xFFFF])
+
+
+def test_broken_profile_names_file_point_and_fix(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_text('id = "x"\nmanufacturer = "M"\nmodel = "X"\n'
+                    '[[points]]\nname = "a"\naddress = 0\ndata_type = "u16"\nquantity = "voltage"\nunit = "V"\n'
+                    '[[points]]\nname = "b"\naddress = 1\ndata_type = "float"\nquantity = "voltage"\nunit = "V"\n')
+    with pytest.raises(ProfileError) as error:
+        load_profile(path)
+    assert str(error.value) == (f'{path}: points[1].data_type = "float": use one of '
+                                "u16, i16, bcd16, u32, i32, f32, bcd32, u64, i64, f64")
+
+
+def test_unit_id_out_of_range_is_refused() -> None:
+    from drivers import DriverError
+
+    with pytest.raises(DriverError, match="outside 1-247"):
+        read_meter(BusConfig("t", "tcp", port=1), 300, PROFILES["eastron-sdm630"])
+
+
+def test_missing_serial_port_says_so(tmp_path: Path) -> None:
+    from drivers import BusError
+
+    bus = BusConfig("rs485", "rtu", serial=SerialSettings(str(tmp_path / "ttyUSB9")), timeout_s=0.2)
+    with pytest.raises(BusError, match="does not exist: check the cable"):
+        read_meter(bus, 1, PROFILES["eastron-sdm630"])
