@@ -104,6 +104,7 @@ class Gateway:
             self._web_server.close()
             if self._web_thread is not None:
                 self._web_thread.join(timeout=10)
+            self._web_server.task_dispatcher.shutdown(timeout=5)  # close() leaves the worker threads running
         for poller in self._pollers.values():
             poller.close()
         for simulator in self._simulators:

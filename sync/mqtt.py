@@ -37,6 +37,7 @@ class Link:
         self.broker = broker
         self.connected = threading.Event()
         self.last_error = ""
+        self._stopping = False
         self._subscriptions = subscriptions
         self._on_message = on_message
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -61,6 +62,7 @@ class Link:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         try:
             self.client.disconnect()
         finally:
@@ -79,7 +81,7 @@ class Link:
         log.info("connected to broker %s:%d", self.broker.host, self.broker.port)
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             self.last_error = (f"cannot reach broker {self.broker.host}:{self.broker.port} (connection lost: "
                                f"{reason_code}); data waits on disk until it can")
             log.warning(self.last_error)
