@@ -1,0 +1,76 @@
+"""Config errors: one message naming file, key, value and fix; exit status 2; nothing started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from drivers import load_profiles
+from gateway.cli import main
+from gateway.config import ConfigError, load_config
+from gateway.paths import DEFAULT_CONFIG, PROFILES_DIR
+
+PROFILES = load_profiles(PROFILES_DIR)
+DEMO = DEFAULT_CONFIG.read_text()
+
+
+def test_the_embedded_default_is_the_demo() -> None:
+    config = load_config(None, PROFILES)
+    assert {m.profile for m in config.meters} == {"eastron-sdm630", "generic-gas-totaliser", "generic-heat-meter"}
+    assert {s.activity for s in config.sources} == {"electricity", "natural_gas", "steam"}
+    assert config.simulated_buses == {"demo-bus"}
+    assert (config.web.host, config.web.port) == ("127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (("device_id = 2", "device_id = 300"),
+     "meters[1].device_id = 300: use a Modbus unit id from 1 to 247"),
+    (('profile = "eastron-sdm630"', 'profile = "eastron-sdm999"'),
+     'meters[0].profile = "eastron-sdm999": unknown profile; use one of '),
+    (('bus = "demo-bus"\ndevice_id = 3', 'bus = "rs485-9"\ndevice_id = 3'),
+     'meters[2].bus = "rs485-9": no such bus; use one of demo-bus'),
+    (('transport = "tcp"\nsimulated', 'transport = "udp"\nsimulated'),
+     'buses[0].transport = "udp": use one of tcp, rtu, rtu_over_tcp'),
+    (('activity = "natural_gas"', 'activity = "gas"'),
+     'meters[1].activity = "gas": use one of electricity, electricity_export, natural_gas'),
+    (("device_id = 3", "device_id = 1"),
+     "meters[2].device_id = 1: another meter on bus demo-bus has the same unit id"),
+    (("port = 8080", 'port = "eighty"'),
+     'web.port = "eighty": use a number'),
+    (("poll_interval_s = 2\nactivity = \"electricity\"", "poll_intervall_s = 2\nactivity = \"electricity\""),
+     "meters[0].poll_intervall_s: unknown key; use one of "),
+])
+def test_bad_values_name_file_key_and_fix(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    old, new = edit
+    assert old in DEMO
+    path = tmp_path / "bad.toml"
+    path.write_text(DEMO.replace(old, new, 1))
+    with pytest.raises(ConfigError) as error:
+        load_config(path, PROFILES)
+    assert str(error.value).startswith(f"{path}: {message}")
+
+
+def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[gateway]\nid = demo\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(path, PROFILES)
+    assert str(error.value).startswith(f"{path}: TOML syntax error: ")
+    assert "line 2" in str(error.value)
+
+
+def test_run_with_broken_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(DEMO.replace("device_id = 2", "device_id = 0", 1))
+    result = CliRunner().invoke(main, ["run", "--config", str(path), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 2
+    assert result.output == f"Error: {path}: meters[1].device_id = 0: use a Modbus unit id from 1 to 247\n"
+    assert not (tmp_path / "data").exists(), "nothing may start on a broken config"
+
+
+def test_run_with_missing_config_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2
+    assert "cannot read the config (No such file or directory); check the path given to --config" in result.output
