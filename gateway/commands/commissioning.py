@@ -76,17 +76,20 @@ def read(tcp: str | None, serial: str | None, baud: int, parity: str, stopbits: 
               help="Unit id of the meter with the --profile at the same position.")
 @click.option("--tcp", default="127.0.0.1:5020", show_default=True, metavar="127.0.0.1:PORT",
               help="Loopback address and port to serve Modbus TCP on.")
-def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str) -> None:
+@click.option("--serial", metavar="DEVICE", help="Serve Modbus RTU on this serial device instead of TCP.")
+@click.option("--baud", type=int, default=9600, show_default=True, help="Baud rate with --serial.")
+def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str, serial: str | None, baud: int) -> None:
     """Serve simulated meters with plausible values that advance in time, until Ctrl-C."""
     if len(profile_ids) != len(unit_ids):
         raise click.UsageError("give one --unit for each --profile, in the same order")
     host, port = _host_port(tcp)
     devices = [SimulatedDevice(unit, _profile(pid)) for pid, unit in zip(profile_ids, unit_ids)]
     try:
-        server = SimulatorServer(devices, host=host, port=port).start()
+        server = SimulatorServer(devices, host=host, port=port, serial_port=serial, baudrate=baud).start()
     except DriverError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"serving {len(devices)} simulated meter(s) on {host}:{server.port}; Ctrl-C to stop", err=True)
+    where = serial or f"{host}:{server.port}"
+    click.echo(f"serving {len(devices)} simulated meter(s) on {where}; Ctrl-C to stop", err=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -1,0 +1,82 @@
+"""`simulate` and `read` as a technician runs them: two real processes over loopback TCP and a socat pty."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli import main
+from tests.conftest import free_port, port_open, wait_until
+
+EXE = str(Path(sys.executable).parent / "carbon-gateway")
+
+
+def _simulate(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([EXE, "simulate", "--profile", "eastron-sdm630", "--unit", "5", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def test_read_over_tcp_json_and_raw() -> None:
+    port = free_port()
+    simulator = _simulate("--tcp", f"127.0.0.1:{port}")
+    try:
+        wait_until(lambda: port_open(port), timeout_s=15, message="simulator")
+        result = subprocess.run([EXE, "read", "--tcp", f"127.0.0.1:{port}", "--unit", "5", "--profile",
+                                 "eastron-sdm630", "--json"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        points = {p["point"]: p for p in json.loads(result.stdout)}
+        assert 220 < points["voltage_l1"]["value"] < 240 and points["voltage_l1"]["unit"] == "V"
+        assert len(points["energy_import"]["raw"]) == 2
+        text = subprocess.run([EXE, "read", "--tcp", f"127.0.0.1:{port}", "--unit", "5", "--profile",
+                               "eastron-sdm630", "--raw"], capture_output=True, text=True, timeout=30).stdout
+        assert "frequency" in text and " Hz  [" in text
+    finally:
+        _stop(simulator)
+
+
+def test_read_over_rtu_through_a_socat_pty(pty_pair) -> None:
+    simulator = _simulate("--serial", pty_pair.device_side)
+    try:
+        def answers() -> bool:
+            result = subprocess.run([EXE, "read", "--serial", pty_pair.gateway_side, "--unit", "5", "--profile",
+                                     "eastron-sdm630", "--json", "--timeout", "0.5"],
+                                    capture_output=True, text=True, timeout=30)
+            return result.returncode == 0 and "voltage_l1" in result.stdout
+
+        wait_until(answers, timeout_s=20, interval_s=0.5, message="RTU answer")
+    finally:
+        _stop(simulator)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tcp", "127.0.0.1:1", "--unit", "300", "--profile", "eastron-sdm630"], "300 is not in the range 1<=x<=247"),
+    (["--tcp", "nohost", "--unit", "1", "--profile", "eastron-sdm630"], "'nohost': use HOST:PORT"),
+    (["--tcp", "127.0.0.1:1", "--unit", "1", "--profile", "nope"], "'nope' is not a known profile; use one of"),
+    (["--unit", "1", "--profile", "eastron-sdm630"], "give exactly one of --tcp HOST:PORT or --serial DEVICE"),
+])
+def test_read_refuses_bad_arguments_without_traceback(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["read", *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_read_of_a_meter_that_does_not_answer() -> None:
+    port = free_port()
+    result = CliRunner().invoke(main, ["read", "--tcp", f"127.0.0.1:{port}", "--unit", "1", "--profile",
+                                       "eastron-sdm630", "--timeout", "0.2"])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: unit 1: cannot connect to 127.0.0.1:{port}: check the address and that "
+                             "the device is powered and reachable\n")
