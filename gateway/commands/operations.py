@@ -15,6 +15,7 @@ from local_store import StoreError
 from sync import SyncError
 
 from gateway.config import ConfigError, load_config
+from gateway.notify import Notifier, watchdog_interval_s
 from gateway.paths import PROFILES_DIR
 
 
@@ -60,13 +61,21 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
     except (DriverError, StoreError, SyncError, OSError) as exc:
         gateway.stop()
         raise click.ClickException(f"cannot start: {exc}") from exc
+    notifier = Notifier()
+    notifier.ready(f"polling {len(config.meters)} meter(s)")
     if config.web.enabled:
         click.echo(f"Carbon Edge Gateway {config.gateway_id}: web UI on http://{config.web.host}:{config.web.port} "
                    f"· data in {config.data_dir} · Ctrl-C to stop", err=True)
+    ping_every_s = watchdog_interval_s() or 5.0
+    last_ping_for = 0.0
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(min(ping_every_s, 0.5)):
+            # Ping only for progress: a poll -> store cycle newer than the one the last ping was for.
+            if gateway.last_store_ok > last_ping_for:
+                last_ping_for = gateway.last_store_ok
+                notifier.watchdog()
     finally:
+        notifier.stopping()
         gateway.stop()
 
 

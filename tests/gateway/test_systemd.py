@@ -1,0 +1,121 @@
+"""The unit file passes systemd's own checks, and the daemon speaks the notify protocol honestly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "systemd" / "carbon-gateway.service"
+EXE = Path(sys.executable).parent / "carbon-gateway"
+
+needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                           reason="systemd-analyze missing: ./scripts/test installs it")
+
+
+@needs_systemd_analyze
+def test_unit_verifies(tmp_path: Path) -> None:
+    # verify also checks that ExecStart exists, so point it at this checkout's command.
+    unit = tmp_path / "carbon-gateway.service"
+    unit.write_text(UNIT.read_text().replace("/opt/carbon-gateway/venv/bin/carbon-gateway", str(EXE)))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    problems = [line for line in (result.stdout + result.stderr).splitlines()
+                if "carbon-gateway.service" in line]
+    assert result.returncode == 0 and not problems, problems
+
+
+@needs_systemd_analyze
+def test_unit_exposure_is_2_or_lower() -> None:
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", str(UNIT)],
+                            capture_output=True, text=True, timeout=60)
+    line = [l for l in result.stdout.splitlines() if "Overall exposure level" in l][0]
+    exposure = float(line.split(":")[1].split()[0])
+    assert exposure <= 2.0, line
+    text = UNIT.read_text()
+    for setting in ("Type=notify", "WatchdogSec=", "SupplementaryGroups=dialout", "ProtectSystem=strict",
+                    "StateDirectory=", "NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectHome=yes",
+                    "CapabilityBoundingSet=\n", "RestrictAddressFamilies=", "MemoryMax="):
+        assert setting in text, setting
+
+
+def test_install_script_dry_run_lists_the_steps() -> None:
+    result = subprocess.run(["bash", str(ROOT / "systemd" / "install.sh"), "--dry-run"], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "+ python3 -m venv /opt/carbon-gateway/venv" in result.stdout
+    assert "+ systemctl enable --now carbon-gateway.service" in result.stdout
+
+
+def test_ready_then_watchdog_pings_only_while_polling(tmp_path: Path) -> None:
+    """READY=1 after start; WATCHDOG=1 while poll -> store cycles succeed; STOPPING=1 on SIGTERM."""
+    notify_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(1.0)
+    config = tmp_path / "gw.toml"
+    config.write_text((ROOT / "config" / "gateway.toml").read_text()
+                      .replace("[web]\nenabled = true", "[web]\nenabled = false")
+                      .replace("[sync]\nenabled = true", "[sync]\nenabled = false")
+                      .replace("poll_interval_s = 2", "poll_interval_s = 0.5"))
+    env = {**os.environ, "NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "1000000"}
+    process = subprocess.Popen([str(EXE), "run", "--config", str(config), "--data-dir", str(tmp_path / "d")],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    messages: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(m == "WATCHDOG=1" for m in messages) < 3:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                pass
+        assert messages[0].startswith("READY=1\nSTATUS=polling 3 meter(s)"), messages
+        assert messages.count("WATCHDOG=1") >= 3, messages
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        try:
+            while True:
+                messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+        sock.close()
+    assert "STOPPING=1" in messages and process.returncode == 0
+
+
+def test_no_watchdog_ping_while_no_meter_answers(tmp_path: Path) -> None:
+    notify_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(0.5)
+    dead_port = free_port()
+    config = tmp_path / "gw.toml"
+    config.write_text((ROOT / "config" / "gateway.toml").read_text()
+                      .replace("simulated = true", f"port = {dead_port}")
+                      .replace("[web]\nenabled = true", "[web]\nenabled = false")
+                      .replace("[sync]\nenabled = true", "[sync]\nenabled = false"))
+    env = {**os.environ, "NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "1000000"}
+    process = subprocess.Popen([str(EXE), "run", "--config", str(config), "--data-dir", str(tmp_path / "d")],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    messages: list[str] = []
+    try:
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                pass
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        sock.close()
+    assert any(m.startswith("READY=1") for m in messages), messages
+    assert "WATCHDOG=1" not in messages, "the watchdog must not be fed while nothing is polled and stored"
