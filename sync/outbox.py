@@ -46,6 +46,12 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
     db.executescript(SCHEMA)
 
 
+def forget_in_flight(db: sqlite_utils.Database) -> None:
+    """After a restart nothing is in flight any more: resend unacknowledged batches now, not after a timeout."""
+    with db.conn:
+        db.execute("UPDATE sync_outbox SET sent_at = NULL WHERE sent_at IS NOT NULL")
+
+
 def _state(db: sqlite_utils.Database, key: str, default: str) -> str:
     row = db.execute("SELECT value FROM sync_state WHERE key = ?", [key]).fetchone()
     return row[0] if row else default

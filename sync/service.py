@@ -69,6 +69,7 @@ class SyncService:
     def start(self) -> None:
         if not self.settings.enabled:
             return
+        outbox.forget_in_flight(self.store.db)
         self._link = Link(self.settings.broker, client_id=f"gateway-{self.settings.gateway_id}",
                           on_message=self._on_message, subscriptions=(self.settings.ack_topic(),))
         self._link.start()

@@ -109,3 +109,30 @@ def test_no_receiver_key_means_readings_wait_unbatched(setup) -> None:
     status = service.status()
     assert (status.backlog_batches, status.backlog_readings) == (0, 10)
     assert "no receiver public key" in status.last_error
+
+
+def test_unacknowledged_batches_are_resent_at_once_after_a_restart(setup) -> None:
+    """Batches sent before a stop (no receiver yet) must not wait a whole ack timeout after the restart."""
+    from dataclasses import replace
+
+    store, gateway_settings, receiver_settings, _ = setup
+    slow_acks = replace(gateway_settings, ack_timeout_s=120.0)
+    store.insert_readings(_readings(40))
+    first = SyncService(slow_acks, store)
+    first.start()
+    try:
+        wait_until(lambda: outbox.unacked(store.db, 10) and all(r.sent_at for r in outbox.unacked(store.db, 10)),
+                   timeout_s=15, message="batch sent without a receiver")
+    finally:
+        first.stop()
+    receiver = Receiver(receiver_settings)
+    receiver.start()
+    second = SyncService(slow_acks, store)
+    second.start()
+    try:
+        wait_until(lambda: second.status().backlog_batches == 0 and second.status().backlog_readings == 0,
+                   timeout_s=15, message="resent well before the 120 s ack timeout")
+    finally:
+        second.stop()
+        receiver.stop()
+    assert len(_received(receiver_settings.database)) == 40
