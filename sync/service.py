@@ -62,9 +62,9 @@ class SyncService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._link: Link | None = None
-        self._status = SyncStatus(settings.enabled, False, 0, 0, None, "")
         self._key_error = ""
         outbox.ensure_schema(store.db)
+        self._status = self._current_status()
 
     def start(self) -> None:
         if not self.settings.enabled:
@@ -106,12 +106,16 @@ class SyncService:
                 break
         self.fill(force=force)
         self._publish_due()
+        self._status = self._current_status()
+
+    def _current_status(self) -> SyncStatus:
+        db = self.store.db
         batches, readings = outbox.backlog(db)
         pending, _ = outbox.pending_readings(db)
         link = self._link
         error = self._key_error or (link.last_error if link else "")
-        self._status = SyncStatus(True, bool(link and link.connected.is_set()), batches, readings + pending,
-                                  outbox.last_ack_at(db), error)
+        return SyncStatus(self.settings.enabled, bool(link and link.connected.is_set()), batches, readings + pending,
+                          outbox.last_ack_at(db), error)
 
     def fill(self, force: bool = False) -> int:
         """Seal full (or old enough) batches; returns how many were made."""
