@@ -100,4 +100,58 @@ def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str, 
         server.stop()
 
 
-COMMANDS: list[click.Command] = [read, simulate]
+@click.command()
+@click.option("--tcp", metavar="HOST:PORT", help="Modbus TCP endpoint (or serial device server).")
+@click.option("--serial", metavar="DEVICE", help="Serial port for Modbus RTU, e.g. /dev/ttyUSB0.")
+@click.option("--bauds", default="9600", show_default=True, help="Baud rates to try on serial, e.g. 9600,19200.")
+@click.option("--parity", type=click.Choice(["N", "E", "O"]), default="N", show_default=True)
+@click.option("--units", "units_text", default="1-247", show_default=True, help="Unit ids to probe, e.g. 1-10,20.")
+@click.option("--timeout", "timeout_s", type=float, default=0.2, show_default=True,
+              help="Seconds to wait for each unit id; the scan takes at most about units x timeout per baud rate.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def scan(tcp: str | None, serial: str | None, bauds: str, parity: str, units_text: str, timeout_s: float,
+         as_json: bool) -> None:
+    """Find the unit ids that answer on a bus and identify each one's profile."""
+    from drivers.scan import parse_units, scan_bus
+
+    if bool(tcp) == bool(serial):
+        raise click.UsageError("give exactly one of --tcp HOST:PORT or --serial DEVICE")
+    try:
+        units = parse_units(units_text)
+        baud_rates = [int(b) for b in bauds.split(",")] if serial else [0]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).replace("invalid literal for int() with base 10", "not a number"),
+                                 param_hint="--units/--bauds") from exc
+    profiles = load_profiles(PROFILES_DIR)
+    results = []
+    for baud in baud_rates:
+        if tcp:
+            host, port = _host_port(tcp)
+            bus = BusConfig("scan", "tcp", host=host, port=port, timeout_s=timeout_s)
+            line = f"{host}:{port}"
+        else:
+            bus = BusConfig("scan", "rtu", serial=SerialSettings(serial or "", baud, parity), timeout_s=timeout_s)  # type: ignore[arg-type]
+            line = f"{serial} {baud} {parity}81"
+
+        def progress(done: int, total: int, unit: int) -> None:
+            if not as_json and (done % 10 == 0 or done == total):
+                click.echo(f"\r{line}: {done}/{total} unit ids probed", nl=done == total, err=True)
+
+        try:
+            found = scan_bus(bus, units, profiles, progress)
+        except DriverError as exc:
+            raise click.ClickException(str(exc)) from exc
+        results.extend((line, baud, r) for r in found)
+    if as_json:
+        click.echo(json.dumps([{"line": line, "baudrate": baud or None, "unit": r.device_id, "profile": r.profile,
+                                "score": r.score, "other_candidates": [list(c) for c in r.candidates]}
+                               for line, baud, r in results], indent=2))
+        return
+    if not results:
+        click.echo("no meter answered; check wiring (A/B swapped?), baud rate, parity and unit ids")
+    for line, _, r in results:
+        guess = f"{r.profile} (fits {r.score:.0%})" if r.profile else "unknown model: no shipped profile fits"
+        click.echo(f"{line}  unit {r.device_id:>3}  {guess}")
+
+
+COMMANDS: list[click.Command] = [read, scan, simulate]

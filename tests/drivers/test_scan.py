@@ -1,0 +1,62 @@
+"""Scanning a real simulated bus: which unit ids answer, and which profile each one is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from drivers import BusConfig, SimulatedDevice, SimulatorServer, load_profiles
+from drivers.scan import parse_units, scan_bus
+from gateway.cli import main
+
+PROFILES = load_profiles(Path(__file__).resolve().parents[2] / "config" / "profiles")
+
+
+@pytest.fixture
+def bus_with_three_meters():
+    server = SimulatorServer([SimulatedDevice(3, PROFILES["eastron-sdm630"]),
+                              SimulatedDevice(7, PROFILES["generic-gas-totaliser"]),
+                              SimulatedDevice(12, PROFILES["generic-heat-meter"])]).start()
+    yield server
+    server.stop()
+
+
+def test_scan_finds_units_and_profiles_with_progress(bus_with_three_meters) -> None:
+    calls: list[tuple[int, int, int]] = []
+    bus = BusConfig("t", "tcp", port=bus_with_three_meters.port, timeout_s=0.2)
+    results = scan_bus(bus, range(1, 16), PROFILES, progress=lambda *a: calls.append(a))
+    assert [r.device_id for r in results] == [3, 7, 12]
+    assert results[0].profile == "eastron-sdm630"
+    # The two generic profiles have the same register layout; plausibility alone cannot tell them apart,
+    # so the right one is either the guess or a listed candidate (a technician confirms with `read`).
+    for result, expected in zip(results[1:], ("generic-gas-totaliser", "generic-heat-meter")):
+        assert expected in {result.profile, *(c[0] for c in result.candidates)}
+    assert all(r.score >= 0.8 for r in results)
+    assert calls[-1] == (15, 15, 15) and len(calls) == 15
+
+
+def test_scan_command_json(bus_with_three_meters) -> None:
+    result = CliRunner().invoke(main, ["scan", "--tcp", f"127.0.0.1:{bus_with_three_meters.port}",
+                                       "--units", "1-8", "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert [f["unit"] for f in found] == [3, 7] and found[0]["profile"] == "eastron-sdm630"
+    assert "generic-gas-totaliser" in {found[1]["profile"], *(c[0] for c in found[1]["other_candidates"])}
+
+
+@pytest.mark.parametrize("text,expected", [("1-3,9", [1, 2, 3, 9]), ("247", [247])])
+def test_parse_units(text: str, expected: list[int]) -> None:
+    assert parse_units(text) == expected
+
+
+@pytest.mark.parametrize("text,message", [("0-5", "'0-5': unit ids run from 1 to 247"),
+                                          ("a", "'a': use unit ids like 1-247 or 1,2,5-9")])
+def test_bad_unit_ranges(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        parse_units(text)
+    assert str(error.value) == message
+    result = CliRunner().invoke(main, ["scan", "--tcp", "127.0.0.1:1", "--units", text])
+    assert result.exit_code == 2 and message in result.output
