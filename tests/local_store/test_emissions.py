@@ -95,9 +95,9 @@ def test_unit_conversion() -> None:
 
 def test_missing_factor_names_activity_region_period_and_fix() -> None:
     with pytest.raises(FactorError) as exc:
-        compute("electricity", TS_2026, np.array([1.0]), LIB, EmissionSettings(region="east_china"), "source main")
+        compute("electricity", TS_2026, np.array([1.0]), LIB, EmissionSettings(region="guangdong"), "source main")
     assert str(exc.value).startswith(
-        "source main: no emission factor 'ef' for electricity in region 'east_china' valid at 2026-05-28 ")
+        "source main: no emission factor 'ef' for electricity in region 'guangdong' valid at 2026-05-28 ")
     assert "add one to a custom file in config/factors/" in str(exc.value)
     # Before 2021 the shipped library has no grid factor at all.
     with pytest.raises(FactorError, match="valid at 2019-"):
