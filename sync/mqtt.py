@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import random
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -26,6 +28,9 @@ class BrokerSettings:
     username: str | None = None
     password: str | None = None
     keepalive_s: int = 30
+    backoff_min_s: float = 1.0           # reconnect delay doubles from here ...
+    backoff_max_s: float = 60.0          # ... up to here, each wait drawn from [delay/2, delay] (jitter)
+    max_inflight: int = 20               # QoS 1 messages paho keeps unacknowledged by the broker
 
 
 class Link:
@@ -37,6 +42,7 @@ class Link:
         self.broker = broker
         self.connected = threading.Event()
         self.last_error = ""
+        self.connects = 0                 # sessions so far; a new one means in-flight messages may be lost
         self._stopping = False
         self._subscriptions = subscriptions
         self._on_message = on_message
@@ -48,11 +54,21 @@ class Link:
                                 certfile=str(broker.client_cert) if broker.client_cert else None,
                                 keyfile=str(broker.client_key) if broker.client_key else None,
                                 cert_reqs=ssl.CERT_REQUIRED)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=60)  # paho backs off exponentially between these
+        self.client.max_inflight_messages_set(broker.max_inflight)
+        self._failures = 0
+        self._schedule_reconnect()
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
         self.client.on_message = self._message
         self.client.on_connect_fail = self._connect_failed
+
+    def _schedule_reconnect(self) -> None:
+        # paho doubles its delay but without jitter; a fleet of gateways coming back after a broker
+        # outage would reconnect in lock-step. We pick each wait ourselves: exponential, "equal jitter".
+        delay = min(self.broker.backoff_max_s, self.broker.backoff_min_s * 2 ** min(self._failures, 30))
+        wait = random.uniform(delay / 2, delay)
+        self.client.reconnect_delay_set(min_delay=wait, max_delay=wait)  # type: ignore[arg-type]
+        self._failures += 1
 
     def start(self) -> None:
         try:
@@ -73,10 +89,14 @@ class Link:
             self.last_error = (f"broker {self.broker.host}:{self.broker.port} refused the connection: {reason_code}; "
                                "check the username, password or client certificate")
             log.error(self.last_error)
+            self._schedule_reconnect()
             return
         self.last_error = ""
+        self._failures = 0
+        self._schedule_reconnect()
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
+        self.connects += 1
         self.connected.set()
         log.info("connected to broker %s:%d", self.broker.host, self.broker.port)
 
@@ -86,12 +106,41 @@ class Link:
                                f"{reason_code}); data waits on disk until it can")
             log.warning(self.last_error)
         self.connected.clear()
+        self._schedule_reconnect()
 
     def _connect_failed(self, client, userdata) -> None:
-        error = f"cannot reach broker {self.broker.host}:{self.broker.port}; data waits on disk until it can"
-        if error != self.last_error:
-            log.warning(error)
+        self._schedule_reconnect()
+        error = self._diagnose()
+        if error != self.last_error:  # log the first occurrence; identical repeats stay quiet
+            log.error(error)
         self.last_error = error
+
+    def _diagnose(self) -> str:
+        """Why a connection attempt failed, in words an installer can act on (paho only says "failed")."""
+        where = f"broker {self.broker.host}:{self.broker.port}"
+        tail = "; data waits on disk until it can"
+        try:
+            sock = socket.create_connection((self.broker.host, self.broker.port), timeout=5)
+        except socket.gaierror as exc:
+            return f"cannot resolve {where} ({exc.strerror}); check sync.broker_host{tail}"
+        except OSError as exc:
+            return f"cannot reach {where} ({exc.strerror or exc}){tail}"
+        with sock:
+            if not self.broker.tls:
+                return f"cannot connect to {where}{tail}"
+            try:
+                context = ssl.create_default_context(cafile=str(self.broker.ca_file) if self.broker.ca_file else None)
+                if self.broker.client_cert:
+                    context.load_cert_chain(str(self.broker.client_cert),
+                                            str(self.broker.client_key) if self.broker.client_key else None)
+                with context.wrap_socket(sock, server_hostname=self.broker.host):
+                    pass
+            except ssl.SSLCertVerificationError as exc:
+                return (f"TLS: {where} presented a certificate that was refused ({exc.verify_message}); "
+                        f"check sync.ca_file and sync.broker_host{tail}")
+            except (ssl.SSLError, OSError) as exc:
+                return f"TLS handshake with {where} failed ({exc}); check the client certificate and key{tail}"
+        return f"cannot connect to {where}{tail}"
 
     def _message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         if self._on_message is not None:

@@ -99,6 +99,33 @@ def make_batch(db: sqlite_utils.Database, gateway_id: str, max_readings: int,
     return seq
 
 
+@dataclass(frozen=True)
+class Slot:
+    seq: int
+    sent_at: float | None
+
+
+def window(db: sqlite_utils.Database, limit: int) -> list[Slot]:
+    """The oldest ``limit`` unacknowledged batches (without their bytes)."""
+    return [Slot(*r) for r in db.execute("SELECT seq, sent_at FROM sync_outbox ORDER BY seq LIMIT ?", [limit])]
+
+
+def newest(db: sqlite_utils.Database) -> Slot | None:
+    row = db.execute("SELECT seq, sent_at FROM sync_outbox ORDER BY seq DESC LIMIT 1").fetchone()
+    return Slot(*row) if row else None
+
+
+def message(db: sqlite_utils.Database, seq: int) -> bytes | None:
+    row = db.execute("SELECT message FROM sync_outbox WHERE seq = ?", [seq]).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def synced_through(db: sqlite_utils.Database) -> int:
+    """Highest reading id such that it and every lower id are committed at the receiver."""
+    row = db.execute("SELECT MIN(first_reading_id) FROM sync_outbox").fetchone()
+    return int(row[0]) - 1 if row and row[0] is not None else cursor(db)
+
+
 def unacked(db: sqlite_utils.Database, limit: int) -> list[OutboxRow]:
     return [OutboxRow(*r) for r in db.execute(
         "SELECT seq, count, message, created_at, sent_at FROM sync_outbox ORDER BY seq LIMIT ?", [limit]).fetchall()]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -36,6 +37,8 @@ class SyncSettings:
     max_inflight: int = 10
     ack_timeout_s: float = 30.0
     tick_s: float = 0.5
+    bandwidth_bytes_per_s: float | None = None  # cap for metered links; None: no cap
+    disk_budget_bytes: int | None = None         # gateway.db (+ WAL) size that raises the alarm
 
     def batch_topic(self) -> str:
         return f"{self.topic_prefix}/{self.gateway_id}/batch"
@@ -52,17 +55,26 @@ class SyncStatus:
     backlog_readings: int        # in unacknowledged batches plus not yet batched
     last_ack_at: float | None
     last_error: str
+    alarm: str = ""              # e.g. the disk budget is exceeded; unsynced data is kept regardless
+    disk_bytes: int = 0          # gateway.db plus its WAL
+    synced_through: int = 0      # readings with an id up to this one are acknowledged by the receiver
 
 
 class SyncService:
+    """Fills the outbox and publishes it; see docs/sync-protocol.md for ordering and acknowledgements."""
+
     def __init__(self, settings: SyncSettings, store: Store) -> None:
         self.settings = settings
         self.store = store
         self._acks: queue.Queue[int] = queue.Queue()
         self._stop = threading.Event()
+        self._wake = threading.Event()   # an ack arrived: free a window slot now, not at the next tick
         self._thread: threading.Thread | None = None
         self._link: Link | None = None
         self._key_error = ""
+        self._tokens = 0.0
+        self._tokens_at = time.monotonic()
+        self._sessions_seen = 0
         outbox.ensure_schema(store.db)
         self._status = self._current_status()
 
@@ -78,6 +90,7 @@ class SyncService:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
         if self._link is not None:
@@ -94,19 +107,32 @@ class SyncService:
             except Exception as exc:  # noqa: BLE001 - keep syncing; the error is shown in status
                 log.exception("sync tick failed")
                 self._status = SyncStatus(True, False, 0, 0, None, f"sync failed: {exc}")
-            self._stop.wait(self.settings.tick_s)
+            self._wake.wait(self.settings.tick_s)
+            self._wake.clear()
 
     def tick(self, force: bool = False) -> None:
         """Apply acknowledgements, fill the outbox, publish what is due."""
+        self._apply_acks()
+        self.fill(force=force)
+        self._publish_due()
+        self._status = self._current_status()
+
+    def _apply_acks(self) -> None:
         db = self.store.db
         while True:
             try:
                 outbox.acknowledge(db, self._acks.get_nowait())
             except queue.Empty:
-                break
-        self.fill(force=force)
-        self._publish_due()
-        self._status = self._current_status()
+                return
+
+    def _disk_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(f"{self.store.path}{suffix}")
+            except OSError:
+                pass
+        return total
 
     def _current_status(self) -> SyncStatus:
         db = self.store.db
@@ -114,13 +140,32 @@ class SyncService:
         pending, _ = outbox.pending_readings(db)
         link = self._link
         error = self._key_error or (link.last_error if link else "")
+        disk = self._disk_bytes()
+        alarm = ""
+        budget = self.settings.disk_budget_bytes
+        if budget is not None and disk > budget:
+            # Policy (docs/sync-protocol.md, "Disk budget"): never drop unsynced data to make room.
+            alarm = (f"disk budget exceeded: {disk / 1e6:.1f} MB used of {budget / 1e6:.1f} MB; "
+                     f"{readings + pending} unsynced readings are kept; prune synced raw data "
+                     f"(ids <= {outbox.synced_through(db)}) or restore the link to the receiver")
+            if alarm.split(";")[0] != self._status_alarm_head():
+                log.error(alarm)
         return SyncStatus(self.settings.enabled, bool(link and link.connected.is_set()), batches, readings + pending,
-                          outbox.last_ack_at(db), error)
+                          outbox.last_ack_at(db), error, alarm, disk, outbox.synced_through(db))
+
+    def _status_alarm_head(self) -> str:
+        status = getattr(self, "_status", None)
+        return status.alarm.split(";")[0] if status is not None else ""
+
+    def synced_through(self) -> int:
+        """Readings with ids up to this are committed at the receiver: raw data that retention may prune."""
+        return outbox.synced_through(self.store.db)
 
     def fill(self, force: bool = False) -> int:
         """Seal full (or old enough) batches; returns how many were made."""
         if self.settings.receiver_public_key is None:
-            self._key_error = "no receiver public key configured; readings wait unbatched"
+            self._key_error = ("no receiver public key configured (sync.receiver_public_key); readings wait "
+                               "unbatched on disk")
             return 0
         try:
             receiver = load_public(self.settings.receiver_public_key)
@@ -131,7 +176,7 @@ class SyncService:
         self._key_error = ""
         db = self.store.db
         made = 0
-        while True:
+        while not self._stop.is_set():
             pending, oldest = outbox.pending_readings(db)
             old_enough = oldest is not None and time.time() - oldest >= self.settings.batch_max_age_s
             if not pending or not (force or old_enough or pending >= self.settings.batch_max_readings):
@@ -140,23 +185,58 @@ class SyncService:
                                  receiver, signer) is None:  # type: ignore[arg-type]
                 return made
             made += 1
+        return made
+
+    def _take_tokens(self, size: int) -> bool:
+        """Token bucket for ``bandwidth_bytes_per_s``; a message larger than one second's worth waits for a full bucket."""
+        rate = self.settings.bandwidth_bytes_per_s
+        if rate is None:
+            return True
+        now = time.monotonic()
+        capacity = max(rate, float(size))
+        self._tokens = min(capacity, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < size:
+            return False
+        self._tokens -= size
+        return True
 
     def _publish_due(self) -> None:
+        """Send within the in-flight window: the newest batch first (live data is not held behind a
+        backlog after an outage), then the backlog oldest first."""
         link = self._link
         if link is None or not link.connected.is_set():
             return
+        db = self.store.db
+        if link.connects != self._sessions_seen:
+            # A new session: what was in flight on the old one may be gone (no persistent session),
+            # so send it again now rather than after ack_timeout_s; the receiver deduplicates.
+            self._sessions_seen = link.connects
+            outbox.forget_in_flight(db)
         now = time.time()
-        for row in outbox.unacked(self.store.db, self.settings.max_inflight):
-            if row.sent_at is None or now - row.sent_at >= self.settings.ack_timeout_s:
-                link.publish(self.settings.batch_topic(), row.message)
-                outbox.mark_sent(self.store.db, row.seq)
+        slots = outbox.window(db, self.settings.max_inflight)
+        in_flight = sum(1 for s in slots if s.sent_at is not None and now - s.sent_at < self.settings.ack_timeout_s)
+        free = self.settings.max_inflight - in_flight
+        due = [s for s in slots if s.sent_at is None or now - s.sent_at >= self.settings.ack_timeout_s]
+        newest = outbox.newest(db)
+        if newest is not None and (newest.sent_at is None or now - newest.sent_at >= self.settings.ack_timeout_s):
+            due = [newest] + [s for s in due if s.seq != newest.seq]
+        for slot in due[:max(free, 0)]:
+            message = outbox.message(db, slot.seq)
+            if message is None:   # acknowledged meanwhile
+                continue
+            if not self._take_tokens(len(message)):
+                return
+            link.publish(self.settings.batch_topic(), message)
+            outbox.mark_sent(db, slot.seq)
 
     def _on_message(self, message: Any) -> None:
         try:
             ack = json.loads(message.payload)
             if ack.get("status") in ("committed", "duplicate"):
                 self._acks.put(int(ack["seq"]))
+                self._wake.set()
             else:
                 log.error("receiver rejected batch %s: %s", ack.get("seq"), ack.get("reason"))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.error("unreadable acknowledgement on %s", message.topic)
