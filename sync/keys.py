@@ -32,7 +32,9 @@ def _write_private(path: Path, key: Ed25519PrivateKey | X25519PrivateKey) -> Non
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    path.with_suffix(".pub").write_bytes(public)
+    fd = os.open(path.with_suffix(".pub"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # 0600 like every key file
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(public)
 
 
 def ensure_gateway_key(keys_dir: Path) -> Ed25519PrivateKey:
@@ -79,3 +81,67 @@ def load_public(path: Path) -> Ed25519PublicKey | X25519PublicKey:
     if not isinstance(key, (Ed25519PublicKey, X25519PublicKey)):
         raise KeyFileError(f"{path}: unsupported key type {type(key).__name__}")
     return key
+
+
+def _retire(path: Path) -> str:
+    """Keep a replaced key pair next to the new one, named by its key id; returns that id."""
+    old = load_private(path)
+    old_id = key_id(old.public_key())
+    path.rename(path.with_name(f"{path.stem}.{old_id}.key"))
+    pub = path.with_suffix(".pub")
+    if pub.exists():
+        pub.rename(path.with_name(f"{path.stem}.{old_id}.pub"))
+    return old_id
+
+
+def rotate_gateway_key(keys_dir: Path) -> tuple[str, str]:
+    """Replace the signing key; returns (old id, new id).
+
+    Batches already in the outbox stay signed by the old key, so the receiver must trust both until
+    they have drained: copy the new ``gateway-signing.pub`` to ``trusted/<gateway_id>/`` there.
+    """
+    path = keys_dir / GATEWAY_KEY
+    if not path.exists():
+        raise KeyFileError(f"{path}: no signing key to rotate; run `carbon-gateway keys` to create one")
+    old_id = _retire(path)
+    return old_id, key_id(ensure_gateway_key(keys_dir).public_key())
+
+
+def rotate_receiver_key(keys_dir: Path) -> tuple[str, str]:
+    """Replace the receiver's sealing key; returns (old id, new id).
+
+    The old private key stays (``receiver-sealing.<id>.key``) so batches sealed to it, which may still
+    sit in gateways' outboxes, can be opened; delete it only when no gateway uses it any more.
+    """
+    path = keys_dir / RECEIVER_KEY
+    if not path.exists():
+        raise KeyFileError(f"{path}: no receiver key to rotate; run `carbon-gateway keys --receiver` first")
+    old_id = _retire(path)
+    return old_id, key_id(ensure_receiver_key(keys_dir).public_key())
+
+
+def receiver_keys(keys_dir: Path) -> dict[str, X25519PrivateKey]:
+    """Every sealing key the receiver holds (current and retired), by key id."""
+    found: dict[str, X25519PrivateKey] = {}
+    for path in sorted(keys_dir.glob("receiver-sealing*.key")):
+        key = load_private(path)
+        if isinstance(key, X25519PrivateKey):
+            found[key_id(key.public_key())] = key
+    if not found:
+        raise KeyFileError(f"{keys_dir / RECEIVER_KEY}: no receiver key; run `carbon-gateway keys --receiver "
+                           f"--data-dir {keys_dir.parent}` to create one")
+    return found
+
+
+def trusted_gateway_keys(trusted_dir: Path, gateway_id: str) -> dict[str, Ed25519PublicKey]:
+    """A gateway's trusted signing keys by key id: ``<gateway_id>.pub`` and ``<gateway_id>/*.pub``."""
+    if not gateway_id or "/" in gateway_id or gateway_id.startswith("."):
+        return {}
+    paths = [trusted_dir / f"{gateway_id}.pub", *sorted((trusted_dir / gateway_id).glob("*.pub"))]
+    found: dict[str, Ed25519PublicKey] = {}
+    for path in paths:
+        if path.is_file():
+            key = load_public(path)
+            if isinstance(key, Ed25519PublicKey):
+                found[key_id(key)] = key
+    return found

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,35 +21,15 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sync.batches import decode_readings
 from sync.crypto import BatchHeader, message_hash, open_message, parse_header
 from sync.errors import BatchRejected, KeyFileError
-from sync.keys import RECEIVER_KEY, key_id, load_private, load_public
+from sync.keys import receiver_keys, trusted_gateway_keys
 from sync.mqtt import BrokerSettings, Link
+from sync.storage import ReceiverDb
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    gateway_id TEXT NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL,
-    count INTEGER NOT NULL, received_at REAL NOT NULL, chain_ok INTEGER NOT NULL,
-    PRIMARY KEY (gateway_id, seq)
-);
-CREATE TABLE IF NOT EXISTS readings (
-    gateway_id TEXT NOT NULL, reading_id INTEGER NOT NULL, seq INTEGER NOT NULL,
-    meter_id TEXT NOT NULL, point TEXT NOT NULL, timestamp REAL NOT NULL, value REAL,
-    unit TEXT NOT NULL, quantity TEXT NOT NULL, quality TEXT NOT NULL, reason TEXT NOT NULL,
-    PRIMARY KEY (gateway_id, reading_id)
-);
-CREATE TABLE IF NOT EXISTS rejections (
-    id INTEGER PRIMARY KEY, at REAL NOT NULL, gateway_id TEXT, seq INTEGER, reason TEXT NOT NULL, detail TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY, at REAL NOT NULL, gateway_id TEXT NOT NULL, seq INTEGER NOT NULL, message BLOB NOT NULL
-);
-"""
-
-
 @dataclass(frozen=True)
 class ReceiverSettings:
-    database: Path                      # SQLite file of the receiver
+    database: Path | str                # SQLite file, or a postgresql:// URL
     keys_dir: Path                      # holds receiver-sealing.key
     trusted_dir: Path                   # <gateway_id>.pub: the Ed25519 keys of known gateways
     broker: BrokerSettings = field(default_factory=BrokerSettings)
@@ -58,39 +37,41 @@ class ReceiverSettings:
     share_group: str = "receivers"      # MQTT 5 shared subscription: receivers split the load
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.executescript(SCHEMA)
-    return conn
+def connect(database: Path | str) -> ReceiverDb:
+    """Open (and create) the receiver's database: a SQLite path or a ``postgresql://`` URL."""
+    return ReceiverDb(database)
 
 
 class Receiver:
     def __init__(self, settings: ReceiverSettings) -> None:
         self.settings = settings
-        self._key: X25519PrivateKey | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._keys: dict[str, X25519PrivateKey] | None = None
+        self._conn: ReceiverDb | None = None
         self._lock = threading.Lock()
         self._link: Link | None = None
 
-    def _receiver_key(self) -> X25519PrivateKey:
-        if self._key is None:
-            key = load_private(self.settings.keys_dir / RECEIVER_KEY)
-            if not isinstance(key, X25519PrivateKey):
-                raise KeyFileError(f"{self.settings.keys_dir / RECEIVER_KEY}: not an X25519 key")
-            self._key = key
-        return self._key
+    def _receiver_key(self, key_id: str | None = None) -> X25519PrivateKey:
+        if self._keys is None:
+            self._keys = receiver_keys(self.settings.keys_dir)  # current and retired keys (rotation)
+        if key_id is None:
+            return next(iter(self._keys.values()))
+        key = self._keys.get(key_id)
+        if key is None:
+            self._keys = receiver_keys(self.settings.keys_dir)  # a key may have been added since
+            key = self._keys.get(key_id)
+        if key is None:
+            raise BatchRejected("unknown_key", f"sealed to receiver key {key_id}, which this receiver does not hold")
+        return key
 
     def _gateway_key(self, header: BatchHeader) -> Ed25519PublicKey:
-        path = self.settings.trusted_dir / f"{header.gateway_id}.pub"
-        if not path.exists() or "/" in header.gateway_id:
-            raise BatchRejected("unknown_gateway", f"no trusted key {path.name} for gateway {header.gateway_id}")
-        key = load_public(path)
-        if not isinstance(key, Ed25519PublicKey) or key_id(key) != header.gateway_key_id:
+        keys = trusted_gateway_keys(self.settings.trusted_dir, header.gateway_id)
+        if not keys:
+            raise BatchRejected("unknown_gateway", f"no trusted key for gateway {header.gateway_id!r} "
+                                f"(expected {header.gateway_id}.pub or {header.gateway_id}/*.pub in the trusted dir)")
+        key = keys.get(header.gateway_key_id)
+        if key is None:
             raise BatchRejected("unknown_key", f"gateway {header.gateway_id} signed with key {header.gateway_key_id}, "
-                                "which is not its trusted key")
+                                "which is not one of its trusted keys")
         return key
 
     def start(self) -> None:
@@ -109,7 +90,11 @@ class Receiver:
             self._conn = None
 
     def _on_message(self, message: Any) -> None:
-        ack = self.handle(bytes(message.payload))
+        try:
+            ack = self.handle(bytes(message.payload))
+        except Exception:  # noqa: BLE001 - e.g. the database is locked: no ack, so the gateway resends
+            log.exception("receiver could not process a message on %s; not acknowledged", message.topic)
+            return
         if ack is not None and self._link is not None:
             gateway_id, body = ack
             self._link.publish(f"{self.settings.topic_prefix}/{gateway_id}/ack", json.dumps(body).encode())
@@ -121,12 +106,16 @@ class Receiver:
         header: BatchHeader | None = None
         try:
             header = parse_header(message)[0]
-            _, payload = open_message(message, self._gateway_key(header), self._receiver_key())
+            _, payload = open_message(message, self._gateway_key(header), self._receiver_key(header.receiver_key_id))
             readings = decode_readings(payload)
             if len(readings) != header.count:
                 raise BatchRejected("malformed", f"header says {header.count} readings, payload has {len(readings)}")
             status = self._store(header, message, readings)
             return header.gateway_id, {"seq": header.seq, "status": status}
+        except KeyFileError as exc:  # a trusted key file that does not parse: the operator must fix it
+            exc = BatchRejected("unknown_key", str(exc))
+            self._reject(header, exc.reason, exc.detail)
+            return (header.gateway_id, {"seq": header.seq, "status": "rejected", "reason": exc.reason}) if header else None
         except BatchRejected as exc:
             self._reject(header, exc.reason, exc.detail)
             if header is None:
@@ -137,53 +126,90 @@ class Receiver:
         log.warning("rejected batch %s/%s: %s: %s", header.gateway_id if header else "?",
                     header.seq if header else "?", reason, detail)
         assert self._conn is not None
-        with self._lock, self._conn:
+        with self._lock, self._conn.transaction():
             self._conn.execute("INSERT INTO rejections(at, gateway_id, seq, reason, detail) VALUES (?,?,?,?,?)",
                                (time.time(), header.gateway_id if header else None, header.seq if header else None,
                                 reason, detail))
 
     def _store(self, header: BatchHeader, message: bytes, readings: list) -> str:
-        digest = message_hash(message)
         assert self._conn is not None
-        with self._lock, self._conn:
-            row = self._conn.execute("SELECT hash FROM batches WHERE gateway_id = ? AND seq = ?",
-                                     (header.gateway_id, header.seq)).fetchone()
-            if row is not None:
-                if row[0] == digest:
+        for attempt in range(3):
+            try:
+                status = self._store_once(header, message, readings)
+                break
+            except self._conn.integrity_errors:
+                # Another receiver of the shared subscription committed the same batch between our
+                # check and our insert (a redelivery went to both); look again, it is now a duplicate.
+                if attempt == 2:
+                    raise
+        if status == "conflict":
+            raise BatchRejected("conflict", f"gateway {header.gateway_id} seq {header.seq} arrived again with "
+                                "different content; quarantined")
+        return status
+
+    def _store_once(self, header: BatchHeader, message: bytes, readings: list) -> str:
+        digest = message_hash(message)
+        db = self._conn
+        assert db is not None
+        with self._lock, db.transaction():
+            row = db.query("SELECT hash FROM batches WHERE gateway_id = ? AND seq = ?", (header.gateway_id, header.seq))
+            if row:
+                if row[0][0] == digest:
                     return "duplicate"
-                self._conn.execute("INSERT INTO quarantine(at, gateway_id, seq, message) VALUES (?,?,?,?)",
-                                   (time.time(), header.gateway_id, header.seq, message))
-                raise BatchRejected("conflict", f"gateway {header.gateway_id} seq {header.seq} arrived again with "
-                                    "different content; quarantined")
-            previous = self._conn.execute("SELECT hash FROM batches WHERE gateway_id = ? AND seq = ?",
-                                          (header.gateway_id, header.seq - 1)).fetchone()
-            chain_ok = previous is None or previous[0] == header.prev_hash
+                # Committed (not rolled back): the evidence is kept even though the batch is refused.
+                db.execute("INSERT INTO quarantine(at, gateway_id, seq, message) VALUES (?,?,?,?)",
+                           (time.time(), header.gateway_id, header.seq, message))
+                return "conflict"
+            # Batches may arrive out of order (backlog and live interleave), so check the chain link on
+            # both sides: our prev_hash against the stored predecessor, and a stored successor against us.
+            previous = db.query("SELECT hash FROM batches WHERE gateway_id = ? AND seq = ?",
+                                (header.gateway_id, header.seq - 1))
+            chain_ok = not previous or previous[0][0] == header.prev_hash
             if not chain_ok:
                 log.error("gateway %s seq %d: previous-batch hash does not match the stored batch %d",
                           header.gateway_id, header.seq, header.seq - 1)
-            self._conn.execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?)",
-                               (header.gateway_id, header.seq, digest, header.prev_hash, header.count,
-                                time.time(), int(chain_ok)))
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?)",
+                       (header.gateway_id, header.seq, digest, header.prev_hash, header.count, time.time(),
+                        int(chain_ok)))
+            broken = db.execute("UPDATE batches SET chain_ok = 0 WHERE gateway_id = ? AND seq = ? AND prev_hash != ?",
+                                (header.gateway_id, header.seq + 1, digest)).rowcount
+            if broken:
+                log.error("gateway %s seq %d: its prev_hash does not match the batch %d just stored",
+                          header.gateway_id, header.seq + 1, header.seq)
+            # A reading id seen before (only possible if a gateway re-batched after losing its outbox
+            # row) is not stored twice.
+            db.executemany(
+                "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 [(header.gateway_id, r.reading_id, header.seq, r.meter_id, r.point, r.timestamp, r.value, r.unit,
                   r.quantity, r.quality, r.reason) for r in readings])
         return "committed"
 
 
-def receiver_stats(database: Path) -> dict[str, dict]:
-    """Per gateway: batches, readings, last sequence, missing sequences and rejections by reason."""
+def receiver_stats(database: Path | str) -> dict[str, dict]:
+    """Per gateway: batches, readings, last sequence, missing sequences, chain breaks, rejections by reason."""
     conn = connect(database)
     try:
         stats: dict[str, dict] = {}
-        for gateway_id, batches, last_seq, count in conn.execute(
-                "SELECT gateway_id, COUNT(*), MAX(seq), SUM(count) FROM batches GROUP BY gateway_id"):
-            stats[gateway_id] = {"batches": batches, "readings": count or 0, "last_seq": last_seq,
-                                 "missing_seqs": last_seq - batches, "rejections": {}}
-        for gateway_id, reason, n in conn.execute(
-                "SELECT COALESCE(gateway_id, '?'), reason, COUNT(*) FROM rejections GROUP BY 1, 2"):
-            stats.setdefault(gateway_id, {"batches": 0, "readings": 0, "last_seq": None, "missing_seqs": 0,
-                                          "rejections": {}})["rejections"][reason] = n
+
+        def empty() -> dict:
+            return {"batches": 0, "readings": 0, "last_seq": None, "missing_seqs": 0, "first_missing": [],
+                    "chain_breaks": 0, "rejections": {}, "quarantined": 0}
+
+        for gateway_id, batches, last_seq, count, breaks in conn.query(
+                "SELECT gateway_id, COUNT(*), MAX(seq), SUM(count), SUM(1 - chain_ok) FROM batches GROUP BY gateway_id"):
+            entry = stats[gateway_id] = empty()
+            entry.update(batches=int(batches), readings=int(count or 0), last_seq=int(last_seq),
+                         missing_seqs=int(last_seq - batches), chain_breaks=int(breaks or 0))
+            if last_seq > batches:  # name the first few holes so an operator can look for them
+                entry["first_missing"] = [row[0] for row in conn.query(
+                    "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < ?) "
+                    "SELECT n FROM s WHERE n NOT IN (SELECT seq FROM batches WHERE gateway_id = ?) LIMIT 10",
+                    (last_seq, gateway_id))]
+        for gateway_id, reason, n in conn.query(
+                "SELECT gateway_id, reason, COUNT(*) FROM rejections GROUP BY 1, 2"):
+            stats.setdefault(gateway_id or "?", empty())["rejections"][reason] = int(n)
+        for gateway_id, n in conn.query("SELECT gateway_id, COUNT(*) FROM quarantine GROUP BY 1"):
+            stats.setdefault(gateway_id, empty())["quarantined"] = int(n)
         return stats
     finally:
         conn.close()

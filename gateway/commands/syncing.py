@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from sync import BrokerSettings, Receiver, ReceiverSettings, SyncError, receiver_stats
-from sync.keys import GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key, ensure_receiver_key, key_id, load_public
+from sync.keys import (GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key, ensure_receiver_key, key_id, load_public,
+                       rotate_gateway_key, rotate_receiver_key)
 
 from gateway.paths import DEFAULT_DATA_DIR
 
@@ -22,13 +23,27 @@ from gateway.paths import DEFAULT_DATA_DIR
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("receiver-data"),
               show_default=True, help="Receiver database (receiver.db), keys/ and trusted/ (<gateway_id>.pub).")
 @click.option("--topic-prefix", default="carbon", show_default=True)
+@click.option("--database", metavar="PATH|URL", default=None,
+              help="Where batches are stored: a SQLite file (default DATA_DIR/receiver.db) or a postgresql:// URL.")
+@click.option("--share-group", default="receivers", show_default=True,
+              help="MQTT 5 shared-subscription group; receivers in one group split the batches.")
+@click.option("--tls/--no-tls", default=False, help="Connect to the broker over TLS.")
+@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="CA certificate that signed the broker's (default: the system trust store).")
+@click.option("--client-cert", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option("--client-key", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option("--username", default=None)
+@click.option("--password", default=None, envvar="CEG_RECEIVER_PASSWORD", help="Or set CEG_RECEIVER_PASSWORD.")
 @click.pass_context
-def receiver(ctx: click.Context, broker: str, data_dir: Path, topic_prefix: str) -> None:
+def receiver(ctx: click.Context, broker: str, data_dir: Path, topic_prefix: str, database: str | None,
+             share_group: str, tls: bool, ca_file: Path | None, client_cert: Path | None, client_key: Path | None,
+             username: str | None, password: str | None) -> None:
     """The cloud-side receiver: subscribe, verify, decrypt, store idempotently, acknowledge.
 
     Runs until Ctrl-C. Trust a gateway by copying its gateway-signing.pub to DATA_DIR/trusted/<gateway_id>.pub.
     """
-    ctx.obj = data_dir
+    target: Path | str = database if database and "://" in database else Path(database or data_dir / "receiver.db")
+    ctx.obj = target
     if ctx.invoked_subcommand is not None:
         return
     host, _, port = broker.rpartition(":")
@@ -37,8 +52,11 @@ def receiver(ctx: click.Context, broker: str, data_dir: Path, topic_prefix: str)
     logging.basicConfig(level="INFO", stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ensure_receiver_key(data_dir / "keys")
     (data_dir / "trusted").mkdir(parents=True, exist_ok=True)
-    settings = ReceiverSettings(data_dir / "receiver.db", data_dir / "keys", data_dir / "trusted",
-                                BrokerSettings(host=host, port=int(port)), topic_prefix=topic_prefix)
+    settings = ReceiverSettings(target, data_dir / "keys", data_dir / "trusted",
+                                BrokerSettings(host=host, port=int(port), tls=tls, ca_file=ca_file,
+                                               client_cert=client_cert, client_key=client_key, username=username,
+                                               password=password),
+                                topic_prefix=topic_prefix, share_group=share_group)
     rx = Receiver(settings)
     try:
         rx.start()
@@ -58,37 +76,78 @@ def receiver(ctx: click.Context, broker: str, data_dir: Path, topic_prefix: str)
 @receiver.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def stats(data_dir: Path, as_json: bool) -> None:
+def stats(database: Path | str, as_json: bool) -> None:
     """Per gateway: batches, readings, last sequence, missing sequences, rejections by reason."""
-    database = data_dir / "receiver.db"
-    if not database.exists():
+    if isinstance(database, Path) and not database.exists():
         raise click.ClickException(f"{database}: no receiver database; run `carbon-gateway receiver` first")
-    result = receiver_stats(database)
+    try:
+        result = receiver_stats(database)
+    except SyncError as exc:
+        raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     for gateway_id, s in result.items():
         click.echo(f"{gateway_id}: {s['batches']} batches, {s['readings']} readings, last seq {s['last_seq']}, "
-                   f"missing {s['missing_seqs']}, rejected {s['rejections']}")
+                   f"missing {s['missing_seqs']}, chain breaks {s['chain_breaks']}, quarantined {s['quarantined']}, "
+                   f"rejected {s['rejections']}")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_DATA_DIR,
-              show_default=True, help="The gateway's data directory (keys live in DATA_DIR/keys).")
+              show_default=True, help="The gateway's (or receiver's) data directory; keys live in DATA_DIR/keys.")
 @click.option("--receiver", "with_receiver", is_flag=True, help="Also make a receiver key pair (demo, tests).")
-def keys(data_dir: Path, with_receiver: bool) -> None:
-    """Generate the gateway's keys if missing (files 0600) and show fingerprints."""
-    keys_dir = data_dir / "keys"
+@click.pass_context
+def keys(ctx: click.Context, data_dir: Path, with_receiver: bool) -> None:
+    """Generate missing keys (files 0600) and show fingerprints; `keys show`, `keys rotate`."""
+    ctx.obj = data_dir / "keys"
+    if ctx.invoked_subcommand is not None:
+        return
     try:
-        ensure_gateway_key(keys_dir)
+        ensure_gateway_key(ctx.obj)
         if with_receiver:
-            ensure_receiver_key(keys_dir)
-        for name in (GATEWAY_PUB, RECEIVER_PUB):
-            path = keys_dir / name
-            if path.exists():
-                click.echo(f"{path}  fingerprint {key_id(load_public(path))}")
+            ensure_receiver_key(ctx.obj)
     except (SyncError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+    _show(ctx.obj)
+
+
+def _show(keys_dir: Path) -> None:
+    if not keys_dir.is_dir():
+        raise click.ClickException(f"{keys_dir}: no keys here; run `carbon-gateway keys --data-dir "
+                                   f"{keys_dir.parent}` to create them")
+    try:
+        for path in sorted(keys_dir.glob("*.pub")):
+            state = "current" if path.name in (GATEWAY_PUB, RECEIVER_PUB) else "retired"
+            click.echo(f"{path}  fingerprint {key_id(load_public(path))}  ({state})")
+    except SyncError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@keys.command("show")
+@click.pass_obj
+def keys_show(keys_dir: Path) -> None:
+    """Show public keys and fingerprints, current and retired."""
+    _show(keys_dir)
+
+
+@keys.command("rotate")
+@click.option("--gateway", "which", flag_value="gateway", default=True, help="Rotate the gateway's signing key.")
+@click.option("--receiver", "which", flag_value="receiver", help="Rotate the receiver's sealing key.")
+@click.pass_obj
+def keys_rotate(keys_dir: Path, which: str) -> None:
+    """Replace a key pair; the old one is kept (retired) so no sealed batch is lost.
+
+    Gateway: copy the new gateway-signing.pub to the receiver's trusted/<gateway_id>/ before or right
+    after rotating. Receiver: give gateways the new receiver-sealing.pub; keep the retired private key
+    until their outboxes have drained.
+    """
+    try:
+        old, new = (rotate_gateway_key if which == "gateway" else rotate_receiver_key)(keys_dir)
+    except (SyncError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{which} key rotated: {old} -> {new}")
+    _show(keys_dir)
 
 
 COMMANDS: list[click.Command] = [receiver, keys]

@@ -1,0 +1,107 @@
+"""The receiver's database: a SQLite file by default, PostgreSQL when given a ``postgresql://`` URL.
+
+Both speak the same few statements; this module hides the placeholder style, the schema types and the
+transaction API, so ``receiver.py`` has one code path.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sync.errors import SyncError
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS batches (
+    gateway_id TEXT NOT NULL, seq BIGINT NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL,
+    count INTEGER NOT NULL, received_at {real} NOT NULL, chain_ok INTEGER NOT NULL,
+    PRIMARY KEY (gateway_id, seq)
+);
+CREATE TABLE IF NOT EXISTS readings (
+    gateway_id TEXT NOT NULL, reading_id BIGINT NOT NULL, seq BIGINT NOT NULL,
+    meter_id TEXT NOT NULL, point TEXT NOT NULL, timestamp {real} NOT NULL, value {real},
+    unit TEXT NOT NULL, quantity TEXT NOT NULL, quality TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (gateway_id, reading_id)
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    id {serial}, at {real} NOT NULL, gateway_id TEXT, seq BIGINT, reason TEXT NOT NULL, detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id {serial}, at {real} NOT NULL, gateway_id TEXT NOT NULL, seq BIGINT NOT NULL, message {blob} NOT NULL
+);
+"""
+
+
+class ReceiverDbError(SyncError):
+    """The receiver's database cannot be opened."""
+
+
+class ReceiverDb:
+    """One connection; statements use ``?`` placeholders on both backends."""
+
+    def __init__(self, target: Path | str) -> None:
+        self.is_postgres = isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+        if self.is_postgres:
+            try:
+                import psycopg
+            except ImportError as exc:
+                raise ReceiverDbError("PostgreSQL needs psycopg: pip install 'carbon-edge-gateway[postgres]'") from exc
+            self.integrity_errors: tuple[type[Exception], ...] = (psycopg.IntegrityError,)
+            try:
+                self._conn: Any = psycopg.connect(str(target), autocommit=True)
+            except psycopg.Error as exc:
+                raise ReceiverDbError(f"cannot connect to the receiver database: {exc}".strip()) from exc
+            schema = _TABLES.format(real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY", blob="BYTEA")
+            with self._conn.transaction():
+                for statement in filter(str.strip, schema.split(";")):
+                    self._conn.execute(statement)
+        else:
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.integrity_errors = (sqlite3.IntegrityError,)
+            try:
+                # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction takes the write
+                # lock up front and two receivers on one file cannot both read "absent" and then collide.
+                self._conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = FULL")
+                self._conn.executescript(_TABLES.format(real="REAL", serial="INTEGER PRIMARY KEY", blob="BLOB"))
+            except sqlite3.Error as exc:
+                raise ReceiverDbError(f"{path}: cannot open the receiver database ({exc})") from exc
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.is_postgres else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(self._sql(sql), tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.is_postgres:
+            with self._conn.cursor() as cur:
+                cur.executemany(self._sql(sql), rows)
+        else:
+            self._conn.executemany(sql, rows)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return [tuple(row) for row in self.execute(sql, params).fetchall()]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commit on success, roll back on an exception (which propagates)."""
+        if self.is_postgres:
+            with self._conn.transaction():
+                yield
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
