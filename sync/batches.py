@@ -1,5 +1,9 @@
 """Batch payloads: stored readings <-> compact, columnar, delta-encoded, compressed bytes.
 
+Version 2 (written now) is described byte by byte in ``docs/sync-protocol.md``: rows grouped by series,
+values turned into integers where that is exact (decimal scale or float32 bits), per-series deltas
+(delta-of-delta for time), zigzag, split into byte planes, then zlib. Version 1 (below) is still read.
+
 Layout of the plaintext (before sealing), all little-endian, then zlib-compressed as a whole:
 ``u32 meta_len | meta (UTF-8 JSON: series keys, invalid reasons) | columns``, where the columns are
 ``n`` x i64 reading-id deltas, ``n`` x u16 series index, ``n`` x i64 timestamp deltas in ms,
@@ -35,7 +39,7 @@ class WireReading:
     reason: str = ""
 
 
-def encode_readings(readings: Sequence[WireReading]) -> bytes:
+def encode_readings_v1(readings: Sequence[WireReading]) -> bytes:
     series: dict[tuple[str, str, str, str], int] = {}
     index = np.empty(len(readings), dtype="<u2")
     for i, r in enumerate(readings):
@@ -58,6 +62,12 @@ def encode_readings(readings: Sequence[WireReading]) -> bytes:
 
 def decode_readings(blob: bytes) -> list[WireReading]:
     """Inverse of :func:`encode_readings`; raises :class:`BatchRejected` ("malformed") on any inconsistency."""
+    if blob[:1] == bytes([FORMAT_V2]):
+        return _decode_v2(blob)
+    return _decode_v1(blob)
+
+
+def _decode_v1(blob: bytes) -> list[WireReading]:
     try:
         inflater = zlib.decompressobj()
         body = inflater.decompress(blob, MAX_PLAINTEXT_BYTES)
@@ -93,4 +103,170 @@ def decode_readings(blob: bytes) -> list[WireReading]:
     except BatchRejected:
         raise
     except (zlib.error, struct.error, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise BatchRejected("malformed", f"payload does not decode: {exc}") from exc
+
+
+# -- version 2 -------------------------------------------------------------------------------------------
+FORMAT_V2 = 2
+MODE_DECIMAL, MODE_F32, MODE_F64 = 0, 1, 2     # how a series' values became integers
+_ROW_FLAG_INVALID, _ROW_FLAG_NO_VALUE = 1, 2
+
+
+def _zigzag(x: np.ndarray) -> np.ndarray:
+    return ((x << 1) ^ (x >> 63)).view("<u8")
+
+
+def _unzigzag(u: np.ndarray) -> np.ndarray:
+    return ((u >> np.uint64(1)).view("<i8")) ^ -((u & np.uint64(1)).view("<i8"))
+
+
+def _planes(x: np.ndarray) -> bytes:
+    """i64 column -> zigzag -> 8 byte planes (all low bytes, then the next ...): small numbers leave
+    runs of zero bytes that the compressor removes almost for free."""
+    return np.ascontiguousarray(_zigzag(x.astype("<i8")).view("u1").reshape(-1, 8).T).tobytes()
+
+
+def _unplanes(data: memoryview, n: int) -> np.ndarray:
+    planes = np.frombuffer(data, dtype="u1", count=8 * n).reshape(8, n)
+    return _unzigzag(np.ascontiguousarray(planes.T).view("<u8").reshape(n))
+
+
+def _group_deltas(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Differences within each group (rows already grouped); each group's first element stays as is."""
+    d = np.diff(x, prepend=np.int64(0))
+    d[starts] = x[starts]
+    return d
+
+
+def _group_cumsum(d: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    total = np.cumsum(d)
+    offsets = np.repeat(total[starts] - d[starts], lengths)
+    return total - offsets
+
+
+def _series_ints(values: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """(mode, decimals, integers) that reproduce ``values`` bit for bit."""
+    if values.size and np.all(np.isfinite(values)) and np.all(np.abs(values) < 2**52 / 1e6):
+        for decimals in range(7):
+            ints = np.round(values * 10.0 ** decimals)
+            # Drivers compute raw * scale (e.g. * 0.001); check that exact operation round-trips.
+            if np.array_equal(ints * float(f"1e-{decimals}") if decimals else ints, values):
+                return MODE_DECIMAL, decimals, ints.astype("<i8")
+    as32 = values.astype("<f4")
+    if np.array_equal(as32.astype("<f8"), values, equal_nan=True):
+        return MODE_F32, 0, as32.view("<i4").astype("<i8")
+    return MODE_F64, 0, values.view("<i8")
+
+
+def encode_readings(readings: Sequence[WireReading]) -> bytes:
+    """Readings (in reading-id order) -> version 2 payload bytes."""
+    n = len(readings)
+    series: dict[tuple[str, str, str, str], int] = {}
+    index = np.fromiter((series.setdefault((r.meter_id, r.point, r.unit, r.quantity), len(series))
+                         for r in readings), dtype="<i8", count=n)
+    ids = np.fromiter((r.reading_id for r in readings), dtype="<i8", count=n)
+    ts = np.fromiter((round(r.timestamp * 1000) for r in readings), dtype="<i8", count=n)
+    values = np.fromiter((np.nan if r.value is None else r.value for r in readings), dtype="<f8", count=n)
+    flags = np.fromiter(((r.quality != "ok") * _ROW_FLAG_INVALID + (r.value is None) * _ROW_FLAG_NO_VALUE
+                         for r in readings), dtype="u1", count=n)
+    order = np.argsort(index, kind="stable")            # rows grouped by series, id order within
+    g_index = index[order]
+    starts = np.flatnonzero(np.diff(g_index, prepend=-1))
+    lengths = np.diff(np.append(starts, n))
+    g_ts = ts[order]
+    ts_dd = _group_deltas(_group_deltas(g_ts, starts), starts)   # delta of delta: steady polling -> ~0
+    g_values, g_flags = values[order], flags[order]
+    has_value = (g_flags & _ROW_FLAG_NO_VALUE) == 0
+    modes: list[list[int]] = []
+    value_parts = []
+    for s_start, s_len in zip(starts, lengths):
+        mask = has_value[s_start:s_start + s_len]
+        v = g_values[s_start:s_start + s_len][mask]
+        mode, decimals, ints = _series_ints(v)
+        modes.append([mode, decimals])
+        deltas = np.bitwise_xor(ints, np.concatenate(([0], ints[:-1])).astype("<i8")) if mode == MODE_F64 \
+            else np.diff(ints, prepend=np.int64(0))
+        value_parts.append(deltas.astype("<i8"))
+    value_col = np.concatenate(value_parts) if value_parts else np.zeros(0, "<i8")
+    meta = json.dumps({
+        "series": [list(k) for k in series], "counts": [int(x) for x in lengths], "modes": modes,
+        "reasons": {str(i): r.reason for i, r in enumerate(readings) if r.reason},
+    }, separators=(",", ":")).encode()
+    body = b"".join([
+        struct.pack("<IIQ", len(meta), n, len(value_col)), meta,
+        _planes(np.diff(ids, prepend=np.int64(0))), _planes(np.diff(index, prepend=np.int64(0))),
+        _planes(ts_dd), g_flags.tobytes(), _planes(value_col),
+    ])
+    return bytes([FORMAT_V2]) + zlib.compress(body, 6)
+
+
+def _decode_v2(blob: bytes) -> list[WireReading]:
+    try:
+        inflater = zlib.decompressobj()
+        body = inflater.decompress(blob[1:], MAX_PLAINTEXT_BYTES)
+        if inflater.unconsumed_tail:
+            raise BatchRejected("oversized", f"payload inflates beyond {MAX_PLAINTEXT_BYTES} bytes")
+        meta_len, n, n_values = struct.unpack_from("<IIQ", body, 0)
+        meta = json.loads(body[16:16 + meta_len])
+        columns = memoryview(body)[16 + meta_len:]
+        if len(columns) != 8 * n * 3 + n + 8 * n_values:
+            raise ValueError("column bytes do not match the row counts (truncated or padded)")
+        ids = np.cumsum(_unplanes(columns[:8 * n], n))
+        index = np.cumsum(_unplanes(columns[8 * n:16 * n], n))
+        ts_dd = _unplanes(columns[16 * n:24 * n], n)
+        g_flags = np.frombuffer(columns[24 * n:25 * n], dtype="u1")
+        value_col = _unplanes(columns[25 * n:], n_values)
+        series = [tuple(str(x) for x in s) for s in meta["series"]]
+        lengths = np.array(meta["counts"], dtype="<i8")
+        modes = meta["modes"]
+        if len(series) != len(lengths) or len(modes) != len(series) or int(lengths.sum()) != n or \
+                (n and (index.min() < 0 or index.max() >= len(series))):
+            raise ValueError("series table does not match the rows")
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype("<i8")
+        g_ts = _group_cumsum(_group_cumsum(ts_dd, starts, lengths), starts, lengths)
+        g_values = np.full(n, np.nan)
+        has_value = (g_flags & _ROW_FLAG_NO_VALUE) == 0
+        if int(has_value.sum()) != n_values:
+            raise ValueError("value count does not match the flags")
+        pos = 0
+        for (mode, decimals), s_start, s_len in zip(modes, starts, lengths):
+            mask = has_value[s_start:s_start + s_len]
+            k = int(mask.sum())
+            d = value_col[pos:pos + k]
+            pos += k
+            if mode == MODE_F64:
+                ints = np.bitwise_xor.accumulate(d) if k else d
+                v = ints.view("<f8")
+            elif mode == MODE_F32:
+                v = np.cumsum(d).astype("<i4").view("<f4").astype("<f8")
+            elif mode == MODE_DECIMAL and 0 <= decimals <= 6:
+                ints = np.cumsum(d).astype("<f8")
+                v = ints * float(f"1e-{decimals}") if decimals else ints
+            else:
+                raise ValueError(f"unknown value mode {mode}")
+            g_values[s_start:s_start + s_len][mask] = v
+        # Back from series-grouped order to reading-id order.
+        order = np.argsort(index, kind="stable")
+        if not np.array_equal(index[order], np.repeat(np.arange(len(series)), lengths)):
+            raise ValueError("series counts do not match the series column")
+        ts = np.empty(n, "<i8")
+        ts[order] = g_ts
+        values = np.empty(n)
+        values[order] = g_values
+        flags = np.empty(n, "u1")
+        flags[order] = g_flags
+        reasons = meta.get("reasons", {})
+        id_list, ts_list, value_list, flag_list, index_list = (ids.tolist(), ts.tolist(), values.tolist(),
+                                                               flags.tolist(), index.tolist())
+        out = []
+        for i in range(n):
+            s = series[index_list[i]]
+            f = flag_list[i]
+            out.append(WireReading(id_list[i], s[0], s[1], ts_list[i] / 1000.0,
+                                   None if f & _ROW_FLAG_NO_VALUE else value_list[i], s[2], s[3],
+                                   "invalid" if f & _ROW_FLAG_INVALID else "ok", reasons.get(str(i), "")))
+        return out
+    except BatchRejected:
+        raise
+    except (zlib.error, struct.error, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
         raise BatchRejected("malformed", f"payload does not decode: {exc}") from exc

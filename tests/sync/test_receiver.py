@@ -12,7 +12,7 @@ import pytest
 
 from drivers import Quantity, Reading
 from local_store import open_store
-from sync import Receiver, ReceiverSettings, SyncService, SyncSettings, receiver_stats
+from sync import BatchRejected, Receiver, ReceiverSettings, SyncService, SyncSettings, receiver_stats
 from sync import outbox
 from sync.batches import WireReading, decode_readings, encode_readings
 from sync.crypto import MAGIC, BatchHeader
@@ -87,17 +87,29 @@ def test_bad_input_is_rejected_with_its_reason_and_never_stops_the_receiver(rig:
     assert stats["gw-1"]["rejections"] == {"bad_signature": 1}
 
 
-def test_payload_decoder_refuses_inconsistent_columns() -> None:
-    blob = encode_readings([WireReading(1, "m", "p", 1.0, 2.0, "kWh", "energy_import", "ok")])
+def test_payload_round_trips_exactly_and_refuses_inconsistent_columns() -> None:
     import zlib
 
-    body = zlib.decompress(blob)
-    with pytest.raises(Exception) as info:
-        decode_readings(zlib.compress(body[:-1]))
-    assert getattr(info.value, "reason", None) == "malformed"
-    with pytest.raises(Exception) as info:
-        decode_readings(zlib.compress(b"\x00" * (65 * 1024 * 1024)))   # a decompression bomb
-    assert getattr(info.value, "reason", None) == "oversized"
+    import numpy as np
+
+    readings = [
+        WireReading(1, "m", "energy", 1_795_000_000.123, 12345 * 0.001, "kWh", "energy_import", "ok"),  # decimal
+        WireReading(2, "m", "power", 1_795_000_000.125, float(np.float32(41.7)), "kW", "active_power", "ok"),  # f32
+        WireReading(3, "m", "pf", 1_795_000_000.126, 0.1 + 0.2, "-", "power_factor", "ok"),  # needs f64
+        WireReading(5, "m", "energy", 1_795_000_005.2, None, "kWh", "energy_import", "invalid", "CRC error"),
+        WireReading(9, "m", "energy", 1_795_000_010.0, 12346 * 0.001, "kWh", "energy_import", "ok"),
+        WireReading(10, "m", "pf", 1_795_000_010.1, -1e300, "-", "power_factor", "ok"),
+    ]
+    blob = encode_readings(readings)
+    assert blob[0] == 2 and decode_readings(blob) == readings   # bit-exact values, ids, reasons
+    body = zlib.decompress(blob[1:])
+    for broken in (body[:-1], body + b"\x00", body[:16] + b"[" + body[17:]):
+        with pytest.raises(BatchRejected) as info:
+            decode_readings(b"\x02" + zlib.compress(broken))
+        assert info.value.reason == "malformed"
+    with pytest.raises(BatchRejected) as info:
+        decode_readings(b"\x02" + zlib.compress(b"\x00" * (65 * 1024 * 1024)))   # a decompression bomb
+    assert info.value.reason == "oversized"
 
 
 def test_reordered_duplicated_deliveries_store_each_reading_once_and_gaps_are_named(rig: Rig) -> None:
