@@ -152,7 +152,8 @@ def _series_ints(values: np.ndarray) -> tuple[int, int, np.ndarray]:
             # Drivers compute raw * scale (e.g. * 0.001); check that exact operation round-trips.
             if np.array_equal(ints * float(f"1e-{decimals}") if decimals else ints, values):
                 return MODE_DECIMAL, decimals, ints.astype("<i8")
-    as32 = values.astype("<f4")
+    with np.errstate(over="ignore"):   # out of float32 range: the comparison below says "not f32"
+        as32 = values.astype("<f4")
     if np.array_equal(as32.astype("<f8"), values, equal_nan=True):
         return MODE_F32, 0, as32.view("<i4").astype("<i8")
     return MODE_F64, 0, values.view("<i8")
