@@ -7,6 +7,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class Link:
         self.broker = broker
         self.connected = threading.Event()
         self.last_error = ""
+        self.connected_at = 0.0            # wall clock of the current session's start
         self.connects = 0                 # sessions so far; a new one means in-flight messages may be lost
         self._stopping = False
         self._subscriptions = subscriptions
@@ -97,6 +99,7 @@ class Link:
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         self.connects += 1
+        self.connected_at = time.time()
         self.connected.set()
         log.info("connected to broker %s:%d", self.broker.host, self.broker.port)
 

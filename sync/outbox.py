@@ -103,15 +103,16 @@ def make_batch(db: sqlite_utils.Database, gateway_id: str, max_readings: int,
 class Slot:
     seq: int
     sent_at: float | None
+    created_at: float
 
 
 def window(db: sqlite_utils.Database, limit: int) -> list[Slot]:
     """The oldest ``limit`` unacknowledged batches (without their bytes)."""
-    return [Slot(*r) for r in db.execute("SELECT seq, sent_at FROM sync_outbox ORDER BY seq LIMIT ?", [limit])]
+    return [Slot(*r) for r in db.execute("SELECT seq, sent_at, created_at FROM sync_outbox ORDER BY seq LIMIT ?", [limit])]
 
 
 def newest(db: sqlite_utils.Database) -> Slot | None:
-    row = db.execute("SELECT seq, sent_at FROM sync_outbox ORDER BY seq DESC LIMIT 1").fetchone()
+    row = db.execute("SELECT seq, sent_at, created_at FROM sync_outbox ORDER BY seq DESC LIMIT 1").fetchone()
     return Slot(*row) if row else None
 
 

@@ -219,7 +219,10 @@ class SyncService:
         free = self.settings.max_inflight - in_flight
         due = [s for s in slots if s.sent_at is None or now - s.sent_at >= self.settings.ack_timeout_s]
         newest = outbox.newest(db)
-        if newest is not None and (newest.sent_at is None or now - newest.sent_at >= self.settings.ack_timeout_s):
+        # "Live" = sealed during this session, i.e. not part of a backlog from an outage; it jumps the queue
+        # once, and the backlog still drains oldest first.
+        if newest is not None and newest.created_at >= link.connected_at and \
+                (newest.sent_at is None or now - newest.sent_at >= self.settings.ack_timeout_s):
             due = [newest] + [s for s in due if s.seq != newest.seq]
         for slot in due[:max(free, 0)]:
             message = outbox.message(db, slot.seq)

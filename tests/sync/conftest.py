@@ -85,8 +85,10 @@ def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
     directory.mkdir()
     passwords = directory / "passwd"
     passwords.write_text("")
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "gw-1", "s3cret"], check=True, capture_output=True) \
-        if shutil.which("mosquitto_passwd") else pytest.fail("mosquitto_passwd is not installed")
+    if not shutil.which("mosquitto_passwd"):
+        pytest.fail("mosquitto_passwd is not installed: apt-get install mosquitto")
+    for user, password in (("gw-1", "s3cret"), ("receiver", "rx-s3cret")):
+        subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True, capture_output=True)
     passwords.chmod(0o644)  # mosquitto may drop privileges and must still read it
     for path in (pki.server_key, pki.ca, pki.server_cert):
         path.chmod(0o644)
@@ -94,6 +96,9 @@ def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
     config = broker.config_path.read_text().replace("allow_anonymous true\n", "allow_anonymous false\n")
     config += (f"password_file {passwords}\ncafile {pki.ca}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
                "require_certificate true\ntls_version tlsv1.2\n")
+    if os.geteuid() == 0:
+        # As root mosquitto drops to user "mosquitto", who cannot enter pytest's 0700 tmp dirs.
+        config += "user root\n"
     broker.config_path.write_text(config)
     broker.start()
     try:

@@ -1,0 +1,143 @@
+"""The MQTT link against real mosquitto: TLS with client certificates and passwords, refused
+certificates, bad credentials, wrong addresses, live data ahead of a backlog, the bandwidth cap."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from drivers import Quantity, Reading
+from local_store import open_store
+from sync import BrokerSettings, Receiver, ReceiverSettings, SyncService, SyncSettings
+from sync.keys import GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key, ensure_receiver_key
+from tests.conftest import free_port, wait_until
+
+
+def _readings(n: int, start: float = 1_795_000_000.0) -> list[Reading]:
+    return [Reading("main", "energy_import", start + i, 1000.0 + i * 0.01, "kWh", Quantity.ENERGY_IMPORT)
+            for i in range(n)]
+
+
+@pytest.fixture
+def parts(tmp_path: Path):
+    gw_keys, rx_keys, trusted = tmp_path / "gw-keys", tmp_path / "rx-keys", tmp_path / "trusted"
+    ensure_gateway_key(gw_keys)
+    ensure_receiver_key(rx_keys)
+    trusted.mkdir()
+    shutil.copy(gw_keys / GATEWAY_PUB, trusted / "gw-1.pub")
+    store = open_store(tmp_path / "gateway.db")
+    gateway = SyncSettings("gw-1", gw_keys, rx_keys / RECEIVER_PUB, batch_max_readings=100, batch_max_age_s=0.0,
+                           ack_timeout_s=3.0, tick_s=0.05)
+    receiver = ReceiverSettings(tmp_path / "receiver.db", rx_keys, trusted)
+    yield store, gateway, receiver
+    store.close()
+
+
+def _received(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT reading_id, timestamp, value FROM readings ORDER BY reading_id").fetchall()
+
+
+def _run_until(service: SyncService, predicate, message: str, timeout_s: float = 20.0) -> None:
+    service.start()
+    try:
+        wait_until(predicate, timeout_s=timeout_s, message=message)
+    finally:
+        service.stop()
+
+
+def test_tls_with_client_certificate_and_password_end_to_end(parts, tls_broker, pki) -> None:
+    store, gateway, receiver_settings = parts
+    broker = BrokerSettings(port=tls_broker.port, tls=True, ca_file=pki.ca, client_cert=pki.client_cert,
+                            client_key=pki.client_key, username="gw-1", password="s3cret", backoff_min_s=0.2)
+    store.insert_readings(_readings(250))
+    receiver = Receiver(replace(receiver_settings, broker=replace(broker, username="receiver", password="rx-s3cret")))
+    receiver.start()
+    service = SyncService(replace(gateway, broker=broker), store)
+    try:
+        _run_until(service, lambda: service.status().backlog_readings == 0, "all batches acknowledged over TLS")
+    finally:
+        receiver.stop()
+    assert _received(receiver_settings.database) == [(r.id, r.timestamp, r.value) for r in store.readings_after(0, 1000)]
+    assert service.status().last_error == ""
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("untrusted CA", "TLS: broker 127.0.0.1:{port} presented a certificate that was refused (self-signed certificate in certificate chain); check sync.ca_file"),
+    ("wrong password", "refused the connection: Not authorized; check the username, password or client certificate"),
+])
+def test_refused_certificate_and_bad_credentials_are_reported_and_data_waits(parts, tls_broker, pki, case,
+                                                                               expected) -> None:
+    store, gateway, _ = parts
+    broker = BrokerSettings(port=tls_broker.port, tls=True, ca_file=pki.ca, client_cert=pki.client_cert,
+                            client_key=pki.client_key, username="gw-1", password="s3cret", backoff_min_s=0.2)
+    broker = replace(broker, ca_file=pki.other_ca) if case == "untrusted CA" else replace(broker, password="wrong")
+    store.insert_readings(_readings(150))
+    service = SyncService(replace(gateway, broker=broker), store)
+    expected = expected.format(port=tls_broker.port)
+    _run_until(service, lambda: expected in service.status().last_error, f"the {case} error in status")
+    status = service.status()
+    assert (status.connected, status.backlog_batches, status.backlog_readings) == (False, 2, 150)
+    assert "data waits on disk" in status.last_error or case == "wrong password"
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("127.0.0.1", "cannot reach broker 127.0.0.1:{port} (Connection refused); data waits on disk until it can"),
+    ("no-such-broker.invalid", "cannot resolve broker no-such-broker.invalid:{port}"),
+])
+def test_wrong_broker_address_is_reported(parts, host: str, expected: str) -> None:
+    store, gateway, _ = parts
+    port = free_port()
+    store.insert_readings(_readings(30))
+    service = SyncService(replace(gateway, broker=BrokerSettings(host=host, port=port, backoff_min_s=0.2)), store)
+    _run_until(service, lambda: expected.format(port=port) in service.status().last_error, "address error in status")
+    assert service.status().backlog_readings == 30
+
+
+def test_live_batches_go_ahead_of_the_backlog_which_drains_oldest_first_within_the_bandwidth_cap(
+        parts, mqtt_broker) -> None:
+    store, gateway, receiver_settings = parts
+    broker = BrokerSettings(port=mqtt_broker.port, backoff_min_s=0.2)
+    # The backlog: 20 batches sealed while the broker was down.
+    mqtt_broker.stop()
+    store.insert_readings(_readings(2000))
+    rate = 2500.0  # bytes per second; each batch is a few hundred bytes, so the drain takes seconds
+    settings = replace(gateway, broker=broker, max_inflight=2, bandwidth_bytes_per_s=rate)
+    service = SyncService(settings, store)
+    service.tick()
+    backlog_bytes = store.db.execute("SELECT SUM(LENGTH(message)) FROM sync_outbox").fetchone()[0]
+    assert service.status().backlog_batches == 20
+    receiver = Receiver(replace(receiver_settings, broker=broker))
+    mqtt_broker.start()
+    receiver.start()
+    service.start()
+    try:
+        wait_until(lambda: service.status().connected, timeout_s=15, message="gateway reconnected")
+        started = time.monotonic()
+        wait_until(lambda: _batches(receiver_settings.database), timeout_s=15, message="first backlog batch")
+        store.insert_readings(_readings(100, start=1_795_100_000.0))   # live data after the link returned
+        wait_until(lambda: service.status().backlog_readings == 0, timeout_s=60, message="everything acknowledged")
+        elapsed = time.monotonic() - started
+    finally:
+        service.stop()
+        receiver.stop()
+    order = [seq for seq, _ in sorted(_batches(receiver_settings.database), key=lambda b: b[1])]
+    assert sorted(order) == list(range(1, 22))
+    live = order.index(21)
+    assert live < 20, f"the live batch waited behind the whole backlog: {order}"
+    assert [s for s in order if s != 21] == list(range(1, 21)), "the backlog did not drain oldest first"
+    # One second of burst is allowed, the rest is paced by the cap.
+    assert elapsed >= (backlog_bytes - rate) / rate * 0.8, (elapsed, backlog_bytes)
+
+
+def _batches(database: Path) -> list[tuple[int, float]]:
+    if not database.exists():
+        return []
+    with sqlite3.connect(database) as conn:
+        return conn.execute("SELECT seq, received_at FROM batches").fetchall()
