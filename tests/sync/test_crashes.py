@@ -1,0 +1,167 @@
+"""Crashes: the gateway killed with SIGKILL while publishing, the receiver killed after its commit and
+before its acknowledgement. At the end the receiver holds exactly the readings the gateway stored."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from drivers import Quantity, Reading
+from local_store import open_store
+from sync import BrokerSettings, Receiver, ReceiverSettings, receiver_stats
+from sync import outbox
+from sync.keys import GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key, ensure_receiver_key
+from tests.conftest import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A gateway process: the real SyncService on the store file, until it is killed.
+GATEWAY = textwrap.dedent("""
+    import json, sys, time, threading
+    from pathlib import Path
+    from local_store import open_store
+    from sync import BrokerSettings, SyncService, SyncSettings
+    a = json.loads(sys.argv[1])
+    store = open_store(Path(a["db"]))
+    settings = SyncSettings("gw-1", Path(a["keys"]), Path(a["receiver_pub"]), BrokerSettings(port=a["port"],
+                            backoff_min_s=0.2), batch_max_readings=a["batch"], batch_max_age_s=0.0,
+                            max_inflight=4, ack_timeout_s=2.0, tick_s=0.02, bandwidth_bytes_per_s=a["rate"])
+    service = SyncService(settings, store)
+    service.start()
+    print("started", flush=True)
+    threading.Event().wait(120)
+""")
+
+# A receiver process that dies (SIGKILL, no cleanup) right after committing its third batch.
+RECEIVER_DIES_AFTER_COMMIT = textwrap.dedent("""
+    import json, os, signal, sys, threading
+    from pathlib import Path
+    from sync import BrokerSettings, Receiver, ReceiverSettings
+    a = json.loads(sys.argv[1])
+    rx = Receiver(ReceiverSettings(Path(a["db"]), Path(a["keys"]), Path(a["trusted"]), BrokerSettings(port=a["port"])))
+    handled = []
+    original = rx.handle
+    def handle(message):
+        ack = original(message)        # committed to SQLite here
+        handled.append(ack)
+        if len(handled) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)   # before the acknowledgement is published
+        return ack
+    rx.handle = handle
+    rx.start()
+    print("started", flush=True)
+    threading.Event().wait(120)
+""")
+
+
+def _readings(n: int, start: float = 1_795_000_000.0) -> list[Reading]:
+    return [Reading(f"m{i % 7}", "energy_import", start + i // 7, 1000.0 + i * 0.01, "kWh", Quantity.ENERGY_IMPORT)
+            for i in range(n)]
+
+
+def _spawn(script: str, args: dict) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", script, json.dumps(args)], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "started"
+    return process
+
+
+def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    if process.stdout:
+        process.stdout.close()
+
+
+def _received(path: Path) -> list[tuple]:
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT reading_id, meter_id, timestamp, value FROM readings ORDER BY reading_id").fetchall()
+
+
+def _keys(tmp_path: Path) -> tuple[Path, Path, Path]:
+    gw_keys, rx_keys, trusted = tmp_path / "gw-keys", tmp_path / "rx-keys", tmp_path / "trusted"
+    ensure_gateway_key(gw_keys)
+    ensure_receiver_key(rx_keys)
+    trusted.mkdir()
+    shutil.copy(gw_keys / GATEWAY_PUB, trusted / "gw-1.pub")
+    return gw_keys, rx_keys, trusted
+
+
+def test_gateway_killed_during_publish_loses_and_duplicates_nothing(tmp_path: Path, mqtt_broker) -> None:
+    gw_keys, rx_keys, trusted = _keys(tmp_path)
+    store = open_store(tmp_path / "gateway.db")
+    store.insert_readings(_readings(6000))
+    rx_db = tmp_path / "receiver.db"
+    receiver = Receiver(ReceiverSettings(rx_db, rx_keys, trusted, BrokerSettings(port=mqtt_broker.port)))
+    receiver.start()
+    args = {"db": str(store.path), "keys": str(gw_keys), "receiver_pub": str(rx_keys / RECEIVER_PUB),
+            "port": mqtt_broker.port, "batch": 100, "rate": 4000.0}
+    try:
+        gateway = _spawn(GATEWAY, args)
+        try:
+            # Kill it while the (rate-limited) stream is half way: batches in flight, some acknowledged.
+            wait_until(lambda: 1000 <= len(_received(rx_db)), timeout_s=30, message="part of the stream arrived")
+            store.insert_readings(_readings(700, start=1_795_010_000.0))   # the meters keep going meanwhile
+        finally:
+            _kill(gateway)
+        assert len(_received(rx_db)) < 6700, "the kill came too late to test anything"
+        unacked = outbox.backlog(store.db)[0]
+        gateway = _spawn(GATEWAY, {**args, "rate": None})
+        try:
+            wait_until(lambda: outbox.backlog(store.db) == (0, 0) and outbox.pending_readings(store.db)[0] == 0,
+                       timeout_s=60, message="the restarted gateway drained everything")
+        finally:
+            _kill(gateway)
+    finally:
+        receiver.stop()
+    stored = [(r.id, r.meter_id, r.timestamp, r.value) for r in store.readings_after(0, 10**6)]
+    store.close()
+    assert _received(rx_db) == stored and len(stored) == 6700
+    stats = receiver_stats(rx_db)["gw-1"]
+    assert (stats["missing_seqs"], stats["chain_breaks"], stats["rejections"]) == (0, 0, {})
+    assert unacked > 0
+
+
+def test_receiver_killed_after_commit_before_ack(tmp_path: Path, mqtt_broker) -> None:
+    gw_keys, rx_keys, trusted = _keys(tmp_path)
+    store = open_store(tmp_path / "gateway.db")
+    store.insert_readings(_readings(1000))
+    rx_db = tmp_path / "receiver.db"
+    rx_args = {"db": str(rx_db), "keys": str(rx_keys), "trusted": str(trusted), "port": mqtt_broker.port}
+    dying = _spawn(RECEIVER_DIES_AFTER_COMMIT, rx_args)
+    gateway = _spawn(GATEWAY, {"db": str(store.path), "keys": str(gw_keys), "receiver_pub": str(rx_keys / RECEIVER_PUB),
+                               "port": mqtt_broker.port, "batch": 100, "rate": None})
+    try:
+        dying.wait(timeout=30)
+        assert dying.returncode == -signal.SIGKILL
+        committed = {r[0] for r in _received(rx_db)}
+        assert len(committed) >= 300   # three batches committed ...
+        # ... and at least the last of them is still in the gateway's outbox: its ack never went out.
+        in_outbox = {row.seq for row in outbox.unacked(store.db, 100)}
+        with sqlite3.connect(rx_db) as conn:
+            committed_seqs = {s for (s,) in conn.execute("SELECT seq FROM batches")}
+        assert committed_seqs & in_outbox, (committed_seqs, in_outbox)
+        receiver = Receiver(ReceiverSettings(rx_db, rx_keys, trusted, BrokerSettings(port=mqtt_broker.port)))
+        receiver.start()
+        try:
+            wait_until(lambda: outbox.backlog(store.db) == (0, 0), timeout_s=30, message="resent batches acknowledged")
+        finally:
+            receiver.stop()
+    finally:
+        _kill(dying)
+        _kill(gateway)
+    stored = [(r.id, r.meter_id, r.timestamp, r.value) for r in store.readings_after(0, 10**6)]
+    store.close()
+    assert _received(rx_db) == stored and len(stored) == 1000
+    assert receiver_stats(rx_db)["gw-1"]["batches"] == 10
