@@ -1,14 +1,20 @@
-"""Drain a backlog of readings through a real mosquitto on loopback into the receiver.
+"""Drain a backlog of readings through mosquitto on loopback into the receiver; one command:
 
-Usage: .venv/bin/python bench/bench_sync.py [--readings 1000000] [--batch 20000]
-Prints readings/s end to end (from the first seal to the last acknowledgement), bytes per reading on
-the wire and CPU seconds (gateway and receiver run in this one process).
+    .venv/bin/python bench/bench_sync.py [--readings 1000000] [--batch 10000]
+
+The gateway side (SyncService on a SQLite store holding the backlog) runs in this process; the receiver
+is the real `carbon-gateway receiver` command in its own process, as in production; mosquitto is started
+on a free loopback port. Timed: from SyncService.start() until every batch is acknowledged (so committed
+at the receiver), which includes sealing the batches. Prints readings/s end to end, bytes per reading on
+the wire (batch messages as published, and with MQTT framing), and CPU seconds per process.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import math
+import os
+import random
 import shutil
 import socket
 import sqlite3
@@ -18,37 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from drivers import Quantity, Reading  # noqa: E402
 from local_store import open_store  # noqa: E402
-from sync import BrokerSettings, Receiver, ReceiverSettings, SyncService, SyncSettings  # noqa: E402
+from sync import BrokerSettings, SyncService, SyncSettings  # noqa: E402
+from sync import outbox  # noqa: E402
 from sync.keys import GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key, ensure_receiver_key  # noqa: E402
 
-POINTS = [("energy_import", Quantity.ENERGY_IMPORT, "kWh"), ("active_power", Quantity.ACTIVE_POWER, "kW"),
-          ("voltage_l1", Quantity.VOLTAGE, "V"), ("current_l1", Quantity.CURRENT, "A"),
-          ("frequency", Quantity.FREQUENCY, "Hz")]
-
-
-def typical_readings(n: int, meters: int = 40, period_s: float = 5.0) -> list[Reading]:
-    """Meter-like data: counters that grow, values with realistic resolution (f32 from the meter)."""
-    rng = np.random.default_rng(1)
-    cycles = n // (meters * len(POINTS)) + 1
-    out: list[Reading] = []
-    t0 = 1_790_000_000.0
-    for cycle in range(cycles):
-        for m in range(meters):
-            ts = t0 + cycle * period_s + m * 0.01
-            power = 100 + 20 * np.sin(cycle / 60 + m)
-            values = (10_000 + m * 100 + cycle * power * period_s / 3600, power, 230 + rng.normal(0, 0.3),
-                      power * 1000 / 690, 50 + rng.normal(0, 0.01))
-            for (name, quantity, unit), value in zip(POINTS, values):
-                out.append(Reading(f"meter-{m:02d}", name, ts, float(np.float32(value)), unit, quantity))
-                if len(out) == n:
-                    return out
-    return out
+CLK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -57,72 +42,134 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def typical_readings(n: int, meters: int = 50) -> list[Reading]:
+    """Meters polled every 5 s: a cumulative energy register (u32 x 0.01 kWh) and three float32 values."""
+    import numpy as np
+
+    rng = random.Random(1)
+    out: list[Reading] = []
+    energy = [10_000.0 + 37 * m for m in range(meters)]
+    t = 1_795_000_000.0
+    while len(out) < n:
+        for m in range(meters):
+            ts = t + m * 0.02 + rng.uniform(0, 0.03)
+            power = 50 + 10 * math.sin(ts / 600 + m)
+            energy[m] += power * 5 / 3600
+            for point, value, unit, quantity in (
+                    ("energy_import", round(energy[m] * 100) * 0.01, "kWh", Quantity.ENERGY_IMPORT),
+                    ("active_power", float(np.float32(power)), "kW", Quantity.ACTIVE_POWER),
+                    ("voltage_l1", float(np.float32(230 + rng.gauss(0, 0.3))), "V", Quantity.VOLTAGE),
+                    ("frequency", float(np.float32(50 + rng.gauss(0, 0.01))), "Hz", Quantity.FREQUENCY)):
+                out.append(Reading(f"meter-{m:03d}", point, ts, value, unit, quantity))
+        t += 5.0
+    return out[:n]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=1_000_000)
-    parser.add_argument("--batch", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=10_000, help="readings per batch")
+    parser.add_argument("--inflight", type=int, default=10)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
-    port = free_port()
-    (work / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                                         "max_inflight_messages 100\nmessage_size_limit 0\n")
-    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "mosquitto.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs: list[subprocess.Popen] = []
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        ensure_gateway_key(work / "gw")
-        ensure_receiver_key(work / "rx")
-        (work / "trusted").mkdir()
-        shutil.copy(work / "gw" / GATEWAY_PUB, work / "trusted" / "bench.pub")
-        store = open_store(work / "gateway.db")
-        started = time.perf_counter()
+        port = free_port()
+        (work / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                                             "max_inflight_messages 100\nmax_queued_messages 100000\n"
+                                             "message_size_limit 0\n")
+        broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "mosquitto.conf")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(broker)
+        wait_for(lambda: port_open(port), 10, "mosquitto")
+
+        gw_keys, rx_dir = work / "gateway" / "keys", work / "receiver"
+        ensure_gateway_key(gw_keys)
+        ensure_receiver_key(rx_dir / "keys")
+        (rx_dir / "trusted").mkdir(parents=True)
+        shutil.copy(gw_keys / GATEWAY_PUB, rx_dir / "trusted" / "bench-gw.pub")
+
+        print(f"storing {args.readings} readings ...", flush=True)
+        store = open_store(work / "gateway" / "gateway.db")
         readings = typical_readings(args.readings)
         for i in range(0, len(readings), 50_000):
             store.insert_readings(readings[i:i + 50_000])
-        print(f"backlog of {len(readings):,} readings stored in {time.perf_counter() - started:.1f} s")
-        broker_settings = BrokerSettings(port=port)
-        receiver = Receiver(ReceiverSettings(work / "receiver.db", work / "rx", work / "trusted", broker_settings))
-        receiver.start()
-        service = SyncService(SyncSettings("bench", work / "gw", work / "rx" / RECEIVER_PUB, broker_settings,
-                                           batch_max_readings=args.batch, batch_max_age_s=0, tick_s=0.01,
-                                           max_inflight=20), store)
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        t0 = time.perf_counter()
+        del readings
+
+        log = work / "receiver.log"
+        receiver = subprocess.Popen([sys.executable, "-c", "from gateway.cli import main; main()", "receiver",
+                                     "--broker", f"127.0.0.1:{port}", "--data-dir", str(rx_dir)], cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        procs.append(receiver)
+        wait_for(lambda: "connected to broker" in log.read_text(), 30, f"the receiver (log: {log})")
+        time.sleep(0.3)  # its subscription is sent right after connecting
+
+        settings = SyncSettings("bench-gw", gw_keys, rx_dir / "keys" / RECEIVER_PUB, BrokerSettings(port=port),
+                                batch_max_readings=args.batch, batch_max_age_s=0.0, max_inflight=args.inflight,
+                                ack_timeout_s=120.0, tick_s=0.05)
+        service = SyncService(settings, store)
+        me = os.getpid()
+        cpu0 = {"gateway": cpu_s(me), "receiver": cpu_s(receiver.pid), "mosquitto": cpu_s(broker.pid)}
+        wire = {"bytes": 0, "messages": 0}
+        original = outbox.mark_sent
+
+        def counting_mark_sent(db, seq):  # count what goes on the wire, including resends
+            wire["bytes"] += len(outbox.message(db, seq) or b"")
+            wire["messages"] += 1
+            original(db, seq)
+
+        outbox.mark_sent = counting_mark_sent  # type: ignore[assignment]
+        started = time.perf_counter()
         service.start()
-        deadline = t0 + 600
-        while time.perf_counter() < deadline:
-            status = service.status()
-            if status.backlog_readings == 0 and status.last_ack_at is not None:
-                break
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - t0
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-        service.stop()
-        receiver.stop()
-        with sqlite3.connect(work / "receiver.db") as conn:
-            received = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
-            batches = conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
-        # The drained outbox is empty, so seal one more batch of the same data to measure its size.
-        from sync import outbox
-        store.insert_readings(readings[: args.batch])
-        service.fill(force=True)
-        sample = outbox.unacked(store.db, 1)[0]
-        bytes_per_reading = len(sample.message) / sample.count
-        cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-        print(f"drained {received:,} readings in {batches} batches: {elapsed:.1f} s, "
-              f"{received / elapsed:,.0f} readings/s end to end, {cpu:.1f} CPU s, "
-              f"{bytes_per_reading:.2f} bytes/reading on the wire (batch of {sample.count:,})")
+        try:
+            wait_for(lambda: service.status().backlog_readings == 0, 1800, "the backlog to drain")
+            elapsed = time.perf_counter() - started
+        finally:
+            service.stop()
+        cpu = {"gateway": cpu_s(me) - cpu0["gateway"], "receiver": cpu_s(receiver.pid) - cpu0["receiver"],
+               "mosquitto": cpu_s(broker.pid) - cpu0["mosquitto"]}
+        with sqlite3.connect(rx_dir / "receiver.db") as conn:
+            received = conn.execute("SELECT COUNT(*), COUNT(DISTINCT reading_id) FROM readings").fetchone()
         store.close()
-        if received != len(readings):
-            sys.exit(f"receiver holds {received} readings, expected {len(readings)}")
+        topic = len(settings.batch_topic())
+        framing = wire["messages"] * (2 + 4 + 2 + topic + 2 + 1)  # fixed header, length, topic, packet id, props
+        n = args.readings
+        print(f"readings drained:        {n} ({received[0]} stored at the receiver, {received[1]} distinct)")
+        print(f"batches:                 {wire['messages']} messages of {args.batch} readings")
+        print(f"end to end:              {elapsed:.2f} s = {n / elapsed:,.0f} readings/s")
+        print(f"bytes per reading:       {wire['bytes'] / n:.2f} (batch messages), "
+              f"{(wire['bytes'] + framing) / n:.2f} (with MQTT PUBLISH framing)")
+        print("CPU seconds:             " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+        if received[0] != n or received[1] != n:
+            raise SystemExit("bench: the receiver does not hold exactly the stored readings")
     finally:
-        broker.terminate()
-        broker.wait(timeout=10)
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 

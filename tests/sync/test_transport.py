@@ -141,3 +141,29 @@ def _batches(database: Path) -> list[tuple[int, float]]:
         return []
     with sqlite3.connect(database) as conn:
         return conn.execute("SELECT seq, received_at FROM batches").fetchall()
+
+
+def test_two_receivers_split_the_load_with_a_shared_subscription(parts, mqtt_broker) -> None:
+    store, gateway, receiver_settings = parts
+    broker = BrokerSettings(port=mqtt_broker.port)
+    store.insert_readings(_readings(2000))
+    receivers = [Receiver(replace(receiver_settings, broker=broker)) for _ in range(2)]
+    handled = [0, 0]
+    for i, rx in enumerate(receivers):
+        original = rx.handle
+
+        def counting(message: bytes, i: int = i, original=original):
+            handled[i] += 1
+            return original(message)
+
+        rx.handle = counting  # type: ignore[method-assign]
+        rx.start()
+    service = SyncService(replace(gateway, broker=broker), store)
+    try:
+        _run_until(service, lambda: service.status().backlog_readings == 0, "20 batches via two receivers")
+    finally:
+        for rx in receivers:
+            rx.stop()
+    assert all(handled) and sum(handled) >= 20, handled   # both got work; resends may add a few
+    assert _received(receiver_settings.database) == [(r.id, r.timestamp, r.value)
+                                                     for r in store.readings_after(0, 10**6)]
