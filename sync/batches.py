@@ -146,30 +146,44 @@ def _group_cumsum(d: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.
 
 def _series_ints(values: np.ndarray) -> tuple[int, int, np.ndarray]:
     """(mode, decimals, integers) that reproduce ``values`` bit for bit."""
-    if values.size and np.all(np.isfinite(values)) and np.all(np.abs(values) < 2**52 / 1e6):
-        for decimals in range(7):
+    finite = values.size > 0 and bool(np.all(np.isfinite(values))) and bool(np.all(np.abs(values) < 2**52 / 1e6))
+    # Whole numbers first (counters), then float32 (most meters' floats), then 0.1 ... 1e-6 steps.
+    for decimals in (0, None, 1, 2, 3, 4, 5, 6):
+        if decimals is None:
+            with np.errstate(over="ignore"):   # out of float32 range: the comparison says "not f32"
+                as32 = values.astype("<f4")
+            if np.array_equal(as32.astype("<f8"), values, equal_nan=True):
+                return MODE_F32, 0, as32.view("<i4").astype("<i8")
+        elif finite:
             ints = np.round(values * 10.0 ** decimals)
             # Drivers compute raw * scale (e.g. * 0.001); check that exact operation round-trips.
             if np.array_equal(ints * float(f"1e-{decimals}") if decimals else ints, values):
                 return MODE_DECIMAL, decimals, ints.astype("<i8")
-    with np.errstate(over="ignore"):   # out of float32 range: the comparison below says "not f32"
-        as32 = values.astype("<f4")
-    if np.array_equal(as32.astype("<f8"), values, equal_nan=True):
-        return MODE_F32, 0, as32.view("<i4").astype("<i8")
     return MODE_F64, 0, values.view("<i8")
 
 
 def encode_readings(readings: Sequence[WireReading]) -> bytes:
     """Readings (in reading-id order) -> version 2 payload bytes."""
-    n = len(readings)
+    return encode_rows([(r.reading_id, r.meter_id, r.point, r.timestamp, r.value, r.unit, r.quantity, r.quality,
+                         r.reason) for r in readings])
+
+
+def encode_rows(rows: Sequence[tuple]) -> bytes:
+    """Rows ``(id, meter_id, point, timestamp, value, unit, quantity, quality, reason)`` in id order ->
+    version 2 payload bytes (the outbox passes SQLite rows straight in: no per-reading objects)."""
+    n = len(rows)
+    if n == 0:
+        raise ValueError("a batch needs at least one reading")
+    id_c, meter_c, point_c, ts_c, value_c, unit_c, quantity_c, quality_c, reason_c = zip(*rows)
     series: dict[tuple[str, str, str, str], int] = {}
-    index = np.fromiter((series.setdefault((r.meter_id, r.point, r.unit, r.quantity), len(series))
-                         for r in readings), dtype="<i8", count=n)
-    ids = np.fromiter((r.reading_id for r in readings), dtype="<i8", count=n)
-    ts = np.fromiter((round(r.timestamp * 1000) for r in readings), dtype="<i8", count=n)
-    values = np.fromiter((np.nan if r.value is None else r.value for r in readings), dtype="<f8", count=n)
-    flags = np.fromiter(((r.quality != "ok") * _ROW_FLAG_INVALID + (r.value is None) * _ROW_FLAG_NO_VALUE
-                         for r in readings), dtype="u1", count=n)
+    index = np.array([series.setdefault(k, len(series)) for k in zip(meter_c, point_c, unit_c, quantity_c)],
+                     dtype="<i8")
+    ids = np.array(id_c, dtype="<i8")
+    ts = np.round(np.array(ts_c, dtype="<f8") * 1000).astype("<i8")
+    values = np.array(value_c, dtype="<f8")         # None -> NaN
+    no_value = np.array([v is None for v in value_c], dtype=bool)
+    flags = (np.array([q != "ok" for q in quality_c], dtype="u1") * _ROW_FLAG_INVALID
+             + no_value.astype("u1") * _ROW_FLAG_NO_VALUE).astype("u1")
     order = np.argsort(index, kind="stable")            # rows grouped by series, id order within
     g_index = index[order]
     starts = np.flatnonzero(np.diff(g_index, prepend=-1))
@@ -180,7 +194,7 @@ def encode_readings(readings: Sequence[WireReading]) -> bytes:
     has_value = (g_flags & _ROW_FLAG_NO_VALUE) == 0
     modes: list[list[int]] = []
     value_parts = []
-    for s_start, s_len in zip(starts, lengths):
+    for s_start, s_len in zip(starts.tolist(), lengths.tolist()):
         mask = has_value[s_start:s_start + s_len]
         v = g_values[s_start:s_start + s_len][mask]
         mode, decimals, ints = _series_ints(v)
@@ -190,8 +204,8 @@ def encode_readings(readings: Sequence[WireReading]) -> bytes:
         value_parts.append(deltas.astype("<i8"))
     value_col = np.concatenate(value_parts) if value_parts else np.zeros(0, "<i8")
     meta = json.dumps({
-        "series": [list(k) for k in series], "counts": [int(x) for x in lengths], "modes": modes,
-        "reasons": {str(i): r.reason for i, r in enumerate(readings) if r.reason},
+        "series": [list(k) for k in series], "counts": lengths.tolist(), "modes": modes,
+        "reasons": {str(i): r for i, r in enumerate(reason_c) if r},
     }, separators=(",", ":")).encode()
     body = b"".join([
         struct.pack("<IIQ", len(meta), n, len(value_col)), meta,

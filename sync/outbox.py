@@ -14,7 +14,7 @@ import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from sync.batches import WireReading, encode_readings
+from sync.batches import encode_rows
 from sync.crypto import BatchHeader, message_hash, seal
 from sync.keys import key_id
 
@@ -68,9 +68,19 @@ def cursor(db: sqlite_utils.Database) -> int:
 
 
 def pending_readings(db: sqlite_utils.Database) -> tuple[int, float | None]:
-    """Readings stored but not yet batched, and the timestamp of the oldest one."""
-    row = db.execute("SELECT COUNT(*), MIN(timestamp) FROM readings WHERE id > ?", [cursor(db)]).fetchone()
-    return int(row[0]), row[1]
+    """Readings stored but not yet batched, and the timestamp of the first of them.
+
+    Counted as ``MAX(id) - cursor``: reading ids only grow and are never reused, and nothing above the
+    cursor is deleted (unsynced data is never pruned), so this is exact and O(log n) instead of a scan
+    of a possibly million-row backlog on every tick.
+    """
+    after = cursor(db)
+    row = db.execute("SELECT MAX(id) FROM readings").fetchone()
+    pending = max(0, int(row[0] or 0) - after)
+    if not pending:
+        return 0, None
+    first = db.execute("SELECT timestamp FROM readings WHERE id > ? ORDER BY id LIMIT 1", [after]).fetchone()
+    return pending, (first[0] if first else None)
 
 
 def make_batch(db: sqlite_utils.Database, gateway_id: str, max_readings: int,
@@ -79,22 +89,22 @@ def make_batch(db: sqlite_utils.Database, gateway_id: str, max_readings: int,
     with db.conn:  # one transaction: counter, cursor, chain and row commit together
         db.execute("BEGIN IMMEDIATE")
         rows = db.execute(
-            "SELECT id, meter_id, point, timestamp, value, unit, quantity, quality, reason FROM readings "
+            "SELECT id, meter_id, point, timestamp, value, unit, quantity, COALESCE(quality, 'ok'), "
+            "COALESCE(reason, '') FROM readings "
             "WHERE id > ? ORDER BY id LIMIT ?", [cursor(db), max_readings]).fetchall()
         if not rows:
             db.execute("ROLLBACK")
             return None
-        readings = [WireReading(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] or "ok", r[8] or "") for r in rows]
         seq = int(_state(db, "next_seq", "1"))
         header = BatchHeader(gateway_id=gateway_id, seq=seq, prev_hash=_state(db, "prev_hash", ""),
                              gateway_key_id=key_id(signer.public_key()), receiver_key_id=key_id(receiver),
-                             count=len(readings), created_at=time.time())
-        message = seal(header, encode_readings(readings), receiver, signer)
+                             count=len(rows), created_at=time.time())
+        message = seal(header, encode_rows(rows), receiver, signer)
         db.execute("INSERT INTO sync_outbox(seq, first_reading_id, last_reading_id, count, message, created_at) "
-                   "VALUES (?, ?, ?, ?, ?, ?)", [seq, readings[0].reading_id, readings[-1].reading_id,
-                                                  len(readings), message, header.created_at])
+                   "VALUES (?, ?, ?, ?, ?, ?)", [seq, rows[0][0], rows[-1][0], len(rows), message,
+                                                  header.created_at])
         _set_state(db, "next_seq", seq + 1)
-        _set_state(db, "last_reading_id", readings[-1].reading_id)
+        _set_state(db, "last_reading_id", rows[-1][0])
         _set_state(db, "prev_hash", message_hash(message))
     return seq
 
