@@ -94,9 +94,10 @@ def _decode_v1(blob: bytes) -> list[WireReading]:
         quality = take("u1", 1)
         series = [tuple(s) for s in meta["series"]]
         reasons = meta.get("reasons", {})
+        keys = [(str(s[0]), str(s[1]), str(s[2]), str(s[3])) for s in series]
         return [
-            WireReading(int(ids[i]), *series[index[i]][:2], float(ts[i]) / 1000.0,
-                        None if np.isnan(values[i]) else float(values[i]), *series[index[i]][2:],
+            WireReading(int(ids[i]), keys[index[i]][0], keys[index[i]][1], float(ts[i]) / 1000.0,
+                        None if np.isnan(values[i]) else float(values[i]), keys[index[i]][2], keys[index[i]][3],
                         "ok" if quality[i] == 0 else "invalid", reasons.get(str(i), ""))
             for i in range(n)
         ]

@@ -113,9 +113,9 @@ class Receiver:
             status = self._store(header, message, readings)
             return header.gateway_id, {"seq": header.seq, "status": status}
         except KeyFileError as exc:  # a trusted key file that does not parse: the operator must fix it
-            exc = BatchRejected("unknown_key", str(exc))
-            self._reject(header, exc.reason, exc.detail)
-            return (header.gateway_id, {"seq": header.seq, "status": "rejected", "reason": exc.reason}) if header else None
+            self._reject(header, "unknown_key", str(exc))
+            return (header.gateway_id, {"seq": header.seq, "status": "rejected", "reason": "unknown_key"}) if header \
+                else None
         except BatchRejected as exc:
             self._reject(header, exc.reason, exc.detail)
             if header is None:

@@ -14,7 +14,7 @@ from drivers import Quantity, Reading
 from local_store import open_store
 from sync import BatchRejected, Receiver, ReceiverSettings, SyncService, SyncSettings, receiver_stats
 from sync import outbox
-from sync.batches import WireReading, decode_readings, encode_readings
+from sync.batches import WireReading, decode_readings, encode_readings, encode_readings_v1
 from sync.crypto import MAGIC, BatchHeader
 from sync.keys import (GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key, ensure_receiver_key, rotate_gateway_key,
                        rotate_receiver_key)
@@ -102,6 +102,7 @@ def test_payload_round_trips_exactly_and_refuses_inconsistent_columns() -> None:
     ]
     blob = encode_readings(readings)
     assert blob[0] == 2 and decode_readings(blob) == readings   # bit-exact values, ids, reasons
+    assert decode_readings(encode_readings_v1(readings)) == readings   # format 1 from old outboxes still reads
     body = zlib.decompress(blob[1:])
     for broken in (body[:-1], body + b"\x00", body[:16] + b"[" + body[17:]):
         with pytest.raises(BatchRejected) as info:
