@@ -72,6 +72,7 @@ class SyncService:
         self._thread: threading.Thread | None = None
         self._link: Link | None = None
         self._key_error = ""
+        self._rejected = ""              # the receiver's last refusal; cleared by the next acknowledgement
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
         self._sessions_seen = 0
@@ -139,7 +140,7 @@ class SyncService:
         batches, readings = outbox.backlog(db)
         pending, _ = outbox.pending_readings(db)
         link = self._link
-        error = self._key_error or (link.last_error if link else "")
+        error = self._key_error or (link.last_error if link else "") or self._rejected
         disk = self._disk_bytes()
         alarm = ""
         budget = self.settings.disk_budget_bytes
@@ -238,8 +239,14 @@ class SyncService:
             ack = json.loads(message.payload)
             if ack.get("status") in ("committed", "duplicate"):
                 self._acks.put(int(ack["seq"]))
+                self._rejected = ""
                 self._wake.set()
             else:
-                log.error("receiver rejected batch %s: %s", ack.get("seq"), ack.get("reason"))
+                # The batch stays in the outbox and is resent: a receiver that learns our key recovers it.
+                error = (f"receiver rejected batch {ack.get('seq')}: {ack.get('reason')}; it stays in the outbox "
+                         "(check that the receiver trusts this gateway's current key)")
+                if error != self._rejected:
+                    log.error(error)
+                self._rejected = error
         except (ValueError, KeyError, TypeError, AttributeError):
             log.error("unreadable acknowledgement on %s", message.topic)

@@ -143,11 +143,16 @@ def _batches(database: Path) -> list[tuple[int, float]]:
         return conn.execute("SELECT seq, received_at FROM batches").fetchall()
 
 
-def test_two_receivers_split_the_load_with_a_shared_subscription(parts, mqtt_broker) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_receivers_split_the_load_with_a_shared_subscription(parts, mqtt_broker, backend, request) -> None:
+    from sync import receiver_stats
+    from sync.storage import ReceiverDb
+
     store, gateway, receiver_settings = parts
     broker = BrokerSettings(port=mqtt_broker.port)
     store.insert_readings(_readings(2000))
-    receivers = [Receiver(replace(receiver_settings, broker=broker)) for _ in range(2)]
+    database = request.getfixturevalue("postgres_url") if backend == "postgresql" else receiver_settings.database
+    receivers = [Receiver(replace(receiver_settings, broker=broker, database=database)) for _ in range(2)]
     handled = [0, 0]
     for i, rx in enumerate(receivers):
         original = rx.handle
@@ -165,5 +170,69 @@ def test_two_receivers_split_the_load_with_a_shared_subscription(parts, mqtt_bro
         for rx in receivers:
             rx.stop()
     assert all(handled) and sum(handled) >= 20, handled   # both got work; resends may add a few
-    assert _received(receiver_settings.database) == [(r.id, r.timestamp, r.value)
-                                                     for r in store.readings_after(0, 10**6)]
+    db = ReceiverDb(database)
+    try:
+        received = db.query("SELECT reading_id, timestamp, value FROM readings ORDER BY reading_id")
+    finally:
+        db.close()
+    assert received == [(r.id, r.timestamp, r.value) for r in store.readings_after(0, 10**6)]
+    stats = receiver_stats(database)["gw-1"]
+    assert (stats["batches"], stats["readings"], stats["missing_seqs"], stats["chain_breaks"]) == (20, 2000, 0, 0)
+
+
+def test_receiver_survives_garbage_on_the_wire_and_a_rejected_batch_waits_in_the_outbox(parts, mqtt_broker,
+                                                                                        tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from sync import receiver_stats
+
+    store, gateway, receiver_settings = parts
+    broker = BrokerSettings(port=mqtt_broker.port, backoff_min_s=0.2)
+    trusted_key = receiver_settings.trusted_dir / "gw-1.pub"
+    hidden = tmp_path / "gw-1.pub.hidden"
+    trusted_key.rename(hidden)                       # the receiver does not trust gw-1 yet
+    receiver = Receiver(replace(receiver_settings, broker=broker))
+    receiver.start()
+    wait_until(lambda: receiver._link is not None and receiver._link.connected.is_set(), timeout_s=10,
+               message="receiver connected")
+    time.sleep(0.3)   # its subscription request follows the connect
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", mqtt_broker.port)
+    client.loop_start()
+    try:
+        for payload in (b"", b"\x00garbage", b"CEG1" + b"\xff" * (16 * 1024 * 1024 + 10)):
+            client.publish("carbon/gw-1/batch", payload, qos=1).wait_for_publish(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    store.insert_readings(_readings(100))
+    service = SyncService(replace(gateway, broker=broker, ack_timeout_s=0.5), store)
+    service.start()
+    try:
+        wait_until(lambda: "receiver rejected batch 1: unknown_gateway" in service.status().last_error, timeout_s=15,
+                   message="the rejection reported in status")
+        assert service.status().backlog_readings == 100
+        hidden.rename(trusted_key)                   # the operator fixes the trust store: the resend is taken
+        wait_until(lambda: service.status().backlog_readings == 0, timeout_s=15, message="accepted after the fix")
+        assert service.status().last_error == ""
+    finally:
+        service.stop()
+        receiver.stop()
+    assert len(_received(receiver_settings.database)) == 100
+    stats = receiver_stats(receiver_settings.database)
+    assert stats["?"]["rejections"] == {"malformed": 2, "oversized": 1}
+    assert stats["gw-1"]["rejections"]["unknown_gateway"] >= 1
+
+
+def test_disk_budget_alarm_keeps_unsynced_data(parts) -> None:
+    store, gateway, _ = parts
+    store.insert_readings(_readings(500))
+    service = SyncService(replace(gateway, disk_budget_bytes=10_000), store)
+    service.tick()
+    status = service.status()
+    assert status.disk_bytes > 10_000
+    assert status.alarm.startswith(f"disk budget exceeded: {status.disk_bytes / 1e6:.1f} MB used of 0.0 MB; "
+                                   "500 unsynced readings are kept; prune synced raw data (ids <= 0)")
+    assert (status.backlog_readings, status.synced_through) == (500, 0)
+    assert SyncService(replace(gateway, disk_budget_bytes=10**9), store).status().alarm == ""
