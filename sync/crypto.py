@@ -67,12 +67,28 @@ def parse_header(message: bytes) -> tuple[BatchHeader, bytes, bytes, bytes]:
         if len(sealed) != sealed_len or len(message) != start + sealed_len + SIGNATURE_BYTES:
             raise ValueError("lengths do not add up (truncated or padded)")
         fields = json.loads(header_bytes)
+        if not isinstance(fields, dict):
+            raise ValueError("header is not a JSON object")
         if fields.pop("v", None) != 1:
             raise ValueError("unknown header version")
         header = BatchHeader(**fields)
+        _check_header(header)
     except (struct.error, ValueError, TypeError) as exc:
         raise BatchRejected("malformed", str(exc)) from exc
     return header, header_bytes, sealed, message[:start + sealed_len]
+
+
+_HEADER_TYPES = {"gateway_id": str, "seq": int, "prev_hash": str, "gateway_key_id": str, "receiver_key_id": str,
+                 "count": int, "created_at": (int, float)}
+
+
+def _check_header(header: BatchHeader) -> None:
+    for name, kind in _HEADER_TYPES.items():
+        value = getattr(header, name)
+        if not isinstance(value, kind) or isinstance(value, bool):  # type: ignore[arg-type]
+            raise ValueError(f"header field {name} has the wrong type ({type(value).__name__})")
+    if not header.gateway_id or header.seq < 1 or header.count < 1 or not 0 <= header.seq < 2**63:
+        raise ValueError("header gateway_id must be non-empty, seq and count at least 1")
 
 
 def open_message(message: bytes, gateway_key: Ed25519PublicKey, receiver_key: X25519PrivateKey) -> tuple[BatchHeader, bytes]:

@@ -90,22 +90,27 @@ class Receiver:
             self._conn = None
 
     def _on_message(self, message: Any) -> None:
+        # Runs on paho's network thread: an exception escaping here would stop the receiver.
         try:
-            ack = self.handle(bytes(message.payload))
+            ack = self.handle(bytes(message.payload), topic=message.topic)
+            if ack is not None and self._link is not None:
+                gateway_id, body = ack
+                self._link.publish(f"{self.settings.topic_prefix}/{gateway_id}/ack", json.dumps(body).encode())
         except Exception:  # noqa: BLE001 - e.g. the database is locked: no ack, so the gateway resends
             log.exception("receiver could not process a message on %s; not acknowledged", message.topic)
-            return
-        if ack is not None and self._link is not None:
-            gateway_id, body = ack
-            self._link.publish(f"{self.settings.topic_prefix}/{gateway_id}/ack", json.dumps(body).encode())
 
-    def handle(self, message: bytes) -> tuple[str, dict] | None:
-        """Process one message; returns (gateway id, acknowledgement) to publish, or None if unaddressable."""
+    def handle(self, message: bytes, topic: str | None = None) -> tuple[str, dict] | None:
+        """Process one message; returns (gateway id, acknowledgement) to publish, or None if unaddressable.
+
+        :param topic: where it arrived; a batch must come on its own gateway's topic.
+        """
         if self._conn is None:
             self._conn = connect(self.settings.database)
         header: BatchHeader | None = None
         try:
             header = parse_header(message)[0]
+            if topic is not None and topic != f"{self.settings.topic_prefix}/{header.gateway_id}/batch":
+                raise BatchRejected("wrong_topic", f"batch of gateway {header.gateway_id} arrived on {topic}")
             _, payload = open_message(message, self._gateway_key(header), self._receiver_key(header.receiver_key_id))
             readings = decode_readings(payload)
             if len(readings) != header.count:
@@ -118,7 +123,7 @@ class Receiver:
                 else None
         except BatchRejected as exc:
             self._reject(header, exc.reason, exc.detail)
-            if header is None:
+            if header is None or exc.reason == "wrong_topic":  # no ack to a topic we cannot vouch for
                 return None
             return header.gateway_id, {"seq": header.seq, "status": "rejected", "reason": exc.reason}
 

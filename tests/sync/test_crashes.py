@@ -49,8 +49,8 @@ RECEIVER_DIES_AFTER_COMMIT = textwrap.dedent("""
     rx = Receiver(ReceiverSettings(Path(a["db"]), Path(a["keys"]), Path(a["trusted"]), BrokerSettings(port=a["port"])))
     handled = []
     original = rx.handle
-    def handle(message):
-        ack = original(message)        # committed to SQLite here
+    def handle(message, topic=None):
+        ack = original(message, topic)        # committed to SQLite here
         handled.append(ack)
         if len(handled) == 3:
             os.kill(os.getpid(), signal.SIGKILL)   # before the acknowledgement is published

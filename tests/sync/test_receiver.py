@@ -206,3 +206,22 @@ def test_postgresql_store_is_idempotent(rig: Rig, postgres_url: str) -> None:
     finally:
         db.close()
     assert got == [(r.id, r.timestamp, r.value) for r in rig.store.readings_after(0, 1000)]
+
+
+def test_header_fields_of_the_wrong_type_or_topic_are_rejected(rig: Rig) -> None:
+    import json as _json
+
+    message = rig.batch(5, 1_795_000_000.0)
+    receiver = Receiver(rig.receiver_settings)
+    header_len = struct.unpack_from("<H", message, 4)[0]
+    header = _json.loads(message[6:6 + header_len])
+    for field, value in (("seq", "1"), ("seq", 0), ("count", True), ("gateway_id", ""), ("created_at", None)):
+        forged = _json.dumps({**header, field: value}, sort_keys=True, separators=(",", ":")).encode()
+        bad = message[:4] + struct.pack("<H", len(forged)) + forged + message[6 + header_len:]
+        assert receiver.handle(bad) is None, (field, value)
+    assert receiver.handle(message, topic="carbon/other-gw/batch") is None
+    assert receiver.handle(message, topic="carbon/gw-1/batch")[1]["status"] == "committed"
+    receiver.stop()
+    stats = receiver_stats(rig.receiver_settings.database)
+    assert stats["?"]["rejections"] == {"malformed": 5}
+    assert stats["gw-1"]["rejections"] == {"wrong_topic": 1}

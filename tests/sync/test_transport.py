@@ -157,9 +157,9 @@ def test_two_receivers_split_the_load_with_a_shared_subscription(parts, mqtt_bro
     for i, rx in enumerate(receivers):
         original = rx.handle
 
-        def counting(message: bytes, i: int = i, original=original):
+        def counting(message: bytes, topic: str | None = None, i: int = i, original=original):
             handled[i] += 1
-            return original(message)
+            return original(message, topic)
 
         rx.handle = counting  # type: ignore[method-assign]
         rx.start()
