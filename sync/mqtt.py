@@ -57,8 +57,7 @@ class Link:
                                 keyfile=str(broker.client_key) if broker.client_key else None,
                                 cert_reqs=ssl.CERT_REQUIRED)
         self.client.max_inflight_messages_set(broker.max_inflight)
-        self._failures = 0
-        self._schedule_reconnect()
+        self._failures = 0           # attempts since the last successful connect
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
         self.client.on_message = self._message
@@ -95,7 +94,6 @@ class Link:
             return
         self.last_error = ""
         self._failures = 0
-        self._schedule_reconnect()
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         self.connects += 1

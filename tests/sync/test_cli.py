@@ -59,3 +59,66 @@ def test_receiver_stats_json(tmp_path: Path) -> None:
     assert json.loads(result.output) == {"?": {"batches": 0, "readings": 0, "last_seq": None, "missing_seqs": 0,
                                                "first_missing": [], "chain_breaks": 0,
                                                "rejections": {"malformed": 1}, "quarantined": 0}}
+
+
+def test_receiver_command_receives_and_stops_cleanly_on_sigterm(tmp_path: Path, mqtt_broker) -> None:
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from drivers import Quantity, Reading
+    from local_store import open_store
+    from sync import BrokerSettings, SyncService, SyncSettings, receiver_stats
+    from sync.keys import GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key
+    from tests.conftest import wait_until
+
+    root = Path(__file__).resolve().parents[2]
+    rx_dir, gw_dir = tmp_path / "rx", tmp_path / "gw"
+    log = tmp_path / "receiver.log"
+    process = subprocess.Popen([sys.executable, "-c", "from gateway.cli import main; main()", "receiver",
+                                "--broker", f"127.0.0.1:{mqtt_broker.port}", "--data-dir", str(rx_dir)], cwd=root,
+                               env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL,
+                               stderr=log.open("w"))
+    try:
+        wait_until(lambda: "connected to broker" in log.read_text(), timeout_s=20, message="receiver command up")
+        ensure_gateway_key(gw_dir / "keys")
+        shutil.copy(gw_dir / "keys" / GATEWAY_PUB, rx_dir / "trusted" / "gw-1.pub")
+        store = open_store(gw_dir / "gateway.db")
+        store.insert_readings([Reading("m", "energy_import", 1_795_000_000.0 + i, float(i), "kWh",
+                                       Quantity.ENERGY_IMPORT) for i in range(30)])
+        service = SyncService(SyncSettings("gw-1", gw_dir / "keys", rx_dir / "keys" / RECEIVER_PUB,
+                                           BrokerSettings(port=mqtt_broker.port), batch_max_age_s=0.0, tick_s=0.05),
+                              store)
+        service.start()
+        try:
+            wait_until(lambda: service.status().backlog_readings == 0, timeout_s=20, message="acknowledged")
+        finally:
+            service.stop()
+            store.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+    assert receiver_stats(rx_dir / "receiver.db")["gw-1"]["readings"] == 30
+
+
+def test_receiver_command_rejects_a_bad_broker_argument(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["receiver", "--broker", "nohost", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "'nohost': use HOST:PORT" in result.output
+
+
+def test_reconnect_waits_grow_exponentially_with_jitter() -> None:
+    from sync.mqtt import BrokerSettings, Link
+
+    link = Link(BrokerSettings(backoff_min_s=1.0, backoff_max_s=8.0), client_id="jitter-test")
+    waits = []
+    for _ in range(6):
+        link._schedule_reconnect()
+        waits.append(link.client._reconnect_min_delay)
+    ceilings = [1, 2, 4, 8, 8, 8]
+    assert all(c / 2 <= w <= c for w, c in zip(waits, ceilings)), waits
+    assert len({round(w, 6) for w in waits}) > 1   # jittered, not lock-step
