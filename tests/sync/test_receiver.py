@@ -225,3 +225,22 @@ def test_header_fields_of_the_wrong_type_or_topic_are_rejected(rig: Rig) -> None
     stats = receiver_stats(rig.receiver_settings.database)
     assert stats["?"]["rejections"] == {"malformed": 5}
     assert stats["gw-1"]["rejections"] == {"wrong_topic": 1}
+
+
+def test_any_single_flipped_byte_is_rejected(rig: Rig) -> None:
+    import random
+
+    message = rig.batch(50, 1_795_000_000.0)
+    receiver = Receiver(rig.receiver_settings)
+    rng = random.Random(5)
+    positions = sorted(set(range(0, 80)) | set(rng.sample(range(len(message)), 120)) | set(range(len(message) - 70, len(message))))
+    for position in positions:
+        flipped = bytearray(message)
+        flipped[position] ^= 1 << rng.randrange(8)
+        ack = receiver.handle(bytes(flipped))
+        assert ack is None or ack[1]["status"] == "rejected", (position, ack)
+    assert receiver.handle(message)[1]["status"] == "committed"   # and the genuine one still goes in
+    receiver.stop()
+    assert _count(rig.receiver_settings.database) == 50
+    rejected = sum(sum(s["rejections"].values()) for s in receiver_stats(rig.receiver_settings.database).values())
+    assert rejected == len(positions)
