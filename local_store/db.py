@@ -198,6 +198,20 @@ def m002_hourly_rollup(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO emissions_hourly" + _HOURLY_SELECT + _HOURLY_GROUP)
 
 
+@migrations()
+def m003_audit_log(db: sqlite_utils.Database) -> None:
+    """The hash-chained audit log (``local_store/audit.py``); its head lives in ``store_meta``."""
+    db.executescript("""
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,                    -- contiguous from 1: a gap means a deleted entry
+        ts REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+        detail TEXT NOT NULL,                      -- canonical JSON
+        prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_action ON audit_log(action);
+    """)
+
+
 def refresh_hourly(db: sqlite_utils.Database, source_id: str, from_ts: float | None = None) -> None:
     """Recompute the hourly rollup of one source from ``from_ts`` (floored to the hour) on."""
     hour = 0 if from_ts is None else int(from_ts // 3600) * 3600

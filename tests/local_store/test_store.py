@@ -12,7 +12,7 @@ import pytest
 
 from drivers.model import Quantity, Reading
 from local_store import SchemaError, SourceSettings, open_store
-from local_store.db import schema_version
+from local_store.db import migrations, schema_version
 from local_store.reports import build_report, emissions_summary
 
 UTC = timezone.utc
@@ -39,11 +39,11 @@ def test_open_store_creates_schema_in_wal_mode(tmp_path: Path) -> None:
         assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
         tables = set(store.db.table_names())
         assert {"readings", "intervals", "emissions", "factors", "sources", "activity_data",
-                "instruments", "_sqlite_migrations"} <= tables
-        assert schema_version(store.db) == 2
+                "instruments", "audit_log", "_sqlite_migrations"} <= tables
+        assert schema_version(store.db) == len(migrations._migrations)
     # Re-opening applies nothing twice.
     with open_store(tmp_path / "gateway.db") as store:
-        assert schema_version(store.db) == 2
+        assert schema_version(store.db) == len(migrations._migrations)
 
 
 def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
@@ -218,7 +218,7 @@ def test_migration_from_version_1_fills_the_hourly_rollup(tmp_path: Path) -> Non
                " 'national', 'measured', 1.0, 0)")
     db.close()
     with open_store(path) as store:
-        assert schema_version(store.db) == 2
+        assert schema_version(store.db) == len(migrations._migrations)
         assert store.db.execute("SELECT hour_ts, amount, co2e_t, rows FROM emissions_hourly").fetchall() == [
             (1_789_999_200, 2.0, 1.0732, 1)]
 
