@@ -15,6 +15,8 @@ from typing import Any
 
 from drivers import BusConfig, MeterConfig, Profile, SerialSettings
 from local_store import EmissionSettings, SourceSettings
+from local_store.backup import KEY_FILE as BACKUP_KEY_FILE
+from local_store.backup import BackupSettings
 from sync import BrokerSettings, SyncSettings
 
 from gateway.paths import DEFAULT_CONFIG, DEFAULT_DATA_DIR
@@ -46,6 +48,7 @@ class GatewayConfig:
     web: WebSettings
     simulated_buses: frozenset[str] = frozenset()   # served by the built-in simulator (the demo)
     demo_receiver_key: bool = False                 # make a local receiver key so batches are sealed
+    backup: BackupSettings = BackupSettings()
     source_path: Path | None = None
     text: str = field(default="", repr=False, compare=False)
 
@@ -56,6 +59,14 @@ class GatewayConfig:
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.backup.directory or self.data_dir / "backups"
+
+    @property
+    def backup_key(self) -> Path:
+        return self.keys_dir / BACKUP_KEY_FILE
 
 
 class _Reader:
@@ -160,7 +171,7 @@ def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSetti
 def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Profile],
                  data_dir_override: Path | None = None, base_dir: Path | None = None) -> GatewayConfig:
     """Validate parsed TOML and build a :class:`GatewayConfig`."""
-    top = _Reader(origin, data, "", {"gateway", "buses", "meters", "emissions", "sync", "web"})
+    top = _Reader(origin, data, "", {"gateway", "buses", "meters", "emissions", "sync", "web", "backup"})
     g = _Reader(origin, top.get("gateway", dict, {}), "gateway", {"id", "data_dir"})
     gateway_id = g.get("id", str, "gateway")
     if not gateway_id or not all(c.isalnum() or c in "-_." for c in gateway_id):
@@ -233,9 +244,16 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
     w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port"})
     web = WebSettings(enabled=w.get("enabled", bool, True), host=w.get("host", str, "127.0.0.1"),
                       port=int(w.number("port", 8080, 1, 65535)))
+    b = _Reader(origin, top.get("backup", dict, {}), "backup", {"enabled", "interval_h", "keep", "directory"})
+    keep = b.get("keep", int, 7, fix="use a whole number of backups to keep, e.g. keep = 7")
+    if not 1 <= keep <= 1000:
+        raise b.fail("keep", "keep from 1 to 1000 backups, e.g. keep = 7")
+    backup = BackupSettings(enabled=b.get("enabled", bool, True),
+                            interval_h=b.number("interval_h", 24.0, 0.25, 8760, " hours"), keep=keep,
+                            directory=_path(b.get("directory", str, None)))
     return GatewayConfig(gateway_id=gateway_id, data_dir=data_dir, buses=tuple(buses), meters=tuple(meters),
                          sources=tuple(sources), emissions=emissions, sync=sync, web=web,
-                         simulated_buses=frozenset(simulated), demo_receiver_key=demo_key)
+                         simulated_buses=frozenset(simulated), demo_receiver_key=demo_key, backup=backup)
 
 
 def load_config(path: Path | None, profiles: Mapping[str, Profile], data_dir_override: Path | None = None) -> GatewayConfig:

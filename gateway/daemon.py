@@ -13,13 +13,15 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from drivers import BusConfig, BusPoller, MeterStats, Profile, Reading, SimulatedDevice, SimulatorServer
 from drivers import load_profiles
-from local_store import Store, StoreError, open_store
+from local_store import Store, StoreError, audit, open_store
+from local_store.backup import StoreLock, apply_staged_restore, create_backup, hold_store_lock, prune_backups
 from local_store.reports import emissions_summary
 from sync import SyncService, SyncStatus
 from sync.keys import ensure_receiver_key
@@ -60,12 +62,20 @@ class Gateway:
         self._web_thread: threading.Thread | None = None
         self.last_store_ok = 0.0           # monotonic time of the last successful poll -> store cycle
         self.store_error = ""
+        self.last_backup: tuple[float, str] | None = None   # (epoch s, path) of the last scheduled backup
+        self.backup_error = ""
+        self._lock: StoreLock | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = hold_store_lock(config.database)     # a restore never replaces the file under us
+        restored_over = apply_staged_restore(config.database)
         self.store = open_store(config.database, config.emissions)
+        if restored_over is not None:
+            log.warning("restored the backup staged by the web UI; the replaced store is kept as %s", restored_over)
+            self.audit("backup.restore", config.database.name, {"staged": True, "previous_copy": str(restored_over)})
         self.store.configure_sources(config.sources, config.emissions)
         if config.demo_receiver_key:
             ensure_receiver_key(config.keys_dir)
@@ -79,6 +89,8 @@ class Gateway:
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self._scheduler.add_job(self.flush_readings, "interval", seconds=1, id="store-writer")
         self._scheduler.add_job(self.process, "interval", seconds=10, id="preprocess-emissions")
+        if config.backup.enabled:
+            self._scheduler.add_job(self.backup, "interval", hours=config.backup.interval_h, id="backup")
         self._scheduler.start()
         if config.sync.enabled:
             self.sync = SyncService(config.sync, self.store)
@@ -111,6 +123,8 @@ class Gateway:
             simulator.stop()
         if self.store is not None:
             self.store.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("gateway stopped")
 
     def _start_simulator(self, bus: BusConfig) -> BusConfig:
@@ -177,6 +191,34 @@ class Gateway:
             self.store.process()
         except StoreError as exc:
             log.error("preprocessing/emissions: %s", exc)
+
+    def backup(self) -> Path | None:
+        """The scheduled backup: write one, keep the newest ``keep``, audit it. Never raises."""
+        config = self.config
+        try:
+            path = create_backup(config.database, config.backup_dir, config.backup_key)
+            removed = prune_backups(config.backup_dir, config.backup.keep)
+        except StoreError as exc:
+            if str(exc) != self.backup_error:
+                log.error("scheduled backup failed: %s", exc)
+            self.backup_error = str(exc)
+            return None
+        if self.backup_error:
+            log.info("scheduled backups work again")
+        self.backup_error = ""
+        self.last_backup = (time.time(), str(path))
+        log.info("backup written: %s (%d old backup(s) removed)", path, len(removed))
+        self.audit("backup.create", path.name, {"path": str(path), "removed": [p.name for p in removed]})
+        return path
+
+    def audit(self, action: str, target: str = "", detail: Mapping[str, Any] | None = None) -> None:
+        """Record one of the daemon's own changes in the audit log; a failure is logged, never raised."""
+        if self.store is None:
+            return
+        try:
+            audit.record(self.store.db, "daemon", action, target, detail)
+        except Exception as exc:  # noqa: BLE001 - the audit must not stop the daemon; the log says why
+            log.error("cannot write the audit entry %s %s: %s", action, target, exc)
 
     # -- what the web UI reads (webui.runtime.Runtime) --------------------------------------------------
     def profiles(self) -> Mapping[str, Profile]:

@@ -25,7 +25,8 @@ class ConfigProblem(click.ClickException):
     exit_code = 2
 
 
-def _load(config: Path | None, data_dir: Path | None):  # type: ignore[no-untyped-def]
+def load_or_exit(config: Path | None, data_dir: Path | None):  # type: ignore[no-untyped-def]
+    """The config and profiles, or exit 2 with the config error's message."""
     try:
         profiles = load_profiles(PROFILES_DIR)
         return load_config(config, profiles, data_dir), profiles
@@ -50,7 +51,7 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # bus errors are reported per meter by drivers
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run would drown the journal
-    config, profiles = _load(config_path, data_dir)
+    config, profiles = load_or_exit(config_path, data_dir)
     stop = threading.Event()
     # Signal handlers only set a flag; the main thread does the work.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
