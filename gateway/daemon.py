@@ -18,7 +18,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from drivers import BusConfig, BusPoller, MeterStats, Profile, Reading, SimulatedDevice, SimulatorServer
+from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Reading, SimulatedDevice, SimulatorServer
 from drivers import load_profiles
 from local_store import Store, StoreError, audit, open_store
 from local_store.backup import StoreLock, apply_staged_restore, create_backup, hold_store_lock, prune_backups
@@ -32,6 +32,10 @@ from gateway.paths import PROFILES_DIR
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_BATCHES = 10_000  # readings kept in memory while the disk refuses writes
+
+
+class ReloadError(Exception):
+    """A new config was not applied; the message says why. The previous config keeps running."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,10 @@ class Gateway:
         self._pollers: dict[str, BusPoller] = {}
         self._bus_threads: list[threading.Thread] = []
         self._readings: queue.Queue[list[Reading]] = queue.Queue(MAX_QUEUED_BATCHES)
-        self._stop = threading.Event()
+        self._poll_stop = threading.Event()   # this config's bus threads; replaced on each reload
+        self._reload_lock = threading.Lock()
+        self.restart_needed = ""               # what a reload could not apply while running
+        self._started_web = config.web
         self._scheduler: BackgroundScheduler | None = None
         self._web_server: Any = None
         self._web_thread: threading.Thread | None = None
@@ -76,51 +83,103 @@ class Gateway:
         if restored_over is not None:
             log.warning("restored the backup staged by the web UI; the replaced store is kept as %s", restored_over)
             self.audit("backup.restore", config.database.name, {"staged": True, "previous_copy": str(restored_over)})
-        self.store.configure_sources(config.sources, config.emissions)
-        if config.demo_receiver_key:
-            ensure_receiver_key(config.keys_dir)
-        buses = [self._start_simulator(bus) if bus.name in config.simulated_buses else bus for bus in config.buses]
-        for bus in buses:
-            poller = BusPoller(bus, config.meters, self._profiles)
-            self._pollers[bus.name] = poller
-            thread = threading.Thread(target=self._poll_bus, args=(poller,), name=f"bus-{bus.name}", daemon=True)
-            self._bus_threads.append(thread)
-            thread.start()
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self._scheduler.add_job(self.flush_readings, "interval", seconds=1, id="store-writer")
         self._scheduler.add_job(self.process, "interval", seconds=10, id="preprocess-emissions")
         if config.backup.enabled:
             self._scheduler.add_job(self.backup, "interval", hours=config.backup.interval_h, id="backup")
         self._scheduler.start()
+        self._apply(config)
+        if config.web.enabled:
+            self._start_web()
+        log.info("gateway %s started: %d bus(es), %d meter(s), data in %s", config.gateway_id,
+                 len(config.buses), len(config.meters), config.data_dir)
+
+    def reload(self, new_config: GatewayConfig) -> None:
+        """Run ``new_config`` instead of the running one, or keep the running one.
+
+        Polling and sync stop, readings already read are stored, then buses, meters, sources,
+        emission settings and sync start with the new config. If that fails, the previous config is
+        started again and :class:`ReloadError` says what failed. The data directory cannot change
+        while running; web settings take effect at the next restart (``restart_needed`` says so).
+
+        :raises ReloadError: the new config was not applied; the previous one is running.
+        """
+        with self._reload_lock:
+            old = self.config
+            if new_config.data_dir.resolve() != old.data_dir.resolve():
+                raise ReloadError(f"gateway.data_dir cannot change while running ({old.data_dir} -> "
+                                  f"{new_config.data_dir}): restart the gateway to move its data")
+            self._stop_running()
+            try:
+                self._apply(new_config)
+            except Exception as exc:  # anything that stops the new config starting: roll back
+                log.error("config reload failed, rolling back to the previous config: %s", exc)
+                self._stop_running()
+                try:
+                    self._apply(old)
+                except Exception as again:
+                    raise ReloadError(f"the new config could not start ({exc}), and restarting the previous "
+                                      f"config failed too ({again}): check the log and restart the gateway") from again
+                raise ReloadError(f"the new config could not start ({exc}); the previous config keeps running") from exc
+            self.restart_needed = ("web settings changed: they take effect when the gateway restarts"
+                                   if new_config.web != self._started_web else "")
+            log.info("config reloaded: %d bus(es), %d meter(s)", len(new_config.buses), len(new_config.meters))
+
+    def _apply(self, config: GatewayConfig) -> None:
+        """Start what depends on the config: sources, buses (simulated ones first), sync."""
+        assert self.store is not None
+        for meter in config.meters:   # before a simulator is started for a profile that is not there
+            if meter.profile not in self._profiles:
+                raise DriverError(f"meter {meter.id}: unknown profile '{meter.profile}'")
+        self.config = config
+        self.store.configure_sources(config.sources, config.emissions)
+        if config.demo_receiver_key:
+            ensure_receiver_key(config.keys_dir)
+        poll_stop = threading.Event()
+        self._poll_stop = poll_stop
+        buses = [self._start_simulator(bus) if bus.name in config.simulated_buses else bus for bus in config.buses]
+        pollers: dict[str, BusPoller] = {}
+        for bus in buses:
+            pollers[bus.name] = BusPoller(bus, config.meters, self._profiles)
+        self._pollers = pollers     # one assignment: readers (web UI threads) see the old or the new set
+        for poller in pollers.values():
+            thread = threading.Thread(target=self._poll_bus, args=(poller, poll_stop), name=f"bus-{poller.bus.name}",
+                                      daemon=True)
+            self._bus_threads.append(thread)
+            thread.start()
         if config.sync.enabled:
             self.sync = SyncService(config.sync, self.store)
             self.sync.start()
-        if config.web.enabled:
-            self._start_web()
-        log.info("gateway %s started: %d bus(es), %d meter(s), data in %s", config.gateway_id, len(buses),
-                 len(config.meters), config.data_dir)
 
-    def stop(self) -> None:
-        """Stop polling, flush what was read, process it, stop sync and the web server."""
-        self._stop.set()
+    def _stop_running(self) -> None:
+        """Stop what :meth:`_apply` started; readings already read are stored, not dropped."""
+        self._poll_stop.set()
         for thread in self._bus_threads:
             thread.join(timeout=10)
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=True)
+        self._bus_threads = []
+        for poller in self._pollers.values():
+            poller.close()
+        for simulator in self._simulators:
+            simulator.stop()
+        self._simulators = []
         if self.store is not None:
             self.flush_readings()
-            self.process()
         if self.sync is not None:
             self.sync.stop()
+            self.sync = None
+
+    def stop(self) -> None:
+        """Stop polling, store what was read, process it, stop sync and the web server."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+        self._stop_running()
+        self.process()
         if self._web_server is not None:
             self._web_server.close()
             if self._web_thread is not None:
                 self._web_thread.join(timeout=10)
             self._web_server.task_dispatcher.shutdown(timeout=5)  # close() leaves the worker threads running
-        for poller in self._pollers.values():
-            poller.close()
-        for simulator in self._simulators:
-            simulator.stop()
         if self.store is not None:
             self.store.close()
         if self._lock is not None:
@@ -143,8 +202,8 @@ class Gateway:
         log.info("web UI on http://%s:%d", self.config.web.host, self.config.web.port)
 
     # -- work ------------------------------------------------------------------------------------------
-    def _poll_bus(self, poller: BusPoller) -> None:
-        while not self._stop.is_set():
+    def _poll_bus(self, poller: BusPoller, stop: threading.Event) -> None:
+        while not stop.is_set():
             readings = poller.poll_due()
             if readings:
                 try:
@@ -153,7 +212,7 @@ class Gateway:
                     log.error("reading queue full (store not writing); dropping the oldest batch in memory")
                     self._readings.get_nowait()
                     self._readings.put_nowait(readings)
-            self._stop.wait(min(poller.next_due_in(), 1.0))
+            stop.wait(min(poller.next_due_in(), 1.0))
 
     def flush_readings(self) -> int:
         """Write queued readings in one transaction; on failure they stay queued and are retried."""
@@ -245,7 +304,10 @@ class Gateway:
 
     def test_read(self, bus_name: str, device_id: int, profile_id: str) -> list[Reading]:
         """A test read through the bus owner, so it never collides with polling on the same line."""
-        return self._pollers[bus_name].read_once(device_id, self._profiles[profile_id])
+        poller = self._pollers.get(bus_name)
+        if poller is None:
+            raise DriverError(f"no bus named {bus_name!r}: use one of {', '.join(sorted(self._pollers)) or '(none)'}")
+        return poller.read_once(device_id, self._profiles[profile_id])
 
     def health(self) -> dict:
         age = time.monotonic() - self.last_store_ok if self.last_store_ok else None
