@@ -27,11 +27,13 @@ from sync import SyncService, SyncStatus
 from sync.keys import ensure_receiver_key
 
 from gateway.config import GatewayConfig
+from gateway.logs import RepeatedError
 from gateway.paths import PROFILES_DIR
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED_BATCHES = 10_000  # readings kept in memory while the disk refuses writes
+MAX_QUEUED_BATCHES = 10_000      # poll batches between two store-writer runs (a stalled writer fills it)
+MAX_HELD_READINGS = 250_000      # readings kept in memory while the store refuses writes (disk full, read-only)
 
 
 class ReloadError(Exception):
@@ -69,6 +71,15 @@ class Gateway:
         self._web_thread: threading.Thread | None = None
         self.last_store_ok = 0.0           # monotonic time of the last successful poll -> store cycle
         self.store_error = ""
+        self._held: list[list[Reading]] = []   # batches the store refused, oldest first, retried in order
+        self._held_count = 0
+        self._flush_lock = threading.Lock()
+        self.readings_dropped = 0              # readings lost because memory was full too (counted, alarmed)
+        self._beats: dict[str, float] = {}     # bus name -> monotonic time its poll loop last came round
+        self._flush_beat = 0.0                 # monotonic time the store writer last ran (either outcome)
+        self._store_log = RepeatedError(log, "storing readings")
+        self._backup_log = RepeatedError(log, "scheduled backup")
+        self._process_log = RepeatedError(log, "preprocessing/emissions")
         self.last_backup: tuple[float, str] | None = None   # (epoch s, path) of the last scheduled backup
         self.backup_error = ""
         self._lock: StoreLock | None = None
@@ -203,53 +214,81 @@ class Gateway:
 
     # -- work ------------------------------------------------------------------------------------------
     def _poll_bus(self, poller: BusPoller, stop: threading.Event) -> None:
+        name = poller.bus.name
         while not stop.is_set():
             readings = poller.poll_due()
+            self._beats[name] = time.monotonic()
             if readings:
                 try:
                     self._readings.put_nowait(readings)
-                except queue.Full:
-                    log.error("reading queue full (store not writing); dropping the oldest batch in memory")
-                    self._readings.get_nowait()
+                except queue.Full:   # the store writer has not run for a long time: keep the newest
+                    try:
+                        self.readings_dropped += len(self._readings.get_nowait())
+                    except queue.Empty:
+                        pass
+                    self._store_log.failed("the reading queue is full (the store writer is not running); "
+                                           "dropping the oldest readings in memory")
                     self._readings.put_nowait(readings)
             stop.wait(min(poller.next_due_in(), 1.0))
 
     def flush_readings(self) -> int:
-        """Write queued readings in one transaction; on failure they stay queued and are retried."""
-        batches: list[list[Reading]] = []
-        while True:
-            try:
-                batches.append(self._readings.get_nowait())
-            except queue.Empty:
-                break
-        if not batches or self.store is None:
-            return 0
-        readings = [r for batch in batches for r in batch]
-        try:
-            written = self.store.insert_readings(readings)
-        except (StoreError, OSError, Exception) as exc:  # disk full, read-only: keep them and retry
-            if str(exc) != self.store_error:
-                log.error("cannot store %d readings, keeping them in memory: %s", len(readings), exc)
-            self.store_error = str(exc)
-            for batch in batches:
+        """Write queued readings in one transaction.
+
+        When the store refuses (disk full, read-only directory) they are held in memory, oldest first,
+        up to ``MAX_HELD_READINGS``, and written in their original order once it accepts again. Beyond
+        the bound the oldest are dropped and counted in ``readings_dropped``.
+        """
+        with self._flush_lock:
+            self._flush_beat = time.monotonic()
+            while True:
                 try:
-                    self._readings.put_nowait(batch)
-                except queue.Full:
+                    batch = self._readings.get_nowait()
+                except queue.Empty:
                     break
-            return 0
-        if self.store_error:
-            log.info("storing readings again")
-        self.store_error = ""
-        self.last_store_ok = time.monotonic()
-        return written
+                self._held.append(batch)
+                self._held_count += len(batch)
+            if not self._held or self.store is None:
+                return 0
+            readings = [r for batch in self._held for r in batch]
+            try:
+                written = self.store.insert_readings(readings)
+            except Exception as exc:  # noqa: BLE001 - disk full, read-only, I/O error: keep them and retry
+                while self._held_count > MAX_HELD_READINGS and len(self._held) > 1:
+                    dropped = self._held.pop(0)
+                    self._held_count -= len(dropped)
+                    self.readings_dropped += len(dropped)
+                self.store_error = f"{exc} ({self._held_count} readings held in memory, retrying every second)"
+                self._store_log.failed(f"{self.config.database}: {exc}: readings are kept in memory "
+                                       f"(up to {MAX_HELD_READINGS}) and written when the store accepts them again; "
+                                       f"free disk space or make the data directory writable")
+                return 0
+            self._held, self._held_count = [], 0
+            self._store_log.ok()
+            self.store_error = ""
+            self.last_store_ok = time.monotonic()
+            return written
+
+    def held_readings(self) -> int:
+        """Readings waiting in memory (queued or refused by the store)."""
+        return self._held_count + sum(len(b) for b in list(self._readings.queue))
+
+    def progress(self) -> float:
+        """Monotonic time since which every bus loop and the store writer have come round: the
+        watchdog is fed only when this moves. Dead meters or a full disk do not stop it (restarting
+        would not help them); a hung bus thread or store writer does."""
+        beats = [self._beats.get(name, 0.0) for name in self._pollers]
+        return min([*beats, self._flush_beat])
 
     def process(self) -> None:
+        """Preprocessing and emissions; a failure is logged (once until it works again), never raised."""
         if self.store is None:
             return
         try:
             self.store.process()
-        except StoreError as exc:
-            log.error("preprocessing/emissions: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - StoreError, or SQLite refusing writes (disk full)
+            self._process_log.failed(str(exc))
+        else:
+            self._process_log.ok()
 
     def backup(self) -> Path | None:
         """The scheduled backup: write one, keep the newest ``keep``, audit it. Never raises."""
@@ -258,12 +297,10 @@ class Gateway:
             path = create_backup(config.database, config.backup_dir, config.backup_key)
             removed = prune_backups(config.backup_dir, config.backup.keep)
         except StoreError as exc:
-            if str(exc) != self.backup_error:
-                log.error("scheduled backup failed: %s", exc)
+            self._backup_log.failed(str(exc))
             self.backup_error = str(exc)
             return None
-        if self.backup_error:
-            log.info("scheduled backups work again")
+        self._backup_log.ok()
         self.backup_error = ""
         self.last_backup = (time.time(), str(path))
         log.info("backup written: %s (%d old backup(s) removed)", path, len(removed))
