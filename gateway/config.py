@@ -34,6 +34,7 @@ class WebSettings:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
+    metrics_token: str | None = None     # when set, /metrics wants "Authorization: Bearer <token>"
 
 
 @dataclass(frozen=True)
@@ -241,9 +242,13 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         batch_max_readings=int(s.number("batch_max_readings", 5000, 1, 100_000)),
         batch_max_age_s=s.number("batch_max_age_s", 30.0, 0, 86400, " s"),
     )
-    w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port"})
+    w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port", "metrics_token"})
+    token = w.get("metrics_token", str, None)
+    if token is not None and len(token) < 16:
+        raise ConfigError(f"{origin}: web.metrics_token is too short ({len(token)} characters): use at least 16 "
+                          f"random characters, e.g. from `openssl rand -hex 16`")
     web = WebSettings(enabled=w.get("enabled", bool, True), host=w.get("host", str, "127.0.0.1"),
-                      port=int(w.number("port", 8080, 1, 65535)))
+                      port=int(w.number("port", 8080, 1, 65535)), metrics_token=token)
     b = _Reader(origin, top.get("backup", dict, {}), "backup", {"enabled", "interval_h", "keep", "directory"})
     keep = b.get("keep", int, 7, fix="use a whole number of backups to keep, e.g. keep = 7")
     if not 1 <= keep <= 1000:

@@ -81,6 +81,7 @@ class Gateway:
         self._backup_log = RepeatedError(log, "scheduled backup")
         self._process_log = RepeatedError(log, "preprocessing/emissions")
         self.last_backup: tuple[float, str] | None = None   # (epoch s, path) of the last scheduled backup
+        self.clock_synchronized: bool | None = None          # None: cannot tell (see gateway.clock)
         self.backup_error = ""
         self._lock: StoreLock | None = None
 
@@ -347,12 +348,26 @@ class Gateway:
         return poller.read_once(device_id, self._profiles[profile_id])
 
     def health(self) -> dict:
+        """What ``/healthz`` answers: ``status`` is ok while readings are stored, else degraded, with why."""
         age = time.monotonic() - self.last_store_ok if self.last_store_ok else None
         sync = self.sync_status()
         return {
             "status": "ok" if age is not None and age < 60 and not self.store_error else "degraded",
             "last_store_age_s": age,
             "store_error": self.store_error,
+            "readings_held_in_memory": self.held_readings(),
+            "readings_dropped": self.readings_dropped,
             "sync_backlog_readings": sync.backlog_readings if sync else None,
             "sync_connected": sync.connected if sync else None,
+            "clock_synchronized": self.clock_synchronized,
+            "backup_error": self.backup_error,
+            "restart_needed": self.restart_needed,
         }
+
+    def sync_lag_s(self, now: float | None = None) -> float:
+        """Age of the oldest reading the receiver has not acknowledged; 0 when everything is synced."""
+        sync = self.sync_status()
+        if sync is None or self.store is None:
+            return 0.0
+        oldest = self.store.readings_after(sync.synced_through, 1)
+        return max(0.0, (time.time() if now is None else now) - oldest[0].timestamp) if oldest else 0.0

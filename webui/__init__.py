@@ -52,6 +52,8 @@ def create_app(test_config: dict | None = None, runtime: Any = None) -> Flask:
         app.config.update(test_config)
     Babel(app, locale_selector=_select_locale)
     app.extensions["gateway_runtime"] = runtime
+    from webui.health import bp as health_bp   # /healthz, /metrics (issue 7)
+    app.register_blueprint(health_bp)
 
     @app.after_request
     def security_headers(response):  # type: ignore[no-untyped-def]
@@ -73,11 +75,6 @@ def create_app(test_config: dict | None = None, runtime: Any = None) -> Flask:
         if runtime is None:
             abort(503)
         return jsonify(_status(runtime))
-
-    @app.get("/healthz")
-    def healthz():  # type: ignore[no-untyped-def]
-        health = runtime.health() if runtime is not None else {"status": "no runtime"}
-        return jsonify(health), 200 if health.get("status") == "ok" else 503
 
     @app.get("/lang/<code>")
     def set_language(code: str):  # type: ignore[no-untyped-def]
