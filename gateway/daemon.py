@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from local_store.reports import emissions_summary
 from sync import SyncService, SyncStatus
 from sync.keys import ensure_receiver_key
 
+from gateway.clock import UNSYNCHRONISED_REASON, ClockState, clock_state
 from gateway.config import GatewayConfig
 from gateway.logs import RepeatedError
 from gateway.paths import PROFILES_DIR
@@ -53,8 +54,10 @@ class MeterStatus:
 class Gateway:
     """The running gateway. ``start()`` returns once polling has started."""
 
-    def __init__(self, config: GatewayConfig, profiles: Mapping[str, Profile] | None = None) -> None:
+    def __init__(self, config: GatewayConfig, profiles: Mapping[str, Profile] | None = None,
+                 clock_probe: Callable[[], ClockState] = clock_state) -> None:
         self.config = config
+        self._clock_probe = clock_probe
         self._profiles = dict(profiles) if profiles is not None else load_profiles(PROFILES_DIR)
         self.store: Store | None = None
         self.sync: SyncService | None = None
@@ -92,12 +95,14 @@ class Gateway:
         self._lock = hold_store_lock(config.database)     # a restore never replaces the file under us
         restored_over = apply_staged_restore(config.database)
         self.store = open_store(config.database, config.emissions)
+        self.check_clock()       # before the first poll, so its readings are flagged if need be
         if restored_over is not None:
             log.warning("restored the backup staged by the web UI; the replaced store is kept as %s", restored_over)
             self.audit("backup.restore", config.database.name, {"staged": True, "previous_copy": str(restored_over)})
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self._scheduler.add_job(self.flush_readings, "interval", seconds=1, id="store-writer")
         self._scheduler.add_job(self.process, "interval", seconds=10, id="preprocess-emissions")
+        self._scheduler.add_job(self.check_clock, "interval", seconds=60, id="clock")
         if config.backup.enabled:
             self._scheduler.add_job(self.backup, "interval", hours=config.backup.interval_h, id="backup")
         self._scheduler.start()
@@ -219,6 +224,9 @@ class Gateway:
         while not stop.is_set():
             readings = poller.poll_due()
             self._beats[name] = time.monotonic()
+            if readings and self.clock_synchronized is False:
+                # Their timestamps may be far off: keep them, flagged, for preprocessing and the platform.
+                readings = [r if r.reason else replace(r, reason=UNSYNCHRONISED_REASON) for r in readings]
             if readings:
                 try:
                     self._readings.put_nowait(readings)
@@ -290,6 +298,17 @@ class Gateway:
             self._process_log.failed(str(exc))
         else:
             self._process_log.ok()
+
+    def check_clock(self) -> ClockState:
+        """Ask whether the system clock is synchronised; log when the answer changes."""
+        state = self._clock_probe()
+        if state.synchronized is False and self.clock_synchronized is not False:
+            log.warning("the system clock is not synchronised (%s): readings are flagged %s until it is; "
+                        "check NTP with `carbon-gateway doctor`", state.detail, UNSYNCHRONISED_REASON)
+        elif state.synchronized and self.clock_synchronized is False:
+            log.info("the system clock is synchronised now (%s)", state.detail)
+        self.clock_synchronized = state.synchronized
+        return state
 
     def backup(self) -> Path | None:
         """The scheduled backup: write one, keep the newest ``keep``, audit it. Never raises."""
