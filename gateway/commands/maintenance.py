@@ -138,4 +138,36 @@ def audit_list(config_path: Path | None, data_dir: Path | None, limit: int, acto
             click.echo(f"{e.id:>6}  {_when(e.ts)}  {e.actor:<10} {e.action:<16} {e.target} {detail}".rstrip())
 
 
-COMMANDS: list[click.Command] = [backup, restore, audit_group]
+@click.command("doctor")
+@_CONFIG
+@_DATA_DIR
+@click.option("--json", "as_json", is_flag=True, help="One JSON list of {check, status, message, fix}.")
+def doctor(config_path: Path | None, data_dir: Path | None, as_json: bool) -> None:
+    """A checklist for technicians: config, clock, data directory, disk, serial ports, broker, keys, store.
+
+    Each line is OK, WARN or FAIL with the fix. Exit status 1 when something fails.
+    """
+    from drivers import ProfileError, load_profiles
+
+    from gateway.config import ConfigError, load_config
+    from gateway.doctor import run_checks
+    from gateway.paths import PROFILES_DIR
+
+    config, error = None, None
+    try:
+        config = load_config(config_path, load_profiles(PROFILES_DIR), data_dir)
+    except (ConfigError, ProfileError) as exc:
+        error = str(exc)
+    rows = run_checks(config_path, config, error)
+    if as_json:
+        click.echo(json.dumps([{"check": r.name, "status": r.status, "message": r.message, "fix": r.fix}
+                               for r in rows], ensure_ascii=False, indent=2))
+    else:
+        for r in rows:
+            click.echo(f"{r.status:<5} {r.name}: {r.message}" + (f"\n      fix: {r.fix}" if r.fix else ""))
+    failed = sum(r.status == "FAIL" for r in rows)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+COMMANDS: list[click.Command] = [backup, restore, audit_group, doctor]
