@@ -19,6 +19,7 @@ with them and travels in sync batches.
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -64,9 +65,11 @@ def _adjtimex() -> bool | None:
 
 
 def _timedatectl(command: str) -> bool | None:
+    # Not our notify socket: systemd tools report their own failures there (ERRNO=...).
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     try:
         result = subprocess.run([command, "show", "-p", "NTPSynchronized", "--value"], capture_output=True,
-                                text=True, timeout=3)
+                                text=True, timeout=3, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return None
     answer = result.stdout.strip()

@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Reading, SimulatedDevice, SimulatorServer
 from drivers import load_profiles
@@ -29,6 +28,7 @@ from sync.keys import ensure_receiver_key
 from gateway.clock import UNSYNCHRONISED_REASON, ClockState, clock_state
 from gateway.config import GatewayConfig
 from gateway.logs import RepeatedError
+from gateway.scheduling import SteadyScheduler
 from gateway.paths import PROFILES_DIR
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Gateway:
         self._reload_lock = threading.Lock()
         self.restart_needed = ""               # what a reload could not apply while running
         self._started_web = config.web
-        self._scheduler: BackgroundScheduler | None = None
+        self._scheduler: SteadyScheduler | None = None
         self._web_server: Any = None
         self._web_thread: threading.Thread | None = None
         self.last_store_ok = 0.0           # monotonic time of the last successful poll -> store cycle
@@ -99,7 +99,7 @@ class Gateway:
         if restored_over is not None:
             log.warning("restored the backup staged by the web UI; the replaced store is kept as %s", restored_over)
             self.audit("backup.restore", config.database.name, {"staged": True, "previous_copy": str(restored_over)})
-        self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self._scheduler = SteadyScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self._scheduler.add_job(self.flush_readings, "interval", seconds=1, id="store-writer")
         self._scheduler.add_job(self.process, "interval", seconds=10, id="preprocess-emissions")
         self._scheduler.add_job(self.check_clock, "interval", seconds=60, id="clock")

@@ -99,3 +99,52 @@ def test_clock_steps_never_make_negative_or_overlapping_intervals(tmp_path: Path
     assert all(rows[i][1] <= rows[i + 1][0] for i in range(len(rows) - 1)), "overlapping intervals"
     # Energy is conserved across the step: the intervals hold exactly what the register advanced (MWh).
     assert sum(amount for _, _, amount in rows) == pytest.approx(299 * 0.5 / 1000)
+
+
+class _Shift:
+    """A wall clock that steps when the test says so; APScheduler and the scheduler both read it."""
+
+    seconds = 0.0
+
+
+def _stepped_datetime():  # type: ignore[no-untyped-def]
+    from datetime import datetime, timedelta
+
+    class SteppedDatetime(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+            return datetime.now(tz) + timedelta(seconds=_Shift.seconds)
+
+    return SteppedDatetime
+
+
+@pytest.mark.parametrize("step_s", [-3600.0, 86_400.0])
+def test_scheduled_jobs_keep_their_rhythm_when_the_wall_clock_steps(monkeypatch: pytest.MonkeyPatch,
+                                                                    step_s: float) -> None:
+    """A plain BackgroundScheduler stalls for the hour after the backward step; this one does not."""
+    import time
+
+    import apscheduler.executors.base
+    import apscheduler.schedulers.base
+
+    from gateway.scheduling import SteadyScheduler
+
+    stepped = _stepped_datetime()
+    monkeypatch.setattr(apscheduler.schedulers.base, "datetime", stepped)
+    monkeypatch.setattr(apscheduler.executors.base, "datetime", stepped)
+    monkeypatch.setattr(_Shift, "seconds", 0.0)
+    runs: list[float] = []
+    scheduler = SteadyScheduler(wall_clock=lambda: time.time() + _Shift.seconds,
+                                job_defaults={"coalesce": True, "max_instances": 1})
+    scheduler.add_job(lambda: runs.append(time.monotonic()), "interval", seconds=0.2, id="tick")
+    scheduler.start()
+    try:
+        wait_until(lambda: len(runs) >= 3, timeout_s=10, message="runs before the step")
+        _Shift.seconds = step_s
+        stepped_at, before = time.monotonic(), len(runs)
+        wait_until(lambda: len(runs) >= before + 5, timeout_s=5, message="runs after the step")
+    finally:
+        scheduler.shutdown(wait=True)
+    after = [t for t in runs if t > stepped_at]
+    gaps = [b - a for a, b in zip(after, after[1:])]
+    assert gaps and all(0.1 < g < 0.6 for g in gaps), gaps    # neither stalled nor bursting
