@@ -53,6 +53,14 @@ def test_install_script_dry_run_lists_the_steps() -> None:
     assert result.returncode == 0, result.stderr
     assert "+ python3 -m venv /opt/carbon-gateway/venv" in result.stdout
     assert "+ systemctl enable --now carbon-gateway.service" in result.stdout
+    assert "--groups dialout carbon-gateway" in result.stdout
+    result = subprocess.run(["bash", str(ROOT / "systemd" / "install.sh"), "--dry-run", "--uninstall"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "+ systemctl disable --now carbon-gateway.service", "+ rm -f /etc/systemd/system/carbon-gateway.service",
+        "+ systemctl daemon-reload", "+ rm -rf /opt/carbon-gateway",
+        "kept /etc/carbon-gateway and /var/lib/carbon-gateway (config, data, keys); remove them by hand if wanted"]
 
 
 def test_ready_then_watchdog_pings_only_while_polling(tmp_path: Path) -> None:
