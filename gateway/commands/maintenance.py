@@ -6,13 +6,15 @@ They parse arguments, call ``local_store.backup`` and ``local_store.audit``, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-from local_store import StoreError, audit, open_store
+from local_store import Store, StoreError, audit, open_store
 from local_store.backup import BackupError, check_backup, create_backup, restore_backup
 
 from gateway.commands.operations import load_or_exit
@@ -85,6 +87,19 @@ def restore(backup_file: Path, config_path: Path | None, data_dir: Path | None, 
     click.echo("start the gateway again: systemctl start carbon-gateway")
 
 
+@contextlib.contextmanager
+def _existing_store(config_path: Path | None, data_dir: Path | None) -> Iterator[Store]:
+    """The configured store, which must exist already; its errors become ClickExceptions."""
+    config, _ = load_or_exit(config_path, data_dir)
+    if not config.database.exists():
+        raise click.ClickException(f"{config.database}: no gateway database here: pass --data-dir DIR")
+    try:
+        with open_store(config.database) as store:
+            yield store
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @click.group("audit")
 def audit_group() -> None:
     """The tamper-evident audit log: list entries, verify the hash chain."""
@@ -95,14 +110,8 @@ def audit_group() -> None:
 @_DATA_DIR
 def audit_verify(config_path: Path | None, data_dir: Path | None) -> None:
     """Check every entry's hash and the chain; exit 1 naming each edited, deleted or cut-off entry."""
-    config, _ = load_or_exit(config_path, data_dir)
-    if not config.database.exists():
-        raise click.ClickException(f"{config.database}: no gateway database here: pass --data-dir DIR")
-    try:
-        with open_store(config.database) as store:
-            result = audit.verify(store.db)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _existing_store(config_path, data_dir) as store:
+        result = audit.verify(store.db)
     if not result.ok:
         for problem in result.problems:
             click.echo(f"TAMPERED: {problem}")
@@ -121,14 +130,8 @@ def audit_verify(config_path: Path | None, data_dir: Path | None) -> None:
 def audit_list(config_path: Path | None, data_dir: Path | None, limit: int, actor: str | None,
                action: str | None, as_json: bool) -> None:
     """The newest audit entries first."""
-    config, _ = load_or_exit(config_path, data_dir)
-    if not config.database.exists():
-        raise click.ClickException(f"{config.database}: no gateway database here: pass --data-dir DIR")
-    try:
-        with open_store(config.database) as store:
-            found = audit.entries(store.db, limit=limit, actor=actor, action_prefix=action)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _existing_store(config_path, data_dir) as store:
+        found = audit.entries(store.db, limit=limit, actor=actor, action_prefix=action)
     for e in found:
         if as_json:
             click.echo(json.dumps({"id": e.id, "ts": e.ts, "actor": e.actor, "action": e.action,

@@ -4,18 +4,16 @@ or overlapping intervals."""
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from drivers import Quantity, Reading, load_profiles
+from drivers import Quantity, Reading
 from gateway.clock import UNSYNCHRONISED_REASON, ClockState, clock_state
-from gateway.config import load_config
 from gateway.daemon import Gateway
-from gateway.paths import PROFILES_DIR
 from local_store import SourceSettings, open_store
 from tests.conftest import wait_until
+from tests.gateway.conftest import fast_demo
 
 NOW = 1_795_000_000.0
 
@@ -48,9 +46,7 @@ def test_clock_sources_in_order(tmp_path: Path) -> None:
 
 
 def test_readings_polled_while_unsynchronised_are_flagged_and_kept(tmp_path: Path) -> None:
-    config = load_config(None, load_profiles(PROFILES_DIR), data_dir_override=tmp_path / "data")
-    config = replace(config, web=replace(config.web, enabled=False), sync=replace(config.sync, enabled=False),
-                     meters=tuple(replace(m, poll_interval_s=0.5) for m in config.meters))
+    config = fast_demo(tmp_path / "data")
     state = {"now": ClockState(False, "timedatectl", "timedatectl: NTPSynchronized=no")}
     gw = Gateway(config, clock_probe=lambda: state["now"])
     gw.start()

@@ -12,18 +12,15 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from drivers import load_profiles
-from gateway.config import GatewayConfig, load_config
 from gateway.daemon import Gateway
 from gateway.notify import Notifier, WatchdogFeeder
-from gateway.paths import PROFILES_DIR
 from local_store.backup import StoreLock
 from tests.conftest import wait_until
+from tests.gateway.conftest import fast_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = Path(sys.executable).parent / "carbon-gateway"
@@ -115,16 +112,9 @@ def test_sighup_reloads_a_good_config_keeps_the_running_one_on_a_bad_one_and_sig
         conn.close()
 
 
-def _demo(data_dir: Path) -> GatewayConfig:
-    config = load_config(None, load_profiles(PROFILES_DIR), data_dir_override=data_dir)
-    return replace(config, web=replace(config.web, enabled=False), sync=replace(config.sync, enabled=False),
-                   backup=replace(config.backup, enabled=False),
-                   meters=tuple(replace(m, poll_interval_s=0.5) for m in config.meters))
-
-
 @pytest.fixture
 def gateway(tmp_path: Path):
-    gw = Gateway(_demo(tmp_path / "data"))
+    gw = Gateway(fast_demo(tmp_path / "data"))
     gw.start()
     wait_until(lambda: gw.last_store_ok, timeout_s=15, message="the first stored readings")
     try:

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from drivers import load_profiles
-from gateway.config import load_config
 from gateway.daemon import Gateway
-from gateway.paths import PROFILES_DIR
 from tests.conftest import free_port, wait_until
+from tests.gateway.conftest import fast_demo
 
 TOKEN = "0123456789abcdef0123"
 SAMPLE = re.compile(r'^carbon_gateway_[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? (-?[0-9.e+]+|NaN)$')
@@ -23,11 +21,8 @@ SAMPLE = re.compile(r'^carbon_gateway_[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})?
 
 @pytest.fixture
 def gateway(tmp_path: Path):
-    config = load_config(None, load_profiles(PROFILES_DIR), data_dir_override=tmp_path / "data")
-    config = replace(config, web=replace(config.web, port=free_port(), metrics_token=TOKEN),
-                     sync=replace(config.sync, enabled=False),
-                     meters=tuple(replace(m, poll_interval_s=0.5) for m in config.meters))
-    gw = Gateway(config)
+    config = fast_demo(tmp_path / "data")
+    gw = Gateway(replace(config, web=replace(config.web, enabled=True, port=free_port(), metrics_token=TOKEN)))
     gw.start()
     try:
         wait_until(lambda: gw.health()["status"] == "ok", timeout_s=15, message="a healthy gateway")
