@@ -34,7 +34,7 @@ from gateway.paths import PROFILES_DIR
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_BATCHES = 10_000      # poll batches between two store-writer runs (a stalled writer fills it)
-MAX_HELD_READINGS = 250_000      # readings kept in memory while the store refuses writes (disk full, read-only)
+MAX_HELD_READINGS = 150_000      # readings kept in memory while the store refuses writes (~40 MB; MemoryMax=256M)
 
 
 class ReloadError(Exception):
@@ -77,6 +77,8 @@ class Gateway:
         self._held: list[list[Reading]] = []   # batches the store refused, oldest first, retried in order
         self._held_count = 0
         self._flush_lock = threading.Lock()
+        self._store_failures = 0               # consecutive refused writes: the retry backs off
+        self._store_retry_at = 0.0
         self.readings_dropped = 0              # readings lost because memory was full too (counted, alarmed)
         self._beats: dict[str, float] = {}     # bus name -> monotonic time its poll loop last came round
         self._flush_beat = 0.0                 # monotonic time the store writer last ran (either outcome)
@@ -181,7 +183,7 @@ class Gateway:
             simulator.stop()
         self._simulators = []
         if self.store is not None:
-            self.flush_readings()
+            self.flush_readings(force=True)
         if self.sync is not None:
             self.sync.stop()
             self.sync = None
@@ -240,15 +242,19 @@ class Gateway:
                     self._readings.put_nowait(readings)
             stop.wait(min(poller.next_due_in(), 1.0))
 
-    def flush_readings(self) -> int:
+    def flush_readings(self, force: bool = False) -> int:
         """Write queued readings in one transaction.
 
         When the store refuses (disk full, read-only directory) they are held in memory, oldest first,
-        up to ``MAX_HELD_READINGS``, and written in their original order once it accepts again. Beyond
-        the bound the oldest are dropped and counted in ``readings_dropped``.
+        up to ``MAX_HELD_READINGS``, and written in their original order once it accepts again; retries
+        back off from 1 s to 30 s so a small box does not spend itself on them. Beyond the bound the
+        oldest are dropped and counted in ``readings_dropped``.
+
+        :param force: try now even while backing off (the final flush at shutdown).
         """
         with self._flush_lock:
-            self._flush_beat = time.monotonic()
+            now = time.monotonic()
+            self._flush_beat = now
             while True:
                 try:
                     batch = self._readings.get_nowait()
@@ -256,22 +262,26 @@ class Gateway:
                     break
                 self._held.append(batch)
                 self._held_count += len(batch)
-            if not self._held or self.store is None:
+            while self._held_count > MAX_HELD_READINGS and len(self._held) > 1:
+                dropped = self._held.pop(0)
+                self._held_count -= len(dropped)
+                self.readings_dropped += len(dropped)
+            if not self._held or self.store is None or (now < self._store_retry_at and not force):
                 return 0
             readings = [r for batch in self._held for r in batch]
             try:
                 written = self.store.insert_readings(readings)
             except Exception as exc:  # noqa: BLE001 - disk full, read-only, I/O error: keep them and retry
-                while self._held_count > MAX_HELD_READINGS and len(self._held) > 1:
-                    dropped = self._held.pop(0)
-                    self._held_count -= len(dropped)
-                    self.readings_dropped += len(dropped)
-                self.store_error = f"{exc} ({self._held_count} readings held in memory, retrying every second)"
+                self._store_failures += 1
+                delay_s = min(2.0 ** (self._store_failures - 1), 30.0)
+                self._store_retry_at = now + delay_s
+                self.store_error = f"{exc} ({self._held_count} readings held in memory, next try in {delay_s:g} s)"
                 self._store_log.failed(f"{self.config.database}: {exc}: readings are kept in memory "
                                        f"(up to {MAX_HELD_READINGS}) and written when the store accepts them again; "
                                        f"free disk space or make the data directory writable")
                 return 0
             self._held, self._held_count = [], 0
+            self._store_failures, self._store_retry_at = 0, 0.0
             self._store_log.ok()
             self.store_error = ""
             self.last_store_ok = time.monotonic()
