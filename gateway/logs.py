@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 
@@ -24,14 +25,14 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
 
 
-def under_journald(stream: object = None) -> bool:
+def under_journald(stream: TextIO | None = None) -> bool:
     """True when ``stream`` (default stderr) is the journal stream systemd connected (JOURNAL_STREAM)."""
     expected = os.environ.get("JOURNAL_STREAM", "")
     if not expected:
         return False
     try:
-        st = os.fstat((stream or sys.stderr).fileno())  # type: ignore[attr-defined]
-    except (OSError, ValueError, AttributeError):
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):   # pytest's capture, a closed stream
         return False
     return expected == f"{st.st_dev}:{st.st_ino}"
 

@@ -16,7 +16,7 @@ from local_store import StoreError
 from sync import SyncError
 
 from gateway.config import ConfigError, load_config
-from gateway.logs import configure_logging
+from gateway.logs import configure_logging, under_journald
 from gateway.notify import Notifier, WatchdogFeeder, watchdog_interval_s
 from gateway.paths import PROFILES_DIR
 
@@ -71,7 +71,7 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
         raise click.ClickException(f"cannot start: {exc}") from exc
     notifier = Notifier()
     notifier.ready(f"polling {len(config.meters)} meter(s)")
-    if config.web.enabled:
+    if config.web.enabled and not under_journald():   # the journal has the log line already
         click.echo(f"Carbon Edge Gateway {config.gateway_id}: web UI on http://{config.web.host}:{config.web.port} "
                    f"· data in {config.data_dir} · Ctrl-C to stop", err=True)
     ping_every_s = watchdog_interval_s() or 5.0

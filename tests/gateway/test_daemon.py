@@ -242,3 +242,24 @@ def test_a_second_daemon_on_the_same_data_refuses_to_start(gateway: Gateway, tmp
     assert result.stderr.splitlines()[-1] == (
         f"Error: cannot start: {gateway.config.database}: in use by another carbon-gateway process (lock "
         f"{gateway.config.database}.lock): stop it first (systemctl stop carbon-gateway)")
+
+
+def test_under_journald_lines_carry_a_priority_and_no_timestamp(tmp_path: Path) -> None:
+    """systemd points stderr at the journal and names it in JOURNAL_STREAM; journald adds the time."""
+    config = tmp_path / "gw.toml"
+    config.write_text(HEADLESS)
+    log_path = tmp_path / "journal.txt"
+    with log_path.open("w") as log_file:
+        st = os.fstat(log_file.fileno())
+        process = subprocess.Popen([str(EXE), "run", "--config", str(config), "--data-dir", str(tmp_path / "data")],
+                                   env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+                                   stdout=subprocess.DEVNULL, stderr=log_file)
+        try:
+            wait_until(lambda: "gateway stopped" in log_path.read_text() or "started:" in log_path.read_text(),
+                       timeout_s=20, message="the start line")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    lines = log_path.read_text().splitlines()
+    assert f"<6>gateway.daemon: gateway demo-gateway started: 1 bus(es), 3 meter(s), data in {tmp_path / 'data'}" in lines
+    assert all(line.startswith("<") for line in lines), lines
