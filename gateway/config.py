@@ -69,6 +69,10 @@ class GatewayConfig:
     def backup_key(self) -> Path:
         return self.keys_dir / BACKUP_KEY_FILE
 
+    @property
+    def audit_key(self) -> Path:
+        return self.keys_dir / "audit.key"
+
 
 class _Reader:
     """Typed access to one TOML table with messages that say where."""

@@ -97,6 +97,8 @@ class Gateway:
         self._lock = hold_store_lock(config.database)     # a restore never replaces the file under us
         restored_over = apply_staged_restore(config.database)
         self.store = open_store(config.database, config.emissions)
+        # Seal audit entries (the web UI's too: it writes through this process) with a key outside the file.
+        audit.use_key(config.database, audit.ensure_key(config.audit_key, self.store.db))
         self.check_clock()       # before the first poll, so its readings are flagged if need be
         if restored_over is not None:
             log.warning("restored the backup staged by the web UI; the replaced store is kept as %s", restored_over)
@@ -201,6 +203,7 @@ class Gateway:
             self._web_server.task_dispatcher.shutdown(timeout=5)  # close() leaves the worker threads running
         if self.store is not None:
             self.store.close()
+            audit.use_key(self.config.database, None)
         if self._lock is not None:
             self._lock.release()
         log.info("gateway stopped")

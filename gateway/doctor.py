@@ -183,10 +183,13 @@ def check_store(config: GatewayConfig) -> list[Check]:
         conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)   # read only: change nothing
         try:
             result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if config.audit_key.exists():
+                audit.use_key(database, audit.load_key(config.audit_key))
             verification = audit.verify(sqlite_utils.Database(conn)) if result == "ok" else None
         finally:
+            audit.use_key(database, None)
             conn.close()
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, ValueError) as exc:
         result, verification = str(exc), None
     if result != "ok" or verification is None:
         return [Check("store", "FAIL", f"{database}: {result}",

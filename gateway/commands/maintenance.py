@@ -18,6 +18,7 @@ from local_store import Store, StoreError, audit, open_store
 from local_store.backup import BackupError, check_backup, create_backup, restore_backup
 
 from gateway.commands.operations import load_or_exit
+from gateway.config import GatewayConfig
 
 _CONFIG = click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
                        help="The gateway's TOML config (default: the embedded demo config).")
@@ -29,10 +30,14 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
-def _audit(store_path: Path, action: str, target: str, detail: dict) -> None:
-    """Record what the CLI did in the store's audit log."""
-    with open_store(store_path) as store:
-        audit.record(store.db, "cli", action, target, detail)
+def _audit(config: GatewayConfig, action: str, target: str, detail: dict) -> None:
+    """Record what the CLI did in the store's audit log, sealed like the daemon's entries."""
+    with open_store(config.database) as store:
+        audit.use_key(config.database, audit.ensure_key(config.audit_key, store.db))
+        try:
+            audit.record(store.db, "cli", action, target, detail)
+        finally:
+            audit.use_key(config.database, None)
 
 
 @click.command("backup")
@@ -45,7 +50,7 @@ def backup(config_path: Path | None, data_dir: Path | None, dest: Path | None) -
     config, _ = load_or_exit(config_path, data_dir)
     try:
         path = create_backup(config.database, dest or config.backup_dir, config.backup_key)
-        _audit(config.database, "backup.create", path.name, {"path": str(path), "by": "cli"})
+        _audit(config, "backup.create", path.name, {"path": str(path), "by": "cli"})
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"backup written: {path} ({path.stat().st_size} bytes)")
@@ -75,7 +80,7 @@ def restore(backup_file: Path, config_path: Path | None, data_dir: Path | None, 
                        f"{result.audit_entries} audit entries")
             return
         result = restore_backup(backup_file, config.database, key)
-        _audit(config.database, "backup.restore", backup_file.name,
+        _audit(config, "backup.restore", backup_file.name,
                {"path": str(backup_file), "backup_created_at": result.backup_created_at,
                 "previous_copy": str(result.previous_copy) if result.previous_copy else None})
     except StoreError as exc:
@@ -94,10 +99,14 @@ def _existing_store(config_path: Path | None, data_dir: Path | None) -> Iterator
     if not config.database.exists():
         raise click.ClickException(f"{config.database}: no gateway database here: pass --data-dir DIR")
     try:
+        if config.audit_key.exists():
+            audit.use_key(config.database, audit.load_key(config.audit_key))
         with open_store(config.database) as store:
             yield store
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        audit.use_key(config.database, None)
 
 
 @click.group("audit")

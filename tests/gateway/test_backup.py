@@ -238,3 +238,58 @@ def test_audit_verify_names_an_edited_and_a_deleted_entry(tmp_path: Path, store_
         "Error: audit log: 3 problem(s) in 3 entries; restore a backup to see the original entries "
         "(docs/operations.md)",
     ]
+
+
+def test_a_chain_rewritten_without_the_audit_key_is_found(tmp_path: Path, store_path: Path) -> None:
+    """An editor who recomputes every hash and the head passes a plain chain; the sealed one catches it."""
+    import json
+
+    from local_store.audit import _entry_hash
+
+    key_path = store_path.parent / "keys" / "audit.key"
+    with open_store(store_path) as store:
+        audit.use_key(store_path, audit.ensure_key(key_path, store.db))   # as the daemon does at start
+        try:
+            for i in range(3):
+                audit.record(store.db, "admin", "meter.edit", f"meter m{i}")
+        finally:
+            audit.use_key(store_path, None)
+        assert (key_path.stat().st_mode & 0o777) == 0o600
+        # The intruder: edit entry 3, then recompute the chain and the head without the key.
+        store.db.execute("UPDATE audit_log SET actor = 'intruder' WHERE id = 3")
+        prev = audit.GENESIS
+        for row in store.db.execute("SELECT id, ts, actor, action, target, detail FROM audit_log ORDER BY id").fetchall():
+            digest = _entry_hash(*row, prev)
+            store.db.execute("UPDATE audit_log SET prev_hash = ?, hash = ? WHERE id = ?", (prev, digest, row[0]))
+            prev = digest
+        store.db.execute("UPDATE store_meta SET value = ? WHERE key = 'audit_head'", (json.dumps([4, prev]),))
+        store.db.conn.commit()
+        assert audit.verify(store.db).ok          # without the key the rewrite is invisible
+    result = CliRunner().invoke(main, ["audit", "verify", "--data-dir", str(store_path.parent)])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[:3] == [
+        "TAMPERED: entry 2 (meter.edit by admin): not sealed with the audit key although it was written after "
+        "the key (the log was rewritten)",
+        "TAMPERED: entry 3 (meter.edit by intruder): not sealed with the audit key although it was written after "
+        "the key (the log was rewritten)",
+        "TAMPERED: entry 4 (meter.edit by admin): not sealed with the audit key although it was written after "
+        "the key (the log was rewritten)"]
+
+
+def test_a_sealed_entry_edited_is_found_and_unchecked_without_the_key(tmp_path: Path, store_path: Path) -> None:
+    key_path = store_path.parent / "keys" / "audit.key"
+    with open_store(store_path) as store:
+        audit.use_key(store_path, audit.ensure_key(key_path, store.db))
+        try:
+            audit.record(store.db, "admin", "user.add", "user bob")
+            assert audit.entries(store.db, limit=1)[0].hash.startswith("h1:")
+            assert audit.verify(store.db).ok
+            store.db.execute("UPDATE audit_log SET target = 'user eve' WHERE id = 2")
+            store.db.conn.commit()
+            assert audit.verify(store.db).problems == (
+                "entry 2 (user.add by admin): content does not match its hash (edited)",)
+        finally:
+            audit.use_key(store_path, None)
+        assert audit.verify(store.db).problems == (
+            "1 sealed entries (from entry 2) cannot be checked without the audit key: verify with the gateway's "
+            "data directory (keys/audit.key)",)
