@@ -164,6 +164,9 @@ def check_keys(config: GatewayConfig) -> list[Check]:
         rows.append(Check("receiver key", "FAIL", f"{receiver} does not exist", "copy the platform's public key there"))
     elif config.sync.enabled:
         rows.append(_ok("receiver key", str(receiver)))
+    rows.append(_ok("audit key", f"{config.audit_key} (keep a copy off the gateway)") if config.audit_key.exists()
+                else Check("audit key", "WARN", f"{config.audit_key} does not exist yet",
+                           "it is made at the first start; until then audit entries are chained but not sealed"))
     backup_key = config.backup_key
     rows.append(_ok("backup key", f"{backup_key} (keep a copy off the gateway)") if backup_key.exists() else
                 Check("backup key", "WARN", f"{backup_key} does not exist yet",

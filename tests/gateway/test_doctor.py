@@ -123,5 +123,5 @@ def test_doctor_command_reports_each_line_and_fails_with_status_1(tmp_path: Path
     result = CliRunner().invoke(main, ["doctor", "--config", str(good), "--data-dir", str(tmp_path / "d"), "--json"])
     rows = json.loads(result.output)
     assert [r["check"] for r in rows] == ["config", "clock", "data directory", "disk space", "broker", "signing key",
-                                          "backup key", "store"]
+                                          "audit key", "backup key", "store"]
     assert result.exit_code == (1 if any(r["status"] == "FAIL" for r in rows) else 0)
