@@ -102,6 +102,10 @@ class _Reader:
             raise self.fail(key, f"use a value from {low:g} to {high:g}{unit}")
         return value
 
+    def optional_number(self, key: str, low: float, high: float, unit: str = "") -> float | None:
+        """Like :meth:`number`, None when the key is absent (the setting is off)."""
+        return self.number(key, ..., low, high, unit) if key in self.table else None
+
 
 def _tables(origin: str, data: Mapping[str, Any], key: str) -> list[dict]:
     value = data.get(key, [])
@@ -205,7 +209,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
     s = _Reader(origin, top.get("sync", dict, {}), "sync",
                 {"enabled", "broker_host", "broker_port", "tls", "ca_file", "client_cert", "client_key", "username",
                  "password", "topic_prefix", "receiver_public_key", "demo_receiver_key", "batch_max_readings",
-                 "batch_max_age_s"})
+                 "batch_max_age_s", "bandwidth_bytes_per_s", "disk_budget_mb"})
 
     def _path(value: str | None) -> Path | None:
         if value is None:
@@ -214,6 +218,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         return path if path.is_absolute() else data_dir / path
 
     keys_dir = data_dir / "keys"
+    budget_mb = s.optional_number("disk_budget_mb", 10, 100_000, " MB")
     demo_key = s.get("demo_receiver_key", bool, False)
     receiver_key = _path(s.get("receiver_public_key", str, None))
     if receiver_key is None and demo_key:
@@ -229,6 +234,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         enabled=s.get("enabled", bool, True), topic_prefix=s.get("topic_prefix", str, "carbon"),
         batch_max_readings=int(s.number("batch_max_readings", 5000, 1, 100_000)),
         batch_max_age_s=s.number("batch_max_age_s", 30.0, 0, 86400, " s"),
+        bandwidth_bytes_per_s=s.optional_number("bandwidth_bytes_per_s", 100, 1e9, " bytes/s"),
+        disk_budget_bytes=None if budget_mb is None else int(budget_mb * 1_000_000),
     )
     w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port"})
     web = WebSettings(enabled=w.get("enabled", bool, True), host=w.get("host", str, "127.0.0.1"),
