@@ -65,16 +65,16 @@ too,few,fields
         with pytest.raises(DataImportError) as exc:
             import_csv(store, csv, tz=CST)
         assert exc.value.errors == [
-            "line 3: activity = 'natural_gaz': use one of diesel, electricity, electricity_export, fuel_oil, gasoline, "
+            "line 3 (boiler-2, 2025-01-01..2026-01-01): activity = 'natural_gaz': use one of diesel, electricity, electricity_export, fuel_oil, gasoline, "
             "heat, heat_export, lpg, natural_gas, raw_coal, steam",
-            "line 4: end 2025-01-01 is not after start 2025-02-01: the end is exclusive, e.g. 2025-01-01,2026-01-01 "
+            "line 4 (boiler-3, 2025-02-01..2025-01-01): end 2025-01-01 is not after start 2025-02-01: the end is exclusive, e.g. 2025-01-01,2026-01-01 "
             "is the year 2025",
-            "line 4: amount = 'abc': not a number; write it like 250000 or 1234.5",
-            "line 4: unit 'kg' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
-            "line 5: source is empty: name the meter or installation, e.g. boiler-1",
+            "line 4 (boiler-3, 2025-02-01..2025-01-01): amount = 'abc': not a number; write it like 250000 or 1234.5",
+            "line 4 (boiler-3, 2025-02-01..2025-01-01): unit 'kg' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
+            "line 5 (no source, 2025-01-01..2025-02-01): source is empty: name the meter or installation, e.g. boiler-1",
             "line 6: 3 fields, expected 6 (source,activity,start,end,amount,unit)",
         ]
-        assert str(exc.value).startswith(f"{csv}: import rejected, nothing was written:\nline 3: activity")
+        assert str(exc.value).startswith(f"{csv}: import rejected, nothing was written:\nline 3 (boiler-2, ")
         assert counts(store) == (0, 0, 0, 0)
 
 
@@ -88,7 +88,7 @@ office,electricity,2019-01-01,2019-02-01,1000,kWh
         with pytest.raises(DataImportError) as exc:
             import_csv(store, csv, tz=CST)
         assert exc.value.errors == [
-            "line 3: no emission factor 'ef' for electricity in region 'national' valid at 2018-12-31 16:00 UTC: add one "
+            "line 3 (office, 2019-01-01..2019-02-01): no emission factor 'ef' for electricity in region 'national' valid at 2018-12-31 16:00 UTC: add one "
             "to a custom file in config/factors/ (activity = \"electricity\", parameter = \"ef\", region = \"national\", "
             "valid_from/valid_to covering that date), see docs/models.md"]
         assert counts(store) == (0, 0, 0, 0)
@@ -148,11 +148,11 @@ m1,2025-03-01T00:30:00+08:00,gas_volume,-4,kWh
         with pytest.raises(DataImportError) as exc:
             import_csv(store, csv)
         assert exc.value.errors == [
-            "line 2: timestamp = '2025-03-01T00:00:00': has no UTC offset: write it like 2026-01-05T08:00:00+08:00",
-            "line 3: register = 'voltage': use one of energy_import, energy_export, gas_volume, heat_energy, "
+            "line 2 (m1, 2025-03-01T00:00:00): timestamp = '2025-03-01T00:00:00': has no UTC offset: write it like 2026-01-05T08:00:00+08:00",
+            "line 3 (m1, 2025-03-01T00:15:00+08:00): register = 'voltage': use one of energy_import, energy_export, gas_volume, heat_energy, "
             "steam_mass (cumulative registers)",
-            "line 4: value = '-4': a cumulative register is never negative",
-            "line 4: unit 'kWh' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
+            "line 4 (m1, 2025-03-01T00:30:00+08:00): value = '-4': a cumulative register is never negative",
+            "line 4 (m1, 2025-03-01T00:30:00+08:00): unit 'kWh' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
         ]
         assert counts(store) == (0, 0, 0, 0)
 

@@ -113,7 +113,7 @@ def test_cli_import(tmp_path: Path) -> None:
     assert res.output.startswith(f"{good}: imported 1 activity rows for boiler; 31 emission rows, 2.16502 tCO2e")
     res = runner.invoke(main, ["import", str(bad), "--data-dir", str(tmp_path / "state")])
     assert res.exit_code == 1
-    assert res.output == (f"Error: {bad}: import rejected, nothing was written:\nline 2: activity = 'coal': use one of "
+    assert res.output == (f"Error: {bad}: import rejected, nothing was written:\nline 2 (boiler, 2026-01-01..2026-02-01): activity = 'coal': use one of "
                           f"diesel, electricity, electricity_export, fuel_oil, gasoline, heat, heat_export, lpg, "
                           f"natural_gas, raw_coal, steam\n")
     res = runner.invoke(main, ["report", "--from", "2026-01-01", "--to", "2026-02-01", "--data-dir", str(tmp_path / "state")])
