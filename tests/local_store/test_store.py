@@ -287,3 +287,26 @@ def test_a_file_that_is_not_a_database_is_a_named_error(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match=r"gateway.db: not a usable SQLite database \(file is not a database\): "
                                           r"move the file away or restore a backup"):
         open_store(path)
+
+
+def test_missing_factor_for_a_metered_period_names_source_period_and_fix_and_writes_nothing(tmp_path: Path) -> None:
+    """Issue 4, bad input: a region without a grid factor fails that source only, with nothing partial."""
+    from local_store import EmissionSettings, ProcessingError
+
+    t0 = 1_790_000_000.0
+    with open_store(tmp_path / "gateway.db", EmissionSettings(region="guangdong")) as store:
+        store.configure_sources([SourceSettings("main", "electricity"), SourceSettings("boiler", "natural_gas")])
+        store.insert_readings([Reading("main", "energy_import", t0 + 60 * k, 10.0 + k, "kWh", Quantity.ENERGY_IMPORT)
+                               for k in range(3)]
+                              + [Reading("boiler", "gas_volume", t0 + 60 * k, 5.0 + k, "m3", Quantity.GAS_VOLUME)
+                                 for k in range(3)])
+        with pytest.raises(ProcessingError) as exc:
+            store.process()
+        assert str(exc.value) == (
+            "source main: no emission factor 'ef' for electricity in region 'guangdong' valid at 2026-09-21 14:00 UTC: "
+            "add one to a custom file in config/factors/ (activity = \"electricity\", parameter = \"ef\", region = "
+            "\"guangdong\", valid_from/valid_to covering that date), see docs/models.md")
+        written = store.db.execute("SELECT source_id, COUNT(*) FROM intervals GROUP BY source_id").fetchall()
+        assert written == [("boiler", 2)]              # fuels fall back to national parameters; the grid does not
+        assert store.db.execute("SELECT COUNT(*) FROM emissions WHERE source_id = 'main'").fetchone()[0] == 0
+        assert store.db.execute("SELECT processed_reading_id FROM sources WHERE id = 'main'").fetchone()[0] == 0
