@@ -46,6 +46,13 @@ def test_market_based_with_certificates_and_residual_mix(tmp_path: Path) -> None
         m = build_report(store, date(2026, 3, 10), date(2026, 3, 11), method="market")
         assert m["total_tco2e"] == pytest.approx(14 * 0.5856)
         assert r["breakdown"] == [{"key": "scope_1", "tco2e": 0.0}, {"key": "scope_2", "tco2e": pytest.approx(24 * 0.5366)}]
+        # A PPA of 6 MWh from a gas plant (0.35 tCO2/MWh, its own factor) covers part of the rest.
+        add_instruments(store, [Instrument("ppa", date(2026, 3, 10), date(2026, 3, 11), 6.0, 0.35, "PPA-7")],
+                        tz=local_tz())
+        m = build_report(store, date(2026, 3, 10), date(2026, 3, 11), method="market")
+        assert m["total_tco2e"] == pytest.approx(10 * 0.0 + 6 * 0.35 + 8 * 0.5856)
+        assert m["market_based"]["covered_by_instruments_mwh"] == pytest.approx(16.0)
+        assert m["location_based_tco2e"] == pytest.approx(24 * 0.5366)
 
 
 def test_report_errors_name_the_period_and_the_fix(tmp_path: Path) -> None:
@@ -132,3 +139,5 @@ def test_consumption_per_15_minutes_hour_and_day(tmp_path: Path) -> None:
         assert len(hours) == 24 and all(h["amount"] == pytest.approx(1.0) for h in hours)
         days = consumption(store, "main", t0, t0 + 86_400, "day")
         assert days == [{"start": "2026-03-10", "amount": pytest.approx(24.0), "unit": "MWh"}]
+        months = consumption(store, "main", t0 - 9 * 86_400, t0 + 22 * 86_400, "month")
+        assert months == [{"start": "2026-03", "amount": pytest.approx(24.0), "unit": "MWh"}]
