@@ -97,6 +97,25 @@ def test_cli_report_json_csv_html(tmp_path: Path) -> None:
     assert "cn.grid.national" in page and "@media print" in page
 
 
+def test_cli_report_accepts_yesterday_today_and_tomorrow(tmp_path: Path) -> None:
+    yesterday = date.today() - timedelta(days=1)       # a whole day of readings, none of them in the future
+    seed(tmp_path / "gateway.db", day=yesterday)
+    runner = CliRunner()
+    words = runner.invoke(main, ["report", "--from", "yesterday", "--to", "today", "--data-dir", str(tmp_path)])
+    dates = runner.invoke(main, ["report", "--from", yesterday.isoformat(), "--to", date.today().isoformat(),
+                                 "--data-dir", str(tmp_path)])
+    assert words.exit_code == dates.exit_code == 0, words.output
+    assert json.loads(words.output)["period"] == json.loads(dates.output)["period"]
+    assert json.loads(words.output)["total_tco2e"] == pytest.approx(24 * 0.5366)
+    today = runner.invoke(main, ["report", "--from", "today", "--to", "tomorrow", "--data-dir", str(tmp_path)])
+    assert today.exit_code == 1 and today.output.startswith(
+        f"Error: no emissions data from {date.today()} to {date.today() + timedelta(days=1)} (end exclusive)")
+    bad = runner.invoke(main, ["report", "--from", "2026-13-01", "--to", "tomorrow", "--data-dir", str(tmp_path)])
+    assert bad.exit_code == 2
+    assert ("Invalid value for '--from': '2026-13-01': use a date like 2026-01-01, or yesterday, today, tomorrow"
+            in bad.output)
+
+
 def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(main, ["report", "--from", "2026-03-10", "--to", "2026-03-11", "--data-dir", str(tmp_path)])
