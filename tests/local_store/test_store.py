@@ -173,14 +173,19 @@ def test_reading_status_and_flags_are_written_back(tmp_path: Path) -> None:
         assert store.db.execute("SELECT SUM(amount) FROM intervals").fetchone()[0] == pytest.approx(4 / 1000)
 
 
-def test_unknown_unit_fails_that_source_only(tmp_path: Path) -> None:
+def electricity_and_gas(store, electricity: str, gas: str, gas_unit: str) -> None:
+    """An electricity and a gas meter, both sources, with three readings a minute apart from 14:13:20 UTC."""
     t0 = 1_790_000_000.0
+    store.configure_sources([SourceSettings(electricity, "electricity"), SourceSettings(gas, "natural_gas")])
+    store.insert_readings([Reading(electricity, "energy_import", t0 + 60 * k, 10.0 + k, "kWh", Quantity.ENERGY_IMPORT)
+                           for k in range(3)]
+                          + [Reading(gas, "gas_volume", t0 + 60 * k, 10.0 + k, gas_unit, Quantity.GAS_VOLUME)
+                             for k in range(3)])
+
+
+def test_unknown_unit_fails_that_source_only(tmp_path: Path) -> None:
     with open_store(tmp_path / "gateway.db") as store:
-        store.configure_sources([SourceSettings("good", "electricity"), SourceSettings("bad", "natural_gas")])
-        store.insert_readings([Reading("good", "energy_import", t0 + 60 * k, 10.0 + k, "kWh", Quantity.ENERGY_IMPORT)
-                               for k in range(3)]
-                              + [Reading("bad", "gas_volume", t0 + 60 * k, 10.0 + k, "ft3", Quantity.GAS_VOLUME)
-                                 for k in range(3)])
+        electricity_and_gas(store, "good", "bad", "ft3")
         from local_store import ProcessingError
         with pytest.raises(ProcessingError) as exc:
             store.process()
@@ -293,13 +298,8 @@ def test_missing_factor_for_a_metered_period_names_source_period_and_fix_and_wri
     """Issue 4, bad input: a region without a grid factor fails that source only, with nothing partial."""
     from local_store import EmissionSettings, ProcessingError
 
-    t0 = 1_790_000_000.0
     with open_store(tmp_path / "gateway.db", EmissionSettings(region="guangdong")) as store:
-        store.configure_sources([SourceSettings("main", "electricity"), SourceSettings("boiler", "natural_gas")])
-        store.insert_readings([Reading("main", "energy_import", t0 + 60 * k, 10.0 + k, "kWh", Quantity.ENERGY_IMPORT)
-                               for k in range(3)]
-                              + [Reading("boiler", "gas_volume", t0 + 60 * k, 5.0 + k, "m3", Quantity.GAS_VOLUME)
-                                 for k in range(3)])
+        electricity_and_gas(store, "main", "boiler", "m3")
         with pytest.raises(ProcessingError) as exc:
             store.process()
         assert str(exc.value) == (
