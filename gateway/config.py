@@ -171,7 +171,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         raise g.fail("id", "use letters, digits, '-', '_' or '.', e.g. id = \"plant-a-gw1\"")
     data_dir = data_dir_override or Path(g.get("data_dir", str, str(DEFAULT_DATA_DIR)))
 
-    buses, simulated = [], set()
+    buses: list[BusConfig] = []
+    simulated: set[str] = set()
     for index, raw in enumerate(_tables(origin, data, "buses")):
         bus, is_simulated = _bus(origin, index, raw)
         if bus.name in {b.name for b in buses}:
@@ -179,7 +180,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         buses.append(bus)
         if is_simulated:
             simulated.add(bus.name)
-    meters, sources = [], []
+    meters: list[MeterConfig] = []
+    sources: list[SourceSettings] = []
     for index, raw in enumerate(_tables(origin, data, "meters")):
         meter, source = _meter(origin, index, raw)
         where = f"{origin}: meters[{index}]"
