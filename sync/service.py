@@ -228,8 +228,8 @@ class SyncService:
             outbox.forget_in_flight(db)
         now = time.time()
         slots = outbox.window(db, self.settings.max_inflight)
-        in_flight = sum(1 for s in slots if s.sent_at is not None and now - s.sent_at < self.settings.ack_timeout_s)
-        free = self.settings.max_inflight - in_flight
+        # Counted over the whole outbox: the live batch sent ahead of the backlog is not among the slots.
+        free = self.settings.max_inflight - outbox.in_flight(db, now - self.settings.ack_timeout_s)
         due = [s for s in slots if s.sent_at is None or now - s.sent_at >= self.settings.ack_timeout_s]
         newest = outbox.newest(db)
         # "Live" = sealed during this session, i.e. not part of a backlog from an outage; it jumps the queue
