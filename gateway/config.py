@@ -141,9 +141,19 @@ def _bus(origin: str, index: int, raw: dict) -> tuple[BusConfig, bool]:
     ), simulated
 
 
+#: Per-meter preprocessing rules in [[meters]]: key -> (lowest, highest, unit for the message).
+_RULE_KEYS: dict[str, tuple[float, float, str]] = {
+    "max_gap_s": (60, 86_400, " s"),
+    "long_gap_s": (60, 864_000, " s"),
+    "frozen_after_s": (0, 864_000, " s (0: off)"),
+    "max_rate_per_h": (0.001, 1e12, " per hour"),
+    "steam_enthalpy_kj_per_kg": (2000, 4000, " kJ/kg"),
+}
+
+
 def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSettings | None]:
     r = _Reader(origin, raw, f"meters[{index}]", {"id", "bus", "device_id", "profile", "poll_interval_s", "enabled",
-                                                   "description", "activity", "point", "rollover_at"})
+                                                   "description", "activity", "point", "rollover_at", *_RULE_KEYS})
     device_id = r.get("device_id", int, fix="set the meter's Modbus unit id (1-247)")
     if not 1 <= device_id <= 247:
         raise r.fail("device_id", "use a Modbus unit id from 1 to 247")
@@ -156,9 +166,18 @@ def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSetti
     if activity == "none":
         return meter, None
     rollover = raw.get("rollover_at")
+    # Preprocessing rules (docs/models.md, section 2); absent keys keep SourceSettings' defaults,
+    # frozen_after_s = 0 turns the frozen-value check off.
+    rules = {key: r.number(key, ..., low, high, unit) for key, (low, high, unit) in _RULE_KEYS.items() if key in raw}
+    if rules.get("frozen_after_s") == 0:
+        rules["frozen_after_s"] = None
+    max_gap_s = rules.get("max_gap_s", SourceSettings.max_gap_s)
+    if rules.get("long_gap_s", max_gap_s) < max_gap_s:
+        raise r.fail("long_gap_s", f"use a value of at least max_gap_s ({max_gap_s:g} s)")
     return meter, SourceSettings(meter_id=meter.id, activity=activity, point=r.get("point", str, None),
                                  description=meter.description,
-                                 rollover_at=float(r.get("rollover_at", float)) if rollover is not None else None)
+                                 rollover_at=float(r.get("rollover_at", float)) if rollover is not None else None,
+                                 **rules)
 
 
 def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Profile],
