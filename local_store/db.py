@@ -438,17 +438,18 @@ class Store:
             db.execute("DELETE FROM temp.prune_limits")
             db.conn.executemany("INSERT INTO temp.prune_limits VALUES (?, ?, ?, ?, ?)", limits)
         used = before
+        after = 0      # everything below the last id deleted was examined: do not scan it again
         while used > target_bytes:
             with write_transaction(db):
                 rows = db.execute(
                     "SELECT r.id, r.timestamp FROM readings r JOIN temp.prune_limits p ON p.meter_id = r.meter_id"
-                    " AND p.point = r.point WHERE r.id <= ? AND r.id <= p.max_id AND r.timestamp < p.cutoff"
-                    " AND r.id != p.anchor_id ORDER BY r.id LIMIT ?", (int(synced_through), int(chunk))).fetchall()
+                    " AND p.point = r.point WHERE r.id > ? AND r.id <= ? AND r.id <= p.max_id AND r.timestamp < p.cutoff"
+                    " AND r.id != p.anchor_id ORDER BY r.id LIMIT ?", (after, int(synced_through), int(chunk))).fetchall()
                 if not rows:
                     break
                 db.conn.executemany("DELETE FROM readings WHERE id = ?", [(r[0],) for r in rows])
             deleted += len(rows)
-            through_id = max(through_id, rows[-1][0])
+            through_id = after = rows[-1][0]
             newest = max(r[1] for r in rows)
             until_ts = newest if until_ts is None else max(until_ts, newest)
             # Move the deleted pages out of the WAL so that they count as free (best effort: a reader may

@@ -22,6 +22,9 @@ from sync.mqtt import BrokerSettings, Link
 
 log = logging.getLogger(__name__)
 
+#: While over the disk budget with nothing newly acknowledged, pruning is retried this often.
+PRUNE_RETRY_S = 600.0
+
 
 @dataclass(frozen=True)
 class SyncSettings:
@@ -77,6 +80,7 @@ class SyncService:
         self._tokens_at = time.monotonic()
         self._sessions_seen = 0
         self._pruned = 0
+        self._last_prune = (-1, 0.0)     # (synced_through, when) of a pruning that stayed over the budget
         outbox.ensure_schema(store.db)
         self._status = self._current_status()
 
@@ -138,7 +142,14 @@ class SyncService:
         budget = self.settings.disk_budget_bytes
         if budget is None or self.store.used_bytes() <= budget:
             return 0
-        result = self.store.prune_synced_readings(outbox.synced_through(self.store.db), budget)
+        synced = outbox.synced_through(self.store.db)
+        last_synced, last_at = self._last_prune
+        if synced == last_synced and time.monotonic() - last_at < PRUNE_RETRY_S:
+            # Pruning could not get within the budget and nothing more was acknowledged since: only the
+            # moving keep window can free more, so do not rescan every tick.
+            return 0
+        result = self.store.prune_synced_readings(synced, budget)
+        self._last_prune = (synced, time.monotonic()) if result.used_bytes_after > budget else (-1, 0.0)
         if result.deleted:
             self._pruned += result.deleted
             until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(result.until_ts or 0))
