@@ -92,6 +92,11 @@ def render(gateway: Any, now: float | None = None) -> str:
                 sync.last_ack_at)
         out.one("sync_lag_seconds", "gauge", "Age of the oldest reading not yet acknowledged (0: none).",
                 gateway.sync_lag_s(now))
+        out.one("sync_alarm", "gauge", "1 while sync raises an alarm (e.g. the disk budget is exceeded).",
+                bool(sync.alarm))
+        out.one("sync_pruned_readings_total", "counter",
+                "Raw readings already committed at the receiver pruned to stay within the disk budget.",
+                getattr(sync, "pruned_readings", 0))
     backup = gateway.last_backup
     out.one("backup_last_timestamp_seconds", "gauge", "When the last scheduled backup was written.",
             backup[0] if backup else None)

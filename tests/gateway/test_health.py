@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from drivers import load_profiles
+from gateway.config import load_config
 from gateway.daemon import Gateway
+from gateway.paths import PROFILES_DIR
 from tests.conftest import free_port, wait_until
 from tests.gateway.conftest import fast_demo
 
@@ -80,3 +83,26 @@ def test_healthz_says_degraded_while_the_store_refuses_writes(gateway: Gateway) 
         assert "carbon_gateway_up 0" in metrics and "carbon_gateway_store_ok 0" in metrics
     finally:
         db.execute("PRAGMA query_only = OFF")
+
+
+def test_sync_metrics_with_a_real_broker(tmp_path: Path, mqtt_broker) -> None:  # type: ignore[no-untyped-def]
+    from gateway.metrics import render
+
+    config = fast_demo(tmp_path / "data")
+    demo_sync = load_config(None, load_profiles(PROFILES_DIR), data_dir_override=tmp_path / "data").sync
+    sync = replace(demo_sync, broker=replace(demo_sync.broker, port=mqtt_broker.port))
+    gw = Gateway(replace(config, sync=sync, demo_receiver_key=True))
+    gw.start()
+    try:
+        wait_until(lambda: "carbon_gateway_sync_connected 1" in render(gw).splitlines(), timeout_s=20,
+                   message="sync connected in the metrics")
+        samples = [line for line in render(gw).splitlines() if not line.startswith("#")]
+    finally:
+        gw.stop()
+    assert all(SAMPLE.match(line) for line in samples), [s for s in samples if not SAMPLE.match(s)]
+    names = {line.split("{")[0].split()[0] for line in samples}
+    assert {"carbon_gateway_sync_backlog_batches", "carbon_gateway_sync_backlog_readings",
+            "carbon_gateway_sync_last_ack_timestamp_seconds", "carbon_gateway_sync_lag_seconds",
+            "carbon_gateway_sync_alarm", "carbon_gateway_sync_pruned_readings_total"} <= names
+    lag = float(next(line for line in samples if line.startswith("carbon_gateway_sync_lag_seconds")).split()[-1])
+    assert lag >= 0
