@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-
 from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Reading, SimulatedDevice, SimulatorServer
 from drivers import load_profiles
 from local_store import Store, StoreError, audit, open_store
@@ -28,8 +27,8 @@ from sync.keys import ensure_receiver_key
 from gateway.clock import UNSYNCHRONISED_REASON, ClockState, clock_state
 from gateway.config import GatewayConfig
 from gateway.logs import RepeatedError
-from gateway.scheduling import SteadyScheduler
 from gateway.paths import PROFILES_DIR
+from gateway.scheduling import SteadyScheduler
 
 log = logging.getLogger(__name__)
 

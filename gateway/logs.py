@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import TextIO
 
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
@@ -60,17 +61,20 @@ class RepeatedError:
         self.logger, self.what = logger, what
         self.message = ""
         self.repeats = 0
+        self._lock = threading.Lock()    # bus threads and the store writer report to the same one
 
     def failed(self, message: str) -> None:
-        if message == self.message:
-            self.repeats += 1
-            return
-        if self.message and self.repeats:
-            self.logger.error("%s: the previous error repeated %d more time(s)", self.what, self.repeats)
-        self.message, self.repeats = message, 0
-        self.logger.error("%s: %s", self.what, message)
+        with self._lock:
+            if message == self.message:
+                self.repeats += 1
+                return
+            if self.message and self.repeats:
+                self.logger.error("%s: the previous error repeated %d more time(s)", self.what, self.repeats)
+            self.message, self.repeats = message, 0
+            self.logger.error("%s: %s", self.what, message)
 
     def ok(self) -> None:
-        if self.message:
-            self.logger.info("%s works again (the error was seen %d time(s))", self.what, self.repeats + 1)
-        self.message, self.repeats = "", 0
+        with self._lock:
+            if self.message:
+                self.logger.info("%s works again (the error was seen %d time(s))", self.what, self.repeats + 1)
+            self.message, self.repeats = "", 0

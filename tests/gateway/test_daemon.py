@@ -263,3 +263,21 @@ def test_under_journald_lines_carry_a_priority_and_no_timestamp(tmp_path: Path) 
     lines = log_path.read_text().splitlines()
     assert f"<6>gateway.daemon: gateway demo-gateway started: 1 bus(es), 3 meter(s), data in {tmp_path / 'data'}" in lines
     assert all(line.startswith("<") for line in lines), lines
+
+
+def test_a_repeated_error_is_logged_once_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.logs import RepeatedError
+
+    caplog.set_level(logging.INFO, logger="test.repeats")
+    errors = RepeatedError(logging.getLogger("test.repeats"), "meter m1")
+    for _ in range(5):
+        errors.failed("timeout after 1.0 s")
+    errors.failed("CRC error")
+    errors.ok()
+    errors.ok()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "meter m1: timeout after 1.0 s"),
+        ("ERROR", "meter m1: the previous error repeated 4 more time(s)"),
+        ("ERROR", "meter m1: CRC error"),
+        ("INFO", "meter m1 works again (the error was seen 1 time(s))"),
+    ]
