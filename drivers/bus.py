@@ -3,11 +3,18 @@
 A dead or slow meter costs at most one timeout per cycle: after a missed reply the meter's remaining
 requests are skipped and it is retried with exponential back-off, so the other meters keep their
 schedule (a common complaint against gateways that retry every register of a dead meter).
+
+RTU framing: RTU frames carry no transaction id, so a late reply to an earlier request could be taken for
+the answer to the next one. Before each request the poller therefore waits out the 3.5-character silence
+(and the bus's configured pause), discards whatever is still in the receive buffer, and checks every reply
+against its request: unit id, function code and byte count. A reply that fails its CRC, arrives cut short
+or is garbage is counted as such, not as a plain timeout, so a technician can tell noise from a dead meter.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -16,45 +23,64 @@ from dataclasses import dataclass, replace
 from pymodbus import FramerType
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerRTU
 
 from drivers.decode import decode_point, decode_raw
-from drivers.errors import BusError, DecodeError, DriverError
+from drivers.errors import BusError, DecodeError, DriverError, RefusedError
 from drivers.model import BusConfig, MeterConfig, Point, Profile, Reading
-from drivers.planner import ReadRequest, plan_reads
+from drivers.planner import BusCost, DeviceLimits, ReadRequest, plan_reads, split_request
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300.0
 
+#: Modbus exception codes a device sends when it does not like the address range or length of a read.
+REFUSED_RANGE_CODES = {2: "illegal data address", 3: "illegal data value"}
+EXCEPTION_NAMES = {1: "illegal function", **REFUSED_RANGE_CODES, 4: "device failure", 5: "acknowledge",
+                   6: "device busy", 10: "gateway path unavailable", 11: "gateway target did not respond"}
+
 
 @dataclass(frozen=True)
 class MeterStats:
     requests: int = 0
-    timeouts: int = 0
-    exceptions: int = 0
+    timeouts: int = 0                   # no reply at all within the bus timeout
+    exceptions: int = 0                 # Modbus exception responses
     decode_errors: int = 0
     last_ok_at: float | None = None     # UTC epoch seconds of the last complete read
     last_error: str = ""
     latency_ms: float | None = None     # of the last successful cycle
     state: str = "unknown"              # ok | failing | disabled
+    crc_errors: int = 0                 # replies whose CRC did not match (noise, termination, two masters)
+    framing_errors: int = 0             # replies cut short, garbage, or not matching the request
+    request_latency_ms: float | None = None  # request -> reply, moving average over good replies
 
 
-def make_client(bus: BusConfig) -> ModbusTcpClient | ModbusSerialClient:
-    """A pymodbus client for the bus; nothing is opened yet."""
+def _serial_char_s(bus: BusConfig) -> float:
+    if bus.serial is None:
+        return 0.0
+    s = bus.serial
+    return (1 + s.bytesize + (0 if s.parity == "N" else 1) + s.stopbits) / s.baudrate
+
+
+def make_client(bus: BusConfig, trace_packet=None) -> ModbusTcpClient | ModbusSerialClient:  # type: ignore[no-untyped-def]
+    """A pymodbus client for the bus; nothing is opened yet. ``trace_packet`` sees every frame (pymodbus hook)."""
     if bus.transport == "tcp":
-        return ModbusTcpClient(bus.host, port=bus.port, timeout=bus.timeout_s, retries=bus.retries)
+        return ModbusTcpClient(bus.host, port=bus.port, timeout=bus.timeout_s, retries=bus.retries,
+                               trace_packet=trace_packet)
     if bus.transport == "rtu_over_tcp":
         # Serial device servers pass RTU frames (with CRC) through a TCP socket unchanged.
         return ModbusTcpClient(bus.host, port=bus.port, framer=FramerType.RTU, timeout=bus.timeout_s,
-                               retries=bus.retries)
+                               retries=bus.retries, trace_packet=trace_packet)
     if bus.serial is None:
         raise BusError(f"bus {bus.name}: transport 'rtu' needs serial settings (port, baud rate)")
     s = bus.serial
     return ModbusSerialClient(s.port, baudrate=s.baudrate, parity=s.parity, stopbits=s.stopbits,
-                              bytesize=s.bytesize, timeout=bus.timeout_s, retries=bus.retries)
+                              bytesize=s.bytesize, timeout=bus.timeout_s, retries=bus.retries,
+                              trace_packet=trace_packet)
 
 
-def _describe_open_failure(bus: BusConfig) -> str:
+def describe_open_failure(bus: BusConfig) -> str:
+    """Why the bus could not be opened, and what to do about it."""
     if bus.transport == "rtu" and bus.serial is not None:
         import os
         port = bus.serial.port
@@ -63,8 +89,15 @@ def _describe_open_failure(bus: BusConfig) -> str:
         if not os.access(port, os.R_OK | os.W_OK):
             return (f"no permission to open {port}: add the gateway's user to the dialout group "
                     "(sudo usermod -aG dialout USER) and log in again")
-        return f"cannot open serial port {port}"
+        return f"cannot open serial port {port}: is another program using it? (fuser {port})"
     return f"cannot connect to {bus.host}:{bus.port}: check the address and that the device is powered and reachable"
+
+
+_describe_open_failure = describe_open_failure  # the name scan.py and older callers use
+
+
+def _span(req: ReadRequest) -> str:
+    return f"{req.table} registers {req.address}..{req.address + req.count - 1}"
 
 
 class BusPoller:
@@ -77,13 +110,20 @@ class BusPoller:
             if meter.profile not in profiles:
                 raise DriverError(f"meter {meter.id}: unknown profile '{meter.profile}'")
         self.profiles = dict(profiles)
-        self._plans = {m.id: plan_reads(profiles[m.profile], bus.max_gap_registers) for m in self.meters}
-        self._client = make_client(bus)
+        self.cost = BusCost.for_bus(bus)
+        self._rtu = bus.transport in ("rtu", "rtu_over_tcp")
+        self._rx = b""  # bytes received for the request in flight (pymodbus trace hook)
+        self._client = make_client(bus, self._trace_packet)
         self._lock = threading.Lock()
         self._stats = {m.id: MeterStats(state="unknown" if m.enabled else "disabled") for m in self.meters}
         self._next_due = {m.id: 0.0 for m in self.meters}
         self._failures = {m.id: 0 for m in self.meters}
+        self._limits: dict[int, DeviceLimits] = {}
+        self._plans: dict[tuple[int, str], tuple[DeviceLimits, list[ReadRequest]]] = {}
         self._last_request_end = 0.0
+        # RTU: a frame ends after 3.5 silent characters; at more than 19200 baud the standard fixes 1.75 ms.
+        char_s = _serial_char_s(bus) if bus.transport == "rtu" else 0.0
+        self._silence_s = max(3.5 * char_s, 0.00175) if char_s else 0.0
 
     # -- polling ---------------------------------------------------------------------------------
     def poll_due(self, now_monotonic: float | None = None) -> list[Reading]:
@@ -104,10 +144,23 @@ class BusPoller:
     def stats(self) -> dict[str, MeterStats]:
         return dict(self._stats)
 
+    def limits(self) -> dict[int, DeviceLimits]:
+        """What each device id was seen to refuse (the read planner plans around it)."""
+        return dict(self._limits)
+
+    def plan(self, device_id: int, profile: Profile) -> list[ReadRequest]:
+        """The requests the next read of ``profile`` at ``device_id`` will send."""
+        limits = self._limits.get(device_id, DeviceLimits())
+        cached = self._plans.get((device_id, profile.id))
+        if cached is None or cached[0] != limits:
+            cached = (limits, plan_reads(profile, self.bus.max_gap_registers, cost=self.cost, limits=limits))
+            self._plans[(device_id, profile.id)] = cached
+        return cached[1]
+
     def _poll_meter(self, meter: MeterConfig, now: float) -> list[Reading]:
         started = time.monotonic()
         try:
-            readings = self._read(meter.id, meter.device_id, self.profiles[meter.profile], self._plans[meter.id])
+            readings = self._read(meter.id, meter.device_id, self.profiles[meter.profile])
         except BusError as exc:
             self._failures[meter.id] += 1
             backoff = min(meter.poll_interval_s * 2 ** (self._failures[meter.id] - 1), MAX_BACKOFF_S)
@@ -127,44 +180,122 @@ class BusPoller:
         return readings
 
     # -- requests ----------------------------------------------------------------------------------
-    def _request(self, meter_id: str, device_id: int, req: ReadRequest) -> list[int]:
-        if self.bus.inter_request_delay_s:
-            pause = self._last_request_end + self.bus.inter_request_delay_s - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if sending:
+            self._rx = b""
+        else:
+            self._rx = data  # pymodbus passes the whole buffer received so far
+        return data
+
+    def _count(self, meter_id: str, **increments: int) -> None:
         stats = self._stats.get(meter_id)
         if stats is not None:
-            self._stats[meter_id] = replace(stats, requests=stats.requests + 1)
+            self._stats[meter_id] = replace(stats, **{k: getattr(stats, k) + v for k, v in increments.items()})
+
+    def _before_request(self) -> None:
+        """Wait out the inter-frame silence and the configured pause, then drop stale input."""
+        pause = max(self._silence_s, self.bus.inter_request_delay_s)
+        if pause:
+            remaining = self._last_request_end + pause - time.monotonic()
+            if remaining > 0:
+                time.sleep(remaining)
+        socket = getattr(self._client, "socket", None)
+        if self.bus.transport == "rtu" and socket is not None:
+            socket.reset_input_buffer()  # a late reply to an earlier request must not pass for this one
+
+    def _classify_failure(self, device_id: int, req: ReadRequest) -> tuple[str, str]:
+        """(stats counter, message) for a request that got no valid reply, from the bytes that did arrive."""
+        rx = self._rx
+        what = _span(req)
+        if not rx:
+            return "timeouts", f"no reply within {self.bus.timeout_s:g} s to {what}"
+        if self._rtu:
+            expected = 5 + 2 * req.count
+            fc = 4 if req.table == "input" else 3
+            if len(rx) >= 5 and rx[0] == device_id and rx[1] == fc | 0x80:
+                expected = 5
+            if len(rx) >= expected and rx[0] == device_id:
+                body, crc = rx[:expected - 2], rx[expected - 2:expected]
+                if FramerRTU.compute_CRC(body) != int.from_bytes(crc, "big"):
+                    return "crc_errors", f"CRC error in the reply to {what} (noise on the line? check termination and shielding)"
+            if rx[0] == device_id and rx[1:2] in (bytes([fc]), bytes([fc | 0x80])) and len(rx) < expected:
+                return "framing_errors", f"truncated reply to {what}: {len(rx)} of {expected} bytes"
+        return "framing_errors", f"garbled reply to {what}: {rx[:16].hex(' ')}{' ...' if len(rx) > 16 else ''}"
+
+    def _request(self, meter_id: str, device_id: int, req: ReadRequest) -> list[int]:
+        self._before_request()
+        self._count(meter_id, requests=1)
         if not self._client.connected and not self._client.connect():
-            raise BusError(_describe_open_failure(self.bus))
+            raise BusError(describe_open_failure(self.bus))
         read = (self._client.read_input_registers if req.table == "input" else self._client.read_holding_registers)
+        self._rx = b""
+        sent = time.monotonic()
         try:
             response = read(req.address, count=req.count, device_id=device_id)
-        except ModbusException as exc:
-            if stats is not None:
-                self._stats[meter_id] = replace(self._stats[meter_id], timeouts=self._stats[meter_id].timeouts + 1)
-            self._client.close()  # drop half-read frames so the next request starts clean
-            raise BusError(f"no valid reply to {req.table} registers {req.address}..{req.address + req.count - 1}: {exc}") from exc
+        except (ModbusException, ValueError, IndexError, struct.error) as exc:
+            counter, message = self._classify_failure(device_id, req)
+            self._count(meter_id, **{counter: 1})
+            if self.bus.transport != "rtu":
+                self._client.close()  # a TCP stream with half a frame in it cannot be resynchronised
+            raise BusError(message) from exc
         finally:
             self._last_request_end = time.monotonic()
+        fc = 4 if req.table == "input" else 3
+        if response.dev_id != device_id or response.function_code not in (fc, fc | 0x80):
+            self._count(meter_id, framing_errors=1)
+            raise BusError(f"reply from unit {response.dev_id} with function code {response.function_code} "
+                           f"does not match the request to unit {device_id}, function code {fc}")
         if response.isError():
-            if stats is not None:
-                self._stats[meter_id] = replace(self._stats[meter_id], exceptions=self._stats[meter_id].exceptions + 1)
-            code = getattr(response, "exception_code", "?")
-            raise BusError(f"exception code {code} for {req.table} registers {req.address}..{req.address + req.count - 1}")
+            self._count(meter_id, exceptions=1)
+            code = int(getattr(response, "exception_code", 0))
+            name = EXCEPTION_NAMES.get(code, "unknown")
+            message = f"exception code {code} ({name}) for {_span(req)}"
+            raise RefusedError(message, code) if code in REFUSED_RANGE_CODES else BusError(message)
         if len(response.registers) != req.count:
-            raise BusError(f"reply has {len(response.registers)} registers, asked for {req.count}")
+            self._count(meter_id, framing_errors=1)
+            raise BusError(f"reply has {len(response.registers)} registers, asked for {req.count} ({_span(req)})")
+        self._record_latency(meter_id, (self._last_request_end - sent) * 1000)
         return list(response.registers)
 
-    def _read(self, meter_id: str, device_id: int, profile: Profile, plan: Sequence[ReadRequest]) -> list[Reading]:
+    def _record_latency(self, meter_id: str, latency_ms: float) -> None:
+        stats = self._stats.get(meter_id)
+        if stats is not None:
+            average = latency_ms if stats.request_latency_ms is None else 0.8 * stats.request_latency_ms + 0.2 * latency_ms
+            self._stats[meter_id] = replace(stats, request_latency_ms=average)
+
+    def _read(self, meter_id: str, device_id: int, profile: Profile) -> list[Reading]:
+        """Run the plan; a refused range is split (and remembered), a missed reply ends the read."""
+        blocks: list[tuple[ReadRequest, list[int]]] = []
+        refused: list[tuple[ReadRequest, RefusedError]] = []
         with self._lock:
-            blocks = [(req, self._request(meter_id, device_id, req)) for req in plan]
+            pending = list(self.plan(device_id, profile))
+            while pending:
+                req = pending.pop(0)
+                try:
+                    blocks.append((req, self._request(meter_id, device_id, req)))
+                except RefusedError as exc:
+                    limits = self._limits.get(device_id, DeviceLimits())
+                    split = split_request(req, limits)
+                    if split is None:
+                        refused.append((req, exc))
+                        continue
+                    halves, self._limits[device_id] = split
+                    log.info("device %d on bus %s refuses %s (%s); splitting it and remembering",
+                             device_id, self.bus.name, _span(req), exc)
+                    pending[:0] = halves
+        if not blocks:
+            req, exc = refused[0]
+            raise BusError(f"refuses every register of profile {profile.id} ({exc}): is it the right profile?")
         timestamp = time.time()
         words: dict[tuple[str, int], int] = {}
         for req, registers in blocks:
             for offset, word in enumerate(registers):
                 words[(req.table, req.address + offset)] = word
-        return [self._decode(meter_id, device_id, point, words, timestamp) for req, _ in blocks for point in req.points]
+        readings = [self._decode(meter_id, device_id, point, words, timestamp) for req, _ in blocks for point in req.points]
+        readings += [Reading(meter_id, p.name, timestamp, None, p.unit, p.quantity, "invalid",
+                             f"device {device_id} register {p.address}: {exc}") for req, exc in refused for p in req.points]
+        rank = {p.name: i for i, p in enumerate(sorted(profile.points, key=lambda p: (p.table, p.address)))}
+        return sorted(readings, key=lambda r: rank[r.point])
 
     def _decode(self, meter_id: str, device_id: int, point: Point, words: dict, timestamp: float) -> Reading:
         raw = tuple(words[(point.table, point.address + i)] for i in range(point.count))
@@ -175,9 +306,7 @@ class BusPoller:
                                           [words[(point.table, point.scale_register)]]))
             value = decode_point(point, raw, exponent)
         except DecodeError as exc:
-            stats = self._stats.get(meter_id)
-            if stats is not None:
-                self._stats[meter_id] = replace(stats, decode_errors=stats.decode_errors + 1)
+            self._count(meter_id, decode_errors=1)
             return Reading(meter_id, point.name, timestamp, None, point.unit, point.quantity, "invalid",
                            f"device {device_id} register {point.address}: {exc}", raw)
         return Reading(meter_id, point.name, timestamp, value, point.unit, point.quantity, raw=raw)
@@ -185,9 +314,9 @@ class BusPoller:
     def read_once(self, device_id: int, profile: Profile, meter_id: str = "test-read") -> list[Reading]:
         """One read of every point of ``profile`` at ``device_id``, through this bus's owner.
 
-        :raises BusError: the device did not answer or refused a request.
+        :raises BusError: the device did not answer or refused every request.
         """
-        return self._read(meter_id, device_id, profile, plan_reads(profile, self.bus.max_gap_registers))
+        return self._read(meter_id, device_id, profile)
 
     def close(self) -> None:
         with self._lock:

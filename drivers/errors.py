@@ -17,3 +17,11 @@ class DecodeError(DriverError):
 
 class BusError(DriverError):
     """A bus could not be opened or a meter did not answer."""
+
+
+class RefusedError(BusError):
+    """The device answered with a Modbus exception response; ``code`` is the exception code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code

@@ -96,6 +96,8 @@ class Profile:
     source: str = ""                # the public document the map was taken from
     description: str = ""
     max_registers_per_read: int = MAX_REGISTERS_PER_READ
+    vendor_name: str = ""           # what the meter answers to Read Device Identification (FC 43/14),
+    product_code: str = ""          # empty when the model does not implement it
 
     def point(self, name: str) -> Point:
         for p in self.points:

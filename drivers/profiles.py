@@ -58,8 +58,25 @@ def _point(raw: dict[str, Any], where: str) -> Point:
     )
 
 
+_PROFILE_KEYS = {"id", "manufacturer", "model", "source", "description", "defaults", "points",
+                 "max_registers_per_read", "identification"}
+_IDENTIFICATION_KEYS = {"vendor_name", "product_code"}
+
+
+def _identification(data: dict[str, Any], origin: str) -> tuple[str, str]:
+    ident = data.get("identification", {})
+    if not isinstance(ident, dict) or set(ident) - _IDENTIFICATION_KEYS or not all(
+            isinstance(v, str) and v for v in ident.values()):
+        raise ProfileError(f"{origin}: [identification]: use vendor_name and product_code, both non-empty "
+                           "strings, as the meter answers them to Read Device Identification (FC 43/14)")
+    return ident.get("vendor_name", ""), ident.get("product_code", "")
+
+
 def parse_profile(data: dict[str, Any], origin: str) -> Profile:
     """Build a :class:`Profile` from parsed TOML; ``origin`` names the file in messages."""
+    unknown = set(data) - _PROFILE_KEYS
+    if unknown:
+        raise ProfileError(f"{origin}: unknown key '{sorted(unknown)[0]}'; use one of {', '.join(sorted(_PROFILE_KEYS))}")
     for key in ("id", "manufacturer", "model"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise ProfileError(f"{origin}: missing '{key}'; a profile needs id, manufacturer and model")
@@ -78,12 +95,13 @@ def parse_profile(data: dict[str, Any], origin: str) -> Profile:
             raise ProfileError(f'{where}.name = "{point.name}": used twice; point names must be unique')
         seen.add(point.name)
         points.append(point)
+    vendor_name, product_code = _identification(data, origin)
     max_read = data.get("max_registers_per_read", MAX_REGISTERS_PER_READ)
     if not isinstance(max_read, int) or not 1 <= max_read <= MAX_REGISTERS_PER_READ:
         raise ProfileError(f"{origin}: max_registers_per_read = {max_read!r}: use 1 to {MAX_REGISTERS_PER_READ}")
     return Profile(id=data["id"], manufacturer=data["manufacturer"], model=data["model"], points=tuple(points),
                    source=str(data.get("source", "")), description=str(data.get("description", "")),
-                   max_registers_per_read=max_read)
+                   max_registers_per_read=max_read, vendor_name=vendor_name, product_code=product_code)
 
 
 def load_profile(path: Path) -> Profile:
