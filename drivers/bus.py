@@ -82,18 +82,22 @@ def make_client(bus: BusConfig, trace_packet=None) -> ModbusTcpClient | ModbusSe
 def describe_open_failure(bus: BusConfig) -> str:
     """Why the bus could not be opened, and what to do about it."""
     if bus.transport == "rtu" and bus.serial is not None:
+        import grp
         import os
+        import pwd
         port = bus.serial.port
         if not os.path.exists(port):
             return f"serial port {port} does not exist: check the cable/adapter and the port name (ls /dev/serial/by-id/)"
         if not os.access(port, os.R_OK | os.W_OK):
-            return (f"no permission to open {port}: add the gateway's user to the dialout group "
-                    "(sudo usermod -aG dialout USER) and log in again")
+            user = pwd.getpwuid(os.geteuid()).pw_name
+            try:
+                group = grp.getgrgid(os.stat(port).st_gid).gr_name
+            except KeyError:
+                group = "dialout"
+            return (f"no permission to open {port}: user {user} is not in its group {group}; "
+                    f"run: sudo usermod -aG {group} {user}, then log in again (or restart the service)")
         return f"cannot open serial port {port}: is another program using it? (fuser {port})"
     return f"cannot connect to {bus.host}:{bus.port}: check the address and that the device is powered and reachable"
-
-
-_describe_open_failure = describe_open_failure  # the name scan.py and older callers use
 
 
 def _span(req: ReadRequest) -> str:
@@ -268,21 +272,25 @@ class BusPoller:
         blocks: list[tuple[ReadRequest, list[int]]] = []
         refused: list[tuple[ReadRequest, RefusedError]] = []
         with self._lock:
+            limits = self._limits.get(device_id, DeviceLimits())
             pending = list(self.plan(device_id, profile))
             while pending:
                 req = pending.pop(0)
                 try:
                     blocks.append((req, self._request(meter_id, device_id, req)))
                 except RefusedError as exc:
-                    limits = self._limits.get(device_id, DeviceLimits())
                     split = split_request(req, limits)
                     if split is None:
                         refused.append((req, exc))
                         continue
-                    halves, self._limits[device_id] = split
-                    log.info("device %d on bus %s refuses %s (%s); splitting it and remembering",
-                             device_id, self.bus.name, _span(req), exc)
+                    halves, limits = split
+                    log.info("device %d on bus %s refuses %s (%s); splitting it", device_id, self.bus.name,
+                             _span(req), exc)
                     pending[:0] = halves
+            # Remember what the device refused only if it accepted something: a device that refuses all is
+            # the wrong model (or the wrong unit id), and its limits would mislead the next profile tried.
+            if blocks:
+                self._limits[device_id] = limits
         if not blocks:
             req, exc = refused[0]
             raise BusError(f"refuses every register of profile {profile.id} ({exc}): is it the right profile?")

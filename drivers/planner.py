@@ -45,17 +45,23 @@ class BusCost:
 
     @classmethod
     def for_bus(cls, bus: BusConfig, turnaround_s: float = DEFAULT_TURNAROUND_S) -> BusCost:
-        """The cost model for ``bus``: RTU character time from its line settings; TCP as a fast line."""
+        """The cost model for ``bus``.
+
+        RTU: character time from the line settings. RTU over TCP: the serial line behind the device server
+        dominates; its baud rate is not known here, so 9600 8N1 is assumed. Modbus TCP: a request costs a
+        round trip (the turnaround), a register next to nothing (100 Mbit/s), so holes up to ``max_gap`` are
+        always bridged.
+        """
         if bus.transport == "rtu" and bus.serial is not None:
             s = bus.serial
-            bits = 1 + s.bytesize + (0 if s.parity == "N" else 1) + s.stopbits
-            char_s = bits / s.baudrate
+            char_s = (1 + s.bytesize + (0 if s.parity == "N" else 1) + s.stopbits) / s.baudrate
+        elif bus.transport == "rtu_over_tcp":
+            char_s = 10 / 9600
         else:
-            # TCP and RTU-over-TCP: a request costs a network round trip, a register next to nothing.
-            char_s = 10 / 115200
-        silences = 7.0 if bus.transport != "tcp" else 0.0
+            char_s = 8 / 100e6
+        frame = RTU_REQUEST_BYTES + RTU_REPLY_OVERHEAD_BYTES + (7.0 if bus.transport != "tcp" else 8.0)
         extra = max(bus.inter_request_delay_s, 0.0) + turnaround_s
-        return cls(char_s, RTU_REQUEST_BYTES + RTU_REPLY_OVERHEAD_BYTES + silences + extra / char_s)
+        return cls(char_s, frame + extra / char_s)
 
     def request_chars(self, count: int) -> float:
         return self.overhead_chars + 2 * count

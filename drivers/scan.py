@@ -1,9 +1,16 @@
-"""Find the meters on a bus and guess their profiles.
+"""Find the meters on a bus and identify their profiles.
 
 A unit id "answers" when it returns registers or a Modbus exception (a device is there, even if it refuses
-the address); silence until the timeout means nobody is home. Each answering unit is then read with every
-candidate profile, and the profile whose points all read and look plausible (mains voltage, grid
-frequency, non-negative counters) scores highest. Bounded: at most one timeout per silent unit id.
+the address); silence until the timeout means nobody is home. Each answering unit is then identified:
+
+1. Read Device Identification (FC 43/14, basic objects): a meter that implements it names its vendor and
+   product code, and the profile declaring that product code (``[identification]``) is taken as it is.
+2. Otherwise the unit is read with every candidate profile, and the profile whose points all read and look
+   plausible (mains voltage, grid frequency, non-negative counters) scores highest; layouts that read the
+   same are listed as candidates for the technician to confirm with ``read``.
+
+Bounded: at most one timeout per silent unit id, and per answering unit one identification request plus one
+read per profile.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from dataclasses import dataclass
 
 from pymodbus.exceptions import ModbusException
 
-from drivers.bus import BusPoller, make_client
+from drivers.bus import BusPoller, describe_open_failure, make_client
 from drivers.errors import BusError
 from drivers.model import BusConfig, Profile, Quantity, Reading
 
@@ -36,6 +43,9 @@ class ScanResult:
     score: float                 # share of the profile's points that read plausibly, 0..1
     candidates: tuple[tuple[str, float], ...]  # other profiles that fit, best first
     readings: tuple[Reading, ...] = ()
+    identified_by: str = ""      # "device identification" (FC 43/14) | "plausibility" | "" (not identified)
+    vendor_name: str = ""        # as the device answered FC 43/14, if it did
+    product_code: str = ""
 
 
 def plausibility(readings: Iterable[Reading]) -> float:
@@ -63,6 +73,23 @@ def _answers(bus: BusConfig, client, device_id: int) -> bool:  # type: ignore[no
     return not response.isError() or getattr(response, "exception_code", 0) not in (4, 10, 11)
 
 
+def _identify(client, device_id: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """(vendor name, product code) from Read Device Identification, or ("", "") if the device lacks it."""
+    try:
+        response = client.read_device_information(read_code=1, object_id=0, device_id=device_id)
+    except ModbusException:
+        client.close()  # most meters stay silent on an unsupported function: drop any partial frame
+        return "", ""
+    if response.isError():
+        return "", ""
+    info = getattr(response, "information", {})
+
+    def text(key: int) -> str:
+        value = info.get(key, b"")
+        return (value if isinstance(value, bytes) else b"".join(value)).decode("ascii", "replace").strip()
+    return text(0), text(1)
+
+
 def scan_bus(bus: BusConfig, units: Iterable[int], profiles: Mapping[str, Profile],
              progress: Callable[[int, int, int], None] | None = None, min_score: float = 0.8) -> list[ScanResult]:
     """Probe ``units`` on ``bus``; ``progress(done, total, device_id)`` is called after each unit id.
@@ -71,45 +98,48 @@ def scan_bus(bus: BusConfig, units: Iterable[int], profiles: Mapping[str, Profil
     """
     unit_list = [u for u in units if 1 <= u <= 247]
     client = make_client(bus)
-    found: list[int] = []
+    found: dict[int, tuple[str, str]] = {}
     try:
         if not client.connect():
-            from drivers.bus import _describe_open_failure
-            raise BusError(_describe_open_failure(bus))
+            raise BusError(describe_open_failure(bus))
         for done, device_id in enumerate(unit_list, 1):
             if _answers(bus, client, device_id):
-                found.append(device_id)
+                found[device_id] = _identify(client, device_id)
             if bus.inter_request_delay_s:
                 time.sleep(bus.inter_request_delay_s)
             if progress is not None:
                 progress(done, len(unit_list), device_id)
     finally:
         client.close()
-    results = []
     poller = BusPoller(bus, [], {})
     try:
-        for device_id in found:
-            scores = []
-            best_readings: tuple[Reading, ...] = ()
-            for profile in profiles.values():
-                try:
-                    readings = poller.read_once(device_id, profile)
-                except BusError:
-                    continue  # this profile's registers are not there
-                score = plausibility(readings)
-                scores.append((profile.id, round(score, 3), len(profile.points)))
-                if score >= max((s for _, s, _ in scores), default=0) and not best_readings:
-                    best_readings = tuple(readings)
-            scores.sort(key=lambda s: (s[1], s[2]), reverse=True)
-            fitting = [(pid, score) for pid, score, _ in scores if score >= min_score]
-            best = fitting[0][0] if fitting else None
-            if best is not None:
-                best_readings = tuple(poller.read_once(device_id, profiles[best]))
-            results.append(ScanResult(device_id, best, fitting[0][1] if fitting else 0.0, tuple(fitting[1:]),
-                                      best_readings if best else ()))
+        return [_identify_profile(poller, device_id, vendor, product, profiles, min_score)
+                for device_id, (vendor, product) in found.items()]
     finally:
         poller.close()
-    return results
+
+
+def _identify_profile(poller: BusPoller, device_id: int, vendor: str, product: str,
+                      profiles: Mapping[str, Profile], min_score: float) -> ScanResult:
+    named = [p for p in profiles.values() if product and p.product_code.casefold() == product.casefold()]
+    if named:
+        readings = tuple(poller.read_once(device_id, named[0]))
+        return ScanResult(device_id, named[0].id, round(plausibility(readings), 3), (), readings,
+                          "device identification", vendor, product)
+    scores: list[tuple[str, float, int, tuple[Reading, ...]]] = []
+    for profile in profiles.values():
+        try:
+            readings = tuple(poller.read_once(device_id, profile))
+        except BusError:
+            continue  # this profile's registers are not there
+        scores.append((profile.id, round(plausibility(readings), 3), len(profile.points), readings))
+    scores.sort(key=lambda s: (s[1], s[2]), reverse=True)
+    fitting = [s for s in scores if s[1] >= min_score]
+    if not fitting:
+        return ScanResult(device_id, None, 0.0, (), (), "", vendor, product)
+    best = fitting[0]
+    return ScanResult(device_id, best[0], best[1], tuple((s[0], s[1]) for s in fitting[1:]), best[3],
+                      "plausibility", vendor, product)
 
 
 def parse_units(text: str) -> list[int]:
