@@ -32,6 +32,12 @@ from drivers.planner import BusCost, DeviceLimits, ReadRequest, plan_reads, spli
 
 log = logging.getLogger(__name__)
 
+# pymodbus logs every missed reply at ERROR, every cycle, without the meter's name. The bus owner logs the
+# first of identical errors with meter, device id and registers and stays quiet until the next success
+# (STYLE "Errors"), so pymodbus' own messages are only wanted when someone turns them on explicitly.
+if logging.getLogger("pymodbus").level == logging.NOTSET:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
 MAX_BACKOFF_S = 300.0
 
 #: Modbus exception codes a device sends when it does not like the address range or length of a read.

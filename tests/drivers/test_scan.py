@@ -60,3 +60,41 @@ def test_bad_unit_ranges(text: str, message: str) -> None:
     assert str(error.value) == message
     result = CliRunner().invoke(main, ["scan", "--tcp", "127.0.0.1:1", "--units", text])
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.fixture
+def mixed_brands():
+    """A line with a meter that names itself (FC 43/14), one that does not, and a dead one."""
+    server = SimulatorServer([SimulatedDevice(2, PROFILES["schneider-iem3255"]),
+                              SimulatedDevice(5, PROFILES["eastron-sdm120"]),
+                              SimulatedDevice(9, PROFILES["abb-b23"], frozenset({"no_answer"}))]).start()
+    yield server
+    server.stop()
+
+
+def test_scan_identifies_by_device_identification_then_plausibility(mixed_brands) -> None:
+    bus = BusConfig("t", "tcp", port=mixed_brands.port, timeout_s=0.3)
+    results = {r.device_id: r for r in scan_bus(bus, range(1, 11), PROFILES)}
+    assert sorted(results) == [2, 5]  # unit 9 never answers
+    iem = results[2]
+    assert (iem.profile, iem.identified_by, iem.vendor_name, iem.product_code) == (
+        "schneider-iem3255", "device identification", "Schneider Electric", "A9MEM3255")
+    assert iem.score == 1.0 and len(iem.readings) == len(PROFILES["schneider-iem3255"].points)
+    sdm = results[5]
+    assert (sdm.profile, sdm.identified_by, sdm.product_code) == ("eastron-sdm120", "plausibility", "")
+
+
+def test_scan_command_text(mixed_brands) -> None:
+    result = CliRunner().invoke(main, ["scan", "--tcp", f"127.0.0.1:{mixed_brands.port}", "--units", "1-10",
+                                       "--timeout", "0.3"])
+    assert result.exit_code == 0, result.output
+    line = f"127.0.0.1:{mixed_brands.port}"
+    assert f"{line}: 10/10 unit ids probed\n" in result.output
+    assert (f"{line}  unit   2  schneider-iem3255 (the device identifies itself as Schneider Electric A9MEM3255)\n"
+            in result.output)
+    assert f"{line}  unit   5  eastron-sdm120 (fits 100%)" in result.output
+
+
+def test_scan_refuses_a_bad_parity() -> None:
+    result = CliRunner().invoke(main, ["scan", "--serial", "/dev/ttyUSB0", "--parity", "N,X"])
+    assert result.exit_code == 2 and "'N,X': parity is N, E or O, e.g. N,E" in result.output
