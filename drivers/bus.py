@@ -17,15 +17,16 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pymodbus import FramerType
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerRTU
 
-from drivers.decode import decode_point, decode_raw
+from drivers.decode import make_decoder
 from drivers.errors import BusError, DecodeError, DriverError, RefusedError
 from drivers.model import BusConfig, MeterConfig, Point, Profile, Reading
 from drivers.planner import BusCost, DeviceLimits, ReadRequest, plan_reads, split_request
@@ -125,7 +126,11 @@ class BusPoller:
         self._rx = b""  # bytes received for the request in flight (pymodbus trace hook)
         self._client = make_client(bus, self._trace_packet)
         self._lock = threading.Lock()
-        self._stats = {m.id: MeterStats(state="unknown" if m.enabled else "disabled") for m in self.meters}
+        # Mutable counters per meter (a frozen MeterStats is built on demand: this is the per-request hot path).
+        self._stats: dict[str, dict[str, Any]] = {
+            m.id: MeterStats(state="unknown" if m.enabled else "disabled").__dict__.copy() for m in self.meters}
+        self._decoders: dict[tuple[str, str], Callable[[Sequence[int]], float]] = {}
+        self._order: dict[str, dict[str, int]] = {}
         self._next_due = {m.id: 0.0 for m in self.meters}
         self._failures = {m.id: 0 for m in self.meters}
         self._limits: dict[int, DeviceLimits] = {}
@@ -152,7 +157,7 @@ class BusPoller:
         return max(0.0, min(due) - now) if due else 1.0
 
     def stats(self) -> dict[str, MeterStats]:
-        return dict(self._stats)
+        return {meter_id: MeterStats(**fields) for meter_id, fields in self._stats.items()}
 
     def limits(self) -> dict[int, DeviceLimits]:
         """What each device id was seen to refuse (the read planner plans around it)."""
@@ -176,17 +181,17 @@ class BusPoller:
             backoff = min(meter.poll_interval_s * 2 ** (self._failures[meter.id] - 1), MAX_BACKOFF_S)
             self._next_due[meter.id] = now + backoff
             stats = self._stats[meter.id]
-            if stats.last_error != str(exc):  # log the first of identical errors only, until a success
+            if stats["last_error"] != str(exc):  # log the first of identical errors only, until a success
                 log.error("meter %s (bus %s, device %d): %s; retrying in %.0f s",
                           meter.id, self.bus.name, meter.device_id, exc, backoff)
-            self._stats[meter.id] = replace(stats, state="failing", last_error=str(exc))
+            stats.update(state="failing", last_error=str(exc))
             return []
         if self._failures[meter.id]:
             log.info("meter %s answers again", meter.id)
         self._failures[meter.id] = 0
         self._next_due[meter.id] = now + meter.poll_interval_s
-        self._stats[meter.id] = replace(self._stats[meter.id], state="ok", last_error="", last_ok_at=time.time(),
-                                        latency_ms=(time.monotonic() - started) * 1000)
+        self._stats[meter.id].update(state="ok", last_error="", last_ok_at=time.time(),
+                                     latency_ms=(time.monotonic() - started) * 1000)
         return readings
 
     # -- requests ----------------------------------------------------------------------------------
@@ -200,7 +205,8 @@ class BusPoller:
     def _count(self, meter_id: str, **increments: int) -> None:
         stats = self._stats.get(meter_id)
         if stats is not None:
-            self._stats[meter_id] = replace(stats, **{k: getattr(stats, k) + v for k, v in increments.items()})
+            for key, value in increments.items():
+                stats[key] += value
 
     def _before_request(self) -> None:
         """Wait out the inter-frame silence and the configured pause, then drop stale input."""
@@ -270,8 +276,8 @@ class BusPoller:
     def _record_latency(self, meter_id: str, latency_ms: float) -> None:
         stats = self._stats.get(meter_id)
         if stats is not None:
-            average = latency_ms if stats.request_latency_ms is None else 0.8 * stats.request_latency_ms + 0.2 * latency_ms
-            self._stats[meter_id] = replace(stats, request_latency_ms=average)
+            average = stats["request_latency_ms"]
+            stats["request_latency_ms"] = latency_ms if average is None else 0.8 * average + 0.2 * latency_ms
 
     def _read(self, meter_id: str, device_id: int, profile: Profile) -> list[Reading]:
         """Run the plan; a refused range is split (and remembered), a missed reply ends the read."""
@@ -301,24 +307,29 @@ class BusPoller:
             req, exc = refused[0]
             raise BusError(f"refuses every register of profile {profile.id} ({exc}): is it the right profile?")
         timestamp = time.time()
-        words: dict[tuple[str, int], int] = {}
-        for req, registers in blocks:
-            for offset, word in enumerate(registers):
-                words[(req.table, req.address + offset)] = word
-        readings = [self._decode(meter_id, device_id, point, words, timestamp) for req, _ in blocks for point in req.points]
+        readings = [self._decode(meter_id, device_id, profile.id, req, point, registers, timestamp)
+                    for req, registers in blocks for point in req.points]
         readings += [Reading(meter_id, p.name, timestamp, None, p.unit, p.quantity, "invalid",
                              f"device {device_id} register {p.address}: {exc}") for req, exc in refused for p in req.points]
-        rank = {p.name: i for i, p in enumerate(sorted(profile.points, key=lambda p: (p.table, p.address)))}
-        return sorted(readings, key=lambda r: rank[r.point])
+        rank = self._order.get(profile.id)
+        if rank is None:
+            rank = {p.name: i for i, p in enumerate(sorted(profile.points, key=lambda p: (p.table, p.address)))}
+            self._order[profile.id] = rank
+        readings.sort(key=lambda r: rank[r.point])
+        return readings
 
-    def _decode(self, meter_id: str, device_id: int, point: Point, words: dict, timestamp: float) -> Reading:
-        raw = tuple(words[(point.table, point.address + i)] for i in range(point.count))
+    def _decode(self, meter_id: str, device_id: int, profile_id: str, req: ReadRequest, point: Point,
+                registers: list[int], timestamp: float) -> Reading:
+        offset = point.address - req.address
+        raw = tuple(registers[offset:offset + point.count])
+        decoder = self._decoders.get((profile_id, point.name))
+        if decoder is None:
+            decoder = self._decoders[(profile_id, point.name)] = make_decoder(point)
         try:
-            exponent = 0
+            value = decoder(raw)
             if point.scale_register is not None:
-                exponent = int(decode_raw(replace(point, data_type="i16", scale=1.0, nan_values=()),
-                                          [words[(point.table, point.scale_register)]]))
-            value = decode_point(point, raw, exponent)
+                exponent = registers[point.scale_register - req.address]
+                value *= 10.0 ** (exponent - 0x10000 if exponent & 0x8000 else exponent)  # signed i16
         except DecodeError as exc:
             self._count(meter_id, decode_errors=1)
             return Reading(meter_id, point.name, timestamp, None, point.unit, point.quantity, "invalid",

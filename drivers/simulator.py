@@ -36,6 +36,7 @@ _RATE_PER_H = {
     Quantity.GAS_VOLUME: 40.0, Quantity.HEAT_ENERGY: 5.6, Quantity.STEAM_MASS: 2.0,
     Quantity.WATER_VOLUME: 5.0, Quantity.PULSE_COUNT: 1000.0,
 }
+SCALE_EXPONENT = -1              # what a simulated scale-factor register holds
 _SWING = 0.2                      # +-20 % load variation
 _OMEGA = 2 * math.pi / 600.0      # one load cycle every 10 minutes
 
@@ -112,10 +113,14 @@ class _MeterModel:
     def registers(self, now: float) -> dict[int, int]:
         out: dict[int, int] = {}
         for point in self.device.profile.points:
-            for offset, word in enumerate(encode_point(point, self.value(point, now))):
-                out[point.address + offset] = word
+            value = self.value(point, now)
             if point.scale_register is not None:
-                out[point.scale_register] = 0
+                # Serve a non-zero power-of-ten exponent (-1), as SunSpec-style meters do, so the scale-factor
+                # path is exercised: value = raw * scale * 10**-1.
+                out[point.scale_register] = SCALE_EXPONENT & 0xFFFF
+                value /= 10.0 ** SCALE_EXPONENT
+            for offset, word in enumerate(encode_point(point, value)):
+                out[point.address + offset] = word
         return out
 
 

@@ -10,7 +10,7 @@ import pytest
 from drivers import (BusConfig, BusPoller, MeterConfig, ProfileError, SerialSettings, SimulatedDevice,
                      SimulatorServer, load_profile, load_profiles, read_meter)
 from drivers.decode import decode_point, encode_point
-from drivers.model import Point, Quantity
+from drivers.model import Point, Profile, Quantity
 
 PROFILES = load_profiles(Path(__file__).resolve().parents[2] / "config" / "profiles")
 
@@ -84,8 +84,28 @@ DECODE_TABLE = [
 
 @pytest.mark.parametrize("data_type,word_order,byte_order,scale,value", DECODE_TABLE)
 def test_decode_round_trip(data_type, word_order, byte_order, scale, value) -> None:
+    from drivers.decode import make_decoder
+
     point = Point("p", 0, data_type, Quantity.OTHER, "", word_order=word_order, byte_order=byte_order, scale=scale)
-    assert decode_point(point, encode_point(point, value)) == pytest.approx(value, rel=1e-6)
+    registers = encode_point(point, value)
+    assert decode_point(point, registers) == pytest.approx(value, rel=1e-6)
+    assert make_decoder(point)(registers) == decode_point(point, registers)  # the polling fast path agrees
+
+
+def test_scale_factor_register_read_from_the_device() -> None:
+    """SunSpec style: value = raw * scale * 10**exponent, the exponent an i16 register read in the same request."""
+    points = (Point("power", 10, "i16", Quantity.ACTIVE_POWER, "kW", scale_register=14),
+              Point("voltage", 11, "u16", Quantity.VOLTAGE, "V", scale=0.1, scale_register=14))
+    profile = Profile("sunspec-like", "T", "T", points)
+    server = SimulatorServer([SimulatedDevice(4, profile)]).start()
+    try:
+        readings = read_meter(BusConfig("t", "tcp", port=server.port), 4, profile)
+    finally:
+        server.stop()
+    power, voltage = readings
+    assert power.raw == (round(power.value * 10) & 0xFFFF,)  # the exponent -1 was applied
+    assert power.value == pytest.approx(server.expected(4, "power", power.timestamp), rel=0.01)
+    assert voltage.value == pytest.approx(230, abs=1)
 
 
 def test_known_wire_bytes() -> None:
