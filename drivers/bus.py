@@ -343,6 +343,14 @@ class BusPoller:
         """
         return self._read(meter_id, device_id, profile)
 
+    def read_registers(self, device_id: int, table: str, address: int, count: int) -> list[int]:
+        """Raw registers, through this bus's owner (signature checks, a technician's look at a range).
+
+        :raises BusError: no valid reply; :class:`RefusedError` for an exception response.
+        """
+        with self._lock:
+            return self._request("raw-read", device_id, ReadRequest(table, address, count, ()))  # type: ignore[arg-type]
+
     def close(self) -> None:
         with self._lock:
             self._client.close()

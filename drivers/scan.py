@@ -5,12 +5,15 @@ the address); silence until the timeout means nobody is home. Each answering uni
 
 1. Read Device Identification (FC 43/14, basic objects): a meter that implements it names its vendor and
    product code, and the profile declaring that product code (``[identification]``) is taken as it is.
-2. Otherwise the unit is read with every candidate profile, and the profile whose points all read and look
+2. Signature registers: a profile may declare registers whose value names the model (``[[signatures]]``);
+   a unit whose registers hold those values is that model, and a profile whose signature does not match is
+   ruled out.
+3. Otherwise the unit is read with every remaining candidate profile, and the profile whose points all read and look
    plausible (mains voltage, grid frequency, non-negative counters) scores highest; layouts that read the
    same are listed as candidates for the technician to confirm with ``read``.
 
 Bounded: at most one timeout per silent unit id, and per answering unit one identification request plus one
-read per profile.
+read per profile (plus one per signature register).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pymodbus.exceptions import ModbusException
 
 from drivers.bus import BusPoller, describe_open_failure, make_client
 from drivers.errors import BusError
-from drivers.model import BusConfig, Profile, Quantity, Reading
+from drivers.model import REGISTER_COUNT, BusConfig, Profile, Quantity, Reading
 
 #: Values a point of each quantity can take on a working meter.
 _PLAUSIBLE: dict[Quantity, tuple[float, float]] = {
@@ -43,7 +46,7 @@ class ScanResult:
     score: float                 # share of the profile's points that read plausibly, 0..1
     candidates: tuple[tuple[str, float], ...]  # other profiles that fit, best first
     readings: tuple[Reading, ...] = ()
-    identified_by: str = ""      # "device identification" (FC 43/14) | "plausibility" | "" (not identified)
+    identified_by: str = ""      # "device identification" (FC 43/14) | "signature registers" | "plausibility" | ""
     vendor_name: str = ""        # as the device answered FC 43/14, if it did
     product_code: str = ""
 
@@ -126,8 +129,16 @@ def _identify_profile(poller: BusPoller, device_id: int, vendor: str, product: s
         readings = tuple(poller.read_once(device_id, named[0]))
         return ScanResult(device_id, named[0].id, round(plausibility(readings), 3), (), readings,
                           "device identification", vendor, product)
-    scores: list[tuple[str, float, int, tuple[Reading, ...]]] = []
+    candidates = []
     for profile in profiles.values():
+        if not profile.signatures:
+            candidates.append(profile)
+        elif _signature_matches(poller, device_id, profile):
+            readings = tuple(poller.read_once(device_id, profile))
+            return ScanResult(device_id, profile.id, round(plausibility(readings), 3), (), readings,
+                              "signature registers", vendor, product)
+    scores: list[tuple[str, float, int, tuple[Reading, ...]]] = []
+    for profile in candidates:
         try:
             readings = tuple(poller.read_once(device_id, profile))
         except BusError:
@@ -140,6 +151,18 @@ def _identify_profile(poller: BusPoller, device_id: int, vendor: str, product: s
     best = fitting[0]
     return ScanResult(device_id, best[0], best[1], tuple((s[0], s[1]) for s in fitting[1:]), best[3],
                       "plausibility", vendor, product)
+
+
+def _signature_matches(poller: BusPoller, device_id: int, profile: Profile) -> bool:
+    for signature in profile.signatures:
+        count = REGISTER_COUNT[signature.data_type]
+        try:
+            words = poller.read_registers(device_id, signature.table, signature.address, count)
+        except BusError:
+            return False
+        if int.from_bytes(b"".join(w.to_bytes(2, "big") for w in words), "big") not in signature.values:
+            return False
+    return True
 
 
 def parse_units(text: str) -> list[int]:

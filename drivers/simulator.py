@@ -26,7 +26,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.decode import encode_point
 from drivers.errors import DriverError
-from drivers.model import Point, Profile, Quantity
+from drivers.model import REGISTER_COUNT, Point, Profile, Quantity
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,10 @@ class _MeterModel:
                 value /= 10.0 ** SCALE_EXPONENT
             for offset, word in enumerate(encode_point(point, value)):
                 out[point.address + offset] = word
+        for signature in self.device.profile.signatures:
+            words = signature.values[0].to_bytes(2 * REGISTER_COUNT[signature.data_type], "big")
+            for offset in range(0, len(words), 2):
+                out[signature.address + offset // 2] = int.from_bytes(words[offset:offset + 2], "big")
         return out
 
 
@@ -173,8 +177,10 @@ class SimulatorServer:
         return None
 
     def _device(self, model: _MeterModel) -> SimDevice:
-        spans = sorted({(p.address, p.count) for p in model.device.profile.points}
-                       | {(p.scale_register, 1) for p in model.device.profile.points if p.scale_register is not None})
+        profile = model.device.profile
+        spans = sorted({(p.address, p.count) for p in profile.points}
+                       | {(p.scale_register, 1) for p in profile.points if p.scale_register is not None}
+                       | {(s.address, REGISTER_COUNT[s.data_type]) for s in profile.signatures})
         if "holes" in model.device.faults:
             blocks: list[list[int]] = []  # [start, end) of registers that exist
             for address, count in spans:

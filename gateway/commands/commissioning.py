@@ -176,6 +176,8 @@ def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_t
     for line, _, r in results:
         if r.identified_by == "device identification":
             guess = f"{r.profile} (the device identifies itself as {r.vendor_name} {r.product_code})"
+        elif r.identified_by == "signature registers":
+            guess = f"{r.profile} (its signature registers match)"
         elif r.profile:
             guess = f"{r.profile} (fits {r.score:.0%})"
             if r.candidates:

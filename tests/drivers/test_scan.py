@@ -12,7 +12,8 @@ from drivers import BusConfig, SimulatedDevice, SimulatorServer, load_profiles
 from drivers.scan import parse_units, scan_bus
 from gateway.cli import main
 
-PROFILES = load_profiles(Path(__file__).resolve().parents[2] / "config" / "profiles")
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
+PROFILES = load_profiles(PROFILES_DIR)
 
 
 @pytest.fixture
@@ -98,3 +99,35 @@ def test_scan_command_text(mixed_brands) -> None:
 def test_scan_refuses_a_bad_parity() -> None:
     result = CliRunner().invoke(main, ["scan", "--serial", "/dev/ttyUSB0", "--parity", "N,X"])
     assert result.exit_code == 2 and "'N,X': parity is N, E or O, e.g. N,E" in result.output
+
+
+def test_signature_registers_tell_identical_layouts_apart(tmp_path) -> None:
+    """Two models with the same register layout: the one whose model-code register matches is chosen."""
+    from drivers.profiles import load_profile
+
+    base = (PROFILES_DIR / "generic-gas-totaliser.toml").read_text()
+    for name, code in (("gas-a", 0x0A01), ("gas-b", 0x0B02)):
+        (tmp_path / f"{name}.toml").write_text(base.replace('id = "generic-gas-totaliser"', f'id = "{name}"')
+                                               + f"\n[[signatures]]\naddress = 100\nvalues = [{code}]\n")
+    profiles = {p: load_profile(tmp_path / f"{p}.toml") for p in ("gas-a", "gas-b")}
+    profiles["generic-heat-meter"] = PROFILES["generic-heat-meter"]
+    server = SimulatorServer([SimulatedDevice(1, profiles["gas-b"]), SimulatedDevice(2, profiles["gas-a"])]).start()
+    try:
+        results = scan_bus(BusConfig("t", "tcp", port=server.port, timeout_s=0.3), [1, 2], profiles)
+    finally:
+        server.stop()
+    assert [(r.device_id, r.profile, r.identified_by, r.candidates) for r in results] == [
+        (1, "gas-b", "signature registers", ()), (2, "gas-a", "signature registers", ())]
+
+
+def test_a_broken_signature_names_the_fix(tmp_path) -> None:
+    from drivers import ProfileError
+    from drivers.profiles import load_profile
+
+    path = tmp_path / "x.toml"
+    path.write_text((PROFILES_DIR / "generic-gas-totaliser.toml").read_text().replace(
+        'id = "generic-gas-totaliser"', 'id = "x"') + '\n[[signatures]]\naddress = 100\nvalues = [70000]\n')
+    with pytest.raises(ProfileError) as error:
+        load_profile(path)
+    assert str(error.value) == (f"{path}: signatures[0].values = [70000]: use a list of the u16 values that "
+                                "identify the model, e.g. [4660]")
