@@ -130,15 +130,16 @@ class BusPoller:
         self._stats: dict[str, dict[str, Any]] = {
             m.id: MeterStats(state="unknown" if m.enabled else "disabled").__dict__.copy() for m in self.meters}
         self._decoders: dict[tuple[str, str], Callable[[Sequence[int]], float]] = {}
-        self._order: dict[str, dict[str, int]] = {}
         self._next_due = {m.id: 0.0 for m in self.meters}
         self._failures = {m.id: 0 for m in self.meters}
         self._limits: dict[int, DeviceLimits] = {}
-        self._plans: dict[tuple[int, str], tuple[DeviceLimits, list[ReadRequest]]] = {}
+        self._plans: dict[tuple[int, str], tuple[DeviceLimits, list[tuple[ReadRequest, tuple]]]] = {}
         self._last_request_end = 0.0
         # RTU: a frame ends after 3.5 silent characters; at more than 19200 baud the standard fixes 1.75 ms.
         char_s = _serial_char_s(bus) if bus.transport == "rtu" else 0.0
         self._silence_s = max(3.5 * char_s, 0.00175) if char_s else 0.0
+        self._pause_s = max(self._silence_s, bus.inter_request_delay_s)
+        self._serial = bus.transport == "rtu"
 
     # -- polling ---------------------------------------------------------------------------------
     def poll_due(self, now_monotonic: float | None = None) -> list[Reading]:
@@ -165,12 +166,27 @@ class BusPoller:
 
     def plan(self, device_id: int, profile: Profile) -> list[ReadRequest]:
         """The requests the next read of ``profile`` at ``device_id`` will send."""
+        return [req for req, _ in self._prepared_plan(device_id, profile)]
+
+    def _prepared_plan(self, device_id: int, profile: Profile) -> list[tuple[ReadRequest, tuple]]:
         limits = self._limits.get(device_id, DeviceLimits())
         cached = self._plans.get((device_id, profile.id))
         if cached is None or cached[0] != limits:
-            cached = (limits, plan_reads(profile, self.bus.max_gap_registers, cost=self.cost, limits=limits))
+            plan = plan_reads(profile, self.bus.max_gap_registers, cost=self.cost, limits=limits)
+            cached = (limits, [(req, self._prepare(profile, req)) for req in plan])
             self._plans[(device_id, profile.id)] = cached
         return cached[1]
+
+    def _prepare(self, profile: Profile, req: ReadRequest) -> tuple:
+        """Per point of ``req``: (point, offset in the reply, register count, decoder, scale-factor offset)."""
+        entries = []
+        for point in req.points:
+            decoder = self._decoders.get((profile.id, point.name))
+            if decoder is None:
+                decoder = self._decoders[(profile.id, point.name)] = make_decoder(point)
+            scale_offset = None if point.scale_register is None else point.scale_register - req.address
+            entries.append((point, point.address - req.address, point.count, decoder, scale_offset))
+        return tuple(entries)
 
     def _poll_meter(self, meter: MeterConfig, now: float) -> list[Reading]:
         started = time.monotonic()
@@ -210,14 +226,14 @@ class BusPoller:
 
     def _before_request(self) -> None:
         """Wait out the inter-frame silence and the configured pause, then drop stale input."""
-        pause = max(self._silence_s, self.bus.inter_request_delay_s)
-        if pause:
-            remaining = self._last_request_end + pause - time.monotonic()
+        if self._pause_s:
+            remaining = self._last_request_end + self._pause_s - time.monotonic()
             if remaining > 0:
                 time.sleep(remaining)
-        socket = getattr(self._client, "socket", None)
-        if self.bus.transport == "rtu" and socket is not None:
-            socket.reset_input_buffer()  # a late reply to an earlier request must not pass for this one
+        if self._serial:
+            socket = getattr(self._client, "socket", None)
+            if socket is not None:
+                socket.reset_input_buffer()  # a late reply to an earlier request must not pass for this one
 
     def _classify_failure(self, device_id: int, req: ReadRequest) -> tuple[str, str]:
         """(stats counter, message) for a request that got no valid reply, from the bytes that did arrive."""
@@ -240,7 +256,9 @@ class BusPoller:
 
     def _request(self, meter_id: str, device_id: int, req: ReadRequest) -> list[int]:
         self._before_request()
-        self._count(meter_id, requests=1)
+        stats = self._stats.get(meter_id)
+        if stats is not None:
+            stats["requests"] += 1
         if not self._client.connected and not self._client.connect():
             raise BusError(describe_open_failure(self.bus))
         read = (self._client.read_input_registers if req.table == "input" else self._client.read_holding_registers)
@@ -270,27 +288,25 @@ class BusPoller:
         if len(response.registers) != req.count:
             self._count(meter_id, framing_errors=1)
             raise BusError(f"reply has {len(response.registers)} registers, asked for {req.count} ({_span(req)})")
-        self._record_latency(meter_id, (self._last_request_end - sent) * 1000)
-        return list(response.registers)
-
-    def _record_latency(self, meter_id: str, latency_ms: float) -> None:
-        stats = self._stats.get(meter_id)
         if stats is not None:
-            average = stats["request_latency_ms"]
+            latency_ms, average = (self._last_request_end - sent) * 1000, stats["request_latency_ms"]
             stats["request_latency_ms"] = latency_ms if average is None else 0.8 * average + 0.2 * latency_ms
+        return response.registers
 
     def _read(self, meter_id: str, device_id: int, profile: Profile) -> list[Reading]:
         """Run the plan; a refused range is split (and remembered), a missed reply ends the read."""
-        blocks: list[tuple[ReadRequest, list[int]]] = []
+        blocks: list[tuple[tuple, list[int]]] = []
         refused: list[tuple[ReadRequest, RefusedError]] = []
+        reordered = False
         with self._lock:
             limits = self._limits.get(device_id, DeviceLimits())
-            pending = list(self.plan(device_id, profile))
+            pending = list(self._prepared_plan(device_id, profile))
             while pending:
-                req = pending.pop(0)
+                req, entries = pending.pop(0)
                 try:
-                    blocks.append((req, self._request(meter_id, device_id, req)))
+                    blocks.append((entries, self._request(meter_id, device_id, req)))
                 except RefusedError as exc:
+                    reordered = True
                     split = split_request(req, limits)
                     if split is None:
                         refused.append((req, exc))
@@ -298,7 +314,7 @@ class BusPoller:
                     halves, limits = split
                     log.info("device %d on bus %s refuses %s (%s); splitting it", device_id, self.bus.name,
                              _span(req), exc)
-                    pending[:0] = halves
+                    pending[:0] = [(half, self._prepare(profile, half)) for half in halves]
             # Remember what the device refused only if it accepted something: a device that refuses all is
             # the wrong model (or the wrong unit id), and its limits would mislead the next profile tried.
             if blocks:
@@ -307,34 +323,28 @@ class BusPoller:
             req, exc = refused[0]
             raise BusError(f"refuses every register of profile {profile.id} ({exc}): is it the right profile?")
         timestamp = time.time()
-        readings = [self._decode(meter_id, device_id, profile.id, req, point, registers, timestamp)
-                    for req, registers in blocks for point in req.points]
-        readings += [Reading(meter_id, p.name, timestamp, None, p.unit, p.quantity, "invalid",
-                             f"device {device_id} register {p.address}: {exc}") for req, exc in refused for p in req.points]
-        rank = self._order.get(profile.id)
-        if rank is None:
+        readings = []
+        for entries, registers in blocks:
+            for point, offset, count, decoder, scale_offset in entries:
+                raw = tuple(registers[offset:offset + count])
+                try:
+                    value = decoder(raw)
+                    if scale_offset is not None:
+                        exponent = registers[scale_offset]
+                        value *= 10.0 ** (exponent - 0x10000 if exponent & 0x8000 else exponent)  # signed i16
+                except DecodeError as exc:
+                    self._count(meter_id, decode_errors=1)
+                    readings.append(Reading(meter_id, point.name, timestamp, None, point.unit, point.quantity,
+                                            "invalid", f"device {device_id} register {point.address}: {exc}", raw))
+                    continue
+                readings.append(Reading(meter_id, point.name, timestamp, value, point.unit, point.quantity, raw=raw))
+        if reordered:  # plans run in address order; refused and split ranges come back out of it
+            readings += [Reading(meter_id, p.name, timestamp, None, p.unit, p.quantity, "invalid",
+                                 f"device {device_id} register {p.address}: {exc}")
+                         for req, exc in refused for p in req.points]
             rank = {p.name: i for i, p in enumerate(sorted(profile.points, key=lambda p: (p.table, p.address)))}
-            self._order[profile.id] = rank
-        readings.sort(key=lambda r: rank[r.point])
+            readings.sort(key=lambda r: rank[r.point])
         return readings
-
-    def _decode(self, meter_id: str, device_id: int, profile_id: str, req: ReadRequest, point: Point,
-                registers: list[int], timestamp: float) -> Reading:
-        offset = point.address - req.address
-        raw = tuple(registers[offset:offset + point.count])
-        decoder = self._decoders.get((profile_id, point.name))
-        if decoder is None:
-            decoder = self._decoders[(profile_id, point.name)] = make_decoder(point)
-        try:
-            value = decoder(raw)
-            if point.scale_register is not None:
-                exponent = registers[point.scale_register - req.address]
-                value *= 10.0 ** (exponent - 0x10000 if exponent & 0x8000 else exponent)  # signed i16
-        except DecodeError as exc:
-            self._count(meter_id, decode_errors=1)
-            return Reading(meter_id, point.name, timestamp, None, point.unit, point.quantity, "invalid",
-                           f"device {device_id} register {point.address}: {exc}", raw)
-        return Reading(meter_id, point.name, timestamp, value, point.unit, point.quantity, raw=raw)
 
     def read_once(self, device_id: int, profile: Profile, meter_id: str = "test-read") -> list[Reading]:
         """One read of every point of ``profile`` at ``device_id``, through this bus's owner.
