@@ -27,7 +27,7 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerRTU
 
 from drivers.decode import make_decoder
-from drivers.errors import BusError, DecodeError, DriverError, RefusedError
+from drivers.errors import BusError, DecodeError, DriverError, ExceptionResponseError, RefusedError
 from drivers.model import BusConfig, MeterConfig, Point, Profile, Reading
 from drivers.planner import BusCost, DeviceLimits, ReadRequest, plan_reads, split_request
 
@@ -284,7 +284,7 @@ class BusPoller:
             code = int(getattr(response, "exception_code", 0))
             name = EXCEPTION_NAMES.get(code, "unknown")
             message = f"exception code {code} ({name}) for {_span(req)}"
-            raise RefusedError(message, code) if code in REFUSED_RANGE_CODES else BusError(message)
+            raise (RefusedError if code in REFUSED_RANGE_CODES else ExceptionResponseError)(message, code)
         if len(response.registers) != req.count:
             self._count(meter_id, framing_errors=1)
             raise BusError(f"reply has {len(response.registers)} registers, asked for {req.count} ({_span(req)})")
@@ -353,10 +353,43 @@ class BusPoller:
         """
         return self._read(meter_id, device_id, profile)
 
+    def open(self) -> None:
+        """Open the bus now (it opens on the first request otherwise).
+
+        :raises BusError: no such serial port, no permission, or nothing listening; the message says which.
+        """
+        with self._lock:
+            if not self._client.connected and not self._client.connect():
+                raise BusError(describe_open_failure(self.bus))
+
+    def identify(self, device_id: int) -> tuple[str, str]:
+        """(vendor name, product code) by Read Device Identification (FC 43/14, basic objects), or
+        ("", "") when the device does not implement it (most meters answer exception 1 or stay silent)."""
+        with self._lock:
+            self._before_request()
+            if not self._client.connected and not self._client.connect():
+                raise BusError(describe_open_failure(self.bus))
+            try:
+                response = self._client.read_device_information(read_code=1, object_id=0, device_id=device_id)
+            except (ModbusException, ValueError, IndexError, struct.error):
+                if self.bus.transport != "rtu":
+                    self._client.close()
+                return "", ""
+            finally:
+                self._last_request_end = time.monotonic()
+        if response.isError() or response.dev_id != device_id:
+            return "", ""
+        info = getattr(response, "information", {})
+
+        def text(key: int) -> str:
+            value = info.get(key, b"")
+            return (value if isinstance(value, bytes) else b"".join(value)).decode("ascii", "replace").strip()
+        return text(0), text(1)
+
     def read_registers(self, device_id: int, table: str, address: int, count: int) -> list[int]:
         """Raw registers, through this bus's owner (signature checks, a technician's look at a range).
 
-        :raises BusError: no valid reply; :class:`RefusedError` for an exception response.
+        :raises BusError: no valid reply; :class:`ExceptionResponseError` for an exception response.
         """
         with self._lock:
             return self._request("raw-read", device_id, ReadRequest(table, address, count, ()))  # type: ignore[arg-type]

@@ -19,14 +19,11 @@ read per profile (plus one per signature register).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from pymodbus.exceptions import ModbusException
-
-from drivers.bus import BusPoller, describe_open_failure, make_client
-from drivers.errors import BusError
+from drivers.bus import BusPoller
+from drivers.errors import BusError, ExceptionResponseError
 from drivers.model import REGISTER_COUNT, BusConfig, Profile, Quantity, Reading
 
 #: Values a point of each quantity can take on a working meter.
@@ -65,57 +62,37 @@ def plausibility(readings: Iterable[Reading]) -> float:
     return good / len(readings)
 
 
-def _answers(bus: BusConfig, client, device_id: int) -> bool:  # type: ignore[no-untyped-def]
+def _answers(poller: BusPoller, device_id: int) -> bool:
     """A device is at ``device_id`` if it sends anything valid back to a one-register read."""
     try:
-        response = client.read_holding_registers(0, count=1, device_id=device_id)
-    except ModbusException:
-        client.close()
-        return False
-    # Exception code 4/10/11 from a TCP server or gateway means "no such unit behind me".
-    return not response.isError() or getattr(response, "exception_code", 0) not in (4, 10, 11)
-
-
-def _identify(client, device_id: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    """(vendor name, product code) from Read Device Identification, or ("", "") if the device lacks it."""
-    try:
-        response = client.read_device_information(read_code=1, object_id=0, device_id=device_id)
-    except ModbusException:
-        client.close()  # most meters stay silent on an unsupported function: drop any partial frame
-        return "", ""
-    if response.isError():
-        return "", ""
-    info = getattr(response, "information", {})
-
-    def text(key: int) -> str:
-        value = info.get(key, b"")
-        return (value if isinstance(value, bytes) else b"".join(value)).decode("ascii", "replace").strip()
-    return text(0), text(1)
+        poller.read_registers(device_id, "holding", 0, 1)
+    except ExceptionResponseError as exc:
+        # Exception code 4/10/11 from a TCP server or gateway means "no such unit behind me".
+        return exc.code not in (4, 10, 11)
+    except BusError:
+        return False  # silence (or noise) until the timeout: nobody home
+    return True
 
 
 def scan_bus(bus: BusConfig, units: Iterable[int], profiles: Mapping[str, Profile],
              progress: Callable[[int, int, int], None] | None = None, min_score: float = 0.8) -> list[ScanResult]:
     """Probe ``units`` on ``bus``; ``progress(done, total, device_id)`` is called after each unit id.
 
+    Every request goes through one :class:`BusPoller`, so the scan keeps the RTU inter-frame silence, flushes
+    stale input and checks each reply against its request like polling does.
+
     :raises BusError: the bus itself cannot be opened (no such serial port, nothing listening).
     """
     unit_list = [u for u in units if 1 <= u <= 247]
-    client = make_client(bus)
-    found: dict[int, tuple[str, str]] = {}
-    try:
-        if not client.connect():
-            raise BusError(describe_open_failure(bus))
-        for done, device_id in enumerate(unit_list, 1):
-            if _answers(bus, client, device_id):
-                found[device_id] = _identify(client, device_id)
-            if bus.inter_request_delay_s:
-                time.sleep(bus.inter_request_delay_s)
-            if progress is not None:
-                progress(done, len(unit_list), device_id)
-    finally:
-        client.close()
     poller = BusPoller(bus, [], {})
     try:
+        poller.open()
+        found: dict[int, tuple[str, str]] = {}
+        for done, device_id in enumerate(unit_list, 1):
+            if _answers(poller, device_id):
+                found[device_id] = poller.identify(device_id)
+            if progress is not None:
+                progress(done, len(unit_list), device_id)
         return [_identify_profile(poller, device_id, vendor, product, profiles, min_score)
                 for device_id, (vendor, product) in found.items()]
     finally:

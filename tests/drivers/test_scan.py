@@ -131,3 +131,26 @@ def test_a_broken_signature_names_the_fix(tmp_path) -> None:
         load_profile(path)
     assert str(error.value) == (f"{path}: signatures[0].values = [70000]: use a list of the u16 values that "
                                 "identify the model, e.g. [4660]")
+
+
+def test_scan_over_rtu_finishes_in_bounded_time(pty_pair) -> None:
+    """On RS-485 a silent unit id costs one timeout; the whole scan stays within units x timeout plus the
+    identification reads of the meters found."""
+    import time
+
+    from drivers import SerialSettings
+
+    server = SimulatorServer([SimulatedDevice(2, PROFILES["chint-ddsu666"]),
+                              SimulatedDevice(5, PROFILES["schneider-iem3255"]),
+                              SimulatedDevice(7, PROFILES["abb-b23"], frozenset({"no_answer"}))],
+                             serial_port=pty_pair.device_side).start()
+    try:
+        bus = BusConfig("rs485", "rtu", serial=SerialSettings(pty_pair.gateway_side, 9600), timeout_s=0.1)
+        started = time.monotonic()
+        results = scan_bus(bus, range(1, 13), PROFILES)
+        elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+    assert [(r.device_id, r.profile, r.identified_by) for r in results] == [
+        (2, "chint-ddsu666", "plausibility"), (5, "schneider-iem3255", "device identification")]
+    assert elapsed < 10 * 0.1 + 2.0, elapsed
