@@ -297,28 +297,23 @@ class BusPoller:
         """Run the plan; a refused range is split (and remembered), a missed reply ends the read."""
         blocks: list[tuple[tuple, list[int]]] = []
         refused: list[tuple[ReadRequest, RefusedError]] = []
-        reordered = False
         with self._lock:
+            known = device_id in self._limits
             limits = self._limits.get(device_id, DeviceLimits())
-            pending = list(self._prepared_plan(device_id, profile))
-            while pending:
-                req, entries = pending.pop(0)
-                try:
-                    blocks.append((entries, self._request(meter_id, device_id, req)))
-                except RefusedError as exc:
-                    reordered = True
-                    split = split_request(req, limits)
-                    if split is None:
-                        refused.append((req, exc))
-                        continue
-                    halves, limits = split
-                    log.info("device %d on bus %s refuses %s (%s); splitting it", device_id, self.bus.name,
-                             _span(req), exc)
-                    pending[:0] = [(half, self._prepare(profile, half)) for half in halves]
+            # Until the device has accepted a read, refused ranges are put aside rather than split: a device
+            # that is not this model (scan tries every profile) refuses everything, and splitting each range
+            # down to single points would cost twice as many requests for nothing.
+            deferred, limits = self._run(meter_id, device_id, profile, self._prepared_plan(device_id, profile),
+                                         blocks, refused, limits, may_defer=not known)
+            if deferred and (blocks or self._accepts_a_point(meter_id, device_id, deferred[0][0])):
+                refused.clear()
+                _, limits = self._run(meter_id, device_id, profile, deferred, blocks, refused, limits,
+                                      may_defer=False)
             # Remember what the device refused only if it accepted something: a device that refuses all is
             # the wrong model (or the wrong unit id), and its limits would mislead the next profile tried.
             if blocks:
                 self._limits[device_id] = limits
+        reordered = bool(refused) or [e for e, _ in blocks] != [e for _, e in self._plans[(device_id, profile.id)][1]]
         if not blocks:
             req, exc = refused[0]
             raise BusError(f"refuses every register of profile {profile.id} ({exc}): is it the right profile?")
@@ -345,6 +340,45 @@ class BusPoller:
             rank = {p.name: i for i, p in enumerate(sorted(profile.points, key=lambda p: (p.table, p.address)))}
             readings.sort(key=lambda r: rank[r.point])
         return readings
+
+    def _run(self, meter_id: str, device_id: int, profile: Profile, plan: Sequence[tuple[ReadRequest, tuple]],
+             blocks: list[tuple[tuple, list[int]]], refused: list[tuple[ReadRequest, RefusedError]],
+             limits: DeviceLimits, may_defer: bool) -> tuple[list[tuple[ReadRequest, tuple]], DeviceLimits]:
+        """Send ``plan``, appending replies to ``blocks``; split refused ranges, or put them aside while
+        ``may_defer`` and nothing has been accepted yet. Returns (what was put aside, the limits learned)."""
+        pending = list(plan)
+        deferred: list[tuple[ReadRequest, tuple]] = []
+        while pending:
+            req, entries = pending.pop(0)
+            try:
+                blocks.append((entries, self._request(meter_id, device_id, req)))
+            except RefusedError as exc:
+                if may_defer and not blocks:
+                    deferred.append((req, entries))
+                    refused.append((req, exc))
+                    continue
+                split = split_request(req, limits)
+                if split is None:
+                    refused.append((req, exc))
+                    continue
+                halves, limits = split
+                log.info("device %d on bus %s refuses %s (%s); splitting it", device_id, self.bus.name, _span(req), exc)
+                pending[:0] = [(half, self._prepare(profile, half)) for half in halves]
+        if blocks and deferred:  # accepted something after all: the ranges put aside are split now
+            refused[:] = [(r, e) for r, e in refused if all(r is not d for d, _ in deferred)]
+            more, limits = self._run(meter_id, device_id, profile, deferred, blocks, refused, limits, False)
+            return more, limits
+        return deferred, limits
+
+    def _accepts_a_point(self, meter_id: str, device_id: int, req: ReadRequest) -> bool:
+        """Whether the device reads the first point of a refused range on its own (then it refused the range
+        for its length or holes, and the range is worth splitting; otherwise it is the wrong model)."""
+        point = req.points[0]
+        try:
+            self._request(meter_id, device_id, ReadRequest(point.table, point.address, point.count, (point,)))
+        except RefusedError:
+            return False
+        return True
 
     def read_once(self, device_id: int, profile: Profile, meter_id: str = "test-read") -> list[Reading]:
         """One read of every point of ``profile`` at ``device_id``, through this bus's owner.

@@ -58,7 +58,7 @@ RTU_EXPECTED = {
     4: ("framing_errors", "truncated reply to input registers 0..11: 26 of 29 bytes"),
     5: ("framing_errors", "garbled reply to input registers 0..11: 5a 7f a4 c9 ee 13 38 5d 82 a7 cc f1 16 3b 60 85 ..."),
     6: ("exceptions", "refuses every register of profile eastron-sdm630 (exception code 2 (illegal data address) "
-                      "for input registers 0..1): is it the right profile?"),
+                      "for input registers 0..11): is it the right profile?"),
     7: ("exceptions", "exception code 6 (device busy) for input registers 0..11"),
 }
 
@@ -82,6 +82,9 @@ def test_each_rtu_fault_is_named_and_the_healthy_meters_read_on(rtu_line) -> Non
         # A missed reply skips the rest of that meter's cycle: one request, not three.
         for unit in (2, 3, 4, 5, 7):
             assert stats[f"m{unit}"].requests == 1, unit
+        # A device that refuses every range is asked each planned range once and one point on its own (to tell
+        # a wrong model from a device that refuses long reads), not split down to single points.
+        assert stats["m6"].requests == stats["m6"].exceptions == 4
         good = {r.point: r.value for r in readings if r.meter_id == "m1"}
         slow = {r.point: r.value for r in readings if r.meter_id == "m8"}
         assert len(good) == len(slow) == len(SDM630.points) and 220 < good["voltage_l1"] < 240
