@@ -77,7 +77,7 @@ def optimum_chars(profile: Profile, cost: BusCost, max_gap: int | None) -> tuple
 
 
 def plans_table() -> None:
-    rows = {"planner (max_gap 10)": [], "optimum, holes up to 10": [], "optimum, any hole": [],
+    rows: dict[str, list[list[ReadRequest]]] = {"planner (max_gap 10)": [], "optimum, holes up to 10": [], "optimum, any hole": [],
             "fewest requests": [], "one request per point": []}
     for pid in BUS_PROFILES:
         profile = PROFILES[pid]

@@ -291,7 +291,7 @@ class BusPoller:
         if stats is not None:
             latency_ms, average = (self._last_request_end - sent) * 1000, stats["request_latency_ms"]
             stats["request_latency_ms"] = latency_ms if average is None else 0.8 * average + 0.2 * latency_ms
-        return response.registers
+        return list(response.registers)
 
     def _read(self, meter_id: str, device_id: int, profile: Profile) -> list[Reading]:
         """Run the plan; a refused range is split (and remembered), a missed reply ends the read."""

@@ -135,7 +135,7 @@ def _free_port(host: str) -> int:
 
 
 class SimulatorServer:
-    """A Modbus TCP server on loopback answering for several simulated meters (one RS-485 line's worth)."""
+    """Several simulated meters (one RS-485 line's worth) behind one Modbus TCP, RTU or RTU-over-TCP server."""
 
     def __init__(self, devices: Sequence[SimulatedDevice], host: str = "127.0.0.1", port: int = 0,
                  serial_port: str | None = None, baudrate: int = 9600, rtu_over_tcp: bool = False) -> None:
@@ -154,7 +154,7 @@ class SimulatorServer:
         started = time.time()
         self._models = {d.device_id: _MeterModel(d, started) for d in devices}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -243,17 +243,20 @@ class SimulatorServer:
     async def _serve(self) -> None:
         # The server binds to the running loop, so it is built inside it.
         devices = [self._device(m) for m in self._models.values()]
-        hooks = {"trace_packet": self._trace_packet, "trace_pdu": self._trace_pdu}
+        server: ModbusTcpServer | ModbusSerialServer
         if self.serial_port:
-            self._server = ModbusSerialServer(devices, framer=FramerType.RTU, port=self.serial_port,
-                                              baudrate=self.baudrate, ignore_missing_devices=True, **hooks)
+            server = ModbusSerialServer(devices, framer=FramerType.RTU, port=self.serial_port,
+                                        baudrate=self.baudrate, ignore_missing_devices=True,
+                                        trace_packet=self._trace_packet, trace_pdu=self._trace_pdu)
         else:
             framer = FramerType.RTU if self.rtu_over_tcp else FramerType.SOCKET
-            self._server = ModbusTcpServer(devices, address=(self.host, self.port), framer=framer,
-                                           ignore_missing_devices=self.rtu_over_tcp, **hooks)
-        task = asyncio.ensure_future(self._server.serve_forever())
+            server = ModbusTcpServer(devices, address=(self.host, self.port), framer=framer,
+                                     ignore_missing_devices=self.rtu_over_tcp,
+                                     trace_packet=self._trace_packet, trace_pdu=self._trace_pdu)
+        self._server = server
+        task = asyncio.ensure_future(server.serve_forever())
         for _ in range(200):
-            if self._server.transport is not None or task.done():
+            if server.transport is not None or task.done():
                 break
             await asyncio.sleep(0.01)
         self._ready.set()

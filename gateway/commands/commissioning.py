@@ -131,7 +131,7 @@ def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str, 
 def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_text: str, timeout_s: float,
          as_json: bool) -> None:
     """Find the unit ids that answer on a bus and identify each one's profile."""
-    from drivers.scan import parse_units, scan_bus
+    from drivers.scan import ScanResult, parse_units, scan_bus
 
     if bool(tcp) == bool(serial):
         raise click.UsageError("give exactly one of --tcp HOST:PORT or --serial DEVICE")
@@ -145,7 +145,7 @@ def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_t
         raise click.BadParameter(str(exc).replace("invalid literal for int() with base 10", "not a number"),
                                  param_hint="--units/--bauds") from exc
     profiles = load_profiles(PROFILES_DIR)
-    results = []
+    results: list[tuple[str, int, ScanResult]] = []
     for baud, parity in [(b, p) for b in baud_rates for p in parity_list]:
         if tcp:
             host, port = _host_port(tcp)
