@@ -75,28 +75,32 @@ def _answers(poller: BusPoller, device_id: int) -> bool:
 
 
 def scan_bus(bus: BusConfig, units: Iterable[int], profiles: Mapping[str, Profile],
-             progress: Callable[[int, int, int], None] | None = None, min_score: float = 0.8) -> list[ScanResult]:
+             progress: Callable[[int, int, int], None] | None = None, min_score: float = 0.8,
+             poller: BusPoller | None = None) -> list[ScanResult]:
     """Probe ``units`` on ``bus``; ``progress(done, total, device_id)`` is called after each unit id.
 
     Every request goes through one :class:`BusPoller`, so the scan keeps the RTU inter-frame silence, flushes
-    stale input and checks each reply against its request like polling does.
+    stale input and checks each reply against its request like polling does. Pass the ``poller`` that owns
+    the bus in a running gateway to scan a serial line while it is being polled (a second owner of a serial
+    port is refused); otherwise the scan opens the bus itself and closes it at the end.
 
     :raises BusError: the bus itself cannot be opened (no such serial port, nothing listening).
     """
     unit_list = [u for u in units if 1 <= u <= 247]
-    poller = BusPoller(bus, [], {})
+    owner = poller or BusPoller(bus, [], {})
     try:
-        poller.open()
+        owner.open()
         found: dict[int, tuple[str, str]] = {}
         for done, device_id in enumerate(unit_list, 1):
-            if _answers(poller, device_id):
-                found[device_id] = poller.identify(device_id)
+            if _answers(owner, device_id):
+                found[device_id] = owner.identify(device_id)
             if progress is not None:
                 progress(done, len(unit_list), device_id)
-        return [_identify_profile(poller, device_id, vendor, product, profiles, min_score)
+        return [_identify_profile(owner, device_id, vendor, product, profiles, min_score)
                 for device_id, (vendor, product) in found.items()]
     finally:
-        poller.close()
+        if poller is None:
+            owner.close()
 
 
 def _identify_profile(poller: BusPoller, device_id: int, vendor: str, product: str,

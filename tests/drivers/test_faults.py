@@ -145,6 +145,20 @@ def test_a_second_owner_of_a_serial_port_is_refused(rtu_line) -> None:
         second.close()
 
 
+def test_scan_through_the_owner_of_a_polled_serial_line(rtu_line) -> None:
+    """A technician scans the line the gateway polls: through its owner, between its polls."""
+    from drivers.scan import scan_bus
+
+    owner = BusPoller(rtu_line, [MeterConfig("m1", rtu_line.name, 1, SDM630.id, 1.0)], PROFILES)
+    try:
+        assert owner.poll_due(0.0)
+        results = scan_bus(rtu_line, [1, 2, 9], {SDM630.id: SDM630}, poller=owner)
+        assert [(r.device_id, r.profile) for r in results] == [(1, SDM630.id)]
+        assert owner.poll_due(10.0) and owner.stats()["m1"].state == "ok"  # still open and polling
+    finally:
+        owner.close()
+
+
 def test_an_unknown_fault_is_refused_with_the_list() -> None:
     from drivers import DriverError
 
