@@ -107,6 +107,20 @@ def describe_open_failure(bus: BusConfig) -> str:
     return f"cannot connect to {bus.host}:{bus.port}: check the address and that the device is powered and reachable"
 
 
+#: One reply of a read: the request, its prepared points (see ``BusPoller._prepare``) and the registers.
+Block = tuple[ReadRequest, tuple, list[int]]
+
+
+def _word(blocks: Sequence[Block], point: Point) -> int:
+    """The scale-factor register of ``point`` from whichever reply of the read holds it."""
+    address = point.scale_register
+    assert address is not None
+    for req, _, registers in blocks:
+        if req.table == point.table and req.address <= address < req.address + len(registers):
+            return registers[address - req.address]
+    raise DecodeError(f"scale-factor register {point.scale_register} was not read (the device refused it)")
+
+
 def _span(req: ReadRequest) -> str:
     return f"{req.table} registers {req.address}..{req.address + req.count - 1}"
 
@@ -129,11 +143,11 @@ class BusPoller:
         # Mutable counters per meter (a frozen MeterStats is built on demand: this is the per-request hot path).
         self._stats: dict[str, dict[str, Any]] = {
             m.id: MeterStats(state="unknown" if m.enabled else "disabled").__dict__.copy() for m in self.meters}
-        self._decoders: dict[tuple[str, str], Callable[[Sequence[int]], float]] = {}
+        self._decoders: dict[tuple[str, str], tuple[Point, Callable[[Sequence[int]], float]]] = {}
         self._next_due = {m.id: 0.0 for m in self.meters}
         self._failures = {m.id: 0 for m in self.meters}
         self._limits: dict[int, DeviceLimits] = {}
-        self._plans: dict[tuple[int, str], tuple[DeviceLimits, list[tuple[ReadRequest, tuple]]]] = {}
+        self._plans: dict[tuple[int, str], tuple[DeviceLimits, Profile, list[tuple[ReadRequest, tuple]]]] = {}
         self._last_request_end = 0.0
         # RTU: a frame ends after 3.5 silent characters; at more than 19200 baud the standard fixes 1.75 ms.
         char_s = _serial_char_s(bus) if bus.transport == "rtu" else 0.0
@@ -171,21 +185,30 @@ class BusPoller:
     def _prepared_plan(self, device_id: int, profile: Profile) -> list[tuple[ReadRequest, tuple]]:
         limits = self._limits.get(device_id, DeviceLimits())
         cached = self._plans.get((device_id, profile.id))
-        if cached is None or cached[0] != limits:
+        # A profile edited and reloaded under the same id is a different object: plan it afresh.
+        if cached is None or cached[0] != limits or cached[1] is not profile:
             plan = plan_reads(profile, self.bus.max_gap_registers, cost=self.cost, limits=limits)
-            cached = (limits, [(req, self._prepare(profile, req)) for req in plan])
+            cached = (limits, profile, [(req, self._prepare(profile, req)) for req in plan])
             self._plans[(device_id, profile.id)] = cached
-        return cached[1]
+        return cached[2]
 
     def _prepare(self, profile: Profile, req: ReadRequest) -> tuple:
-        """Per point of ``req``: (point, offset in the reply, register count, decoder, scale-factor offset)."""
+        """Per point of ``req``: (point, offset in the reply, register count, decoder, scale-factor offset).
+
+        The scale-factor offset is None without a scale register, and -1 when the planner put the scale
+        register into another request (it is then looked up among all replies of the read).
+        """
         entries = []
         for point in req.points:
-            decoder = self._decoders.get((profile.id, point.name))
-            if decoder is None:
-                decoder = self._decoders[(profile.id, point.name)] = make_decoder(point)
-            scale_offset = None if point.scale_register is None else point.scale_register - req.address
-            entries.append((point, point.address - req.address, point.count, decoder, scale_offset))
+            cached = self._decoders.get((profile.id, point.name))
+            if cached is None or cached[0] is not point:
+                cached = self._decoders[(profile.id, point.name)] = (point, make_decoder(point))
+            scale_offset = None
+            if point.scale_register is not None:
+                scale_offset = point.scale_register - req.address
+                if not 0 <= scale_offset < req.count:
+                    scale_offset = -1
+            entries.append((point, point.address - req.address, point.count, cached[1], scale_offset))
         return tuple(entries)
 
     def _poll_meter(self, meter: MeterConfig, now: float) -> list[Reading]:
@@ -295,7 +318,7 @@ class BusPoller:
 
     def _read(self, meter_id: str, device_id: int, profile: Profile) -> list[Reading]:
         """Run the plan; a refused range is split (and remembered), a missed reply ends the read."""
-        blocks: list[tuple[tuple, list[int]]] = []
+        blocks: list[Block] = []
         refused: list[tuple[ReadRequest, RefusedError]] = []
         with self._lock:
             known = device_id in self._limits
@@ -313,19 +336,19 @@ class BusPoller:
             # the wrong model (or the wrong unit id), and its limits would mislead the next profile tried.
             if blocks:
                 self._limits[device_id] = limits
-        reordered = bool(refused) or [e for e, _ in blocks] != [e for _, e in self._plans[(device_id, profile.id)][1]]
+        reordered = bool(refused) or [e for _, e, _ in blocks] != [e for _, e in self._plans[(device_id, profile.id)][2]]
         if not blocks:
             req, exc = refused[0]
             raise BusError(f"refuses every register of profile {profile.id} ({exc}): is it the right profile?")
         timestamp = time.time()
         readings = []
-        for entries, registers in blocks:
+        for _, entries, registers in blocks:
             for point, offset, count, decoder, scale_offset in entries:
                 raw = tuple(registers[offset:offset + count])
                 try:
                     value = decoder(raw)
                     if scale_offset is not None:
-                        exponent = registers[scale_offset]
+                        exponent = registers[scale_offset] if scale_offset >= 0 else _word(blocks, point)
                         value *= 10.0 ** (exponent - 0x10000 if exponent & 0x8000 else exponent)  # signed i16
                 except DecodeError as exc:
                     self._count(meter_id, decode_errors=1)
@@ -342,7 +365,7 @@ class BusPoller:
         return readings
 
     def _run(self, meter_id: str, device_id: int, profile: Profile, plan: Sequence[tuple[ReadRequest, tuple]],
-             blocks: list[tuple[tuple, list[int]]], refused: list[tuple[ReadRequest, RefusedError]],
+             blocks: list[Block], refused: list[tuple[ReadRequest, RefusedError]],
              limits: DeviceLimits, may_defer: bool) -> tuple[list[tuple[ReadRequest, tuple]], DeviceLimits]:
         """Send ``plan``, appending replies to ``blocks``; split refused ranges, or put them aside while
         ``may_defer`` and nothing has been accepted yet. Returns (what was put aside, the limits learned)."""
@@ -351,7 +374,7 @@ class BusPoller:
         while pending:
             req, entries = pending.pop(0)
             try:
-                blocks.append((entries, self._request(meter_id, device_id, req)))
+                blocks.append((req, entries, self._request(meter_id, device_id, req)))
             except RefusedError as exc:
                 if may_defer and not blocks:
                     deferred.append((req, entries))

@@ -108,6 +108,34 @@ def test_scale_factor_register_read_from_the_device() -> None:
     assert voltage.value == pytest.approx(230, abs=1)
 
 
+def test_scale_factor_register_in_another_request() -> None:
+    """The planner may read a distant scale-factor register in a request of its own; it still applies."""
+    profile = Profile("far-sf", "T", "T", (Point("power", 0, "i16", Quantity.ACTIVE_POWER, "kW", scale_register=90),))
+    server = SimulatorServer([SimulatedDevice(4, profile)]).start()
+    try:
+        bus = BusConfig("t", "tcp", port=server.port)
+        assert [(r.address, r.count) for r in BusPoller(bus, [], {}).plan(4, profile)] == [(0, 1), (90, 1)]
+        (power,) = read_meter(bus, 4, profile)
+    finally:
+        server.stop()
+    assert power.quality == "ok" and power.raw == (round(power.value * 10) & 0xFFFF,)
+    assert power.value == pytest.approx(server.expected(4, "power", power.timestamp), rel=0.01)
+
+
+def test_an_edited_profile_under_the_same_id_is_planned_afresh() -> None:
+    first = Profile("p", "T", "T", (Point("v", 0, "u16", Quantity.VOLTAGE, "V", scale=0.1),))
+    edited = Profile("p", "T", "T", (Point("v", 0, "u16", Quantity.VOLTAGE, "V", scale=0.1),
+                                     Point("f", 1, "u16", Quantity.FREQUENCY, "Hz", scale=0.01)))
+    server = SimulatorServer([SimulatedDevice(1, edited)]).start()
+    poller = BusPoller(BusConfig("t", "tcp", port=server.port), [], {})
+    try:
+        assert [r.point for r in poller.read_once(1, first)] == ["v"]
+        assert [r.point for r in poller.read_once(1, edited)] == ["v", "f"]
+    finally:
+        poller.close()
+        server.stop()
+
+
 def test_known_wire_bytes() -> None:
     # 230.0 as IEEE 754 float is 0x43660000; a meter with swapped words sends 0x0000 0x4366.
     big = Point("v", 0, "f32", Quantity.VOLTAGE, "V")
