@@ -27,10 +27,10 @@ REQUIRED = {"eastron-sdm120", "eastron-sdm630", "chint-dtsu666", "chint-ddsu666"
 
 
 @pytest.fixture(scope="module")
-def tcp_bus() -> Iterator[BusConfig]:
+def tcp_bus() -> Iterator[tuple[BusConfig, SimulatorServer]]:
     server = SimulatorServer(DEVICES).start()
     try:
-        yield BusConfig("tcp", "tcp", port=server.port, timeout_s=1.0), server  # type: ignore[misc]
+        yield BusConfig("tcp", "tcp", port=server.port, timeout_s=1.0), server
     finally:
         server.stop()
 
