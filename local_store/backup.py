@@ -257,8 +257,8 @@ def create_backup(store_path: Path, dest_dir: Path, key_path: Path, now: float |
         _fsync_dir(dest_dir)
         return path
     except sqlite3.DatabaseError as exc:
-        raise BackupError(f"{store_path}: cannot read the store for a backup ({exc}): run "
-                          f"`carbon-gateway doctor`") from exc
+        raise BackupError(f"{store_path}: cannot take the snapshot for a backup ({exc}): free space beside the "
+                          f"store if the disk is full, else run `carbon-gateway doctor`") from exc
     except OSError as exc:
         raise BackupError(f"{dest_dir}: cannot write the backup ({exc.strerror or exc}): free space or choose "
                           f"another directory ([backup] directory, or --dest)") from exc
