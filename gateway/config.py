@@ -246,7 +246,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
     s = _Reader(origin, top.get("sync", dict, {}), "sync",
                 {"enabled", "broker_host", "broker_port", "tls", "ca_file", "client_cert", "client_key", "username",
                  "password", "topic_prefix", "receiver_public_key", "demo_receiver_key", "batch_max_readings",
-                 "batch_max_age_s", "bandwidth_bytes_per_s", "disk_budget_mb"})
+                 "batch_max_age_s", "bandwidth_bytes_per_s", "disk_budget_mb", "raw_retention_days"})
 
     def _path(value: str | None) -> Path | None:
         if value is None:
@@ -273,6 +273,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         batch_max_age_s=s.number("batch_max_age_s", 30.0, 0, 86400, " s"),
         bandwidth_bytes_per_s=s.optional_number("bandwidth_bytes_per_s", 100, 1e9, " bytes/s"),
         disk_budget_bytes=None if budget_mb is None else int(budget_mb * 1_000_000),
+        raw_retention_days=s.optional_number("raw_retention_days", 1, 36_500, " days"),
     )
     w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port", "metrics_token"})
     token = w.get("metrics_token", str, None)

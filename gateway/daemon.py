@@ -108,6 +108,7 @@ class Gateway:
         self._scheduler.add_job(self.check_clock, "interval", seconds=60, id="clock")
         if config.backup.enabled:
             self._scheduler.add_job(self.backup, "interval", hours=config.backup.interval_h, id="backup")
+        self._scheduler.add_job(self.retain, "interval", hours=1, id="retention")
         self._scheduler.start()
         self._apply(config)
         if config.web.enabled:
@@ -321,6 +322,25 @@ class Gateway:
             log.info("the system clock is synchronised now (%s)", state.detail)
         self.clock_synchronized = state.synchronized
         return state
+
+    def retain(self, now: float | None = None) -> int:
+        """The retention job: prune raw readings older than ``sync.raw_retention_days`` that the receiver
+        has committed. Unsynced readings, and what the next preprocessing run needs, are never pruned;
+        intervals and emissions stay. Returns how many readings went. Never raises."""
+        days = self.config.sync.raw_retention_days
+        sync, store = self.sync, self.store
+        if not days or sync is None or store is None:
+            return 0
+        older_than = (time.time() if now is None else now) - days * 86_400
+        try:
+            result = store.prune_synced_readings(sync.status().synced_through, 0, older_than_ts=older_than)
+        except (StoreError, OSError) as exc:
+            log.error("retention: cannot prune old raw readings: %s", exc)
+            return 0
+        if result.deleted:
+            log.info("retention: pruned %d raw readings older than %g days, already committed at the receiver "
+                     "(ids <= %d)", result.deleted, days, result.through_id)
+        return result.deleted
 
     def backup(self) -> Path | None:
         """The scheduled backup: write one, keep the newest ``keep``, audit it. Never raises."""

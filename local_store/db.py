@@ -399,7 +399,8 @@ class Store:
             wal = 0
         return int(page_size * in_use + wal)
 
-    def prune_synced_readings(self, synced_through: int, target_bytes: int, chunk: int = 5000) -> PruneResult:
+    def prune_synced_readings(self, synced_through: int, target_bytes: int, chunk: int = 5000,
+                              older_than_ts: float | None = None) -> PruneResult:
         """Delete raw readings already committed at the receiver, oldest first, until :meth:`used_bytes`
         is at most ``target_bytes`` or nothing more may go.
 
@@ -409,6 +410,9 @@ class Store:
         :meth:`process` needs as context (gap bridging, frozen and spike checks). Intervals and
         emissions are kept; the pruned raw readings remain at the receiver. Each chunk is its own
         transaction.
+
+        :param older_than_ts: also keep everything from this time on: age-based retention, which with
+            ``target_bytes=0`` prunes every synced reading older than it.
         """
         before = self.used_bytes()
         deleted, through_id, until_ts = 0, 0, None
@@ -426,7 +430,7 @@ class Store:
                                 " <= ?", (meter_id, point, plausible_until)).fetchone()[0]
             if newest is None:
                 continue
-            cutoff = newest - keep_s
+            cutoff = newest - keep_s if older_than_ts is None else min(newest - keep_s, older_than_ts)
             anchor = db.execute("SELECT id FROM readings WHERE meter_id = ? AND point = ? AND timestamp < ? AND"
                                 " value IS NOT NULL AND timestamp >= 946684800 ORDER BY timestamp DESC LIMIT 1",
                                 (meter_id, point, cutoff)).fetchone()

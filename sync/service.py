@@ -41,6 +41,7 @@ class SyncSettings:
     tick_s: float = 0.5
     bandwidth_bytes_per_s: float | None = None  # cap for metered links; None: no cap
     disk_budget_bytes: int | None = None         # gateway.db (+ WAL) size that raises the alarm
+    raw_retention_days: float | None = None      # synced raw readings older than this are pruned (daemon job)
 
     def batch_topic(self) -> str:
         return f"{self.topic_prefix}/{self.gateway_id}/batch"

@@ -106,3 +106,17 @@ def test_processing_after_pruning_gives_the_same_intervals(tmp_path: Path) -> No
             results.append(store.db.execute("SELECT start_ts, amount, status, measured_fraction, flags FROM intervals"
                                             " ORDER BY start_ts").fetchall())
     assert results[0] == results[1] and len(results[0]) > 280
+
+
+def test_age_based_retention_keeps_everything_newer_than_its_cutoff(tmp_path: Path) -> None:
+    with open_store(tmp_path / "gateway.db") as store:
+        _fill(store)
+        everything = _ids(store)
+        older_than = T0 + 86_400.0               # one day into the three: far older than the 92 100 s context
+        result = store.prune_synced_readings(max(everything), target_bytes=0, older_than_ts=older_than)
+        remaining = {(p, ts) for p, ts in store.db.execute("SELECT point, timestamp FROM readings WHERE meter_id = 'main'")}
+        stamps = [T0 + STEP_S * k for k in range(N) if T0 + STEP_S * k < older_than]
+        gone = {(p, ts) for p in ("energy_import", "active_power") for ts in stamps[:-1]}   # the newest is the anchor
+        all_main = {(p, T0 + STEP_S * k) for k in range(N) for p in ("energy_import", "active_power")}
+        assert remaining == all_main - gone and result.deleted == len(gone)
+        assert len(_ids(store, "meter_id = 'gas'")) == N      # unprocessed: kept whatever its age
