@@ -30,6 +30,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def trusted_pair(receiver_dir: Path, gateway_data_dir: Path, gateway_id: str = "demo-gateway") -> Path:
+    """Key pairs for a gateway and a receiver that trusts it; returns the receiver's public sealing key."""
+    from sync.keys import GATEWAY_PUB, ensure_gateway_key, ensure_receiver_key
+
+    ensure_receiver_key(receiver_dir / "keys")
+    ensure_gateway_key(gateway_data_dir / "keys")
+    (receiver_dir / "trusted").mkdir(parents=True, exist_ok=True)
+    shutil.copy(gateway_data_dir / "keys" / GATEWAY_PUB, receiver_dir / "trusted" / f"{gateway_id}.pub")
+    return receiver_dir / "keys" / "receiver-sealing.pub"
+
+
 def wait_until(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.05,
                message: str = "condition") -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""

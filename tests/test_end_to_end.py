@@ -6,11 +6,9 @@ At the end the receiver holds exactly the readings the gateway stored: none lost
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
@@ -22,8 +20,7 @@ from gateway.paths import PROFILES_DIR
 from local_store import open_store
 from local_store.reports import build_report
 from sync import BrokerSettings, Receiver, ReceiverSettings, SyncService
-from sync.keys import GATEWAY_PUB, ensure_gateway_key, ensure_receiver_key
-from tests.conftest import free_port, port_open, wait_until
+from tests.conftest import free_port, port_open, trusted_pair, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,14 +44,10 @@ def _receiver_readings(database: Path) -> list[tuple]:
 
 
 def test_simulated_meters_reach_the_receiver_exactly_once(tmp_path: Path, mqtt_broker) -> None:
-    rx_dir = tmp_path / "receiver"
-    ensure_receiver_key(rx_dir / "keys")
-    data_dir = tmp_path / "gateway-data"
-    ensure_gateway_key(data_dir / "keys")
-    (rx_dir / "trusted").mkdir(parents=True)
-    shutil.copy(data_dir / "keys" / GATEWAY_PUB, rx_dir / "trusted" / "demo-gateway.pub")
+    rx_dir, data_dir = tmp_path / "receiver", tmp_path / "gateway-data"
+    receiver_pub = trusted_pair(rx_dir, data_dir)
     web_port = free_port()
-    config = load_config(_config(tmp_path, mqtt_broker.port, web_port, rx_dir / "keys" / "receiver-sealing.pub"),
+    config = load_config(_config(tmp_path, mqtt_broker.port, web_port, receiver_pub),
                          load_profiles(PROFILES_DIR), data_dir_override=data_dir)
     receiver = Receiver(ReceiverSettings(rx_dir / "receiver.db", rx_dir / "keys", rx_dir / "trusted",
                                          BrokerSettings(port=mqtt_broker.port)))

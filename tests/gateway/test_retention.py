@@ -3,7 +3,6 @@ ones, the context the next preprocessing run needs, intervals and emissions stay
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import time
 from dataclasses import replace
@@ -16,8 +15,7 @@ from gateway.daemon import Gateway
 from gateway.paths import PROFILES_DIR
 from local_store import open_store
 from sync import BrokerSettings, Receiver, ReceiverSettings
-from sync.keys import GATEWAY_PUB, ensure_gateway_key, ensure_receiver_key
-from tests.conftest import wait_until
+from tests.conftest import trusted_pair, wait_until
 
 DAY_S = 86_400
 
@@ -31,13 +29,10 @@ def _old_readings(now: float) -> list[Reading]:
 
 def test_retention_prunes_only_old_readings_the_receiver_committed(tmp_path: Path, mqtt_broker) -> None:
     rx_dir, data_dir = tmp_path / "receiver", tmp_path / "gateway-data"
-    ensure_receiver_key(rx_dir / "keys")
-    ensure_gateway_key(data_dir / "keys")
-    (rx_dir / "trusted").mkdir(parents=True)
-    shutil.copy(data_dir / "keys" / GATEWAY_PUB, rx_dir / "trusted" / "demo-gateway.pub")
+    receiver_pub = trusted_pair(rx_dir, data_dir)
     config = load_config(None, load_profiles(PROFILES_DIR), data_dir_override=data_dir)
     config = replace(config, web=replace(config.web, enabled=False), sync=replace(
-        config.sync, broker=BrokerSettings(port=mqtt_broker.port), receiver_public_key=rx_dir / "keys" / "receiver-sealing.pub",
+        config.sync, broker=BrokerSettings(port=mqtt_broker.port), receiver_public_key=receiver_pub,
         batch_max_age_s=0.5, raw_retention_days=2))
     now = time.time()
     old = _old_readings(now)

@@ -106,17 +106,16 @@ def _start_tls_broker(tmp_path: Path, pki: Pki, require_certificate: bool) -> Br
 @pytest.fixture
 def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
     """mosquitto with TLS only, requiring a client certificate from the throwaway CA and a password."""
-    broker = _start_tls_broker(tmp_path, pki, require_certificate=True)
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    yield from _running(_start_tls_broker(tmp_path, pki, require_certificate=True))
 
 
 @pytest.fixture
 def tls_password_broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
     """mosquitto with TLS (server certificate only) and passwords: client certificates are optional."""
-    broker = _start_tls_broker(tmp_path, pki, require_certificate=False)
+    yield from _running(_start_tls_broker(tmp_path, pki, require_certificate=False))
+
+
+def _running(broker: Broker) -> Iterator[Broker]:
     try:
         yield broker
     finally:
