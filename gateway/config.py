@@ -239,19 +239,42 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
 
 
 def load_config(path: Path | None, profiles: Mapping[str, Profile], data_dir_override: Path | None = None) -> GatewayConfig:
-    """Load ``path`` (None: the embedded default, the demo).
+    """Load ``path``; None: ``<data_dir>/gateway.toml`` if the web UI saved one, else the embedded default.
 
     :raises ConfigError: unreadable file, TOML syntax error (with line and column) or an invalid value.
     """
-    path = path or DEFAULT_CONFIG
+    if path is None:
+        default = load_config(DEFAULT_CONFIG, profiles, data_dir_override)
+        saved = saved_config_path(default)
+        if not saved.is_file():
+            return default
+        # the saved file lives in the data directory the default names: keep that directory
+        return load_config(saved, profiles, data_dir_override or default.data_dir)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config ({exc.strerror}); check the path given to --config") from exc
+    return config_from_text(text, str(path), profiles, data_dir_override, source_path=path)
+
+
+def config_from_text(text: str, origin: str, profiles: Mapping[str, Profile], data_dir_override: Path | None = None,
+                     source_path: Path | None = None) -> GatewayConfig:
+    """Validate TOML text (an upload, a config edited in the web UI) as :func:`load_config` does a file.
+
+    :raises ConfigError: TOML syntax error (with line and column) or an invalid value.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}; fix that line (strings need quotes, "
+        raise ConfigError(f"{origin}: TOML syntax error: {exc}; fix that line (strings need quotes, "
                           "tables are [name] and lists of tables [[name]])") from exc
-    config = parse_config(data, str(path), profiles, data_dir_override)
-    return GatewayConfig(**{**config.__dict__, "source_path": path, "text": text})
+    config = parse_config(data, origin, profiles, data_dir_override)
+    return GatewayConfig(**{**config.__dict__, "source_path": source_path, "text": text})
+
+
+def saved_config_path(config: GatewayConfig) -> Path:
+    """Where a config changed at run time is written: the ``--config`` file, or ``<data_dir>/gateway.toml``
+    when the gateway runs on the embedded default (which is never written)."""
+    if config.source_path is not None and config.source_path.resolve() != DEFAULT_CONFIG.resolve():
+        return config.source_path
+    return config.data_dir / "gateway.toml"

@@ -260,6 +260,10 @@ class Gateway:
     def emissions_summary(self) -> Any:
         return emissions_summary(self.store) if self.store is not None else None
 
+    def bus_config(self, bus_name: str) -> BusConfig:
+        """The bus as it is polled (a simulated bus with its real loopback port), e.g. for a scan."""
+        return self._pollers[bus_name].bus
+
     def test_read(self, bus_name: str, device_id: int, profile_id: str) -> list[Reading]:
         """A test read through the bus owner, so it never collides with polling on the same line."""
         poller = self._pollers.get(bus_name)
