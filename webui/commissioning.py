@@ -13,7 +13,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
-from wtforms import BooleanField, DecimalField, IntegerField, SelectField, StringField
+from wtforms import BooleanField, FloatField, IntegerField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
 from drivers import DriverError
@@ -53,20 +53,23 @@ class BusForm(FlaskForm):
     baudrate = SelectField(_l("Baud rate"), choices=BAUDRATES, default="9600")
     parity = SelectField(_l("Parity"), choices=[("N", _l("none")), ("E", _l("even")), ("O", _l("odd"))])
     stopbits = SelectField(_l("Stop bits"), choices=[("1", "1"), ("2", "2")])
-    timeout_s = DecimalField(_l("Reply timeout (s)"), default=1, places=None, validators=[
+    timeout_s = FloatField(_l("Reply timeout (s)"), default=1, render_kw={"inputmode": "decimal"}, validators=[
         InputRequired(_l("Enter a number.")), NumberRange(0.05, 30, _l("Use a value from 0.05 to 30."))])
 
-    def validate_host(self, field: Any) -> None:
-        if self.transport.data != "rtu" and not field.data:
-            raise ValidationError(_("A TCP bus needs a host."))
-
-    def validate_port(self, field: Any) -> None:
-        if self.transport.data != "rtu" and not field.data:
-            raise ValidationError(_("A TCP bus needs a port."))
-
-    def validate_serial_port(self, field: Any) -> None:
-        if self.transport.data == "rtu" and not field.data:
-            raise ValidationError(_("A serial bus needs its serial port."))
+    def validate(self, extra_validators: Any = None) -> bool:
+        ok = super().validate(extra_validators)
+        if self.transport.data != "rtu":   # serial settings do not matter for a TCP bus
+            for field in (self.serial_port, self.baudrate, self.parity, self.stopbits):
+                field.errors = []
+            ok = not any(f.errors for f in self)
+        # cross-field rules after the fields (Optional() would stop an inline validator on an empty field)
+        needs = [(self.host, _("A TCP bus needs a host.")), (self.port, _("A TCP bus needs a port."))] \
+            if self.transport.data != "rtu" else [(self.serial_port, _("A serial bus needs its serial port."))]
+        for field, message in needs:
+            if not field.data and not field.errors:
+                field.errors = [*field.errors, message]
+                ok = False
+        return ok
 
 
 def _bus_table(form: BusForm, old: dict | None) -> dict:
@@ -167,7 +170,7 @@ class MeterForm(FlaskForm):
         InputRequired(_l("Enter a whole number.")), NumberRange(1, 247, _l("Use a unit id from 1 to 247."))])
     profile = StringField(_l("Profile"), validators=[InputRequired(), Length(max=100)],
                           render_kw={"list": "profiles", "autocomplete": "off"})
-    poll_interval_s = DecimalField(_l("Poll every (s)"), default=5, places=None, validators=[
+    poll_interval_s = FloatField(_l("Poll every (s)"), default=5, render_kw={"inputmode": "decimal"}, validators=[
         InputRequired(_l("Enter a number.")), NumberRange(0.2, 86400, _l("Use a value from 0.2 to 86400."))])
     activity = SelectField(_l("Counts as"), choices=[(a, ACTIVITY_LABELS[a]) for a in ACTIVITIES], default="none")
     enabled = BooleanField(_l("Poll this meter"), default=True)

@@ -16,7 +16,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from markupsafe import Markup, escape
-from wtforms import BooleanField, DateField, DecimalField, IntegerField, SelectField, StringField
+from wtforms import BooleanField, DateField, FloatField, IntegerField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
 from local_store import FactorError, ReportError
@@ -131,7 +131,7 @@ class CustomFactorForm(FlaskForm):
     parameter = SelectField(_l("Parameter"), choices=[
         ("ef", _l("emission factor")), ("ncv", _l("net calorific value")), ("carbon_content", _l("carbon content")),
         ("oxidation", _l("oxidation rate")), ("residual_mix", _l("residual mix")), ("ch4", "CH4"), ("n2o", "N2O")])
-    value = DecimalField(_l("Value"), places=None, validators=[
+    value = FloatField(_l("Value"), render_kw={"inputmode": "decimal"}, validators=[
         InputRequired(_l("Enter a number.")), NumberRange(0, 1e9, _l("Use a number of 0 or more."))])
     unit = StringField(_l("Unit"), validators=[InputRequired(), Length(max=30)], render_kw={"placeholder": "tCO2/MWh"})
     region = StringField(_l("Region"), default="national", validators=[InputRequired(), Length(max=40)])
