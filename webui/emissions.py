@@ -39,19 +39,19 @@ def runtime() -> Any:
 def _bars(labels: list[str], series: dict[str, list[float]], colors: dict[str, str], title: str,
           legend: dict[str, str]) -> Markup:
     """A stacked bar chart as SVG text (no script, so the CSP holds; scales to the phone's width)."""
-    width, height, left, bottom, top = 640, 240, 56, 42, 24
+    width, height, left, bottom, top = 640, 280, 70, 50, 30
     n = max(1, len(labels))
     totals = [sum(values[i] for values in series.values()) for i in range(len(labels))]
     peak = max([t for t in totals if t > 0], default=1.0)
     slot = (width - left - 10) / n
     bar = max(2.0, slot * 0.7)
     parts = [f'<svg viewBox="0 0 {width} {height}" role="img" class="chart" aria-label="{escape(title)}">',
-             f'<text x="{left}" y="14" class="chart-title">{escape(title)}</text>']
+             f'<text x="{left}" y="18" class="chart-title">{escape(title)}</text>']
     for k in range(5):
         y = top + (height - top - bottom) * k / 4
         parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
                      f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" class="axis">{peak * (4 - k) / 4:.3g}</text>')
-    every = max(1, n // 12)
+    every = max(1, n // 6)
     for i, label in enumerate(labels):
         x = left + i * slot + (slot - bar) / 2
         y = height - bottom
@@ -61,7 +61,7 @@ def _bars(labels: list[str], series: dict[str, list[float]], colors: dict[str, s
             parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="{colors[name]}">'
                          f'<title>{escape(label)} {escape(legend[name])}: {values[i]:.4f} tCO2e</title></rect>')
         if i % every == 0:
-            parts.append(f'<text x="{x + bar / 2:.1f}" y="{height - bottom + 14}" text-anchor="middle" '
+            parts.append(f'<text x="{x + bar / 2:.1f}" y="{height - bottom + 18}" text-anchor="middle" '
                          f'class="axis">{escape(label[-5:])}</text>')
     lx = left
     for name in series:
@@ -74,7 +74,7 @@ def _bars(labels: list[str], series: dict[str, list[float]], colors: dict[str, s
 
 def _hbars(rows: list[tuple[str, float]], title: str) -> Markup:
     """Horizontal bars, one per source."""
-    width, row_h, left = 640, 26, 180
+    width, row_h, left = 640, 30, 200
     height = 30 + row_h * max(1, len(rows))
     peak = max([v for _, v in rows if v > 0], default=1.0)
     parts = [f'<svg viewBox="0 0 {width} {height}" role="img" class="chart" aria-label="{escape(title)}">',
@@ -87,6 +87,17 @@ def _hbars(rows: list[tuple[str, float]], title: str) -> Markup:
                      f'<text x="{left + w + 4:.1f}" y="{y + 15}" class="axis">{value:.4f}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def _period_keys(start: date, end: date, per: str) -> list[str]:
+    keys: list[str] = []
+    day = start
+    while day < end:
+        key = day.isoformat() if per == "day" else day.strftime("%Y-%m")
+        if not keys or keys[-1] != key:
+            keys.append(key)
+        day += timedelta(days=1)
+    return keys
 
 
 @bp.get("/emissions")
@@ -106,9 +117,10 @@ def charts() -> Any:
     legend = {"scope_1": _("Scope 1"), "scope_2": _("Scope 2")}
     charts_svg = []
     if report is not None:
-        rows = report["breakdown"]
-        charts_svg.append(_bars([r["key"] for r in rows],
-                                {k: [r[k] for r in rows] for k in ("scope_1", "scope_2")}, SCOPE_COLORS,
+        found = {r["key"]: r for r in report["breakdown"]}
+        keys = _period_keys(start, end, per)    # every day or month of the period, empty ones too
+        charts_svg.append(_bars(keys, {k: [found.get(key, {}).get(k, 0.0) for key in keys]
+                                       for k in ("scope_1", "scope_2")}, SCOPE_COLORS,
                                 _("tCO2e per day by scope") if per == "day" else _("tCO2e per month by scope"), legend))
         charts_svg.append(_hbars([(s["source"], s["tco2e"]) for s in report["by_source"]], _("tCO2e by source")))
     return render_template("emissions.html", report=report, charts=charts_svg, per=per, start=start,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from drivers import load_profiles
+from drivers import SimulatedDevice, SimulatorServer, load_profiles
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.paths import PROFILES_DIR
@@ -125,3 +125,27 @@ def admin(app) -> FlaskClient:  # type: ignore[no-untyped-def]
     client = app.test_client()
     set_up_admin(client)
     return client
+
+
+@pytest.fixture
+def field_sim() -> Iterator[SimulatorServer]:
+    """A second line with one meter nobody has configured yet: unit 7, an Eastron SDM630."""
+    profiles = load_profiles(PROFILES_DIR)
+    sim = SimulatorServer([SimulatedDevice(7, profiles["eastron-sdm630"])], host="127.0.0.1").start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def field_gateway(tmp_path: Path, field_sim: SimulatorServer):  # type: ignore[no-untyped-def]
+    toml = DEMO_TOML + f"""
+[[buses]]
+name = "line-2"
+transport = "tcp"
+host = "127.0.0.1"
+port = {field_sim.port}
+timeout_s = 0.2
+"""
+    gw = start_gateway(write_config(tmp_path, toml), tmp_path / "data")
+    yield gw
+    gw.stop()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers import SimulatedDevice, SimulatorServer, load_profiles
-from gateway.paths import PROFILES_DIR
+
+
 from local_store import audit
 from tests.conftest import wait_until
 from tests.webui.conftest import DEMO_TOML, post, set_up_admin, start_gateway, write_config
@@ -20,30 +20,6 @@ from webui import create_app
 
 def text(response) -> str:  # type: ignore[no-untyped-def]
     return html.unescape(response.get_data(as_text=True))
-
-
-@pytest.fixture
-def field_sim() -> Iterator[SimulatorServer]:
-    """A second line with one meter nobody has configured yet: unit 7, an Eastron SDM630."""
-    profiles = load_profiles(PROFILES_DIR)
-    sim = SimulatorServer([SimulatedDevice(7, profiles["eastron-sdm630"])], host="127.0.0.1").start()
-    yield sim
-    sim.stop()
-
-
-@pytest.fixture
-def field_gateway(tmp_path: Path, field_sim: SimulatorServer):  # type: ignore[no-untyped-def]
-    toml = DEMO_TOML + f"""
-[[buses]]
-name = "line-2"
-transport = "tcp"
-host = "127.0.0.1"
-port = {field_sim.port}
-timeout_s = 0.2
-"""
-    gw = start_gateway(write_config(tmp_path, toml), tmp_path / "data")
-    yield gw
-    gw.stop()
 
 
 @pytest.fixture
