@@ -32,6 +32,9 @@ class WebSettings:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
+    tls: bool = False               # HTTPS; default on when the UI listens beyond loopback
+    cert_file: Path | None = None   # your own certificate; None: a self-signed one made on first boot
+    key_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -230,9 +233,17 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         batch_max_readings=int(s.number("batch_max_readings", 5000, 1, 100_000)),
         batch_max_age_s=s.number("batch_max_age_s", 30.0, 0, 86400, " s"),
     )
-    w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port"})
-    web = WebSettings(enabled=w.get("enabled", bool, True), host=w.get("host", str, "127.0.0.1"),
-                      port=int(w.number("port", 8080, 1, 65535)))
+    w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port", "tls", "cert_file", "key_file"})
+    web_host = w.get("host", str, "127.0.0.1")
+    # plain HTTP only on loopback (the demo); anything reachable from the factory network is HTTPS
+    loopback = web_host in ("127.0.0.1", "::1", "localhost")
+    cert_file, key_file = _path(w.get("cert_file", str, None)), _path(w.get("key_file", str, None))
+    if (cert_file is None) != (key_file is None):
+        raise w.fail("cert_file" if cert_file is None else "key_file",
+                     "give both web.cert_file and web.key_file, or neither for a self-signed certificate")
+    web = WebSettings(enabled=w.get("enabled", bool, True), host=web_host,
+                      port=int(w.number("port", 8080, 1, 65535)), tls=w.get("tls", bool, not loopback),
+                      cert_file=cert_file, key_file=key_file)
     return GatewayConfig(gateway_id=gateway_id, data_dir=data_dir, buses=tuple(buses), meters=tuple(meters),
                          sources=tuple(sources), emissions=emissions, sync=sync, web=web,
                          simulated_buses=frozenset(simulated), demo_receiver_key=demo_key)

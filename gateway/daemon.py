@@ -167,7 +167,6 @@ class Gateway:
             self._web_server.close()
             if self._web_thread is not None:
                 self._web_thread.join(timeout=10)
-            self._web_server.task_dispatcher.shutdown(timeout=5)  # close() leaves the worker threads running
         if self.store is not None:
             self.store.close()
         log.info("gateway stopped")
@@ -179,13 +178,12 @@ class Gateway:
         return replace(bus, host=simulator.host, port=simulator.port)
 
     def _start_web(self) -> None:
-        from webui import create_app, serve  # the web UI is optional for a headless gateway
+        from webui import serve_gateway  # the web UI is optional for a headless gateway
 
-        app = create_app(runtime=self)
-        self._web_server = serve(app, self.config.web.host, self.config.web.port)
+        self._web_server, url = serve_gateway(self)
         self._web_thread = threading.Thread(target=self._web_server.run, name="web", daemon=True)
         self._web_thread.start()
-        log.info("web UI on http://%s:%d", self.config.web.host, self.config.web.port)
+        log.info("web UI on %s", url)
 
     # -- work ------------------------------------------------------------------------------------------
     def _poll_bus(self, poller: BusPoller, stop: threading.Event) -> None:

@@ -7,6 +7,7 @@ language), ``commissioning`` (buses, meters, scan, test-read, config export/impo
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import Any
@@ -15,11 +16,13 @@ from flask import Flask, g, render_template, request, session
 from flask_babel import Babel
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from waitress import create_server
 from werkzeug.exceptions import HTTPException
 
 from webui import admin, auth, commissioning, dashboard, emissions
+from webui.server import TlsFiles, ensure_self_signed, fingerprint, serve
 from webui.sessions import SqliteSessionInterface
+
+log = logging.getLogger(__name__)
 
 LANGUAGES = dashboard.LANGUAGES
 
@@ -103,9 +106,27 @@ def create_app(test_config: dict | None = None, runtime: Any = None) -> Flask:
     return app
 
 
-def serve(app: Flask, host: str, port: int, threads: int = 8) -> Any:
-    """A waitress server bound now; call ``.run()`` in a thread and ``.close()`` to stop it."""
-    return create_server(app, host=host, port=port, threads=threads, ident="carbon-gateway")
+def tls_files(runtime: Any) -> TlsFiles | None:
+    """The certificate to serve with, made self-signed on first boot unless the config names one."""
+    web, data_dir = runtime.config.web, runtime.config.data_dir
+    if not web.tls:
+        return None
+    if web.cert_file is not None:
+        return TlsFiles(web.cert_file, web.key_file)
+    files = TlsFiles(data_dir / "web" / "cert.pem", data_dir / "web" / "key.pem")
+    if ensure_self_signed(files.cert_file, files.key_file, web.host):
+        log.warning("made a self-signed HTTPS certificate %s (SHA-256 %s); install your own with "
+                    "web.cert_file and web.key_file", files.cert_file, fingerprint(files.cert_file))
+    return files
 
 
-__all__ = ["create_app", "serve", "LANGUAGES"]
+def serve_gateway(runtime: Any) -> tuple[Any, str]:
+    """The daemon's web server, bound: HTTPS unless the UI listens on loopback only. Returns (server, url)."""
+    web = runtime.config.web
+    tls = tls_files(runtime)
+    app = create_app({"SESSION_COOKIE_SECURE": tls is not None}, runtime=runtime)
+    server = serve(app, web.host, web.port, tls=tls)
+    return server, f"{'https' if tls else 'http'}://{web.host}:{web.port}"
+
+
+__all__ = ["create_app", "serve", "serve_gateway", "tls_files", "LANGUAGES"]
