@@ -50,6 +50,7 @@ def create_app(test_config: dict | None = None, runtime: Any = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,             # bound by the session's own timeouts instead
         MAX_CONTENT_LENGTH=64 * 1024 * 1024,  # restore uploads; everything else is small
         SCAN_TIMEOUT_S=120.0,
+        STATUS_CACHE_S=1.0,                   # dashboard snapshot shared by all clients (webui/dashboard.py)
     )
     if test_config:
         app.config.update(test_config)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, session, url_for
+from flask_babel import get_locale
+from markupsafe import Markup
 
 from webui.auth import requires
 
@@ -52,16 +55,36 @@ def status(rt: Any) -> dict:
     }
 
 
+def _cached(key: str, make: Callable[[], Any]) -> Any:
+    """One value for every client for ``STATUS_CACHE_S``: twenty phones polling cost one query and one render.
+
+    The meters are polled every few seconds at most, so a second-old snapshot shows nothing stale
+    that the "s ago" beside each value does not already say.
+    """
+    ttl = current_app.config["STATUS_CACHE_S"]
+    cache = current_app.extensions.setdefault("status_cache", {})
+    now = time.monotonic()
+    hit = cache.get(key)
+    if hit is not None and now - hit[0] < ttl:
+        return hit[1]
+    value = make()
+    cache[key] = (now, value)
+    return value
+
+
 @bp.get("/")
 @requires("view")
 def index() -> Any:
-    return render_template("dashboard.html", status=status(runtime()))
+    lang = str(get_locale())
+    main = _cached(f"main-{lang}", lambda: Markup(render_template(
+        "dashboard_main.html", status=_cached("status", lambda: status(runtime())))))
+    return render_template("dashboard.html", main=main)
 
 
 @bp.get("/api/status")
 @requires("view")
 def api_status() -> Any:
-    return jsonify(status(runtime()))
+    return jsonify(_cached("status", lambda: status(runtime())))
 
 
 @bp.get("/healthz")
