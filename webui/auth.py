@@ -74,8 +74,17 @@ def actor() -> str:
 
 
 def record(action: str, target: str = "", **detail: Any) -> None:
-    """One audit entry for the current user, with the client's address."""
-    audit.record(db(), actor(), action, target, {**detail, "client": request.remote_addr or ""})
+    """One audit entry for the current user, with the client's address.
+
+    Inside a caller's transaction it joins it; alone it takes the write lock up front (a deferred
+    read-then-write would fail at once with "database is locked" when the daemon writes meanwhile).
+    """
+    log_entry(actor(), action, target, **detail)
+
+
+def log_entry(who: str, action: str, target: str = "", **detail: Any) -> None:
+    with write_transaction(db()):
+        audit.record(db(), who, action, target, {**detail, "client": request.remote_addr or ""})
 
 
 def load_user() -> Any:
@@ -143,8 +152,7 @@ def setup() -> Any:
         try:
             with write_transaction(db()):
                 users.create_first_admin(db(), form.name.data, form.password.data)
-                audit.record(db(), form.name.data, "user.setup", f"user {form.name.data}",
-                             {"role": "admin", "client": request.remote_addr or ""})
+                log_entry(form.name.data, "user.setup", f"user {form.name.data}", role="admin")
         except users.UserError as exc:
             form.name.errors = [*form.name.errors, user_error_text(exc)]
         else:
@@ -167,11 +175,10 @@ def login() -> Any:
         try:
             user = users.authenticate(db(), name, form.password.data)
         except users.UserError as exc:
-            audit.record(db(), "-", "login.failed", f"user {name[:64]}",
-                         {"reason": exc.code, "client": request.remote_addr or ""})
+            log_entry("-", "login.failed", f"user {name[:64]}", reason=exc.code)
             error = user_error_text(exc)
         else:
-            audit.record(db(), user.name, "login.ok", f"user {user.name}", {"client": request.remote_addr or ""})
+            log_entry(user.name, "login.ok", f"user {user.name}")
             _start_session(user.name)
             target = request.args.get("next", "")
             # only local paths: never an open redirect
