@@ -105,6 +105,10 @@ class _Reader:
             raise self.fail(key, f"use a value from {low:g} to {high:g}{unit}")
         return value
 
+    def optional_number(self, key: str, low: float, high: float, unit: str = "") -> float | None:
+        """Like :meth:`number`, None when the key is absent (the setting is off)."""
+        return self.number(key, ..., low, high, unit) if key in self.table else None
+
 
 def _tables(origin: str, data: Mapping[str, Any], key: str) -> list[dict]:
     value = data.get(key, [])
@@ -140,9 +144,19 @@ def _bus(origin: str, index: int, raw: dict) -> tuple[BusConfig, bool]:
     ), simulated
 
 
+#: Per-meter preprocessing rules in [[meters]]: key -> (lowest, highest, unit for the message).
+_RULE_KEYS: dict[str, tuple[float, float, str]] = {
+    "max_gap_s": (60, 86_400, " s"),
+    "long_gap_s": (60, 864_000, " s"),
+    "frozen_after_s": (0, 864_000, " s (0: off)"),
+    "max_rate_per_h": (0.001, 1e12, " per hour"),
+    "steam_enthalpy_kj_per_kg": (2000, 4000, " kJ/kg"),
+}
+
+
 def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSettings | None]:
     r = _Reader(origin, raw, f"meters[{index}]", {"id", "bus", "device_id", "profile", "poll_interval_s", "enabled",
-                                                   "description", "activity", "point", "rollover_at"})
+                                                   "description", "activity", "point", "rollover_at", *_RULE_KEYS})
     device_id = r.get("device_id", int, fix="set the meter's Modbus unit id (1-247)")
     if not 1 <= device_id <= 247:
         raise r.fail("device_id", "use a Modbus unit id from 1 to 247")
@@ -155,9 +169,18 @@ def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSetti
     if activity == "none":
         return meter, None
     rollover = raw.get("rollover_at")
+    # Preprocessing rules (docs/models.md, section 2); absent keys keep SourceSettings' defaults,
+    # frozen_after_s = 0 turns the frozen-value check off.
+    rules = {key: r.number(key, ..., low, high, unit) for key, (low, high, unit) in _RULE_KEYS.items() if key in raw}
+    if rules.get("frozen_after_s") == 0:
+        rules["frozen_after_s"] = None
+    max_gap_s = rules.get("max_gap_s", SourceSettings.max_gap_s)
+    if rules.get("long_gap_s", max_gap_s) < max_gap_s:
+        raise r.fail("long_gap_s", f"use a value of at least max_gap_s ({max_gap_s:g} s)")
     return meter, SourceSettings(meter_id=meter.id, activity=activity, point=r.get("point", str, None),
                                  description=meter.description,
-                                 rollover_at=float(r.get("rollover_at", float)) if rollover is not None else None)
+                                 rollover_at=float(r.get("rollover_at", float)) if rollover is not None else None,
+                                 **rules)
 
 
 def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Profile],
@@ -170,7 +193,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         raise g.fail("id", "use letters, digits, '-', '_' or '.', e.g. id = \"plant-a-gw1\"")
     data_dir = data_dir_override or Path(g.get("data_dir", str, str(DEFAULT_DATA_DIR)))
 
-    buses, simulated = [], set()
+    buses: list[BusConfig] = []
+    simulated: set[str] = set()
     for index, raw in enumerate(_tables(origin, data, "buses")):
         bus, is_simulated = _bus(origin, index, raw)
         if bus.name in {b.name for b in buses}:
@@ -178,7 +202,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         buses.append(bus)
         if is_simulated:
             simulated.add(bus.name)
-    meters, sources = [], []
+    meters: list[MeterConfig] = []
+    sources: list[SourceSettings] = []
     for index, raw in enumerate(_tables(origin, data, "meters")):
         meter, source = _meter(origin, index, raw)
         where = f"{origin}: meters[{index}]"
@@ -208,7 +233,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
     s = _Reader(origin, top.get("sync", dict, {}), "sync",
                 {"enabled", "broker_host", "broker_port", "tls", "ca_file", "client_cert", "client_key", "username",
                  "password", "topic_prefix", "receiver_public_key", "demo_receiver_key", "batch_max_readings",
-                 "batch_max_age_s"})
+                 "batch_max_age_s", "bandwidth_bytes_per_s", "disk_budget_mb"})
 
     def _path(value: str | None) -> Path | None:
         if value is None:
@@ -217,6 +242,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         return path if path.is_absolute() else data_dir / path
 
     keys_dir = data_dir / "keys"
+    budget_mb = s.optional_number("disk_budget_mb", 10, 100_000, " MB")
     demo_key = s.get("demo_receiver_key", bool, False)
     receiver_key = _path(s.get("receiver_public_key", str, None))
     if receiver_key is None and demo_key:
@@ -232,6 +258,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         enabled=s.get("enabled", bool, True), topic_prefix=s.get("topic_prefix", str, "carbon"),
         batch_max_readings=int(s.number("batch_max_readings", 5000, 1, 100_000)),
         batch_max_age_s=s.number("batch_max_age_s", 30.0, 0, 86400, " s"),
+        bandwidth_bytes_per_s=s.optional_number("bandwidth_bytes_per_s", 100, 1e9, " bytes/s"),
+        disk_budget_bytes=None if budget_mb is None else int(budget_mb * 1_000_000),
     )
     w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port", "tls", "cert_file", "key_file"})
     web_host = w.get("host", str, "127.0.0.1")

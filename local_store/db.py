@@ -309,6 +309,17 @@ class ProcessResult:
     errors: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class PruneResult:
+    """What one :meth:`Store.prune_synced_readings` call deleted."""
+
+    deleted: int                  # raw readings deleted
+    through_id: int               # the highest reading id deleted (0: none)
+    until_ts: float | None        # the newest timestamp among them
+    used_bytes_before: int
+    used_bytes_after: int
+
+
 @dataclass
 class Store:
     """The gateway's SQLite store. Create with :func:`open_store`."""
@@ -394,6 +405,91 @@ class Store:
             "SELECT id, meter_id, point, timestamp, value, unit, quantity, quality, reason, status"
             " FROM readings WHERE id > ? ORDER BY id LIMIT ?", (int(reading_id), int(limit))).fetchall()
         return [StoredReading(*row) for row in rows]
+
+    # -- disk budget ---------------------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        """Bytes the store occupies: pages in use in ``gateway.db`` plus the WAL file.
+
+        Free pages (left by deletes) are not counted: SQLite reuses them before it grows the file, so
+        keeping this number under a budget keeps the file from growing past it (issue 5, "Disk budget").
+        """
+        db = self.db
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        in_use = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+        try:
+            wal = Path(f"{self.path}-wal").stat().st_size
+        except OSError:
+            wal = 0
+        return int(page_size * in_use + wal)
+
+    def prune_synced_readings(self, synced_through: int, target_bytes: int, chunk: int = 5000) -> PruneResult:
+        """Delete raw readings already committed at the receiver, oldest first, until :meth:`used_bytes`
+        is at most ``target_bytes`` or nothing more may go.
+
+        Never deleted: readings with an id above ``synced_through`` (unsynced data is never dropped to
+        make room), readings a source has not processed yet, and per series the newest
+        :meth:`prune_keep_s` seconds plus the valid reading before them, which the next
+        :meth:`process` needs as context (gap bridging, frozen and spike checks). Intervals and
+        emissions are kept; the pruned raw readings remain at the receiver. Each chunk is its own
+        transaction.
+        """
+        before = self.used_bytes()
+        deleted, through_id, until_ts = 0, 0, None
+        if before <= target_bytes or synced_through <= 0:
+            return PruneResult(0, 0, None, before, before)
+        db = self.db
+        keep_s = self.prune_keep_s()
+        limits = []
+        cursors = dict(db.execute("SELECT meter_id, MIN(processed_reading_id) FROM sources WHERE kind IN"
+                                  " ('meter', 'imported') AND enabled = 1 GROUP BY meter_id").fetchall())
+        # Future timestamps (a clock jump) must not move the cutoff forward: only plausible ones count.
+        plausible_until = time.time() + pp.CumulativeRules().clock_jump_s
+        for meter_id, point in db.execute("SELECT meter_id, point FROM latest_readings").fetchall():
+            newest = db.execute("SELECT MAX(timestamp) FROM readings WHERE meter_id = ? AND point = ? AND timestamp"
+                                " <= ?", (meter_id, point, plausible_until)).fetchone()[0]
+            if newest is None:
+                continue
+            cutoff = newest - keep_s
+            anchor = db.execute("SELECT id FROM readings WHERE meter_id = ? AND point = ? AND timestamp < ? AND"
+                                " value IS NOT NULL AND timestamp >= 946684800 ORDER BY timestamp DESC LIMIT 1",
+                                (meter_id, point, cutoff)).fetchone()
+            max_id = min(synced_through, cursors.get(meter_id, synced_through))
+            limits.append((meter_id, point, cutoff, anchor[0] if anchor else 0, max_id))
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS prune_limits (meter_id TEXT, point TEXT, cutoff REAL,"
+                   " anchor_id INTEGER, max_id INTEGER, PRIMARY KEY (meter_id, point))")
+        with write_transaction(db):
+            db.execute("DELETE FROM temp.prune_limits")
+            db.conn.executemany("INSERT INTO temp.prune_limits VALUES (?, ?, ?, ?, ?)", limits)
+        used = before
+        after = 0      # everything below the last id deleted was examined: do not scan it again
+        while used > target_bytes:
+            with write_transaction(db):
+                rows = db.execute(
+                    "SELECT r.id, r.timestamp FROM readings r JOIN temp.prune_limits p ON p.meter_id = r.meter_id"
+                    " AND p.point = r.point WHERE r.id > ? AND r.id <= ? AND r.id <= p.max_id AND r.timestamp < p.cutoff"
+                    " AND r.id != p.anchor_id ORDER BY r.id LIMIT ?", (after, int(synced_through), int(chunk))).fetchall()
+                if not rows:
+                    break
+                db.conn.executemany("DELETE FROM readings WHERE id = ?", [(r[0],) for r in rows])
+            deleted += len(rows)
+            through_id = after = rows[-1][0]
+            newest = max(r[1] for r in rows)
+            until_ts = newest if until_ts is None else max(until_ts, newest)
+            # Move the deleted pages out of the WAL so that they count as free (best effort: a reader may
+            # hold the WAL; the next call tries again).
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            used = self.used_bytes()
+        return PruneResult(deleted, through_id, until_ts, before, used)
+
+    def prune_keep_s(self) -> float:
+        """Seconds of raw readings per series that pruning keeps: the context :meth:`process` reads
+        before new readings (``context_s``, or the longest frozen limit plus an interval), one interval,
+        and the out-of-order tolerance, with an hour to spare."""
+        frozen = [json.loads(blob).get("frozen_after_s") or 0.0
+                  for (blob,) in self.db.execute("SELECT settings FROM sources WHERE enabled = 1")]
+        interval = self.settings.interval_s
+        context = max([self.context_s] + [f + interval for f in frozen])
+        return context + interval + pp.CumulativeRules().clock_jump_s + 3600.0
 
     # -- configuration ---------------------------------------------------------------------------
     def configure_sources(self, sources: Iterable[SourceSettings], settings: EmissionSettings | None = None) -> None:

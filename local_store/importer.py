@@ -68,6 +68,11 @@ def _parse_when(text: str, tz: tzinfo, need_offset: bool) -> float:
     return dt.timestamp()
 
 
+def _at(line: int, source: str, period: str) -> str:
+    """Where a row's problem is: its line, source and period, as the issue asks every message to say."""
+    return f"line {line} ({source or 'no source'}, {period})"
+
+
 def _number(text: str) -> float:
     x = float(text.strip())
     if not math.isfinite(x):
@@ -110,6 +115,7 @@ class _ActivityRow:
     amount: float          # canonical unit
     amount_original: float
     unit_original: str
+    period: str            # start..end as written, for messages
 
 
 def _import_activity(store: Store, path: Path, rows: list[list[str]], tz: tzinfo) -> ImportResult:
@@ -154,10 +160,10 @@ def _import_activity(store: Store, path: Path, rows: list[list[str]], tz: tzinfo
             except UnitError as exc:
                 problems.append(str(exc))
         if problems:
-            errors.extend(f"line {n}: {p}" for p in problems)
+            errors.extend(f"{_at(n, source, f'{start_s}..{end_s}')}: {p}" for p in problems)
             continue
         assert start is not None and end is not None and amount is not None and mult is not None
-        good.append(_ActivityRow(n, source, act, start, end, amount * mult, amount, unit))
+        good.append(_ActivityRow(n, source, act, start, end, amount * mult, amount, unit, f"{start_s}..{end_s}"))
 
     # Overlaps with data already imported, and between rows of this file, would count twice.
     db = store.db
@@ -200,7 +206,7 @@ def _import_activity(store: Store, path: Path, rows: list[list[str]], tz: tzinfo
                             np.ones(sum(1 for p in pieces if p[0] is r)), store.library, store.settings,
                             f"{path.name} line {r.line} (source {r.source})")
                 except FactorError as exc:
-                    errors.append(f"line {r.line}: {str(exc).split(': ', 1)[1]}")
+                    errors.append(f"{_at(r.line, r.source, r.period)}: {str(exc).split(': ', 1)[1]}")
     if errors:
         raise DataImportError(str(path), errors)
     if not good:
@@ -287,7 +293,7 @@ def _import_readings(store: Store, path: Path, rows: list[list[str]]) -> ImportR
             except UnitError as exc:
                 problems.append(str(exc))
         if problems:
-            errors.extend(f"line {n}: {p}" for p in problems)
+            errors.extend(f"{_at(n, source, ts_s)}: {p}" for p in problems)
             continue
         assert ts is not None and value is not None
         readings.append(Reading(source, register, ts, value, unit, Quantity(register)))

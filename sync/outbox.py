@@ -121,6 +121,12 @@ def window(db: sqlite_utils.Database, limit: int) -> list[Slot]:
     return [Slot(*r) for r in db.execute("SELECT seq, sent_at, created_at FROM sync_outbox ORDER BY seq LIMIT ?", [limit])]
 
 
+def in_flight(db: sqlite_utils.Database, sent_after: float) -> int:
+    """Batches sent after ``sent_after`` and not yet acknowledged, anywhere in the outbox (a live batch
+    sent ahead of the backlog is outside :func:`window` but still on the wire)."""
+    return int(db.execute("SELECT COUNT(*) FROM sync_outbox WHERE sent_at > ?", [sent_after]).fetchone()[0])
+
+
 def newest(db: sqlite_utils.Database) -> Slot | None:
     row = db.execute("SELECT seq, sent_at, created_at FROM sync_outbox ORDER BY seq DESC LIMIT 1").fetchone()
     return Slot(*row) if row else None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -22,6 +21,9 @@ from sync.keys import ensure_gateway_key, load_public
 from sync.mqtt import BrokerSettings, Link
 
 log = logging.getLogger(__name__)
+
+#: While over the disk budget with nothing newly acknowledged, pruning is retried this often.
+PRUNE_RETRY_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,9 @@ class SyncStatus:
     last_ack_at: float | None
     last_error: str
     alarm: str = ""              # e.g. the disk budget is exceeded; unsynced data is kept regardless
-    disk_bytes: int = 0          # gateway.db plus its WAL
+    disk_bytes: int = 0          # gateway.db pages in use plus its WAL (Store.used_bytes)
     synced_through: int = 0      # readings with an id up to this one are acknowledged by the receiver
+    pruned_readings: int = 0     # synced raw readings deleted to stay within the disk budget, since start
 
 
 class SyncService:
@@ -76,6 +79,8 @@ class SyncService:
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
         self._sessions_seen = 0
+        self._pruned = 0
+        self._last_prune = (-1, 0.0)     # (synced_through, when) of a pruning that stayed over the budget
         outbox.ensure_schema(store.db)
         self._status = self._current_status()
 
@@ -112,8 +117,9 @@ class SyncService:
             self._wake.clear()
 
     def tick(self, force: bool = False) -> None:
-        """Apply acknowledgements, fill the outbox, publish what is due."""
+        """Apply acknowledgements, keep within the disk budget, fill the outbox, publish what is due."""
         self._apply_acks()
+        self.keep_within_budget()
         self.fill(force=force)
         self._publish_due()
         self._status = self._current_status()
@@ -126,14 +132,31 @@ class SyncService:
             except queue.Empty:
                 return
 
-    def _disk_bytes(self) -> int:
-        total = 0
-        for suffix in ("", "-wal"):
-            try:
-                total += os.path.getsize(f"{self.store.path}{suffix}")
-            except OSError:
-                pass
-        return total
+    def keep_within_budget(self) -> int:
+        """Over ``disk_budget_bytes``, prune raw readings the receiver has committed, oldest first.
+
+        Policy (docs/sync-protocol.md, "Disk budget"): synced raw data goes first and the log says so;
+        unsynced data is never deleted to make room: if pruning is not enough, ``status().alarm`` stays
+        until the link returns. Returns how many readings were pruned.
+        """
+        budget = self.settings.disk_budget_bytes
+        if budget is None or self.store.used_bytes() <= budget:
+            return 0
+        synced = outbox.synced_through(self.store.db)
+        last_synced, last_at = self._last_prune
+        if synced == last_synced and time.monotonic() - last_at < PRUNE_RETRY_S:
+            # Pruning could not get within the budget and nothing more was acknowledged since: only the
+            # moving keep window can free more, so do not rescan every tick.
+            return 0
+        result = self.store.prune_synced_readings(synced, budget)
+        self._last_prune = (synced, time.monotonic()) if result.used_bytes_after > budget else (-1, 0.0)
+        if result.deleted:
+            self._pruned += result.deleted
+            until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(result.until_ts or 0))
+            log.warning("disk budget %.1f MB: pruned %d raw readings already committed at the receiver (ids <= %d, "
+                        "up to %s); %.1f MB now in use", budget / 1e6, result.deleted, result.through_id, until,
+                        result.used_bytes_after / 1e6)
+        return result.deleted
 
     def _current_status(self) -> SyncStatus:
         db = self.store.db
@@ -141,22 +164,22 @@ class SyncService:
         pending, _ = outbox.pending_readings(db)
         link = self._link
         error = self._key_error or (link.last_error if link else "") or self._rejected
-        disk = self._disk_bytes()
+        disk = self.store.used_bytes()
         alarm = ""
         budget = self.settings.disk_budget_bytes
         if budget is not None and disk > budget:
             # Policy (docs/sync-protocol.md, "Disk budget"): never drop unsynced data to make room.
-            alarm = (f"disk budget exceeded: {disk / 1e6:.1f} MB used of {budget / 1e6:.1f} MB; "
-                     f"{readings + pending} unsynced readings are kept; prune synced raw data "
-                     f"(ids <= {outbox.synced_through(db)}) or restore the link to the receiver")
-            if alarm.split(";")[0] != self._status_alarm_head():
+            alarm = (f"disk budget exceeded: {disk / 1e6:.1f} MB used of {budget / 1e6:.1f} MB after pruning "
+                     f"{self._pruned} synced raw readings; {readings + pending} unsynced readings are kept "
+                     f"(never deleted): restore the link to the receiver or raise sync.disk_budget_mb")
+            if alarm.split(";")[0].split(" after ")[0] != self._status_alarm_head():
                 log.error(alarm)
         return SyncStatus(self.settings.enabled, bool(link and link.connected.is_set()), batches, readings + pending,
-                          outbox.last_ack_at(db), error, alarm, disk, outbox.synced_through(db))
+                          outbox.last_ack_at(db), error, alarm, disk, outbox.synced_through(db), self._pruned)
 
     def _status_alarm_head(self) -> str:
         status = getattr(self, "_status", None)
-        return status.alarm.split(";")[0] if status is not None else ""
+        return status.alarm.split(";")[0].split(" after ")[0] if status is not None else ""
 
     def synced_through(self) -> int:
         """Readings with ids up to this are committed at the receiver: raw data that retention may prune."""
@@ -216,8 +239,8 @@ class SyncService:
             outbox.forget_in_flight(db)
         now = time.time()
         slots = outbox.window(db, self.settings.max_inflight)
-        in_flight = sum(1 for s in slots if s.sent_at is not None and now - s.sent_at < self.settings.ack_timeout_s)
-        free = self.settings.max_inflight - in_flight
+        # Counted over the whole outbox: the live batch sent ahead of the backlog is not among the slots.
+        free = self.settings.max_inflight - outbox.in_flight(db, now - self.settings.ack_timeout_s)
         due = [s for s in slots if s.sent_at is None or now - s.sent_at >= self.settings.ack_timeout_s]
         newest = outbox.newest(db)
         # "Live" = sealed during this session, i.e. not part of a backlog from an outage; it jumps the queue

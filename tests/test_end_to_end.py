@@ -111,11 +111,9 @@ def test_demo_command_serves_live_values_and_report_is_non_zero(tmp_path: Path) 
 
         wait_until(live_values, timeout_s=20, message="live values on the dashboard")
         wait_until(lambda: (tmp_path / "var" / "gateway.db").exists(), timeout_s=10, message="database")
-        today = date.today()
-
         def report_total() -> float:
-            result = subprocess.run([str(exe), "report", "--data-dir", "var", "--from", today.isoformat(),
-                                     "--to", (today + timedelta(days=1)).isoformat(), "--format", "json"],
+            result = subprocess.run([str(exe), "report", "--data-dir", "var", "--from", "today", "--to", "tomorrow",
+                                     "--format", "json"],   # the README's command
                                     cwd=tmp_path, capture_output=True, text=True, timeout=60)
             return json.loads(result.stdout)["total_tco2e"] if result.returncode == 0 else 0.0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import click
@@ -30,11 +30,30 @@ def _store_path(data_dir: Path | None, must_exist: bool) -> Path:
     return path
 
 
+class _Day(click.ParamType):
+    """A local date: YYYY-MM-DD, or yesterday, today, tomorrow."""
+
+    name = "date"
+    _WORDS = {"yesterday": -1, "today": 0, "tomorrow": 1}
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> date:
+        if isinstance(value, date):
+            return value
+        text = str(value).strip().lower()
+        if text in self._WORDS:
+            return date.today() + timedelta(days=self._WORDS[text])
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{value!r}: use a date like 2026-01-01, or yesterday, today, tomorrow", param, ctx)
+
+
 @click.command("report")
-@click.option("--from", "start", required=True, type=click.DateTime(["%Y-%m-%d"]),
-              help="First day of the period (YYYY-MM-DD, local time).")
-@click.option("--to", "end", required=True, type=click.DateTime(["%Y-%m-%d"]),
-              help="Day after the period (exclusive): --from 2026-01-01 --to 2027-01-01 is the year 2026.")
+@click.option("--from", "start", required=True, type=_Day(),
+              help="First day of the period (YYYY-MM-DD, or yesterday, today, tomorrow; local time).")
+@click.option("--to", "end", required=True, type=_Day(),
+              help="Day after the period (exclusive): --from 2026-01-01 --to 2027-01-01 is the year 2026, "
+                   "--from today --to tomorrow is today.")
 @click.option("--by", type=click.Choice(BY_CHOICES), default="source", show_default=True,
               help="How to break the total down.")
 @click.option("--format", "fmt", type=click.Choice(["json", "csv", "html"]), default="json", show_default=True)
@@ -55,7 +74,7 @@ def report(start, end, by: str, fmt: str, method: str | None, output: Path | Non
             except ProcessingError as exc:
                 # The other sources were processed; report with what is there and say what is missing.
                 click.echo(f"warning: some readings could not be processed: {exc}", err=True)
-            data = build_report(store, start.date(), end.date(), by=by, method=method)  # type: ignore[arg-type]
+            data = build_report(store, start, end, by=by, method=method)  # type: ignore[arg-type]
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:

@@ -39,6 +39,14 @@ def test_the_embedded_default_is_the_demo() -> None:
      "meters[2].device_id = 1: another meter on bus demo-bus has the same unit id"),
     (("port = 8080", 'port = "eighty"'),
      'web.port = "eighty": use a number'),
+    (("batch_max_age_s = 30\n", "batch_max_age_s = 30\ndisk_budget_mb = 2\n"),
+     "sync.disk_budget_mb = 2: use a value from 10 to 100000 MB"),
+    (("batch_max_age_s = 30\n", "batch_max_age_s = 30\nbandwidth_bytes_per_s = \"2k\"\n"),
+     'sync.bandwidth_bytes_per_s = "2k": use a number'),
+    (('activity = "steam"', 'activity = "steam"\nfrozen_after_s = -5'),
+     "meters[2].frozen_after_s = -5: use a value from 0 to 864000 s (0: off)"),
+    (('activity = "steam"', 'activity = "steam"\nmax_gap_s = 3600\nlong_gap_s = 1800'),
+     "meters[2].long_gap_s = 1800: use a value of at least max_gap_s (3600 s)"),
     (("poll_interval_s = 2\nactivity = \"electricity\"", "poll_intervall_s = 2\nactivity = \"electricity\""),
      "meters[0].poll_intervall_s: unknown key; use one of "),
 ])
@@ -50,6 +58,29 @@ def test_bad_values_name_file_key_and_fix(tmp_path: Path, edit: tuple[str, str],
     with pytest.raises(ConfigError) as error:
         load_config(path, PROFILES)
     assert str(error.value).startswith(f"{path}: {message}")
+
+
+def test_sync_bandwidth_cap_and_disk_budget(tmp_path: Path) -> None:
+    default = load_config(None, PROFILES).sync
+    assert (default.bandwidth_bytes_per_s, default.disk_budget_bytes) == (None, None)
+    path = tmp_path / "capped.toml"
+    path.write_text(DEMO.replace("batch_max_age_s = 30\n", "batch_max_age_s = 30\nbandwidth_bytes_per_s = 2000\n"
+                                 "disk_budget_mb = 500\n", 1))
+    sync = load_config(path, PROFILES).sync
+    assert (sync.bandwidth_bytes_per_s, sync.disk_budget_bytes) == (2000.0, 500_000_000)
+
+
+def test_preprocessing_rules_per_meter(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(DEMO.replace('activity = "steam"', 'activity = "steam"\nmax_gap_s = 3600\nlong_gap_s = 172800\n'
+                                 'frozen_after_s = 0\nmax_rate_per_h = 50\nsteam_enthalpy_kj_per_kg = 2800', 1))
+    steam = next(s for s in load_config(path, PROFILES).sources if s.activity == "steam")
+    assert (steam.max_gap_s, steam.long_gap_s, steam.frozen_after_s, steam.max_rate_per_h,
+            steam.steam_enthalpy_kj_per_kg) == (3600.0, 172_800.0, None, 50.0, 2800.0)
+    rules = steam.rules()
+    assert (rules.max_gap_s, rules.frozen_after_s, rules.max_rate_per_h) == (3600.0, None, 50.0)
+    default = next(s for s in load_config(None, PROFILES).sources if s.activity == "steam")
+    assert (default.max_gap_s, default.frozen_after_s) == (1800.0, 86_400.0)
 
 
 def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:

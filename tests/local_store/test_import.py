@@ -65,16 +65,16 @@ too,few,fields
         with pytest.raises(DataImportError) as exc:
             import_csv(store, csv, tz=CST)
         assert exc.value.errors == [
-            "line 3: activity = 'natural_gaz': use one of diesel, electricity, electricity_export, fuel_oil, gasoline, "
+            "line 3 (boiler-2, 2025-01-01..2026-01-01): activity = 'natural_gaz': use one of diesel, electricity, electricity_export, fuel_oil, gasoline, "
             "heat, heat_export, lpg, natural_gas, raw_coal, steam",
-            "line 4: end 2025-01-01 is not after start 2025-02-01: the end is exclusive, e.g. 2025-01-01,2026-01-01 "
+            "line 4 (boiler-3, 2025-02-01..2025-01-01): end 2025-01-01 is not after start 2025-02-01: the end is exclusive, e.g. 2025-01-01,2026-01-01 "
             "is the year 2025",
-            "line 4: amount = 'abc': not a number; write it like 250000 or 1234.5",
-            "line 4: unit 'kg' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
-            "line 5: source is empty: name the meter or installation, e.g. boiler-1",
+            "line 4 (boiler-3, 2025-02-01..2025-01-01): amount = 'abc': not a number; write it like 250000 or 1234.5",
+            "line 4 (boiler-3, 2025-02-01..2025-01-01): unit 'kg' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
+            "line 5 (no source, 2025-01-01..2025-02-01): source is empty: name the meter or installation, e.g. boiler-1",
             "line 6: 3 fields, expected 6 (source,activity,start,end,amount,unit)",
         ]
-        assert str(exc.value).startswith(f"{csv}: import rejected, nothing was written:\nline 3: activity")
+        assert str(exc.value).startswith(f"{csv}: import rejected, nothing was written:\nline 3 (boiler-2, ")
         assert counts(store) == (0, 0, 0, 0)
 
 
@@ -88,7 +88,7 @@ office,electricity,2019-01-01,2019-02-01,1000,kWh
         with pytest.raises(DataImportError) as exc:
             import_csv(store, csv, tz=CST)
         assert exc.value.errors == [
-            "line 3: no emission factor 'ef' for electricity in region 'national' valid at 2018-12-31 16:00 UTC: add one "
+            "line 3 (office, 2019-01-01..2019-02-01): no emission factor 'ef' for electricity in region 'national' valid at 2018-12-31 16:00 UTC: add one "
             "to a custom file in config/factors/ (activity = \"electricity\", parameter = \"ef\", region = \"national\", "
             "valid_from/valid_to covering that date), see docs/models.md"]
         assert counts(store) == (0, 0, 0, 0)
@@ -148,11 +148,11 @@ m1,2025-03-01T00:30:00+08:00,gas_volume,-4,kWh
         with pytest.raises(DataImportError) as exc:
             import_csv(store, csv)
         assert exc.value.errors == [
-            "line 2: timestamp = '2025-03-01T00:00:00': has no UTC offset: write it like 2026-01-05T08:00:00+08:00",
-            "line 3: register = 'voltage': use one of energy_import, energy_export, gas_volume, heat_energy, "
+            "line 2 (m1, 2025-03-01T00:00:00): timestamp = '2025-03-01T00:00:00': has no UTC offset: write it like 2026-01-05T08:00:00+08:00",
+            "line 3 (m1, 2025-03-01T00:15:00+08:00): register = 'voltage': use one of energy_import, energy_export, gas_volume, heat_energy, "
             "steam_mass (cumulative registers)",
-            "line 4: value = '-4': a cumulative register is never negative",
-            "line 4: unit 'kWh' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
+            "line 4 (m1, 2025-03-01T00:30:00+08:00): value = '-4': a cumulative register is never negative",
+            "line 4 (m1, 2025-03-01T00:30:00+08:00): unit 'kWh' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
         ]
         assert counts(store) == (0, 0, 0, 0)
 
@@ -172,3 +172,43 @@ def test_activity_data_overlapping_metered_data_is_refused(tmp_path: Path) -> No
             import_csv(store, csv, tz=CST)
         assert exc.value.errors == ["line 2: main electricity 2025-03-01..2025-04-01 overlaps metered data of the same "
                                     "source: use another source name or drop the row"]
+
+
+def test_scopes_iso_categories_gases_and_exports_in_one_report(tmp_path: Path) -> None:
+    """Hand-computed: fuels are scope 1 / ISO 14064-1 category 1, purchased energy scope 2 / category 2, and
+    exported electricity and heat are subtracted with the factor of the purchased energy."""
+    from local_store import EmissionSettings
+
+    csv = write(tmp_path, "site.csv", """
+source,activity,start,end,amount,unit
+boiler-1,natural_gas,2025-01-01,2025-02-01,100000,m3
+genset,diesel,2025-01-01,2025-02-01,10,t
+grid,electricity,2025-01-01,2025-02-01,500,MWh
+pv-export,electricity_export,2025-01-01,2025-02-01,20,MWh
+district-heat,heat,2025-01-01,2025-02-01,1000,GJ
+heat-export,heat_export,2025-01-01,2025-02-01,100,GJ
+""")
+    with open_store(tmp_path / "gateway.db", EmissionSettings(include_ch4_n2o=True, gwp="AR5")) as store:
+        import_csv(store, csv, tz=CST)
+        report = build_report(store, date(2025, 1, 1), date(2025, 2, 1), tz=CST)
+    gas_gj = 100_000 * 389.31 / 10_000                  # 3 893.1 GJ
+    diesel_gj = 10 * 42.652                              # 426.52 GJ
+    gas_co2 = gas_gj * 15.32e-3 * 0.99 * 44 / 12
+    diesel_co2 = diesel_gj * 20.2e-3 * 0.98 * 44 / 12
+    # 2006 IPCC Vol. 2 Table 2.3 (kg/TJ): natural gas CH4 1, N2O 0.1; diesel (oil) CH4 3, N2O 0.6.
+    ch4 = (gas_gj * 1 + diesel_gj * 3) / 1e6
+    n2o = (gas_gj * 0.1 + diesel_gj * 0.6) / 1e6
+    scope1 = gas_co2 + diesel_co2 + 28 * ch4 + 265 * n2o
+    scope2 = (500 - 20) * 0.5366 + (1000 - 100) * 0.11
+    assert report["by_scope"] == {"scope_1": pytest.approx(scope1, abs=1e-5), "scope_2": pytest.approx(scope2, abs=1e-5)}
+    assert report["by_iso_category"] == {
+        "Category 1: direct GHG emissions and removals": pytest.approx(scope1, abs=1e-5),
+        "Category 2: indirect GHG emissions from imported energy": pytest.approx(scope2, abs=1e-5)}
+    assert report["by_gas"]["ch4_t"] == pytest.approx(ch4, abs=1e-8)
+    assert report["by_gas"]["n2o_t"] == pytest.approx(n2o, abs=1e-8)
+    assert report["total_tco2e"] == pytest.approx(scope1 + scope2, abs=1e-5)
+    by_source = {r["source"]: r for r in report["by_source"]}
+    assert by_source["pv-export"]["tco2e"] == pytest.approx(-20 * 0.5366, abs=1e-5)
+    assert by_source["heat-export"]["tco2e"] == pytest.approx(-100 * 0.11, abs=1e-5)
+    assert {(r["scope"], r["iso_category"]) for r in report["by_source"] if r["source"] in ("boiler-1", "genset")} \
+        == {(1, 1)}

@@ -46,6 +46,13 @@ def test_market_based_with_certificates_and_residual_mix(tmp_path: Path) -> None
         m = build_report(store, date(2026, 3, 10), date(2026, 3, 11), method="market")
         assert m["total_tco2e"] == pytest.approx(14 * 0.5856)
         assert r["breakdown"] == [{"key": "scope_1", "tco2e": 0.0}, {"key": "scope_2", "tco2e": pytest.approx(24 * 0.5366)}]
+        # A PPA of 6 MWh from a gas plant (0.35 tCO2/MWh, its own factor) covers part of the rest.
+        add_instruments(store, [Instrument("ppa", date(2026, 3, 10), date(2026, 3, 11), 6.0, 0.35, "PPA-7")],
+                        tz=local_tz())
+        m = build_report(store, date(2026, 3, 10), date(2026, 3, 11), method="market")
+        assert m["total_tco2e"] == pytest.approx(10 * 0.0 + 6 * 0.35 + 8 * 0.5856)
+        assert m["market_based"]["covered_by_instruments_mwh"] == pytest.approx(16.0)
+        assert m["location_based_tco2e"] == pytest.approx(24 * 0.5366)
 
 
 def test_report_errors_name_the_period_and_the_fix(tmp_path: Path) -> None:
@@ -90,6 +97,25 @@ def test_cli_report_json_csv_html(tmp_path: Path) -> None:
     assert "cn.grid.national" in page and "@media print" in page
 
 
+def test_cli_report_accepts_yesterday_today_and_tomorrow(tmp_path: Path) -> None:
+    yesterday = date.today() - timedelta(days=1)       # a whole day of readings, none of them in the future
+    seed(tmp_path / "gateway.db", day=yesterday)
+    runner = CliRunner()
+    words = runner.invoke(main, ["report", "--from", "yesterday", "--to", "today", "--data-dir", str(tmp_path)])
+    dates = runner.invoke(main, ["report", "--from", yesterday.isoformat(), "--to", date.today().isoformat(),
+                                 "--data-dir", str(tmp_path)])
+    assert words.exit_code == dates.exit_code == 0, words.output
+    assert json.loads(words.output)["period"] == json.loads(dates.output)["period"]
+    assert json.loads(words.output)["total_tco2e"] == pytest.approx(24 * 0.5366)
+    today = runner.invoke(main, ["report", "--from", "today", "--to", "tomorrow", "--data-dir", str(tmp_path)])
+    assert today.exit_code == 1 and today.output.startswith(
+        f"Error: no emissions data from {date.today()} to {date.today() + timedelta(days=1)} (end exclusive)")
+    bad = runner.invoke(main, ["report", "--from", "2026-13-01", "--to", "tomorrow", "--data-dir", str(tmp_path)])
+    assert bad.exit_code == 2
+    assert ("Invalid value for '--from': '2026-13-01': use a date like 2026-01-01, or yesterday, today, tomorrow"
+            in bad.output)
+
+
 def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(main, ["report", "--from", "2026-03-10", "--to", "2026-03-11", "--data-dir", str(tmp_path)])
@@ -113,7 +139,7 @@ def test_cli_import(tmp_path: Path) -> None:
     assert res.output.startswith(f"{good}: imported 1 activity rows for boiler; 31 emission rows, 2.16502 tCO2e")
     res = runner.invoke(main, ["import", str(bad), "--data-dir", str(tmp_path / "state")])
     assert res.exit_code == 1
-    assert res.output == (f"Error: {bad}: import rejected, nothing was written:\nline 2: activity = 'coal': use one of "
+    assert res.output == (f"Error: {bad}: import rejected, nothing was written:\nline 2 (boiler, 2026-01-01..2026-02-01): activity = 'coal': use one of "
                           f"diesel, electricity, electricity_export, fuel_oil, gasoline, heat, heat_export, lpg, "
                           f"natural_gas, raw_coal, steam\n")
     res = runner.invoke(main, ["report", "--from", "2026-01-01", "--to", "2026-02-01", "--data-dir", str(tmp_path / "state")])
@@ -132,3 +158,5 @@ def test_consumption_per_15_minutes_hour_and_day(tmp_path: Path) -> None:
         assert len(hours) == 24 and all(h["amount"] == pytest.approx(1.0) for h in hours)
         days = consumption(store, "main", t0, t0 + 86_400, "day")
         assert days == [{"start": "2026-03-10", "amount": pytest.approx(24.0), "unit": "MWh"}]
+        months = consumption(store, "main", t0 - 9 * 86_400, t0 + 22 * 86_400, "month")
+        assert months == [{"start": "2026-03", "amount": pytest.approx(24.0), "unit": "MWh"}]

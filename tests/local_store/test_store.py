@@ -173,14 +173,19 @@ def test_reading_status_and_flags_are_written_back(tmp_path: Path) -> None:
         assert store.db.execute("SELECT SUM(amount) FROM intervals").fetchone()[0] == pytest.approx(4 / 1000)
 
 
-def test_unknown_unit_fails_that_source_only(tmp_path: Path) -> None:
+def electricity_and_gas(store, electricity: str, gas: str, gas_unit: str) -> None:
+    """An electricity and a gas meter, both sources, with three readings a minute apart from 14:13:20 UTC."""
     t0 = 1_790_000_000.0
+    store.configure_sources([SourceSettings(electricity, "electricity"), SourceSettings(gas, "natural_gas")])
+    store.insert_readings([Reading(electricity, "energy_import", t0 + 60 * k, 10.0 + k, "kWh", Quantity.ENERGY_IMPORT)
+                           for k in range(3)]
+                          + [Reading(gas, "gas_volume", t0 + 60 * k, 10.0 + k, gas_unit, Quantity.GAS_VOLUME)
+                             for k in range(3)])
+
+
+def test_unknown_unit_fails_that_source_only(tmp_path: Path) -> None:
     with open_store(tmp_path / "gateway.db") as store:
-        store.configure_sources([SourceSettings("good", "electricity"), SourceSettings("bad", "natural_gas")])
-        store.insert_readings([Reading("good", "energy_import", t0 + 60 * k, 10.0 + k, "kWh", Quantity.ENERGY_IMPORT)
-                               for k in range(3)]
-                              + [Reading("bad", "gas_volume", t0 + 60 * k, 10.0 + k, "ft3", Quantity.GAS_VOLUME)
-                                 for k in range(3)])
+        electricity_and_gas(store, "good", "bad", "ft3")
         from local_store import ProcessingError
         with pytest.raises(ProcessingError) as exc:
             store.process()
@@ -287,3 +292,21 @@ def test_a_file_that_is_not_a_database_is_a_named_error(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match=r"gateway.db: not a usable SQLite database \(file is not a database\): "
                                           r"move the file away or restore a backup"):
         open_store(path)
+
+
+def test_missing_factor_for_a_metered_period_names_source_period_and_fix_and_writes_nothing(tmp_path: Path) -> None:
+    """Issue 4, bad input: a region without a grid factor fails that source only, with nothing partial."""
+    from local_store import EmissionSettings, ProcessingError
+
+    with open_store(tmp_path / "gateway.db", EmissionSettings(region="guangdong")) as store:
+        electricity_and_gas(store, "main", "boiler", "m3")
+        with pytest.raises(ProcessingError) as exc:
+            store.process()
+        assert str(exc.value) == (
+            "source main: no emission factor 'ef' for electricity in region 'guangdong' valid at 2026-09-21 14:00 UTC: "
+            "add one to a custom file in config/factors/ (activity = \"electricity\", parameter = \"ef\", region = "
+            "\"guangdong\", valid_from/valid_to covering that date), see docs/models.md")
+        written = store.db.execute("SELECT source_id, COUNT(*) FROM intervals GROUP BY source_id").fetchall()
+        assert written == [("boiler", 2)]              # fuels fall back to national parameters; the grid does not
+        assert store.db.execute("SELECT COUNT(*) FROM emissions WHERE source_id = 'main'").fetchone()[0] == 0
+        assert store.db.execute("SELECT processed_reading_id FROM sources WHERE id = 'main'").fetchone()[0] == 0

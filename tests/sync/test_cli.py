@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
 
+from drivers import Quantity, Reading
 from gateway.cli import main
-from sync import Receiver, ReceiverSettings
+from local_store import open_store
+from sync import Receiver, ReceiverSettings, SyncService, SyncSettings, outbox
+from sync.keys import GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key
 
 
 def test_keys_generate_show_rotate(tmp_path: Path) -> None:
@@ -53,12 +57,30 @@ def test_receiver_stats_json(tmp_path: Path) -> None:
     runner.invoke(main, ["keys", "--data-dir", str(tmp_path), "--receiver"])
     rx = Receiver(ReceiverSettings(tmp_path / "receiver.db", tmp_path / "keys", tmp_path / "trusted"))
     assert rx.handle(b"CEG1\x05\x00{}") is None
+    # A gateway gw-1: batches 1 and 3 arrive (2 is missing), 1 twice, and a copy of 3 with a flipped byte.
+    ensure_gateway_key(tmp_path / "gw" / "keys")
+    (tmp_path / "trusted").mkdir(exist_ok=True)
+    shutil.copy(tmp_path / "gw" / "keys" / GATEWAY_PUB, tmp_path / "trusted" / "gw-1.pub")
+    store = open_store(tmp_path / "gw" / "gateway.db")
+    service = SyncService(SyncSettings("gw-1", tmp_path / "gw" / "keys", tmp_path / "keys" / RECEIVER_PUB), store)
+    for k, n in enumerate((10, 4, 7)):
+        store.insert_readings([Reading("m", "energy_import", 1_795_000_000.0 + 100 * k + i, float(i), "kWh",
+                                       Quantity.ENERGY_IMPORT) for i in range(n)])
+        service.fill(force=True)
+    first, _, third = (row.message for row in outbox.unacked(store.db, 3))
+    store.close()
+    flipped = bytearray(third)
+    flipped[-1] ^= 0x80
+    assert [rx.handle(m)[1]["status"] for m in (first, third, first, bytes(flipped))] == [
+        "committed", "committed", "duplicate", "rejected"]
     rx.stop()
     result = runner.invoke(main, ["receiver", "--data-dir", str(tmp_path), "stats", "--json"])
     assert result.exit_code == 0
-    assert json.loads(result.output) == {"?": {"batches": 0, "readings": 0, "last_seq": None, "missing_seqs": 0,
-                                               "first_missing": [], "chain_breaks": 0,
-                                               "rejections": {"malformed": 1}, "quarantined": 0}}
+    assert json.loads(result.output) == {
+        "?": {"batches": 0, "readings": 0, "last_seq": None, "missing_seqs": 0, "first_missing": [], "chain_breaks": 0,
+              "rejections": {"malformed": 1}, "quarantined": 0},
+        "gw-1": {"batches": 2, "readings": 17, "last_seq": 3, "missing_seqs": 1, "first_missing": [2],
+                 "chain_breaks": 0, "rejections": {"bad_signature": 1}, "quarantined": 0}}
 
 
 def test_receiver_command_receives_and_stops_cleanly_on_sigterm(tmp_path: Path, mqtt_broker) -> None:

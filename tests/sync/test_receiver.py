@@ -61,7 +61,8 @@ def _count(database: Path) -> int:
         return conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
 
 
-def test_bad_input_is_rejected_with_its_reason_and_never_stops_the_receiver(rig: Rig) -> None:
+def test_bad_input_is_rejected_with_its_reason_and_never_stops_the_receiver(rig: Rig, caplog) -> None:
+    caplog.set_level("WARNING", logger="sync.receiver")
     message = rig.batch(20, 1_795_000_000.0)
     receiver = Receiver(rig.receiver_settings)
     header_len = struct.unpack_from("<H", message, 4)[0]
@@ -85,6 +86,10 @@ def test_bad_input_is_rejected_with_its_reason_and_never_stops_the_receiver(rig:
     stats = receiver_stats(rig.receiver_settings.database)
     assert stats["?"]["rejections"] == {"malformed": 5, "oversized": 1}
     assert stats["gw-1"]["rejections"] == {"bad_signature": 1}
+    # ... and each rejection is logged with its reason.
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rejected batch ")]
+    assert [m.split(": ")[1] for m in logged] == ["malformed"] * 4 + ["oversized", "malformed", "bad_signature"]
+    assert logged[-1].startswith("rejected batch gw-1/1: bad_signature: ")
 
 
 def test_payload_round_trips_exactly_and_refuses_inconsistent_columns() -> None:

@@ -136,3 +136,59 @@ def test_unacknowledged_batches_are_resent_at_once_after_a_restart(setup) -> Non
         second.stop()
         receiver.stop()
     assert len(_received(receiver_settings.database)) == 40
+
+
+def test_batches_are_cut_by_size_or_age(setup) -> None:
+    """Issue 5, outbox: a full batch (batch_max_readings) is sealed at once; a partial one waits until its
+    first reading is batch_max_age_s old."""
+    from dataclasses import replace
+
+    store, gateway_settings, _, _ = setup
+    now = time.time()
+    store.insert_readings(_readings(250, start=now - 201.0))   # one a second; the 201st is 1 s old
+    by_size = SyncService(replace(gateway_settings, batch_max_age_s=3600.0), store)
+    assert by_size.fill() == 2 and by_size.fill() == 0      # two full batches; 50 readings too young
+    by_age = SyncService(replace(gateway_settings, batch_max_age_s=3.0), store)
+    assert by_age.fill() == 0
+    wait_until(lambda: by_age.fill() == 1, timeout_s=10, message="the partial batch once 3 s old")
+    assert time.time() - (now - 1.0) >= 3.0                # the first unbatched reading's age
+    assert [row.count for row in outbox.unacked(store.db, 10)] == [100, 100, 50]
+    assert [row.seq for row in outbox.unacked(store.db, 10)] == [1, 2, 3]
+
+
+def test_at_most_max_inflight_batches_are_unacknowledged_on_the_wire(setup) -> None:
+    """Issue 5, transport: the in-flight window is bounded; without acknowledgements nothing more is sent
+    (until ack_timeout_s), and acknowledgements open the window again."""
+    from dataclasses import replace
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    store, gateway_settings, receiver_settings, broker = setup
+    seen: list[int] = []
+    subscribed: list[bool] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = lambda c, u, message: seen.append(len(message.payload))
+    client.on_subscribe = lambda *args: subscribed.append(True)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    client.subscribe("carbon/gw-1/batch", qos=1)
+    wait_until(lambda: subscribed, timeout_s=10, message="the listener subscribed")
+    store.insert_readings(_readings(1000))                  # ten batches
+    # No receiver yet, so no acknowledgements; ack_timeout_s 4 s bounds when the window is resent.
+    service = SyncService(replace(gateway_settings, max_inflight=3, ack_timeout_s=4.0), store)
+    receiver = Receiver(receiver_settings)
+    try:
+        service.start()
+        wait_until(lambda: len(seen) >= 3, timeout_s=15, message="the first window on the wire")
+        time.sleep(1.0)                                     # 20 sync ticks: nothing more may go out unacknowledged
+        assert len(seen) == 3
+        assert sum(1 for row in outbox.unacked(store.db, 20) if row.sent_at is not None) == 3
+        receiver.start()                                    # the resent window is acknowledged; the rest drains
+        wait_until(lambda: service.status().backlog_readings == 0, timeout_s=30, message="all acknowledged")
+    finally:
+        service.stop()
+        receiver.stop()
+        client.disconnect()
+        client.loop_stop()
+    assert len(_received(receiver_settings.database)) == 1000

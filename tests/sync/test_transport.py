@@ -232,7 +232,55 @@ def test_disk_budget_alarm_keeps_unsynced_data(parts) -> None:
     service.tick()
     status = service.status()
     assert status.disk_bytes > 10_000
-    assert status.alarm.startswith(f"disk budget exceeded: {status.disk_bytes / 1e6:.1f} MB used of 0.0 MB; "
-                                   "500 unsynced readings are kept; prune synced raw data (ids <= 0)")
-    assert (status.backlog_readings, status.synced_through) == (500, 0)
+    assert status.alarm == (f"disk budget exceeded: {status.disk_bytes / 1e6:.1f} MB used of 0.0 MB after pruning 0 "
+                            "synced raw readings; 500 unsynced readings are kept (never deleted): restore the link to "
+                            "the receiver or raise sync.disk_budget_mb")
+    assert (status.backlog_readings, status.synced_through, status.pruned_readings) == (500, 0, 0)
+    assert len(store.readings_after(0, 1000)) == 500
     assert SyncService(replace(gateway, disk_budget_bytes=10**9), store).status().alarm == ""
+
+
+def test_disk_budget_prunes_synced_raw_data_first_and_never_unsynced(parts, mqtt_broker, caplog) -> None:
+    """Issue 5, disk budget: over the budget, raw readings the receiver committed go, oldest first, and the
+    log says so; readings not yet at the receiver stay, and the alarm says so."""
+    store, gateway, receiver_settings = parts
+    broker = BrokerSettings(port=mqtt_broker.port, backoff_min_s=0.2)
+    start = 1_795_000_000.0
+
+    def every_10_s(first: int, n: int) -> list[Reading]:
+        return [Reading("main", "energy_import", start + 10 * i, 1000.0 + i * 0.01, "kWh", Quantity.ENERGY_IMPORT)
+                for i in range(first, first + n)]
+
+    store.insert_readings(every_10_s(0, 5000))
+    receiver = Receiver(replace(receiver_settings, broker=broker))
+    receiver.start()
+    try:
+        service = SyncService(replace(gateway, broker=broker), store)
+        _run_until(service, lambda: service.status().backlog_readings == 0, "the first 5000 readings synced")
+    finally:
+        receiver.stop()
+    store.insert_readings(every_10_s(5000, 1000))     # the link is down now: these stay unsynced
+    service = SyncService(replace(gateway, broker=broker, disk_budget_bytes=10_000), store)
+    with caplog.at_level("WARNING", logger="sync.service"):
+        service.tick()
+    status = service.status()
+    # Kept per series: the last context (7 200 s) + interval + clock tolerance + an hour = 12 000 s before
+    # the newest reading (59 990 s), and the reading before that: ids 4799.. of the synced ones.
+    assert store.prune_keep_s() == 12_000.0
+    assert [r.id for r in store.readings_after(0, 10_000)] == list(range(4799, 6001))
+    assert status.pruned_readings == 4798 and status.synced_through == 5000
+    assert status.backlog_readings == 1000
+    pruned_log = [r.getMessage() for r in caplog.records if "pruned" in r.getMessage()]
+    assert len(pruned_log) == 1 and pruned_log[0].startswith(
+        "disk budget 0.0 MB: pruned 4798 raw readings already committed at the receiver (ids <= 4798, up to "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(start + 10 * 4797))} UTC); ")
+    assert status.alarm == (f"disk budget exceeded: {status.disk_bytes / 1e6:.1f} MB used of 0.0 MB after pruning "
+                            "4798 synced raw readings; 1000 unsynced readings are kept (never deleted): restore the "
+                            "link to the receiver or raise sync.disk_budget_mb")
+    calls: list[int] = []
+    prune = store.prune_synced_readings
+    store.prune_synced_readings = lambda *a, **k: calls.append(1) or prune(*a, **k)   # type: ignore[method-assign]
+    service.tick()
+    assert service.status().pruned_readings == 4798   # nothing more may go ...
+    assert calls == []                                # ... so the next ticks do not rescan until more is acked
+    assert len(_received(receiver_settings.database)) == 5000
