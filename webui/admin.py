@@ -22,7 +22,7 @@ from local_store.db import write_transaction
 from sync import SyncError
 from sync.keys import ensure_gateway_key, key_id, load_public
 from sync.mqtt import Link
-from webui.auth import NAME_RE, db, record, requires, user_error_text
+from webui.auth import NAME_RE, db, new_password_field, record, requires, user_error_text
 from webui.configedit import ApplyError, apply_data, current_data
 
 bp = Blueprint("admin", __name__)
@@ -33,9 +33,7 @@ ROLE_CHOICES = [("viewer", _l("viewer")), ("technician", _l("technician")), ("ad
 class NewUserForm(FlaskForm):
     name = StringField(_l("User name"), validators=[InputRequired(), NAME_RE])
     role = SelectField(_l("Role"), choices=ROLE_CHOICES, validators=[InputRequired()])
-    password = PasswordField(_l("Password"), validators=[
-        InputRequired(), Length(min=users.MIN_PASSWORD_LENGTH, max=256,
-                                message=_l("Use %(min)d to %(max)d characters."))])
+    password = new_password_field(_l("Password"))
 
 
 class RoleForm(FlaskForm):
@@ -43,9 +41,7 @@ class RoleForm(FlaskForm):
 
 
 class ResetPasswordForm(FlaskForm):
-    password = PasswordField(_l("New password"), validators=[
-        InputRequired(), Length(min=users.MIN_PASSWORD_LENGTH, max=256,
-                                message=_l("Use %(min)d to %(max)d characters."))])
+    password = new_password_field(_l("New password"))
 
 
 def _users_page(form: NewUserForm, status: int = 200) -> Any:

@@ -110,11 +110,15 @@ def load_user() -> Any:
     return None
 
 
+def new_password_field(label: Any) -> PasswordField:
+    return PasswordField(label, validators=[
+        InputRequired(), Length(min=users.MIN_PASSWORD_LENGTH, max=256, message=_l("Use %(min)d to %(max)d characters."))],
+        render_kw={"autocomplete": "new-password"})
+
+
 class SetupForm(FlaskForm):
     name = StringField(_l("Administrator name"), default="admin", validators=[InputRequired(), NAME_RE])
-    password = PasswordField(_l("Password"), validators=[
-        InputRequired(), Length(min=users.MIN_PASSWORD_LENGTH, max=256,
-                                message=_l("Use %(min)d to %(max)d characters."))])
+    password = new_password_field(_l("Password"))
     confirm = PasswordField(_l("Repeat the password"), validators=[
         InputRequired(), EqualTo("password", message=_l("The two passwords differ."))])
 
@@ -126,9 +130,7 @@ class LoginForm(FlaskForm):
 
 class PasswordForm(FlaskForm):
     current = PasswordField(_l("Current password"), validators=[InputRequired(), Length(max=256)])
-    password = PasswordField(_l("New password"), validators=[
-        InputRequired(), Length(min=users.MIN_PASSWORD_LENGTH, max=256,
-                                message=_l("Use %(min)d to %(max)d characters."))])
+    password = new_password_field(_l("New password"))
     confirm = PasswordField(_l("Repeat the password"), validators=[
         InputRequired(), EqualTo("password", message=_l("The two passwords differ."))])
 

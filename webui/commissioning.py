@@ -97,6 +97,16 @@ def _apply(data: dict, action: str, target: str, **detail: Any) -> str:
     return ""
 
 
+def _put(data: dict, items: list[dict], index: int | None, table: dict, kind: str, name: str) -> str:
+    """Put ``table`` at ``index`` (None: a new one), then run and save the config; "" or why not."""
+    old = None if index is None else items[index]
+    if index is None:
+        items.append(table)
+    else:
+        items[index] = table
+    return _apply(data, f"{kind}.add" if old is None else f"{kind}.edit", f"{kind} {name}", old=old, new=table)
+
+
 @bp.get("/buses")
 @requires("view")
 def buses() -> Any:
@@ -132,11 +142,7 @@ def bus_edit(name: str | None) -> Any:
             form.name.errors = [_("This name is taken: choose another.")]
         else:
             table = _bus_table(form, old)
-            if index is None:
-                items.append(table)
-            else:
-                items[index] = table
-            error = _apply(data, "bus.add" if old is None else "bus.edit", f"bus {table['name']}", old=old, new=table)
+            error = _put(data, items, index, table, "bus", table["name"])
             if not error:
                 flash(_("Bus %(name)s was saved and is running.", name=table["name"]), "ok")
                 return redirect(url_for("commissioning.buses"))
@@ -211,11 +217,7 @@ def meter_edit(meter_id: str | None) -> Any:
                          device_id=form.device_id.data, profile=form.profile.data,
                          poll_interval_s=float(form.poll_interval_s.data), activity=form.activity.data,
                          enabled=bool(form.enabled.data))
-            if index is None:
-                items.append(table)
-            else:
-                items[index] = table
-            error = _apply(data, "meter.add" if old is None else "meter.edit", f"meter {table['id']}", old=old, new=table)
+            error = _put(data, items, index, table, "meter", table["id"])
             if not error:
                 flash(_("Meter %(id)s was saved and is being polled.", id=table["id"]), "ok")
                 return redirect(url_for("commissioning.meters"))

@@ -24,7 +24,8 @@ def runtime() -> Any:
 def status(rt: Any) -> dict:
     """Everything the dashboard shows, as JSON-able data."""
     now = time.time()
-    meters, buses = [], {}
+    meters: list[dict] = []
+    buses: dict[str, dict] = {}
     for m in rt.meter_status():
         meters.append({
             "id": m.meter_id, "bus": m.bus, "device_id": m.device_id, "profile": m.profile,

@@ -8,7 +8,7 @@ import tempfile
 import tomllib
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
 from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
@@ -103,8 +103,7 @@ def _period_keys(start: date, end: date, per: str) -> list[str]:
 @bp.get("/emissions")
 @requires("view")
 def charts() -> Any:
-    per = request.args.get("per", "day")
-    per = per if per in ("day", "month") else "day"
+    per: Literal["day", "month"] = "month" if request.args.get("per") == "month" else "day"
     today = date.today()
     if per == "day":
         start, end = today - timedelta(days=29), today + timedelta(days=1)
@@ -227,8 +226,9 @@ def factor_custom() -> Any:
     if not custom.validate_on_submit():
         return _factor_page(choice, custom, status=400)
     path = custom_factor_file(rt)
-    content = (tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else
-               {"library": {"name": "Custom factors (web UI)", "version": 1, "priority": 100}, "factors": []})
+    content: dict[str, Any] = (
+        tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else
+        {"library": {"name": "Custom factors (web UI)", "version": 1, "priority": 100}, "factors": []})
     entry = {"id": custom.id.data, "activity": custom.activity.data, "parameter": custom.parameter.data,
              "value": float(custom.value.data), "unit": custom.unit.data.strip(), "region": custom.region.data.strip(),
              "year": custom.year.data, "valid_from": custom.valid_from.data, "source": custom.source.data.strip()}
@@ -296,7 +296,7 @@ def reports() -> Any:
     error = ""
     if request.args and form.validate():
         try:
-            report = build_report(runtime().store, form.start.data, form.end.data, by=form.by.data)
+            report = build_report(runtime().store, form.start.data, form.end.data, by=form.by.data)  # type: ignore[arg-type]
         except ReportError as exc:
             error = _("No report: %(reason)s", reason=str(exc))
         else:
