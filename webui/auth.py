@@ -181,6 +181,8 @@ def login() -> Any:
             error = user_error_text(exc)
         else:
             log_entry(user.name, "login.ok", f"user {user.name}")
+            # expired sessions are deleted here rather than by a timer: logins are rare, rows are small
+            users.purge_sessions(db(), current_app.config["SESSION_IDLE_S"], current_app.config["SESSION_ABSOLUTE_S"])
             _start_session(user.name)
             target = request.args.get("next", "")
             # only local paths: never an open redirect

@@ -87,6 +87,12 @@ def test_idle_and_absolute_timeouts_end_the_session(gateway) -> None:
     time.sleep(0.7)
     assert client.get("/").location.startswith("/login")
     assert "Your session has ended. Please log in again." in client.get("/login").get_data(as_text=True)
+    other = app.test_client()
+    login(other, "admin")          # a second session, left idle
+    time.sleep(0.7)
+    login(client, "admin")
+    # the login deleted the idle one without anyone visiting it: only the new session is left
+    assert gateway.store.db.execute("SELECT COUNT(*) FROM web_sessions WHERE user = 'admin'").fetchone()[0] == 1
     app = create_app({"TESTING": True, "SESSION_ABSOLUTE_S": 1.0}, runtime=gateway)
     client = app.test_client()
     login(client, "admin")
