@@ -22,7 +22,7 @@ from local_store.db import write_transaction
 from sync import SyncError
 from sync.keys import ensure_gateway_key, key_id, load_public
 from sync.mqtt import Link
-from webui.auth import NAME_RE, db, new_password_field, record, requires, user_error_text
+from webui.auth import NAME_RE, db, new_password_field, options, record, requires, user_error_text
 from webui.configedit import ApplyError, apply_data, current_data
 
 bp = Blueprint("admin", __name__)
@@ -32,12 +32,12 @@ ROLE_CHOICES = [("viewer", _l("viewer")), ("technician", _l("technician")), ("ad
 
 class NewUserForm(FlaskForm):
     name = StringField(_l("User name"), validators=[InputRequired(), NAME_RE])
-    role = SelectField(_l("Role"), choices=ROLE_CHOICES, validators=[InputRequired()])
+    role = SelectField(_l("Role"), choices=options(ROLE_CHOICES), validators=[InputRequired()])
     password = new_password_field(_l("Password"))
 
 
 class RoleForm(FlaskForm):
-    role = SelectField(_l("Role"), choices=ROLE_CHOICES, validators=[InputRequired()])
+    role = SelectField(_l("Role"), choices=options(ROLE_CHOICES), validators=[InputRequired()])
 
 
 class ResetPasswordForm(FlaskForm):

@@ -16,7 +16,7 @@ from flask import (Blueprint, abort, current_app, flash, g, jsonify, redirect, r
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, StringField
+from wtforms import PasswordField, SelectChoice, StringField
 from wtforms.validators import EqualTo, InputRequired, Length, Regexp
 
 from local_store import audit, users
@@ -108,6 +108,11 @@ def load_user() -> Any:
             return jsonify({"error": "login required"}), 401
         return redirect(url_for("auth.login", next=request.full_path if request.method == "GET" else None))
     return None
+
+
+def options(pairs: Any) -> list[SelectChoice]:
+    """(value, label) pairs as wtforms choices (tuples are deprecated from wtforms 3.3)."""
+    return [SelectChoice(value, label) for value, label in pairs]
 
 
 def new_password_field(label: Any) -> PasswordField:

@@ -19,7 +19,7 @@ from wtforms.validators import InputRequired, Length, NumberRange, Optional, Reg
 from drivers import DriverError
 from drivers.scan import parse_units, scan_bus
 from gateway.config import ACTIVITIES
-from webui.auth import record, requires
+from webui.auth import options, record, requires
 from webui.configedit import ApplyError, apply_data, apply_text, current_data
 
 bp = Blueprint("commissioning", __name__)
@@ -44,15 +44,15 @@ def runtime() -> Any:
 # -- buses ---------------------------------------------------------------------------------------------------
 class BusForm(FlaskForm):
     name = StringField(_l("Name"), validators=[InputRequired(), ID_RE])
-    transport = SelectField(_l("Transport"), choices=TRANSPORTS)
+    transport = SelectField(_l("Transport"), choices=options(TRANSPORTS))
     host = StringField(_l("Host (TCP)"), validators=[Optional(), Length(max=253),
                                                       Regexp(r"^[A-Za-z0-9.\-:]+$", message=_l("Use a host name or IP address."))])
     port = IntegerField(_l("Port (TCP)"), validators=[Optional(), NumberRange(1, 65535, _l("Use a port from 1 to 65535."))])
     serial_port = StringField(_l("Serial port (RTU)"), validators=[
         Optional(), Regexp(r"^/dev/[A-Za-z0-9_./\-]+$", message=_l("Use a device path such as /dev/ttyUSB0."))])
-    baudrate = SelectField(_l("Baud rate"), choices=BAUDRATES, default="9600")
-    parity = SelectField(_l("Parity"), choices=[("N", _l("none")), ("E", _l("even")), ("O", _l("odd"))])
-    stopbits = SelectField(_l("Stop bits"), choices=[("1", "1"), ("2", "2")])
+    baudrate = SelectField(_l("Baud rate"), choices=options(BAUDRATES), default="9600")
+    parity = SelectField(_l("Parity"), choices=options([("N", _l("none")), ("E", _l("even")), ("O", _l("odd"))]))
+    stopbits = SelectField(_l("Stop bits"), choices=options([("1", "1"), ("2", "2")]))
     timeout_s = FloatField(_l("Reply timeout (s)"), default=1, render_kw={"inputmode": "decimal"}, validators=[
         InputRequired(_l("Enter a number.")), NumberRange(0.05, 30, _l("Use a value from 0.05 to 30."))])
 
@@ -178,7 +178,7 @@ class MeterForm(FlaskForm):
                           render_kw={"list": "profiles", "autocomplete": "off"})
     poll_interval_s = FloatField(_l("Poll every (s)"), default=5, render_kw={"inputmode": "decimal"}, validators=[
         InputRequired(_l("Enter a number.")), NumberRange(0.2, 86400, _l("Use a value from 0.2 to 86400."))])
-    activity = SelectField(_l("Counts as"), choices=[(a, ACTIVITY_LABELS[a]) for a in ACTIVITIES], default="none")
+    activity = SelectField(_l("Counts as"), choices=options([(a, ACTIVITY_LABELS[a]) for a in ACTIVITIES]), default="none")
     enabled = BooleanField(_l("Poll this meter"), default=True)
 
     def validate_profile(self, field: Any) -> None:
@@ -203,7 +203,7 @@ def meter_edit(meter_id: str | None) -> Any:
     old = items[index] if index is not None else None
     prefill = old or {key: request.args[key] for key in ("bus", "device_id", "profile") if key in request.args}
     form = MeterForm(data=None if request.method == "POST" else prefill)
-    form.bus.choices = [(b["name"], b["name"]) for b in data.get("buses", [])]
+    form.bus.choices = options([(b["name"], b["name"]) for b in data.get("buses", [])])
     error = ""
     if form.validate_on_submit():
         others = [m for i, m in enumerate(items) if i != index]
@@ -257,7 +257,7 @@ def test_read() -> Any:
     rt = runtime()
     form = TestReadForm(data=None if request.method == "POST" else
                         {k: request.args[k] for k in ("bus", "device_id", "profile") if k in request.args})
-    form.bus.choices = [(b.name, b.name) for b in rt.config.buses]
+    form.bus.choices = options([(b.name, b.name) for b in rt.config.buses])
     readings, error = None, ""
     if form.validate_on_submit():
         started = time.monotonic()
@@ -317,7 +317,7 @@ def _run_scan(job: dict, bus: Any, units: list[int], profiles: Any, deadline: fl
 def scan() -> Any:
     rt = runtime()
     form = ScanForm()
-    form.bus.choices = [(b.name, b.name) for b in rt.config.buses]
+    form.bus.choices = options([(b.name, b.name) for b in rt.config.buses])
     if form.validate_on_submit():
         with _scans_lock:
             running = [j for j in _scans.values() if j["bus"] == form.bus.data and not j.get("finished")]

@@ -23,7 +23,7 @@ from local_store import FactorError, ReportError
 from local_store.factors import default_factor_files, describe, load_library
 from local_store.reports import BY_CHOICES, build_report, render_csv, render_html
 from local_store.units import ACTIVITIES as FACTOR_ACTIVITIES
-from webui.auth import record, requires
+from webui.auth import options, record, requires
 from webui.configedit import ApplyError, apply_data, current_data
 
 bp = Blueprint("emissions", __name__)
@@ -129,19 +129,19 @@ def charts() -> Any:
 # -- factors -------------------------------------------------------------------------------------------------
 class ChoiceForm(FlaskForm):
     region = SelectField(_l("Grid region"))
-    method = SelectField(_l("Electricity method"), choices=[("location", _l("location-based (grid factor)")),
-                                                           ("market", _l("market-based (contracts)"))])
-    gwp = SelectField(_l("Global warming potentials"), choices=[("AR6", "IPCC AR6"), ("AR5", "IPCC AR5")])
+    method = SelectField(_l("Electricity method"), choices=options([("location", _l("location-based (grid factor)")),
+                                                           ("market", _l("market-based (contracts)"))]))
+    gwp = SelectField(_l("Global warming potentials"), choices=options([("AR6", "IPCC AR6"), ("AR5", "IPCC AR5")]))
     include_ch4_n2o = BooleanField(_l("Count CH4 and N2O from fuels"))
 
 
 class CustomFactorForm(FlaskForm):
     id = StringField(_l("Factor id"), validators=[InputRequired(), Regexp(
         r"^[A-Za-z0-9_.\-]{1,80}$", message=_l("Use 1-80 letters, digits, '-', '_' or '.'."))])
-    activity = SelectField(_l("Activity"), choices=[(a, a) for a in sorted(FACTOR_ACTIVITIES)])
-    parameter = SelectField(_l("Parameter"), choices=[
+    activity = SelectField(_l("Activity"), choices=options([(a, a) for a in sorted(FACTOR_ACTIVITIES)]))
+    parameter = SelectField(_l("Parameter"), choices=options([
         ("ef", _l("emission factor")), ("ncv", _l("net calorific value")), ("carbon_content", _l("carbon content")),
-        ("oxidation", _l("oxidation rate")), ("residual_mix", _l("residual mix")), ("ch4", "CH4"), ("n2o", "N2O")])
+        ("oxidation", _l("oxidation rate")), ("residual_mix", _l("residual mix")), ("ch4", "CH4"), ("n2o", "N2O")]))
     value = FloatField(_l("Value"), render_kw={"inputmode": "decimal"}, validators=[
         InputRequired(_l("Enter a number.")), NumberRange(0, 1e9, _l("Use a number of 0 or more."))])
     unit = StringField(_l("Unit"), validators=[InputRequired(), Length(max=30)], render_kw={"placeholder": "tCO2/MWh"})
@@ -180,7 +180,7 @@ def factors() -> Any:
     s = runtime().config.emissions
     choice = ChoiceForm(data={"region": s.region, "method": s.method, "gwp": s.gwp,
                               "include_ch4_n2o": s.include_ch4_n2o})
-    choice.region.choices = _regions()
+    choice.region.choices = options(_regions())
     return _factor_page(choice, CustomFactorForm())
 
 
@@ -188,7 +188,7 @@ def factors() -> Any:
 @requires("settings")
 def factor_choice() -> Any:
     choice = ChoiceForm()
-    choice.region.choices = _regions()
+    choice.region.choices = options(_regions())
     if not choice.validate_on_submit():
         return _factor_page(choice, CustomFactorForm(formdata=None), status=400)
     data = current_data(runtime())
@@ -222,7 +222,7 @@ def factor_custom() -> Any:
     custom = CustomFactorForm()
     choice = ChoiceForm(formdata=None, data={"region": rt.config.emissions.region, "method": rt.config.emissions.method,
                                              "gwp": rt.config.emissions.gwp})
-    choice.region.choices = _regions()
+    choice.region.choices = options(_regions())
     if not custom.validate_on_submit():
         return _factor_page(choice, custom, status=400)
     path = custom_factor_file(rt)
@@ -273,9 +273,9 @@ class ReportForm(FlaskForm):
 
     start = DateField(_l("From"), validators=[InputRequired(_l("Enter a date."))])
     end = DateField(_l("Until (exclusive)"), validators=[InputRequired(_l("Enter a date."))])
-    by = SelectField(_l("Rows per"), choices=[("source", _l("source")), ("day", _l("day")), ("month", _l("month")),
-                                              ("scope", _l("scope"))])
-    format = SelectField(_l("Format"), choices=[("html", "HTML"), ("csv", "CSV"), ("json", "JSON")])
+    by = SelectField(_l("Rows per"), choices=options([("source", _l("source")), ("day", _l("day")), ("month", _l("month")),
+                                              ("scope", _l("scope"))]))
+    format = SelectField(_l("Format"), choices=options([("html", "HTML"), ("csv", "CSV"), ("json", "JSON")]))
 
     def validate_end(self, field: Any) -> None:
         if field.data and self.start.data and field.data <= self.start.data:
