@@ -67,6 +67,10 @@ def apply_text(runtime: Any, text: str, origin: str = "web UI") -> GatewayConfig
 
 
 def apply_data(runtime: Any, data: dict[str, Any]) -> GatewayConfig:
+    """Apply ``data`` built from :func:`current_data`. :raises ApplyError: as :func:`apply_text`."""
+    if not runtime.config.text:
+        # a config built in code has no TOML to edit: writing `data` would drop everything else
+        raise ApplyError("the running config was not read from a TOML file, so it cannot be edited here")
     return apply_text(runtime, tomli_w.dumps(data))
 
 

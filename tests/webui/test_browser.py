@@ -131,9 +131,12 @@ def test_technician_commissions_a_meter_from_a_phone(browser, base_url, field_ga
     assert page.locator("html").get_attribute("lang") == "zh-CN"
     assert _fits(page)
     _shot(page, "phone-dashboard-zh")
+    page.goto(base_url + "/meters/new")
+    assert page.inner_text("label[for=device_id]") == "Modbus 从站地址"
+    _shot(page, "phone-meter-form-zh")
 
     page.set_viewport_size(DESKTOP)
-    page.reload()
+    page.goto(base_url + "/")
     page.wait_for_selector("text=今日排放")
     _shot(page, "desktop-dashboard-zh")
     page.click("#lang-en")

@@ -134,3 +134,13 @@ def test_config_export_and_import(admin, gateway) -> None:
     assert "Not a TOML file:" in text(garbage)
     empty = post(admin, "/config/import", {}, content_type="multipart/form-data")
     assert "Choose a file." in text(empty)
+
+
+def test_a_config_built_in_code_is_not_overwritten_by_an_edit(admin, gateway) -> None:
+    from dataclasses import replace
+
+    gateway.config = replace(gateway.config, text="")
+    page = text(post(admin, "/buses/new", {"name": "tcp-9", "transport": "tcp", "host": "127.0.0.1", "port": "1502",
+                                           "timeout_s": "1"}))
+    assert "Not applied: the running config was not read from a TOML file, so it cannot be edited here" in page
+    assert [b.name for b in gateway.config.buses] == ["demo-bus"]
