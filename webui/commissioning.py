@@ -121,14 +121,20 @@ def _find(items: list[dict], key: str, value: str) -> int:
     abort(404)
 
 
+def _entry(table: str, key: str, value: str | None) -> tuple[dict, list[dict], Any, dict | None]:
+    """The running config's data, its list ``table`` and the entry whose ``key`` is ``value``
+    (None: a new one; 404 when there is no such entry)."""
+    data = current_data(runtime())
+    items = data.setdefault(table, [])
+    index = _find(items, key, value) if value is not None else None
+    return data, items, index, items[index] if index is not None else None
+
+
 @bp.route("/buses/new", methods=["GET", "POST"], defaults={"name": None})
 @bp.route("/buses/<name>/edit", methods=["GET", "POST"])
 @requires("commission")
 def bus_edit(name: str | None) -> Any:
-    data = current_data(runtime())
-    items = data.setdefault("buses", [])
-    index = _find(items, "name", name) if name is not None else None
-    old = items[index] if index is not None else None
+    data, items, index, old = _entry("buses", "name", name)
     form = BusForm(data=None if request.method == "POST" else
                    {**(old or {}), "baudrate": str((old or {}).get("baudrate", 9600)),
                     "stopbits": str((old or {}).get("stopbits", 1))})
@@ -153,15 +159,13 @@ def bus_edit(name: str | None) -> Any:
 @bp.post("/buses/<name>/delete")
 @requires("commission")
 def bus_delete(name: str) -> Any:
-    data = current_data(runtime())
-    items = data.setdefault("buses", [])
-    index = _find(items, "name", name)
+    data, items, index, old = _entry("buses", "name", name)
     if not FlaskForm().validate_on_submit():
         abort(400)
     if any(m.get("bus") == name for m in data.get("meters", [])):
         flash(_("Bus %(name)s still has meters: move or delete them first.", name=name), "error")
         return redirect(url_for("commissioning.buses"))
-    old = items.pop(index)
+    items.pop(index)
     error = _apply(data, "bus.delete", f"bus {name}", old=old)
     flash(error or _("Bus %(name)s was deleted.", name=name), "error" if error else "ok")
     return redirect(url_for("commissioning.buses"))
@@ -197,10 +201,7 @@ def meters() -> Any:
 @bp.route("/meters/<meter_id>/edit", methods=["GET", "POST"])
 @requires("commission")
 def meter_edit(meter_id: str | None) -> Any:
-    data = current_data(runtime())
-    items = data.setdefault("meters", [])
-    index = _find(items, "id", meter_id) if meter_id is not None else None
-    old = items[index] if index is not None else None
+    data, items, index, old = _entry("meters", "id", meter_id)
     prefill = old or {key: request.args[key] for key in ("bus", "device_id", "profile") if key in request.args}
     form = MeterForm(data=None if request.method == "POST" else prefill)
     form.bus.choices = options([(b["name"], b["name"]) for b in data.get("buses", [])])
@@ -229,12 +230,10 @@ def meter_edit(meter_id: str | None) -> Any:
 @bp.post("/meters/<meter_id>/delete")
 @requires("commission")
 def meter_delete(meter_id: str) -> Any:
-    data = current_data(runtime())
-    items = data.setdefault("meters", [])
-    index = _find(items, "id", meter_id)
+    data, items, index, old = _entry("meters", "id", meter_id)
     if not FlaskForm().validate_on_submit():
         abort(400)
-    old = items.pop(index)
+    items.pop(index)
     error = _apply(data, "meter.delete", f"meter {meter_id}", old=old)
     flash(error or _("Meter %(id)s was deleted; its stored readings are kept.", id=meter_id), "error" if error else "ok")
     return redirect(url_for("commissioning.meters"))
