@@ -277,6 +277,14 @@ class ScanForm(FlaskForm):
     bus = SelectField(_l("Bus"), validators=[InputRequired()])
     units = StringField(_l("Unit ids"), default="1-10", validators=[InputRequired(), Length(max=200)])
 
+    def validate_bus(self, field: Any) -> None:
+        config = runtime().config
+        serial = {b.name for b in config.buses if b.transport == "rtu"}
+        if field.data in serial and any(m.bus == field.data and m.enabled for m in config.meters):
+            # the scan opens the serial port beside the bus owner: both would talk on one RS-485 line
+            raise ValidationError(_("This serial bus is being polled: switch its meters off (or scan before "
+                                    "adding them), because a scan and polling cannot share the line."))
+
     def validate_units(self, field: Any) -> None:
         try:
             parse_units(field.data)
