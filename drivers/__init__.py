@@ -1,13 +1,14 @@
 """Meter drivers: register maps, decoding, read planning, bus owners, commissioning, simulator."""
 
 from drivers.bus import BusPoller, MeterStats, read_meter
-from drivers.errors import BusError, DecodeError, DriverError, ProfileError
+from drivers.errors import BusError, DecodeError, DriverError, ExceptionResponseError, ProfileError, RefusedError
 from drivers.model import BusConfig, MeterConfig, Point, Profile, Quantity, Reading, SerialSettings
 from drivers.profiles import load_profile, load_profiles
 from drivers.simulator import SimulatedDevice, SimulatorServer
 
 __all__ = [
-    "BusConfig", "BusError", "BusPoller", "DecodeError", "DriverError", "MeterConfig", "MeterStats", "Point",
-    "Profile", "ProfileError", "Quantity", "Reading", "SerialSettings", "SimulatedDevice", "SimulatorServer",
+    "BusConfig", "BusError", "BusPoller", "DecodeError", "DriverError", "ExceptionResponseError", "MeterConfig",
+    "MeterStats", "Point", "Profile", "ProfileError", "Quantity", "Reading", "RefusedError", "SerialSettings",
+    "SimulatedDevice", "SimulatorServer",
     "load_profile", "load_profiles", "read_meter",
 ]

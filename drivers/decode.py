@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from drivers.errors import DecodeError
 from drivers.model import REGISTER_COUNT, Point
@@ -52,6 +52,29 @@ def decode_raw(point: Point, registers: Sequence[int]) -> float:
 def decode_point(point: Point, registers: Sequence[int], exponent: int = 0) -> float:
     """The scaled value in the point's unit: ``raw * scale * 10**exponent``."""
     return decode_raw(point, registers) * point.scale * (10.0 ** exponent)
+
+
+def make_decoder(point: Point) -> Callable[[Sequence[int]], float]:
+    """A function registers -> scaled value for ``point`` (without a scale-factor register), for polling.
+
+    The common case (big-endian words and bytes, no sentinels) packs the words with one precompiled struct;
+    every other case goes through :func:`decode_point`. Both raise :class:`DecodeError` the same way.
+    """
+    if (point.data_type.startswith("bcd") or point.nan_values or point.word_order != "big"
+            or point.byte_order != "big"):
+        return lambda registers: decode_point(point, registers)
+    words = struct.Struct(">" + "H" * point.count)
+    number = struct.Struct(">" + _STRUCT[point.data_type])
+    scale, count, is_float = point.scale, point.count, point.data_type.startswith("f")
+
+    def decode(registers: Sequence[int]) -> float:
+        if len(registers) != count:
+            raise DecodeError(f"expected {count} registers for {point.data_type}, got {len(registers)}")
+        value = number.unpack(words.pack(*registers))[0]
+        if is_float and not math.isfinite(value):
+            raise DecodeError(f"meter sent a non-finite float ({value})")
+        return value * scale
+    return decode
 
 
 def encode_point(point: Point, value: float) -> list[int]:

@@ -17,3 +17,15 @@ class DecodeError(DriverError):
 
 class BusError(DriverError):
     """A bus could not be opened or a meter did not answer."""
+
+
+class ExceptionResponseError(BusError):
+    """The device answered with a Modbus exception response; ``code`` is the exception code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RefusedError(ExceptionResponseError):
+    """Exception 2 (illegal data address) or 3 (illegal data value): the device refuses the range or length."""

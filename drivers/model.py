@@ -86,6 +86,16 @@ class Point:
 
 
 @dataclass(frozen=True)
+class Signature:
+    """A register whose value identifies the meter model (a model code, a fixed firmware id), for ``scan``."""
+
+    address: int
+    values: tuple[int, ...]         # any of these identifies the model
+    data_type: Literal["u16", "u32"] = "u16"
+    table: RegisterTable = "holding"
+
+
+@dataclass(frozen=True)
 class Profile:
     """A meter model's register map, loaded from ``config/profiles/<id>.toml``."""
 
@@ -96,6 +106,9 @@ class Profile:
     source: str = ""                # the public document the map was taken from
     description: str = ""
     max_registers_per_read: int = MAX_REGISTERS_PER_READ
+    vendor_name: str = ""           # what the meter answers to Read Device Identification (FC 43/14),
+    product_code: str = ""          # empty when the model does not implement it
+    signatures: tuple[Signature, ...] = ()
 
     def point(self, name: str) -> Point:
         for p in self.points:

@@ -1,17 +1,30 @@
-"""Read planner: the fewest requests that cover a meter's points.
+"""Read planner: the requests that cover a meter's points in the least bus time.
 
-Neighbouring registers of the same table are coalesced while the span stays within the device's
-read limit and the hole between them is at most ``max_gap`` registers; a hole costs two bytes of wire
-time per register, a new request costs a whole request/response frame (about 16 bytes on RTU), so
-bridging small holes is cheaper in bus time.
+The cost model is wire time, not request count alone. On Modbus RTU a read of ``n`` registers costs an
+8-byte request, a ``5 + 2n``-byte reply, two 3.5-character silences and the device's turnaround; bridging a
+hole of ``g`` unused registers costs ``2g`` bytes more in the reply. So neighbouring points are coalesced
+when the hole is cheaper than a new request, within the device's read limit (at most 125 registers) and the
+configured ``max_gap``. Among plans of equal cost the one with fewer requests wins. The optimum is found
+exactly by dynamic programming over the points sorted by address (points of one meter number in the tens).
+
+Devices differ in what they accept: some answer "illegal data address" (exception 2) or "illegal data value"
+(3) to a read that bridges reserved registers or is longer than they like. :func:`split_request` cuts such a
+request in two, and :class:`DeviceLimits` remembers what the device refused, so the next plan avoids it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from drivers.model import Point, Profile, RegisterTable
+from drivers.model import MAX_REGISTERS_PER_READ, BusConfig, Point, Profile, RegisterTable
+
+#: Bytes of a read request (unit id, function code, address, count, CRC) and of a reply without its data
+#: (unit id, function code, byte count, CRC), on RTU.
+RTU_REQUEST_BYTES = 8
+RTU_REPLY_OVERHEAD_BYTES = 5
+#: Typical time a meter takes between the end of a request and the start of its reply.
+DEFAULT_TURNAROUND_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -22,34 +35,166 @@ class ReadRequest:
     points: tuple[Point, ...]
 
 
-def plan_reads(profile: Profile, max_gap: int = 10, max_count: int | None = None,
-               points: Sequence[Point] | None = None) -> list[ReadRequest]:
-    """Group ``points`` (default: all of the profile's) into coalesced register reads."""
-    limit = min(max_count or profile.max_registers_per_read, profile.max_registers_per_read)
-    spans: list[tuple[RegisterTable, int, int, Point | None]] = []
-    for point in points if points is not None else profile.points:
-        spans.append((point.table, point.address, point.count, point))
+@dataclass(frozen=True)
+class BusCost:
+    """Wire time of requests on one bus, in character times (one byte on the wire, start/stop bits included)."""
+
+    char_s: float = 10 / 9600           # seconds per character: (start + 8 data + parity + stop) / baud rate
+    overhead_chars: float = (RTU_REQUEST_BYTES + RTU_REPLY_OVERHEAD_BYTES + 7
+                             + DEFAULT_TURNAROUND_S * 9600 / 10)
+
+    @classmethod
+    def for_bus(cls, bus: BusConfig, turnaround_s: float = DEFAULT_TURNAROUND_S) -> BusCost:
+        """The cost model for ``bus``.
+
+        RTU: character time from the line settings. RTU over TCP: the serial line behind the device server
+        dominates; its baud rate is not known here, so 9600 8N1 is assumed. Modbus TCP: a request costs a
+        round trip (the turnaround), a register next to nothing (100 Mbit/s), so holes up to ``max_gap`` are
+        always bridged.
+        """
+        if bus.transport == "rtu" and bus.serial is not None:
+            s = bus.serial
+            char_s = (1 + s.bytesize + (0 if s.parity == "N" else 1) + s.stopbits) / s.baudrate
+        elif bus.transport == "rtu_over_tcp":
+            char_s = 10 / 9600
+        else:
+            char_s = 8 / 100e6
+        frame = RTU_REQUEST_BYTES + RTU_REPLY_OVERHEAD_BYTES + (7.0 if bus.transport != "tcp" else 8.0)
+        extra = max(bus.inter_request_delay_s, 0.0) + turnaround_s
+        return cls(char_s, frame + extra / char_s)
+
+    def request_chars(self, count: int) -> float:
+        return self.overhead_chars + 2 * count
+
+    def plan_seconds(self, plan: Sequence[ReadRequest]) -> float:
+        """Modelled wire time of ``plan``, in seconds."""
+        return sum(self.request_chars(r.count) for r in plan) * self.char_s
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What one device was seen to refuse: a shorter read limit, and addresses a read must not bridge into."""
+
+    max_count: int = MAX_REGISTERS_PER_READ
+    cuts: frozenset[tuple[str, int]] = field(default_factory=frozenset)  # (table, address) starting a new read
+
+
+@dataclass(frozen=True)
+class _Span:
+    table: RegisterTable
+    address: int
+    count: int
+    point: Point | None        # None: a scale-factor register read for its points
+
+    @property
+    def end(self) -> int:
+        return self.address + self.count
+
+
+def _spans(points: Sequence[Point]) -> list[_Span]:
+    spans = []
+    for point in points:
+        spans.append(_Span(point.table, point.address, point.count, point))
         if point.scale_register is not None:
-            spans.append((point.table, point.scale_register, 1, None))
-    spans.sort(key=lambda s: (s[0], s[1]))
+            spans.append(_Span(point.table, point.scale_register, 1, None))
+    spans.sort(key=lambda s: (s.table, s.address, s.count))
+    return spans
+
+
+def plan_reads(profile: Profile, max_gap: int = 10, max_count: int | None = None,
+               points: Sequence[Point] | None = None, cost: BusCost | None = None,
+               limits: DeviceLimits | None = None) -> list[ReadRequest]:
+    """The cheapest requests that cover ``points`` (default: all of the profile's).
+
+    :param max_gap: never bridge a hole of more than this many registers.
+    :param max_count: read at most this many registers at once (besides the profile's and the device's limit).
+    :param cost: the bus's cost model (default: RTU at 9600 baud).
+    :param limits: what the device was seen to refuse.
+    """
+    cost = cost or BusCost()
+    limits = limits or DeviceLimits()
+    limit = min(max_count or MAX_REGISTERS_PER_READ, profile.max_registers_per_read, limits.max_count)
+    spans = _spans(points if points is not None else profile.points)
+    n = len(spans)
+    # best[j] = (cost, requests, start index of the last request) for the first j spans.
+    best: list[tuple[float, int, int]] = [(0.0, 0, 0)] + [(float("inf"), 0, 0)] * n
+    for i in range(n):
+        if best[i][0] == float("inf"):
+            continue
+        end = spans[i].end
+        for j in range(i, n):
+            span = spans[j]
+            if j > i:
+                if (span.table != spans[i].table or span.address - end > max_gap
+                        or (span.address > end - 1 and (span.table, span.address) in limits.cuts)):
+                    break
+                end = max(end, span.end)
+            if end - spans[i].address > limit:
+                break
+            candidate = (best[i][0] + cost.request_chars(end - spans[i].address), best[i][1] + 1, i)
+            if candidate[:2] < best[j + 1][:2]:
+                best[j + 1] = candidate
     requests: list[ReadRequest] = []
-    current: list[tuple[RegisterTable, int, int, Point | None]] = []
+    j = n
+    while j > 0:
+        i = best[j][2]
+        requests.append(_request(spans[i:j]))
+        j = i
+    return requests[::-1]
+
+
+def _request(spans: Sequence[_Span]) -> ReadRequest:
+    start = spans[0].address
+    end = max(s.end for s in spans)
+    return ReadRequest(spans[0].table, start, end - start, tuple(s.point for s in spans if s.point is not None))
+
+
+def split_request(request: ReadRequest, limits: DeviceLimits) -> tuple[list[ReadRequest], DeviceLimits] | None:
+    """Cut a refused request in two and learn what to avoid next time; None if it cannot be cut.
+
+    A request that bridges a hole is cut at its widest hole (the device probably has no registers there);
+    a request without holes is cut in the middle and the device's read limit lowered to the longer half.
+    """
+    spans = _spans(request.points)
+    if len(spans) < 2:
+        return None
+    cut_at, widest, end = 0, -1, spans[0].end
+    for k in range(1, len(spans)):
+        hole = spans[k].address - end
+        if hole > widest and spans[k].address >= end:
+            cut_at, widest = k, hole
+        end = max(end, spans[k].end)
+    if widest > 0:
+        learned = replace(limits, cuts=limits.cuts | {(spans[cut_at].table, spans[cut_at].address)})
+        halves = [_request(spans[:cut_at]), _request(spans[cut_at:])]
+    else:
+        if cut_at == 0:
+            return None  # overlapping points only: nothing to cut between
+        middle = request.address + request.count // 2
+        cut_at = next((k for k in range(1, len(spans)) if spans[k].address >= middle), cut_at)
+        halves = [_request(spans[:cut_at]), _request(spans[cut_at:])]
+        learned = replace(limits, max_count=min(limits.max_count, max(h.count for h in halves)))
+    return halves, learned
+
+
+def one_request_per_point(profile: Profile) -> list[ReadRequest]:
+    """The naive plan (one read per point): the benchmark's baseline."""
+    return [_request([s]) if s.point is None else ReadRequest(s.table, s.address, s.count, (s.point,))
+            for s in _spans(profile.points)]
+
+
+def fewest_requests(profile: Profile, limit: int = MAX_REGISTERS_PER_READ) -> list[ReadRequest]:
+    """The plan with the fewest requests, ignoring holes (greedy from the lowest address is optimal for
+    covering sorted intervals with windows of at most ``limit`` registers): the benchmark's yardstick."""
+    spans = _spans(profile.points)
+    requests: list[ReadRequest] = []
+    group: list[_Span] = []
     for span in spans:
-        if current:
-            table, start = current[0][0], current[0][1]
-            end = max(s[1] + s[2] for s in current)
-            if (span[0] == table and span[1] - end <= max_gap
-                    and max(end, span[1] + span[2]) - start <= limit):
-                current.append(span)
-                continue
-            requests.append(_request(current))
-        current = [span]
-    if current:
-        requests.append(_request(current))
+        if group and (span.table != group[0].table or max(span.end, *(s.end for s in group))
+                      - group[0].address > min(limit, profile.max_registers_per_read)):
+            requests.append(_request(group))
+            group = []
+        group.append(span)
+    if group:
+        requests.append(_request(group))
     return requests
-
-
-def _request(spans: list) -> ReadRequest:
-    start = spans[0][1]
-    end = max(s[1] + s[2] for s in spans)
-    return ReadRequest(spans[0][0], start, end - start, tuple(s[3] for s in spans if s[3] is not None))

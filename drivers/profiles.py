@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.errors import ProfileError
-from drivers.model import MAX_REGISTERS_PER_READ, REGISTER_COUNT, Point, Profile, Quantity
+from drivers.model import MAX_REGISTERS_PER_READ, REGISTER_COUNT, Point, Profile, Quantity, Signature
 
 _POINT_KEYS = {"name", "address", "data_type", "quantity", "unit", "table", "word_order", "byte_order",
                "scale", "scale_register", "nan_values", "description"}
@@ -58,8 +58,45 @@ def _point(raw: dict[str, Any], where: str) -> Point:
     )
 
 
+_PROFILE_KEYS = {"id", "manufacturer", "model", "source", "description", "defaults", "points",
+                 "max_registers_per_read", "identification", "signatures"}
+_SIGNATURE_KEYS = {"address", "values", "data_type", "table"}
+
+
+def _signature(raw: Any, where: str) -> Signature:
+    if not isinstance(raw, dict) or set(raw) - _SIGNATURE_KEYS or not {"address", "values"} <= set(raw):
+        raise ProfileError(f"{where}: use a table with address and values, and optionally data_type "
+                           '("u16" or "u32") and table ("holding" or "input")')
+    data_type, table = raw.get("data_type", "u16"), raw.get("table", "holding")
+    if data_type not in ("u16", "u32"):
+        raise ProfileError(f'{where}.data_type = "{data_type}": use u16 or u32')
+    if table not in ("holding", "input"):
+        raise ProfileError(f'{where}.table = "{table}": use holding or input')
+    address, values = raw["address"], raw["values"]
+    if not isinstance(address, int) or not 0 <= address <= 0xFFFF - REGISTER_COUNT[data_type] + 1:
+        raise ProfileError(f"{where}.address = {address!r}: use a register address from 0 to 65535")
+    limit = 1 << (16 * REGISTER_COUNT[data_type])
+    if not isinstance(values, list) or not values or not all(isinstance(v, int) and 0 <= v < limit for v in values):
+        raise ProfileError(f"{where}.values = {values!r}: use a list of the {data_type} values that identify "
+                           f"the model, e.g. [{0x1234}]")
+    return Signature(address, tuple(values), data_type, table)
+_IDENTIFICATION_KEYS = {"vendor_name", "product_code"}
+
+
+def _identification(data: dict[str, Any], origin: str) -> tuple[str, str]:
+    ident = data.get("identification", {})
+    if not isinstance(ident, dict) or set(ident) - _IDENTIFICATION_KEYS or not all(
+            isinstance(v, str) and v for v in ident.values()):
+        raise ProfileError(f"{origin}: [identification]: use vendor_name and product_code, both non-empty "
+                           "strings, as the meter answers them to Read Device Identification (FC 43/14)")
+    return ident.get("vendor_name", ""), ident.get("product_code", "")
+
+
 def parse_profile(data: dict[str, Any], origin: str) -> Profile:
     """Build a :class:`Profile` from parsed TOML; ``origin`` names the file in messages."""
+    unknown = set(data) - _PROFILE_KEYS
+    if unknown:
+        raise ProfileError(f"{origin}: unknown key '{sorted(unknown)[0]}'; use one of {', '.join(sorted(_PROFILE_KEYS))}")
     for key in ("id", "manufacturer", "model"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise ProfileError(f"{origin}: missing '{key}'; a profile needs id, manufacturer and model")
@@ -78,12 +115,17 @@ def parse_profile(data: dict[str, Any], origin: str) -> Profile:
             raise ProfileError(f'{where}.name = "{point.name}": used twice; point names must be unique')
         seen.add(point.name)
         points.append(point)
+    vendor_name, product_code = _identification(data, origin)
+    raw_signatures = data.get("signatures", [])
+    if not isinstance(raw_signatures, list):
+        raise ProfileError(f"{origin}: signatures must be a list of tables ([[signatures]])")
+    signatures = tuple(_signature(raw, f"{origin}: signatures[{i}]") for i, raw in enumerate(raw_signatures))
     max_read = data.get("max_registers_per_read", MAX_REGISTERS_PER_READ)
     if not isinstance(max_read, int) or not 1 <= max_read <= MAX_REGISTERS_PER_READ:
         raise ProfileError(f"{origin}: max_registers_per_read = {max_read!r}: use 1 to {MAX_REGISTERS_PER_READ}")
     return Profile(id=data["id"], manufacturer=data["manufacturer"], model=data["model"], points=tuple(points),
                    source=str(data.get("source", "")), description=str(data.get("description", "")),
-                   max_registers_per_read=max_read)
+                   max_registers_per_read=max_read, vendor_name=vendor_name, product_code=product_code, signatures=signatures)
 
 
 def load_profile(path: Path) -> Profile:

@@ -1,23 +1,30 @@
-"""Find the meters on a bus and guess their profiles.
+"""Find the meters on a bus and identify their profiles.
 
 A unit id "answers" when it returns registers or a Modbus exception (a device is there, even if it refuses
-the address); silence until the timeout means nobody is home. Each answering unit is then read with every
-candidate profile, and the profile whose points all read and look plausible (mains voltage, grid
-frequency, non-negative counters) scores highest. Bounded: at most one timeout per silent unit id.
+the address); silence until the timeout means nobody is home. Each answering unit is then identified:
+
+1. Read Device Identification (FC 43/14, basic objects): a meter that implements it names its vendor and
+   product code, and the profile declaring that product code (``[identification]``) is taken as it is.
+2. Signature registers: a profile may declare registers whose value names the model (``[[signatures]]``);
+   a unit whose registers hold those values is that model, and a profile whose signature does not match is
+   ruled out.
+3. Otherwise the unit is read with every remaining candidate profile, and the profile whose points all read and look
+   plausible (mains voltage, grid frequency, non-negative counters) scores highest; layouts that read the
+   same are listed as candidates for the technician to confirm with ``read``.
+
+Bounded: at most one timeout per silent unit id, and per answering unit one identification request plus one
+read per profile (plus one per signature register).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from pymodbus.exceptions import ModbusException
-
-from drivers.bus import BusPoller, make_client
-from drivers.errors import BusError
-from drivers.model import BusConfig, Profile, Quantity, Reading
+from drivers.bus import BusPoller
+from drivers.errors import BusError, ExceptionResponseError
+from drivers.model import REGISTER_COUNT, BusConfig, Profile, Quantity, Reading
 
 #: Values a point of each quantity can take on a working meter.
 _PLAUSIBLE: dict[Quantity, tuple[float, float]] = {
@@ -36,6 +43,9 @@ class ScanResult:
     score: float                 # share of the profile's points that read plausibly, 0..1
     candidates: tuple[tuple[str, float], ...]  # other profiles that fit, best first
     readings: tuple[Reading, ...] = ()
+    identified_by: str = ""      # "device identification" (FC 43/14) | "signature registers" | "plausibility" | ""
+    vendor_name: str = ""        # as the device answered FC 43/14, if it did
+    product_code: str = ""
 
 
 def plausibility(readings: Iterable[Reading]) -> float:
@@ -52,64 +62,88 @@ def plausibility(readings: Iterable[Reading]) -> float:
     return good / len(readings)
 
 
-def _answers(bus: BusConfig, client, device_id: int) -> bool:  # type: ignore[no-untyped-def]
+def _answers(poller: BusPoller, device_id: int) -> bool:
     """A device is at ``device_id`` if it sends anything valid back to a one-register read."""
     try:
-        response = client.read_holding_registers(0, count=1, device_id=device_id)
-    except ModbusException:
-        client.close()
-        return False
-    # Exception code 4/10/11 from a TCP server or gateway means "no such unit behind me".
-    return not response.isError() or getattr(response, "exception_code", 0) not in (4, 10, 11)
+        poller.read_registers(device_id, "holding", 0, 1)
+    except ExceptionResponseError as exc:
+        # Exception code 4/10/11 from a TCP server or gateway means "no such unit behind me".
+        return exc.code not in (4, 10, 11)
+    except BusError:
+        return False  # silence (or noise) until the timeout: nobody home
+    return True
 
 
 def scan_bus(bus: BusConfig, units: Iterable[int], profiles: Mapping[str, Profile],
-             progress: Callable[[int, int, int], None] | None = None, min_score: float = 0.8) -> list[ScanResult]:
+             progress: Callable[[int, int, int], None] | None = None, min_score: float = 0.8,
+             poller: BusPoller | None = None) -> list[ScanResult]:
     """Probe ``units`` on ``bus``; ``progress(done, total, device_id)`` is called after each unit id.
+
+    Every request goes through one :class:`BusPoller`, so the scan keeps the RTU inter-frame silence, flushes
+    stale input and checks each reply against its request like polling does. Pass the ``poller`` that owns
+    the bus in a running gateway to scan a serial line while it is being polled (a second owner of a serial
+    port is refused); otherwise the scan opens the bus itself and closes it at the end.
 
     :raises BusError: the bus itself cannot be opened (no such serial port, nothing listening).
     """
     unit_list = [u for u in units if 1 <= u <= 247]
-    client = make_client(bus)
-    found: list[int] = []
+    owner = poller or BusPoller(bus, [], {})
     try:
-        if not client.connect():
-            from drivers.bus import _describe_open_failure
-            raise BusError(_describe_open_failure(bus))
+        owner.open()
+        found: dict[int, tuple[str, str]] = {}
         for done, device_id in enumerate(unit_list, 1):
-            if _answers(bus, client, device_id):
-                found.append(device_id)
-            if bus.inter_request_delay_s:
-                time.sleep(bus.inter_request_delay_s)
+            if _answers(owner, device_id):
+                found[device_id] = owner.identify(device_id)
             if progress is not None:
                 progress(done, len(unit_list), device_id)
+        return [_identify_profile(owner, device_id, vendor, product, profiles, min_score)
+                for device_id, (vendor, product) in found.items()]
     finally:
-        client.close()
-    results = []
-    poller = BusPoller(bus, [], {})
-    try:
-        for device_id in found:
-            scores = []
-            best_readings: tuple[Reading, ...] = ()
-            for profile in profiles.values():
-                try:
-                    readings = poller.read_once(device_id, profile)
-                except BusError:
-                    continue  # this profile's registers are not there
-                score = plausibility(readings)
-                scores.append((profile.id, round(score, 3), len(profile.points)))
-                if score >= max((s for _, s, _ in scores), default=0) and not best_readings:
-                    best_readings = tuple(readings)
-            scores.sort(key=lambda s: (s[1], s[2]), reverse=True)
-            fitting = [(pid, score) for pid, score, _ in scores if score >= min_score]
-            best = fitting[0][0] if fitting else None
-            if best is not None:
-                best_readings = tuple(poller.read_once(device_id, profiles[best]))
-            results.append(ScanResult(device_id, best, fitting[0][1] if fitting else 0.0, tuple(fitting[1:]),
-                                      best_readings if best else ()))
-    finally:
-        poller.close()
-    return results
+        if poller is None:
+            owner.close()
+
+
+def _identify_profile(poller: BusPoller, device_id: int, vendor: str, product: str,
+                      profiles: Mapping[str, Profile], min_score: float) -> ScanResult:
+    named = [p for p in profiles.values() if product and p.product_code.casefold() == product.casefold()]
+    if named:
+        readings = tuple(poller.read_once(device_id, named[0]))
+        return ScanResult(device_id, named[0].id, round(plausibility(readings), 3), (), readings,
+                          "device identification", vendor, product)
+    candidates = []
+    for profile in profiles.values():
+        if not profile.signatures:
+            candidates.append(profile)
+        elif _signature_matches(poller, device_id, profile):
+            readings = tuple(poller.read_once(device_id, profile))
+            return ScanResult(device_id, profile.id, round(plausibility(readings), 3), (), readings,
+                              "signature registers", vendor, product)
+    scores: list[tuple[str, float, int, tuple[Reading, ...]]] = []
+    for profile in candidates:
+        try:
+            readings = tuple(poller.read_once(device_id, profile))
+        except BusError:
+            continue  # this profile's registers are not there
+        scores.append((profile.id, round(plausibility(readings), 3), len(profile.points), readings))
+    scores.sort(key=lambda s: (s[1], s[2]), reverse=True)
+    fitting = [s for s in scores if s[1] >= min_score]
+    if not fitting:
+        return ScanResult(device_id, None, 0.0, (), (), "", vendor, product)
+    best = fitting[0]
+    return ScanResult(device_id, best[0], best[1], tuple((s[0], s[1]) for s in fitting[1:]), best[3],
+                      "plausibility", vendor, product)
+
+
+def _signature_matches(poller: BusPoller, device_id: int, profile: Profile) -> bool:
+    for signature in profile.signatures:
+        count = REGISTER_COUNT[signature.data_type]
+        try:
+            words = poller.read_registers(device_id, signature.table, signature.address, count)
+        except BusError:
+            return False
+        if int.from_bytes(b"".join(w.to_bytes(2, "big") for w in words), "big") not in signature.values:
+            return False
+    return True
 
 
 def parse_units(text: str) -> list[int]:

@@ -1,4 +1,5 @@
-"""Simulated meters: serve any profile over Modbus TCP with plausible values that advance in time.
+"""Simulated meters: serve any profile over Modbus TCP, RTU (serial) or RTU-over-TCP with plausible values
+that advance in time, and misbehave on request like real meters do (see :data:`FAULTS`).
 
 Counters are the exact integral of a slowly varying load, so energy grows consistently with power:
 ``P(t) = P0 * (1 + A sin(w t))`` and ``E(t) = E0 + P0 * (t + A (1 - cos(w t)) / w) / 3600``.
@@ -16,14 +17,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pymodbus.constants import ExcCodes
 from pymodbus import FramerType
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.decode import encode_point
 from drivers.errors import DriverError
-from drivers.model import Point, Profile, Quantity
+from drivers.model import REGISTER_COUNT, Point, Profile, Quantity
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,24 @@ _RATE_PER_H = {
     Quantity.GAS_VOLUME: 40.0, Quantity.HEAT_ENERGY: 5.6, Quantity.STEAM_MASS: 2.0,
     Quantity.WATER_VOLUME: 5.0, Quantity.PULSE_COUNT: 1000.0,
 }
+SCALE_EXPONENT = -1              # what a simulated scale-factor register holds
 _SWING = 0.2                      # +-20 % load variation
 _OMEGA = 2 * math.pi / 600.0      # one load cycle every 10 minutes
 
-Fault = str  # "exception" (illegal data address on every read), "busy" (device busy)
+Fault = str
+
+#: What a simulated device can be told to do wrong, as a technician meets it on site.
+FAULTS: dict[str, str] = {
+    "no_answer": "never replies (dead meter, wrong unit id, A/B swapped)",
+    "exception": "answers every read with exception 2, illegal data address",
+    "busy": "answers every read with exception 6, device busy",
+    "garbage": "replies with bytes that are no Modbus frame (two masters, wrong baud rate)",
+    "crc": "replies with a broken CRC (noise, missing termination); RTU only",
+    "truncated": "replies with the last three bytes missing",
+    "slow": "replies after slow_s seconds",
+    "holes": "only the profile's registers exist: a read bridging reserved registers gets exception 2",
+    "short_reads": "refuses reads of more than max_read registers with exception 3, illegal data value",
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,15 @@ class SimulatedDevice:
     device_id: int
     profile: Profile
     faults: frozenset[Fault] = field(default_factory=frozenset)
+    slow_s: float = 0.5             # reply delay with the "slow" fault
+    max_read: int = 16              # longest read accepted with the "short_reads" fault
+
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(FAULTS)
+        if unknown:
+            raise DriverError(f"simulator: unknown fault '{sorted(unknown)[0]}'; use one of {', '.join(FAULTS)}")
+        if not 1 <= self.device_id <= 247:
+            raise DriverError(f"simulator: unit id {self.device_id} is outside 1-247")
 
 
 class _MeterModel:
@@ -87,10 +113,18 @@ class _MeterModel:
     def registers(self, now: float) -> dict[int, int]:
         out: dict[int, int] = {}
         for point in self.device.profile.points:
-            for offset, word in enumerate(encode_point(point, self.value(point, now))):
-                out[point.address + offset] = word
+            value = self.value(point, now)
             if point.scale_register is not None:
-                out[point.scale_register] = 0
+                # Serve a non-zero power-of-ten exponent (-1), as SunSpec-style meters do, so the scale-factor
+                # path is exercised: value = raw * scale * 10**-1.
+                out[point.scale_register] = SCALE_EXPONENT & 0xFFFF
+                value /= 10.0 ** SCALE_EXPONENT
+            for offset, word in enumerate(encode_point(point, value)):
+                out[point.address + offset] = word
+        for signature in self.device.profile.signatures:
+            words = signature.values[0].to_bytes(2 * REGISTER_COUNT[signature.data_type], "big")
+            for offset in range(0, len(words), 2):
+                out[signature.address + offset // 2] = int.from_bytes(words[offset:offset + 2], "big")
         return out
 
 
@@ -101,31 +135,41 @@ def _free_port(host: str) -> int:
 
 
 class SimulatorServer:
-    """A Modbus TCP server on loopback answering for several simulated meters (one RS-485 line's worth)."""
+    """Several simulated meters (one RS-485 line's worth) behind one Modbus TCP, RTU or RTU-over-TCP server."""
 
     def __init__(self, devices: Sequence[SimulatedDevice], host: str = "127.0.0.1", port: int = 0,
-                 serial_port: str | None = None, baudrate: int = 9600) -> None:
-        """Serve Modbus TCP on ``host:port`` (0: a free port), or Modbus RTU on ``serial_port``."""
+                 serial_port: str | None = None, baudrate: int = 9600, rtu_over_tcp: bool = False) -> None:
+        """Serve Modbus TCP on ``host:port`` (0: a free port), Modbus RTU on ``serial_port``, or RTU frames
+        over TCP (a serial device server) with ``rtu_over_tcp``."""
         if not devices:
             raise DriverError("simulator: no devices to serve")
+        ids = [d.device_id for d in devices]
+        if len(set(ids)) != len(ids):
+            raise DriverError(f"simulator: unit id {max(ids, key=ids.count)} used twice; give each meter its own")
         self.host = host
+        self.rtu_over_tcp = rtu_over_tcp
         self.serial_port = serial_port
         self.baudrate = baudrate
         self.port = 0 if serial_port else (port or _free_port(host))
         started = time.time()
         self._models = {d.device_id: _MeterModel(d, started) for d in devices}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
     async def _action(self, model: _MeterModel, function_code: int, start_address: int, address: int,
                       count: int, current_registers: list[int], set_values: object) -> ExcCodes | None:
-        if "exception" in model.device.faults:
+        faults = model.device.faults
+        if "slow" in faults:
+            await asyncio.sleep(model.device.slow_s)
+        if "exception" in faults:
             return ExcCodes.ILLEGAL_ADDRESS
-        if "busy" in model.device.faults:
+        if "busy" in faults:
             return ExcCodes.DEVICE_BUSY
+        if "short_reads" in faults and count > model.device.max_read:
+            return ExcCodes.ILLEGAL_VALUE
         for register, word in model.registers(time.time()).items():
             index = register - start_address
             if 0 <= index < len(current_registers):
@@ -133,10 +177,57 @@ class SimulatorServer:
         return None
 
     def _device(self, model: _MeterModel) -> SimDevice:
-        top = max(max(p.address + p.count for p in model.device.profile.points), 1)
+        profile = model.device.profile
+        spans = sorted({(p.address, p.count) for p in profile.points}
+                       | {(p.scale_register, 1) for p in profile.points if p.scale_register is not None}
+                       | {(s.address, REGISTER_COUNT[s.data_type]) for s in profile.signatures})
+        if "holes" in model.device.faults:
+            blocks: list[list[int]] = []  # [start, end) of registers that exist
+            for address, count in spans:
+                if blocks and address <= blocks[-1][1]:
+                    blocks[-1][1] = max(blocks[-1][1], address + count)
+                else:
+                    blocks.append([address, address + count])
+        else:  # reserved registers between points read as 0, as on most meters
+            blocks = [[spans[0][0], max(a + c for a, c in spans)]]
         return SimDevice(id=model.device.device_id,
-                         simdata=[SimData(0, count=top + 1, values=0, datatype=DataType.REGISTERS)],
+                         simdata=[SimData(start, count=end - start, values=0, datatype=DataType.REGISTERS)
+                                  for start, end in blocks],
                          action=functools.partial(self._action, model))
+
+    # -- faults below the register level: pymodbus' trace hooks see every frame and PDU sent ------------
+    def _unit_of(self, packet: bytes) -> int:
+        rtu = self.serial_port is not None or self.rtu_over_tcp
+        return packet[0] if rtu else (packet[6] if len(packet) > 6 else 0)
+
+    def _trace_packet(self, sending: bool, packet: bytes) -> bytes:
+        if not sending or not packet:
+            return packet
+        model = self._models.get(self._unit_of(packet))
+        if model is None:
+            return b"" if self.serial_port is not None else packet  # nobody home on an RS-485 line
+        faults = model.device.faults
+        if "no_answer" in faults:
+            return b""
+        if "garbage" in faults:
+            return bytes((0x5A + 37 * i) & 0xFF for i in range(len(packet)))
+        if "crc" in faults and (self.serial_port is not None or self.rtu_over_tcp):
+            return packet[:-1] + bytes([packet[-1] ^ 0xFF])
+        if "truncated" in faults:
+            return packet[:-3]
+        return packet
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        """Answer Read Device Identification (FC 43/14) per device, as the real model does or does not."""
+        if not sending or not isinstance(pdu, ReadDeviceInformationResponse):
+            return pdu
+        model = self._models.get(pdu.dev_id)
+        if model is None or not model.device.profile.product_code:
+            code = ExcCodes.GATEWAY_NO_RESPONSE if model is None else ExcCodes.ILLEGAL_FUNCTION
+            return ExceptionResponse(pdu.function_code, code, device_id=pdu.dev_id, transaction=pdu.transaction_id)
+        profile = model.device.profile
+        pdu.information = {0: profile.vendor_name.encode(), 1: profile.product_code.encode(), 2: b"sim-1.0"}
+        return pdu
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -152,18 +243,29 @@ class SimulatorServer:
     async def _serve(self) -> None:
         # The server binds to the running loop, so it is built inside it.
         devices = [self._device(m) for m in self._models.values()]
+        server: ModbusTcpServer | ModbusSerialServer
         if self.serial_port:
-            self._server = ModbusSerialServer(devices, framer=FramerType.RTU, port=self.serial_port,
-                                              baudrate=self.baudrate)
+            server = ModbusSerialServer(devices, framer=FramerType.RTU, port=self.serial_port,
+                                        baudrate=self.baudrate, ignore_missing_devices=True,
+                                        trace_packet=self._trace_packet, trace_pdu=self._trace_pdu)
         else:
-            self._server = ModbusTcpServer(devices, address=(self.host, self.port))
-        task = asyncio.ensure_future(self._server.serve_forever())
+            framer = FramerType.RTU if self.rtu_over_tcp else FramerType.SOCKET
+            server = ModbusTcpServer(devices, address=(self.host, self.port), framer=framer,
+                                     ignore_missing_devices=self.rtu_over_tcp,
+                                     trace_packet=self._trace_packet, trace_pdu=self._trace_pdu)
+        self._server = server
+        task = asyncio.ensure_future(server.serve_forever())
         for _ in range(200):
-            if self._server.transport is not None or task.done():
+            if server.transport is not None or task.done():
                 break
             await asyncio.sleep(0.01)
         self._ready.set()
         await task
+
+    def expected(self, device_id: int, point_name: str, at: float) -> float:
+        """The value the simulated meter ``device_id`` holds for ``point_name`` at UTC time ``at``."""
+        model = self._models[device_id]
+        return model.value(model.device.profile.point(point_name), at)
 
     def start(self, timeout_s: float = 10.0) -> SimulatorServer:
         """Serve in a background thread; return once the port accepts connections."""

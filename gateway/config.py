@@ -171,7 +171,7 @@ def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSetti
     rollover = raw.get("rollover_at")
     # Preprocessing rules (docs/models.md, section 2); absent keys keep SourceSettings' defaults,
     # frozen_after_s = 0 turns the frozen-value check off.
-    rules = {key: r.number(key, ..., low, high, unit) for key, (low, high, unit) in _RULE_KEYS.items() if key in raw}
+    rules: dict[str, Any] = {key: r.number(key, ..., low, high, unit) for key, (low, high, unit) in _RULE_KEYS.items() if key in raw}
     if rules.get("frozen_after_s") == 0:
         rules["frozen_after_s"] = None
     max_gap_s = rules.get("max_gap_s", SourceSettings.max_gap_s)

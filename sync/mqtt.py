@@ -106,18 +106,27 @@ class Link:
             self.last_error = (f"cannot reach broker {self.broker.host}:{self.broker.port} (connection lost: "
                                f"{reason_code}); data waits on disk until it can")
             log.warning(self.last_error)
+        elif not self._stopping:
+            # Closed before the broker accepted us. Under TLS 1.3 a refused client certificate shows up
+            # only here, as a read error after the handshake; paho reports "Unspecified error".
+            self._record_failure(self._diagnose(closed_early=str(reason_code)))
         self.connected.clear()
         self._schedule_reconnect()
 
     def _connect_failed(self, client, userdata) -> None:
         self._schedule_reconnect()
-        error = self._diagnose()
+        self._record_failure(self._diagnose())
+
+    def _record_failure(self, error: str) -> None:
         if error != self.last_error:  # log the first occurrence; identical repeats stay quiet
             log.error(error)
         self.last_error = error
 
-    def _diagnose(self) -> str:
-        """Why a connection attempt failed, in words an installer can act on (paho only says "failed")."""
+    def _diagnose(self, closed_early: str = "") -> str:
+        """Why a connection attempt failed, in words an installer can act on (paho only says "failed").
+
+        :param closed_early: paho's reason when the broker closed an opened connection before accepting it.
+        """
         where = f"broker {self.broker.host}:{self.broker.port}"
         tail = "; data waits on disk until it can"
         try:
@@ -134,13 +143,23 @@ class Link:
                 if self.broker.client_cert:
                     context.load_cert_chain(str(self.broker.client_cert),
                                             str(self.broker.client_key) if self.broker.client_key else None)
-                with context.wrap_socket(sock, server_hostname=self.broker.host):
-                    pass
+                with context.wrap_socket(sock, server_hostname=self.broker.host) as tls:
+                    # TLS 1.3 servers judge the client certificate after the handshake: their refusal
+                    # arrives as an alert on the first read. A broker that accepts waits for CONNECT.
+                    tls.settimeout(1.0)
+                    try:
+                        tls.recv(1)
+                    except (TimeoutError, socket.timeout):
+                        pass
             except ssl.SSLCertVerificationError as exc:
                 return (f"TLS: {where} presented a certificate that was refused ({exc.verify_message}); "
                         f"check sync.ca_file and sync.broker_host{tail}")
             except (ssl.SSLError, OSError) as exc:
-                return f"TLS handshake with {where} failed ({exc}); check the client certificate and key{tail}"
+                return (f"TLS handshake with {where} failed ({getattr(exc, 'reason', None) or exc}); check "
+                        f"sync.client_cert and sync.client_key{tail}")
+        if closed_early:
+            return (f"{where} closed the connection before accepting it ({closed_early}); check sync.tls, "
+                    f"sync.client_cert and the credentials{tail}")
         return f"cannot connect to {where}{tail}"
 
     def _message(self, client, userdata, message: mqtt.MQTTMessage) -> None:

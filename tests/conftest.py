@@ -6,6 +6,7 @@ readiness with a deadline instead of sleeping a fixed time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -121,12 +122,13 @@ class PtyPair:
     gateway_side: str
 
 
-@pytest.fixture
-def pty_pair(tmp_path: Path) -> Iterator[PtyPair]:
+@contextlib.contextmanager
+def open_pty_pair(directory: Path) -> Iterator[PtyPair]:
+    """A socat pseudo-terminal pair with its links in ``directory``, for as long as the block runs."""
     socat = shutil.which("socat")
     if socat is None:
         pytest.fail("socat is not installed: run ./scripts/test, which installs it")
-    a, b = tmp_path / "ttyDEVICE", tmp_path / "ttyGATEWAY"
+    a, b = directory / "ttyDEVICE", directory / "ttyGATEWAY"
     process = subprocess.Popen(
         [socat, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -141,6 +143,12 @@ def pty_pair(tmp_path: Path) -> Iterator[PtyPair]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+@pytest.fixture
+def pty_pair(tmp_path: Path) -> Iterator[PtyPair]:
+    with open_pty_pair(tmp_path) as pair:
+        yield pair
 
 
 @pytest.fixture(autouse=True)

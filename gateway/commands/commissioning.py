@@ -10,6 +10,7 @@ import click
 
 from drivers import BusConfig, DriverError, SimulatedDevice, SimulatorServer, load_profiles, read_meter
 from drivers.model import SerialSettings
+from drivers.simulator import FAULTS
 
 from gateway.paths import PROFILES_DIR
 
@@ -35,6 +36,7 @@ def _profile(profile_id: str):  # type: ignore[no-untyped-def]
 @click.command()
 @click.option("--tcp", metavar="HOST:PORT", help="Modbus TCP endpoint.")
 @click.option("--serial", metavar="DEVICE", help="Serial port for Modbus RTU, e.g. /dev/ttyUSB0.")
+@click.option("--rtu-over-tcp", is_flag=True, help="With --tcp: a serial device server passing RTU frames.")
 @click.option("--baud", type=int, default=9600, show_default=True)
 @click.option("--parity", type=click.Choice(["N", "E", "O"]), default="N", show_default=True)
 @click.option("--stopbits", type=click.Choice(["1", "2"]), default="1", show_default=True)
@@ -43,7 +45,7 @@ def _profile(profile_id: str):  # type: ignore[no-untyped-def]
 @click.option("--timeout", "timeout_s", type=float, default=1.0, show_default=True, help="Reply timeout in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.option("--raw", is_flag=True, help="Show the raw registers in hex beside each value (spot a wrong byte order).")
-def read(tcp: str | None, serial: str | None, baud: int, parity: str, stopbits: str, unit_id: int, profile_id: str,
+def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, parity: str, stopbits: str, unit_id: int, profile_id: str,
          timeout_s: float, as_json: bool, raw: bool) -> None:
     """One-shot test read of one meter: every point of its profile with value and unit."""
     if bool(tcp) == bool(serial):
@@ -51,7 +53,7 @@ def read(tcp: str | None, serial: str | None, baud: int, parity: str, stopbits: 
     profile = _profile(profile_id)
     if tcp:
         host, port = _host_port(tcp)
-        bus = BusConfig("cli", "tcp", host=host, port=port, timeout_s=timeout_s)
+        bus = BusConfig("cli", "rtu_over_tcp" if rtu_over_tcp else "tcp", host=host, port=port, timeout_s=timeout_s)
     else:
         bus = BusConfig("cli", "rtu", serial=SerialSettings(serial or "", baud, parity, int(stopbits)),  # type: ignore[arg-type]
                         timeout_s=timeout_s)
@@ -78,14 +80,30 @@ def read(tcp: str | None, serial: str | None, baud: int, parity: str, stopbits: 
               help="Loopback address and port to serve Modbus TCP on.")
 @click.option("--serial", metavar="DEVICE", help="Serve Modbus RTU on this serial device instead of TCP.")
 @click.option("--baud", type=int, default=9600, show_default=True, help="Baud rate with --serial.")
-def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str, serial: str | None, baud: int) -> None:
+@click.option("--rtu-over-tcp", is_flag=True, help="Serve RTU frames over TCP, like a serial device server.")
+@click.option("--fault", "faults", multiple=True, metavar="UNIT:FAULT",
+              help="Make unit UNIT misbehave; FAULT is one of " + ", ".join(f"{k} ({v})" for k, v in FAULTS.items())
+              + ". Repeat for several.")
+@click.option("--slow", "slow_s", type=click.FloatRange(0, 60), default=0.5, show_default=True,
+              help="Reply delay in seconds of the 'slow' fault.")
+def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str, serial: str | None, baud: int,
+             rtu_over_tcp: bool, faults: tuple[str, ...], slow_s: float) -> None:
     """Serve simulated meters with plausible values that advance in time, until Ctrl-C."""
     if len(profile_ids) != len(unit_ids):
         raise click.UsageError("give one --unit for each --profile, in the same order")
     host, port = _host_port(tcp)
-    devices = [SimulatedDevice(unit, _profile(pid)) for pid, unit in zip(profile_ids, unit_ids)]
+    faults_of: dict[int, set[str]] = {}
+    for text in faults:
+        unit_text, _, fault = text.partition(":")
+        if not unit_text.isdigit() or int(unit_text) not in unit_ids or fault not in FAULTS:
+            raise click.BadParameter(f"'{text}': use UNIT:FAULT with one of the --unit ids and a fault among "
+                                     f"{', '.join(FAULTS)}", param_hint="--fault")
+        faults_of.setdefault(int(unit_text), set()).add(fault)
+    devices = [SimulatedDevice(unit, _profile(pid), frozenset(faults_of.get(unit, ())), slow_s=slow_s)
+               for pid, unit in zip(profile_ids, unit_ids)]
     try:
-        server = SimulatorServer(devices, host=host, port=port, serial_port=serial, baudrate=baud).start()
+        server = SimulatorServer(devices, host=host, port=port, serial_port=serial, baudrate=baud,
+                                 rtu_over_tcp=rtu_over_tcp).start()
     except DriverError as exc:
         raise click.ClickException(str(exc)) from exc
     where = serial or f"{host}:{server.port}"
@@ -104,27 +122,31 @@ def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str, 
 @click.option("--tcp", metavar="HOST:PORT", help="Modbus TCP endpoint (or serial device server).")
 @click.option("--serial", metavar="DEVICE", help="Serial port for Modbus RTU, e.g. /dev/ttyUSB0.")
 @click.option("--bauds", default="9600", show_default=True, help="Baud rates to try on serial, e.g. 9600,19200.")
-@click.option("--parity", type=click.Choice(["N", "E", "O"]), default="N", show_default=True)
+@click.option("--parity", "parities", default="N", show_default=True,
+              help="Parities to try on serial, e.g. N,E (each with every baud rate).")
 @click.option("--units", "units_text", default="1-247", show_default=True, help="Unit ids to probe, e.g. 1-10,20.")
 @click.option("--timeout", "timeout_s", type=float, default=0.2, show_default=True,
               help="Seconds to wait for each unit id; the scan takes at most about units x timeout per baud rate.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def scan(tcp: str | None, serial: str | None, bauds: str, parity: str, units_text: str, timeout_s: float,
+def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_text: str, timeout_s: float,
          as_json: bool) -> None:
     """Find the unit ids that answer on a bus and identify each one's profile."""
-    from drivers.scan import parse_units, scan_bus
+    from drivers.scan import ScanResult, parse_units, scan_bus
 
     if bool(tcp) == bool(serial):
         raise click.UsageError("give exactly one of --tcp HOST:PORT or --serial DEVICE")
     try:
         units = parse_units(units_text)
         baud_rates = [int(b) for b in bauds.split(",")] if serial else [0]
+        parity_list = [p.strip().upper() for p in parities.split(",")] if serial else ["N"]
+        if any(p not in ("N", "E", "O") for p in parity_list):
+            raise ValueError(f"'{parities}': parity is N, E or O, e.g. N,E")
     except ValueError as exc:
         raise click.BadParameter(str(exc).replace("invalid literal for int() with base 10", "not a number"),
                                  param_hint="--units/--bauds") from exc
     profiles = load_profiles(PROFILES_DIR)
-    results = []
-    for baud in baud_rates:
+    results: list[tuple[str, int, ScanResult]] = []
+    for baud, parity in [(b, p) for b in baud_rates for p in parity_list]:
         if tcp:
             host, port = _host_port(tcp)
             bus = BusConfig("scan", "tcp", host=host, port=port, timeout_s=timeout_s)
@@ -144,13 +166,25 @@ def scan(tcp: str | None, serial: str | None, bauds: str, parity: str, units_tex
         results.extend((line, baud, r) for r in found)
     if as_json:
         click.echo(json.dumps([{"line": line, "baudrate": baud or None, "unit": r.device_id, "profile": r.profile,
-                                "score": r.score, "other_candidates": [list(c) for c in r.candidates]}
+                                "score": r.score, "identified_by": r.identified_by or None,
+                                "vendor_name": r.vendor_name or None, "product_code": r.product_code or None,
+                                "other_candidates": [list(c) for c in r.candidates]}
                                for line, baud, r in results], indent=2))
         return
     if not results:
         click.echo("no meter answered; check wiring (A/B swapped?), baud rate, parity and unit ids")
     for line, _, r in results:
-        guess = f"{r.profile} (fits {r.score:.0%})" if r.profile else "unknown model: no shipped profile fits"
+        if r.identified_by == "device identification":
+            guess = f"{r.profile} (the device identifies itself as {r.vendor_name} {r.product_code})"
+        elif r.identified_by == "signature registers":
+            guess = f"{r.profile} (its signature registers match)"
+        elif r.profile:
+            guess = f"{r.profile} (fits {r.score:.0%})"
+            if r.candidates:
+                guess += "; also fits: " + ", ".join(c[0] for c in r.candidates)
+        else:
+            named = f" ({r.vendor_name} {r.product_code})" if r.product_code else ""
+            guess = f"unknown model{named}: no shipped profile fits; see docs/profiles.md to write one"
         click.echo(f"{line}  unit {r.device_id:>3}  {guess}")
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +83,59 @@ def test_read_of_a_meter_that_does_not_answer() -> None:
     assert result.exit_code == 1
     assert result.output == (f"Error: unit 1: cannot connect to 127.0.0.1:{port}: check the address and that "
                              "the device is powered and reachable\n")
+
+
+def test_read_names_a_dead_meter_on_rtu(pty_pair) -> None:
+    simulator = subprocess.Popen([EXE, "simulate", "--profile", "eastron-sdm630", "--unit", "5", "--profile",
+                                  "eastron-sdm630", "--unit", "6", "--fault", "6:no_answer", "--serial",
+                                  pty_pair.device_side], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def read(unit: str) -> subprocess.CompletedProcess:
+            return subprocess.run([EXE, "read", "--serial", pty_pair.gateway_side, "--unit", unit, "--profile",
+                                   "eastron-sdm630", "--timeout", "0.5"], capture_output=True, text=True, timeout=30)
+
+        wait_until(lambda: read("5").returncode == 0, timeout_s=20, interval_s=0.5, message="RTU answer")
+        result = read("6")
+        assert result.returncode == 1
+        assert result.stderr == "Error: unit 6: no reply within 0.5 s to input registers 0..11\n"
+    finally:
+        _stop(simulator)
+
+
+def test_simulate_refuses_a_bad_fault() -> None:
+    result = CliRunner().invoke(main, ["simulate", "--profile", "eastron-sdm630", "--unit", "5", "--fault", "5:fire"])
+    assert result.exit_code == 2
+    assert ("'5:fire': use UNIT:FAULT with one of the --unit ids and a fault among no_answer, exception, busy, "
+            "garbage, crc, truncated, slow, holes, short_reads") in result.output
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0, reason="needs root to drop to nobody")
+def test_serial_port_without_permission_says_how_to_fix(pty_pair) -> None:
+    """Issue 3: a serial port the user may not open (not in its group) gets a message that says so and how."""
+    device = os.path.realpath(pty_pair.gateway_side)  # /dev/pts/N: root, group tty, mode 0620
+    group = grp.getgrgid(os.stat(device).st_gid).gr_name
+    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", EXE, "read",
+                             "--serial", device, "--unit", "1", "--profile", "eastron-sdm630"],
+                            capture_output=True, text=True, timeout=30, cwd="/")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (f"Error: unit 1: no permission to open {device}: user nobody is not in its group "
+                             f"{group}; run: sudo usermod -aG {group} nobody, then log in again (or restart the "
+                             "service)\n")
+
+
+def test_read_through_a_serial_device_server_rtu_over_tcp() -> None:
+    port = free_port()
+    simulator = _simulate("--tcp", f"127.0.0.1:{port}", "--rtu-over-tcp")
+    try:
+        wait_until(lambda: port_open(port), timeout_s=15, message="simulator")
+        result = subprocess.run([EXE, "read", "--tcp", f"127.0.0.1:{port}", "--rtu-over-tcp", "--unit", "5",
+                                 "--profile", "eastron-sdm630", "--json"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        points = {p["point"]: p for p in json.loads(result.stdout)}
+        assert 220 < points["voltage_l1"]["value"] < 240 and points["frequency"]["unit"] == "Hz"
+        # The same endpoint spoken to as plain Modbus TCP gets no valid answer: the framing differs.
+        plain = subprocess.run([EXE, "read", "--tcp", f"127.0.0.1:{port}", "--unit", "5", "--profile",
+                                "eastron-sdm630", "--timeout", "0.3"], capture_output=True, text=True, timeout=30)
+        assert plain.returncode == 1 and plain.stderr.startswith("Error: unit 5: ")
+    finally:
+        _stop(simulator)

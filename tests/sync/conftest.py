@@ -78,10 +78,9 @@ def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path / "pki")
 
 
-@pytest.fixture
-def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
-    """mosquitto with TLS only, requiring a client certificate from the throwaway CA and a password."""
-    directory = tmp_path / "mosquitto-tls"
+def _start_tls_broker(tmp_path: Path, pki: Pki, require_certificate: bool) -> Broker:
+    """mosquitto with TLS only and passwords; with ``require_certificate`` also a client certificate."""
+    directory = tmp_path / ("mosquitto-tls" if require_certificate else "mosquitto-tls-password")
     directory.mkdir()
     passwords = directory / "passwd"
     passwords.write_text("")
@@ -95,12 +94,29 @@ def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
     broker = make_broker(directory)
     config = broker.config_path.read_text().replace("allow_anonymous true\n", "allow_anonymous false\n")
     config += (f"password_file {passwords}\ncafile {pki.ca}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
-               "require_certificate true\ntls_version tlsv1.2\n")
+               f"require_certificate {str(require_certificate).lower()}\ntls_version tlsv1.2\n")
     if os.geteuid() == 0:
         # As root mosquitto drops to user "mosquitto", who cannot enter pytest's 0700 tmp dirs.
         config += "user root\n"
     broker.config_path.write_text(config)
     broker.start()
+    return broker
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
+    """mosquitto with TLS only, requiring a client certificate from the throwaway CA and a password."""
+    broker = _start_tls_broker(tmp_path, pki, require_certificate=True)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def tls_password_broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
+    """mosquitto with TLS (server certificate only) and passwords: client certificates are optional."""
+    broker = _start_tls_broker(tmp_path, pki, require_certificate=False)
     try:
         yield broker
     finally:

@@ -68,16 +68,36 @@ def test_tls_with_client_certificate_and_password_end_to_end(parts, tls_broker, 
     assert service.status().last_error == ""
 
 
+def test_tls_without_a_client_certificate_verifies_the_server_and_delivers(parts, tls_password_broker, pki) -> None:
+    """Client certificates are optional: server verification and a password are enough where the broker allows."""
+    store, gateway, receiver_settings = parts
+    broker = BrokerSettings(port=tls_password_broker.port, tls=True, ca_file=pki.ca, username="gw-1",
+                            password="s3cret", backoff_min_s=0.2)
+    store.insert_readings(_readings(120))
+    receiver = Receiver(replace(receiver_settings, broker=replace(broker, username="receiver", password="rx-s3cret")))
+    receiver.start()
+    service = SyncService(replace(gateway, broker=broker), store)
+    try:
+        _run_until(service, lambda: service.status().backlog_readings == 0, "all batches acknowledged over TLS")
+    finally:
+        receiver.stop()
+    assert _received(receiver_settings.database) == [(r.id, r.timestamp, r.value) for r in store.readings_after(0, 1000)]
+    assert service.status().last_error == ""
+
+
 @pytest.mark.parametrize("case, expected", [
     ("untrusted CA", "TLS: broker 127.0.0.1:{port} presented a certificate that was refused (self-signed certificate in certificate chain); check sync.ca_file"),
     ("wrong password", "refused the connection: Not authorized; check the username, password or client certificate"),
+    ("no client certificate", "TLS handshake with broker 127.0.0.1:{port} failed (TLSV13_ALERT_CERTIFICATE_REQUIRED); "
+                              "check sync.client_cert and sync.client_key; data waits on disk until it can"),
 ])
 def test_refused_certificate_and_bad_credentials_are_reported_and_data_waits(parts, tls_broker, pki, case,
                                                                                expected) -> None:
     store, gateway, _ = parts
     broker = BrokerSettings(port=tls_broker.port, tls=True, ca_file=pki.ca, client_cert=pki.client_cert,
                             client_key=pki.client_key, username="gw-1", password="s3cret", backoff_min_s=0.2)
-    broker = replace(broker, ca_file=pki.other_ca) if case == "untrusted CA" else replace(broker, password="wrong")
+    broker = {"untrusted CA": replace(broker, ca_file=pki.other_ca), "wrong password": replace(broker, password="wrong"),
+              "no client certificate": replace(broker, client_cert=None, client_key=None)}[case]
     store.insert_readings(_readings(150))
     service = SyncService(replace(gateway, broker=broker), store)
     expected = expected.format(port=tls_broker.port)
@@ -284,3 +304,4 @@ def test_disk_budget_prunes_synced_raw_data_first_and_never_unsynced(parts, mqtt
     assert service.status().pruned_readings == 4798   # nothing more may go ...
     assert calls == []                                # ... so the next ticks do not rescan until more is acked
     assert len(_received(receiver_settings.database)) == 5000
+
