@@ -258,9 +258,13 @@ class Gateway:
     def emissions_summary(self) -> Any:
         return emissions_summary(self.store) if self.store is not None else None
 
-    def bus_config(self, bus_name: str) -> BusConfig:
-        """The bus as it is polled (a simulated bus with its real loopback port), e.g. for a scan."""
-        return self._pollers[bus_name].bus
+    def bus_poller(self, bus_name: str) -> BusPoller:
+        """The owner of a running bus, for a scan through it (``drivers.scan.scan_bus(..., poller=)``), so a
+        scan never collides with polling on the same line. :raises DriverError: no such bus is running."""
+        poller = self._pollers.get(bus_name)
+        if poller is None:
+            raise DriverError(f"no bus named {bus_name!r}: use one of {', '.join(sorted(self._pollers)) or '(none)'}")
+        return poller
 
     def test_read(self, bus_name: str, device_id: int, profile_id: str) -> list[Reading]:
         """A test read through the bus owner, so it never collides with polling on the same line."""

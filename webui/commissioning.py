@@ -16,7 +16,7 @@ from flask_wtf.file import FileField, FileRequired
 from wtforms import BooleanField, FloatField, IntegerField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
-from drivers import DriverError
+from drivers import BusPoller, DriverError
 from drivers.scan import parse_units, scan_bus
 from gateway.config import ACTIVITIES
 from webui.auth import options, record, requires
@@ -277,14 +277,6 @@ class ScanForm(FlaskForm):
     bus = SelectField(_l("Bus"), validators=[InputRequired()])
     units = StringField(_l("Unit ids"), default="1-10", validators=[InputRequired(), Length(max=200)])
 
-    def validate_bus(self, field: Any) -> None:
-        config = runtime().config
-        serial = {b.name for b in config.buses if b.transport == "rtu"}
-        if field.data in serial and any(m.bus == field.data and m.enabled for m in config.meters):
-            # the scan opens the serial port beside the bus owner: both would talk on one RS-485 line
-            raise ValidationError(_("This serial bus is being polled: switch its meters off (or scan before "
-                                    "adding them), because a scan and polling cannot share the line."))
-
     def validate_units(self, field: Any) -> None:
         try:
             parse_units(field.data)
@@ -300,14 +292,17 @@ _scans: dict[str, dict] = {}
 _scans_lock = threading.Lock()
 
 
-def _run_scan(job: dict, bus: Any, units: list[int], profiles: Any, deadline: float) -> None:
+def _run_scan(job: dict, poller: BusPoller, units: list[int], profiles: Any, deadline: float) -> None:
+    """Scan through the bus owner: polling of the other meters waits between the scan's requests."""
+    bus = poller.bus
+
     def progress(done: int, total: int, device_id: int) -> None:
         job.update(done=done, total=total, current=device_id)
         if time.monotonic() > deadline:
             raise _ScanTimeout
 
     try:
-        job["results"] = scan_bus(bus, units, profiles, progress=progress)
+        job["results"] = scan_bus(bus, units, profiles, progress=progress, poller=poller)
     except _ScanTimeout:
         job["error"] = "timeout"
     except (DriverError, OSError) as exc:
@@ -333,15 +328,16 @@ def scan() -> Any:
             for old_id in [k for k, j in _scans.items() if j.get("finished") and time.time() - j["finished"] > 3600]:
                 del _scans[old_id]
             try:
-                bus = rt.bus_config(form.bus.data)
-            except KeyError:
+                poller = rt.bus_poller(form.bus.data)
+            except DriverError:
                 abort(404)
+            bus = poller.bus
             units = parse_units(form.units.data)
             job = {"id": secrets.token_urlsafe(8), "bus": bus.name, "done": 0, "total": len(units), "current": None,
                    "results": None, "error": "", "finished": None, "started": time.time()}
             _scans[job["id"]] = job
         thread = threading.Thread(target=_run_scan, name=f"scan-{bus.name}", daemon=True,
-                                  args=(job, bus, units, rt.profiles(),
+                                  args=(job, poller, units, rt.profiles(),
                                         time.monotonic() + current_app.config["SCAN_TIMEOUT_S"]))
         job["thread"] = thread
         thread.start()

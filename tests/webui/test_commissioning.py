@@ -144,18 +144,3 @@ def test_a_config_built_in_code_is_not_overwritten_by_an_edit(admin, gateway) ->
                                            "timeout_s": "1"}))
     assert "Not applied: the running config was not read from a TOML file, so it cannot be edited here" in page
     assert [b.name for b in gateway.config.buses] == ["demo-bus"]
-
-
-def test_a_polled_serial_bus_is_not_scanned(admin, gateway, tmp_path) -> None:
-    response = post(admin, "/buses/new", {"name": "rs485-1", "transport": "rtu", "serial_port": "/dev/ttyNONE0",
-                                          "baudrate": "9600", "parity": "E", "stopbits": "1", "timeout_s": "0.1"})
-    assert response.status_code == 302, text(response)
-    response = post(admin, "/meters/new", {"id": "rtu-meter", "bus": "rs485-1", "device_id": "3",
-                                           "profile": "eastron-sdm630", "poll_interval_s": "5", "activity": "none",
-                                           "enabled": "y"})
-    assert response.status_code == 302, text(response)
-    page = text(post(admin, "/scan", {"bus": "rs485-1", "units": "1-3"}))
-    assert "This serial bus is being polled: switch its meters off" in page
-    saved = tomllib.loads((tmp_path / "gateway.toml").read_text())
-    assert saved["buses"][-1] == {"name": "rs485-1", "transport": "rtu", "timeout_s": 0.1,
-                                  "serial_port": "/dev/ttyNONE0", "baudrate": 9600, "parity": "E", "stopbits": 1}
