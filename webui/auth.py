@@ -34,8 +34,14 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "backup": frozenset({"admin"}),                              # backup download, restore upload
 }
 
-#: endpoints reachable without logging in
+#: endpoints reachable without logging in; every view of a blueprint in PUBLIC_BLUEPRINTS too
+#: (``health``: /healthz and /metrics for the supervisor and Prometheus, which do not log in)
 PUBLIC = frozenset({"static", "auth.setup", "auth.login", "dashboard.set_language", "dashboard.healthz"})
+PUBLIC_BLUEPRINTS = ("health",)
+
+
+def is_public(endpoint: str) -> bool:
+    return endpoint in PUBLIC or endpoint.split(".")[0] in PUBLIC_BLUEPRINTS
 
 NAME_RE = Regexp(r"^[A-Za-z0-9_.\-]{1,32}$", message=_l("Use 1-32 letters, digits, '-', '_' or '.'."))
 
@@ -91,8 +97,8 @@ def load_user() -> Any:
     """Before every request: who is logged in; send strangers to first boot or the login page."""
     g.user = None
     endpoint = request.endpoint or ""
-    if endpoint in ("static", "dashboard.healthz"):
-        return None
+    if endpoint in ("static", "dashboard.healthz") or endpoint.split(".")[0] in PUBLIC_BLUEPRINTS:
+        return None   # no store needed, no session: answers even while the gateway is not running
     runtime = current_app.extensions["gateway_runtime"]
     if runtime is None or runtime.store is None:
         abort(503)
@@ -101,7 +107,7 @@ def load_user() -> Any:
         g.user = users.get_user(db(), name)
         if g.user is None:       # deleted meanwhile
             session.clear()
-    if g.user is None and endpoint not in PUBLIC:
+    if g.user is None and not is_public(endpoint):
         if not users.has_users(db()):
             return redirect(url_for("auth.setup"))
         if request.path.startswith("/api/"):

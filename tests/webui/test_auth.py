@@ -8,7 +8,7 @@ import time
 from local_store import audit, users
 from tests.webui.conftest import PASSWORDS, add_users, csrf_token, login, post, set_up_admin
 from webui import create_app
-from webui.auth import PUBLIC
+from webui.auth import is_public
 from webui.sessions import COOKIE_NAME
 
 
@@ -123,10 +123,22 @@ def test_cookie_flags_csrf_and_security_headers(client) -> None:
     assert "Secure" in post(secure, "/login", {"name": "admin", "password": PASSWORDS["admin"]}).headers["Set-Cookie"]
 
 
+def test_a_health_blueprint_needs_no_login(gateway) -> None:
+    """/metrics (the operations engineer's ``health`` blueprint) is scraped by Prometheus, which cannot log in."""
+    from flask import Blueprint
+
+    app = create_app({"TESTING": True}, runtime=gateway)
+    health = Blueprint("health", __name__)
+    health.add_url_rule("/metrics-probe", "metrics", lambda: "ok")
+    app.register_blueprint(health)
+    assert app.test_client().get("/metrics-probe").get_data(as_text=True) == "ok"
+    assert create_app({"TESTING": True}).test_client().get("/healthz").status_code == 503
+
+
 def test_every_view_is_public_or_needs_a_permission(app) -> None:
     for rule in app.url_map.iter_rules():
         view = app.view_functions[rule.endpoint]
-        assert rule.endpoint in PUBLIC or hasattr(view, "permission"), rule.rule
+        assert is_public(rule.endpoint) or hasattr(view, "permission"), rule.rule
 
 
 # (url, method, who may) for every route; POSTs carry a valid CSRF token and an empty form
@@ -176,7 +188,7 @@ def test_every_route_for_every_role(app) -> None:
     assert "/scan" in {u for u, _, _ in ROUTES}
     covered = {(u, m) for u, m, _ in ROUTES}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in PUBLIC or "<job_id>" in rule.rule or rule.rule == "/logout":  # logout: above
+        if is_public(rule.endpoint) or "<job_id>" in rule.rule or rule.rule == "/logout":  # logout: above
             continue
         methods = rule.methods & {"GET", "POST"}
         shown = {(rule.rule.replace("<name>", n).replace("<meter_id>", n), m)
