@@ -15,6 +15,8 @@ from typing import Any
 
 from drivers import BusConfig, MeterConfig, Profile, SerialSettings
 from local_store import EmissionSettings, SourceSettings
+from local_store.backup import KEY_FILE as BACKUP_KEY_FILE
+from local_store.backup import BackupSettings
 from sync import BrokerSettings, SyncSettings
 
 from gateway.paths import DEFAULT_CONFIG, DEFAULT_DATA_DIR
@@ -35,6 +37,7 @@ class WebSettings:
     tls: bool = False               # HTTPS; default on when the UI listens beyond loopback
     cert_file: Path | None = None   # your own certificate; None: a self-signed one made on first boot
     key_file: Path | None = None
+    metrics_token: str | None = None     # when set, /metrics wants "Authorization: Bearer <token>"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class GatewayConfig:
     web: WebSettings
     simulated_buses: frozenset[str] = frozenset()   # served by the built-in simulator (the demo)
     demo_receiver_key: bool = False                 # make a local receiver key so batches are sealed
+    backup: BackupSettings = BackupSettings()
     source_path: Path | None = None
     text: str = field(default="", repr=False, compare=False)
 
@@ -59,6 +63,18 @@ class GatewayConfig:
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.backup.directory or self.data_dir / "backups"
+
+    @property
+    def backup_key(self) -> Path:
+        return self.keys_dir / BACKUP_KEY_FILE
+
+    @property
+    def audit_key(self) -> Path:
+        return self.keys_dir / "audit.key"
 
 
 class _Reader:
@@ -186,7 +202,7 @@ def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSetti
 def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Profile],
                  data_dir_override: Path | None = None, base_dir: Path | None = None) -> GatewayConfig:
     """Validate parsed TOML and build a :class:`GatewayConfig`."""
-    top = _Reader(origin, data, "", {"gateway", "buses", "meters", "emissions", "sync", "web"})
+    top = _Reader(origin, data, "", {"gateway", "buses", "meters", "emissions", "sync", "web", "backup"})
     g = _Reader(origin, top.get("gateway", dict, {}), "gateway", {"id", "data_dir"})
     gateway_id = g.get("id", str, "gateway")
     if not gateway_id or not all(c.isalnum() or c in "-_." for c in gateway_id):
@@ -261,8 +277,12 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         bandwidth_bytes_per_s=s.optional_number("bandwidth_bytes_per_s", 100, 1e9, " bytes/s"),
         disk_budget_bytes=None if budget_mb is None else int(budget_mb * 1_000_000),
     )
-    w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port", "tls", "cert_file", "key_file"})
+    w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port", "tls", "cert_file", "key_file", "metrics_token"})
     web_host = w.get("host", str, "127.0.0.1")
+    token = w.get("metrics_token", str, None)
+    if token is not None and len(token) < 16:
+        raise ConfigError(f"{origin}: web.metrics_token is too short ({len(token)} characters): use at least 16 "
+                          f"random characters, e.g. from `openssl rand -hex 16`")
     # plain HTTP only on loopback (the demo); anything reachable from the factory network is HTTPS
     loopback = web_host in ("127.0.0.1", "::1", "localhost")
     cert_file, key_file = _path(w.get("cert_file", str, None)), _path(w.get("key_file", str, None))
@@ -271,10 +291,17 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
                      "give both web.cert_file and web.key_file, or neither for a self-signed certificate")
     web = WebSettings(enabled=w.get("enabled", bool, True), host=web_host,
                       port=int(w.number("port", 8080, 1, 65535)), tls=w.get("tls", bool, not loopback),
-                      cert_file=cert_file, key_file=key_file)
+                      cert_file=cert_file, key_file=key_file, metrics_token=token)
+    b = _Reader(origin, top.get("backup", dict, {}), "backup", {"enabled", "interval_h", "keep", "directory"})
+    keep = b.get("keep", int, 7, fix="use a whole number of backups to keep, e.g. keep = 7")
+    if not 1 <= keep <= 1000:
+        raise b.fail("keep", "keep from 1 to 1000 backups, e.g. keep = 7")
+    backup = BackupSettings(enabled=b.get("enabled", bool, True),
+                            interval_h=b.number("interval_h", 24.0, 0.25, 8760, " hours"), keep=keep,
+                            directory=_path(b.get("directory", str, None)))
     return GatewayConfig(gateway_id=gateway_id, data_dir=data_dir, buses=tuple(buses), meters=tuple(meters),
                          sources=tuple(sources), emissions=emissions, sync=sync, web=web,
-                         simulated_buses=frozenset(simulated), demo_receiver_key=demo_key)
+                         simulated_buses=frozenset(simulated), demo_receiver_key=demo_key, backup=backup)
 
 
 def load_config(path: Path | None, profiles: Mapping[str, Profile], data_dir_override: Path | None = None) -> GatewayConfig:

@@ -11,25 +11,29 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
-
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Reading, SimulatedDevice, SimulatorServer
 from drivers import load_profiles
-from local_store import Store, StoreError, open_store
+from local_store import Store, StoreError, audit, open_store
+from local_store.backup import StoreLock, apply_staged_restore, create_backup, hold_store_lock, prune_backups
 from local_store.reports import emissions_summary
 from sync import SyncService, SyncStatus
 from sync.keys import ensure_receiver_key
 
+from gateway.clock import UNSYNCHRONISED_REASON, ClockState, clock_state
 from gateway.config import GatewayConfig
+from gateway.logs import RepeatedError
 from gateway.paths import PROFILES_DIR
+from gateway.scheduling import SteadyScheduler
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED_BATCHES = 10_000  # readings kept in memory while the disk refuses writes
+MAX_QUEUED_BATCHES = 10_000      # poll batches between two store-writer runs (a stalled writer fills it)
+MAX_HELD_READINGS = 150_000      # readings kept in memory while the store refuses writes (~40 MB; MemoryMax=256M)
 
 
 class ReloadError(Exception):
@@ -49,8 +53,10 @@ class MeterStatus:
 class Gateway:
     """The running gateway. ``start()`` returns once polling has started."""
 
-    def __init__(self, config: GatewayConfig, profiles: Mapping[str, Profile] | None = None) -> None:
+    def __init__(self, config: GatewayConfig, profiles: Mapping[str, Profile] | None = None,
+                 clock_probe: Callable[[], ClockState] = clock_state) -> None:
         self.config = config
+        self._clock_probe = clock_probe
         self._profiles = dict(profiles) if profiles is not None else load_profiles(PROFILES_DIR)
         self.store: Store | None = None
         self.sync: SyncService | None = None
@@ -62,20 +68,46 @@ class Gateway:
         self._reload_lock = threading.Lock()
         self.restart_needed = ""               # what a reload could not apply while running
         self._started_web = config.web
-        self._scheduler: BackgroundScheduler | None = None
+        self._scheduler: SteadyScheduler | None = None
         self._web_server: Any = None
         self._web_thread: threading.Thread | None = None
         self.last_store_ok = 0.0           # monotonic time of the last successful poll -> store cycle
         self.store_error = ""
+        self._held: list[list[Reading]] = []   # batches the store refused, oldest first, retried in order
+        self._held_count = 0
+        self._flush_lock = threading.Lock()
+        self._store_failures = 0               # consecutive refused writes: the retry backs off
+        self._store_retry_at = 0.0
+        self.readings_dropped = 0              # readings lost because memory was full too (counted, alarmed)
+        self._beats: dict[str, float] = {}     # bus name -> monotonic time its poll loop last came round
+        self._flush_beat = 0.0                 # monotonic time the store writer last ran (either outcome)
+        self._store_log = RepeatedError(log, "storing readings")
+        self._backup_log = RepeatedError(log, "scheduled backup")
+        self._process_log = RepeatedError(log, "preprocessing/emissions")
+        self.last_backup: tuple[float, str] | None = None   # (epoch s, path) of the last scheduled backup
+        self.clock_synchronized: bool | None = None          # None: cannot tell (see gateway.clock)
+        self.backup_error = ""
+        self._lock: StoreLock | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = hold_store_lock(config.database)     # a restore never replaces the file under us
+        restored_over = apply_staged_restore(config.database)
         self.store = open_store(config.database, config.emissions)
-        self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        # Seal audit entries (the web UI's too: it writes through this process) with a key outside the file.
+        audit.use_key(config.database, audit.ensure_key(config.audit_key, self.store.db))
+        self.check_clock()       # before the first poll, so its readings are flagged if need be
+        if restored_over is not None:
+            log.warning("restored the backup staged by the web UI; the replaced store is kept as %s", restored_over)
+            self.audit("backup.restore", config.database.name, {"staged": True, "previous_copy": str(restored_over)})
+        self._scheduler = SteadyScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self._scheduler.add_job(self.flush_readings, "interval", seconds=1, id="store-writer")
         self._scheduler.add_job(self.process, "interval", seconds=10, id="preprocess-emissions")
+        self._scheduler.add_job(self.check_clock, "interval", seconds=60, id="clock")
+        if config.backup.enabled:
+            self._scheduler.add_job(self.backup, "interval", hours=config.backup.interval_h, id="backup")
         self._scheduler.start()
         self._apply(config)
         if config.web.enabled:
@@ -152,7 +184,7 @@ class Gateway:
             simulator.stop()
         self._simulators = []
         if self.store is not None:
-            self.flush_readings()
+            self.flush_readings(force=True)
         if self.sync is not None:
             self.sync.stop()
             self.sync = None
@@ -169,6 +201,9 @@ class Gateway:
                 self._web_thread.join(timeout=10)
         if self.store is not None:
             self.store.close()
+            audit.use_key(self.config.database, None)
+        if self._lock is not None:
+            self._lock.release()
         log.info("gateway stopped")
 
     def _start_simulator(self, bus: BusConfig) -> BusConfig:
@@ -187,53 +222,129 @@ class Gateway:
 
     # -- work ------------------------------------------------------------------------------------------
     def _poll_bus(self, poller: BusPoller, stop: threading.Event) -> None:
+        name = poller.bus.name
         while not stop.is_set():
             readings = poller.poll_due()
+            self._beats[name] = time.monotonic()
+            if readings and self.clock_synchronized is False:
+                # Their timestamps may be far off: keep them, flagged, for preprocessing and the platform.
+                readings = [r if r.reason else replace(r, reason=UNSYNCHRONISED_REASON) for r in readings]
             if readings:
                 try:
                     self._readings.put_nowait(readings)
-                except queue.Full:
-                    log.error("reading queue full (store not writing); dropping the oldest batch in memory")
-                    self._readings.get_nowait()
+                except queue.Full:   # the store writer has not run for a long time: keep the newest
+                    try:
+                        self.readings_dropped += len(self._readings.get_nowait())
+                    except queue.Empty:
+                        pass
+                    self._store_log.failed("the reading queue is full (the store writer is not running); "
+                                           "dropping the oldest readings in memory")
                     self._readings.put_nowait(readings)
             stop.wait(min(poller.next_due_in(), 1.0))
 
-    def flush_readings(self) -> int:
-        """Write queued readings in one transaction; on failure they stay queued and are retried."""
-        batches: list[list[Reading]] = []
-        while True:
-            try:
-                batches.append(self._readings.get_nowait())
-            except queue.Empty:
-                break
-        if not batches or self.store is None:
-            return 0
-        readings = [r for batch in batches for r in batch]
-        try:
-            written = self.store.insert_readings(readings)
-        except (StoreError, OSError, Exception) as exc:  # disk full, read-only: keep them and retry
-            if str(exc) != self.store_error:
-                log.error("cannot store %d readings, keeping them in memory: %s", len(readings), exc)
-            self.store_error = str(exc)
-            for batch in batches:
+    def flush_readings(self, force: bool = False) -> int:
+        """Write queued readings in one transaction.
+
+        When the store refuses (disk full, read-only directory) they are held in memory, oldest first,
+        up to ``MAX_HELD_READINGS``, and written in their original order once it accepts again; retries
+        back off from 1 s to 30 s so a small box does not spend itself on them. Beyond the bound the
+        oldest are dropped and counted in ``readings_dropped``.
+
+        :param force: try now even while backing off (the final flush at shutdown).
+        """
+        with self._flush_lock:
+            now = time.monotonic()
+            self._flush_beat = now
+            while True:
                 try:
-                    self._readings.put_nowait(batch)
-                except queue.Full:
+                    batch = self._readings.get_nowait()
+                except queue.Empty:
                     break
-            return 0
-        if self.store_error:
-            log.info("storing readings again")
-        self.store_error = ""
-        self.last_store_ok = time.monotonic()
-        return written
+                self._held.append(batch)
+                self._held_count += len(batch)
+            while self._held_count > MAX_HELD_READINGS and len(self._held) > 1:
+                dropped = self._held.pop(0)
+                self._held_count -= len(dropped)
+                self.readings_dropped += len(dropped)
+            if not self._held or self.store is None or (now < self._store_retry_at and not force):
+                return 0
+            readings = [r for batch in self._held for r in batch]
+            try:
+                written = self.store.insert_readings(readings)
+            except Exception as exc:  # noqa: BLE001 - disk full, read-only, I/O error: keep them and retry
+                self._store_failures += 1
+                delay_s = min(2.0 ** (self._store_failures - 1), 30.0)
+                self._store_retry_at = now + delay_s
+                self.store_error = f"{exc} ({self._held_count} readings held in memory, next try in {delay_s:g} s)"
+                self._store_log.failed(f"{self.config.database}: {exc}: readings are kept in memory "
+                                       f"(up to {MAX_HELD_READINGS}) and written when the store accepts them again; "
+                                       f"free disk space or make the data directory writable")
+                return 0
+            self._held, self._held_count = [], 0
+            self._store_failures, self._store_retry_at = 0, 0.0
+            self._store_log.ok()
+            self.store_error = ""
+            self.last_store_ok = time.monotonic()
+            return written
+
+    def held_readings(self) -> int:
+        """Readings waiting in memory (queued or refused by the store)."""
+        return self._held_count + sum(len(b) for b in list(self._readings.queue))
+
+    def progress(self) -> float:
+        """Monotonic time since which every bus loop and the store writer have come round: the
+        watchdog is fed only when this moves. Dead meters or a full disk do not stop it (restarting
+        would not help them); a hung bus thread or store writer does."""
+        beats = [self._beats.get(name, 0.0) for name in self._pollers]
+        return min([*beats, self._flush_beat])
 
     def process(self) -> None:
+        """Preprocessing and emissions; a failure is logged (once until it works again), never raised."""
         if self.store is None:
             return
         try:
             self.store.process()
+        except Exception as exc:  # noqa: BLE001 - StoreError, or SQLite refusing writes (disk full)
+            self._process_log.failed(str(exc))
+        else:
+            self._process_log.ok()
+
+    def check_clock(self) -> ClockState:
+        """Ask whether the system clock is synchronised; log when the answer changes."""
+        state = self._clock_probe()
+        if state.synchronized is False and self.clock_synchronized is not False:
+            log.warning("the system clock is not synchronised (%s): readings are flagged %s until it is; "
+                        "check NTP with `carbon-gateway doctor`", state.detail, UNSYNCHRONISED_REASON)
+        elif state.synchronized and self.clock_synchronized is False:
+            log.info("the system clock is synchronised now (%s)", state.detail)
+        self.clock_synchronized = state.synchronized
+        return state
+
+    def backup(self) -> Path | None:
+        """The scheduled backup: write one, keep the newest ``keep``, audit it. Never raises."""
+        config = self.config
+        try:
+            path = create_backup(config.database, config.backup_dir, config.backup_key)
+            removed = prune_backups(config.backup_dir, config.backup.keep)
         except StoreError as exc:
-            log.error("preprocessing/emissions: %s", exc)
+            self._backup_log.failed(str(exc))
+            self.backup_error = str(exc)
+            return None
+        self._backup_log.ok()
+        self.backup_error = ""
+        self.last_backup = (time.time(), str(path))
+        log.info("backup written: %s (%d old backup(s) removed)", path, len(removed))
+        self.audit("backup.create", path.name, {"path": str(path), "removed": [p.name for p in removed]})
+        return path
+
+    def audit(self, action: str, target: str = "", detail: Mapping[str, Any] | None = None) -> None:
+        """Record one of the daemon's own changes in the audit log; a failure is logged, never raised."""
+        if self.store is None:
+            return
+        try:
+            audit.record(self.store.db, "daemon", action, target, detail)
+        except Exception as exc:  # noqa: BLE001 - the audit must not stop the daemon; the log says why
+            log.error("cannot write the audit entry %s %s: %s", action, target, exc)
 
     # -- what the web UI reads (webui.runtime.Runtime) --------------------------------------------------
     def profiles(self) -> Mapping[str, Profile]:
@@ -274,12 +385,26 @@ class Gateway:
         return poller.read_once(device_id, self._profiles[profile_id])
 
     def health(self) -> dict:
+        """What ``/healthz`` answers: ``status`` is ok while readings are stored, else degraded, with why."""
         age = time.monotonic() - self.last_store_ok if self.last_store_ok else None
         sync = self.sync_status()
         return {
             "status": "ok" if age is not None and age < 60 and not self.store_error else "degraded",
             "last_store_age_s": age,
             "store_error": self.store_error,
+            "readings_held_in_memory": self.held_readings(),
+            "readings_dropped": self.readings_dropped,
             "sync_backlog_readings": sync.backlog_readings if sync else None,
             "sync_connected": sync.connected if sync else None,
+            "clock_synchronized": self.clock_synchronized,
+            "backup_error": self.backup_error,
+            "restart_needed": self.restart_needed,
         }
+
+    def sync_lag_s(self, now: float | None = None) -> float:
+        """Age of the oldest reading the receiver has not acknowledged; 0 when everything is synced."""
+        sync = self.sync_status()
+        if sync is None or self.store is None:
+            return 0.0
+        oldest = self.store.readings_after(sync.synced_through, 1)
+        return max(0.0, (time.time() if now is None else now) - oldest[0].timestamp) if oldest else 0.0

@@ -7,13 +7,28 @@ cutting entries off the end no longer matches the stored head. :func:`verify` re
 
 Writers: the web UI (logins, every change), the CLI and the daemon (config reloads, backups,
 restores). Readers: the web UI's audit page and ``carbon-gateway audit verify``.
+
+**Sealing.** A plain hash chain stops an editor who does not recompute it; one who rewrites the whole
+chain and the head is not caught. So the gateway registers an HMAC key for its database
+(:func:`use_key`, ``<data_dir>/keys/audit.key``, 0600, outside the database). Entries written while a
+key is registered are sealed: their ``hash`` is ``"h1:" + HMAC-SHA256(key, ...)``. The key file also
+records the first entry it sealed; :func:`verify` with the key insists that every entry from there on
+is sealed, so a chain rewritten without the key (sealed or plain) is found. Without a registered key
+everything works as before (plain SHA-256), and sealed entries are reported as not checkable. Limit:
+someone with write access who deletes entries at the end and puts back a head value seen earlier is
+not caught here; the backups (encrypted, authenticated) keep the older log for comparison.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
+import os
+import threading
 import time
+from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +37,71 @@ import sqlite_utils
 
 GENESIS = "0" * 64
 _HEAD_KEY = "audit_head"
+SEALED = "h1:"
+
+
+@dataclass(frozen=True)
+class AuditKey:
+    key: bytes
+    sealed_from: int      # the first entry id written under this key
+
+
+_KEYS: dict[str, AuditKey] = {}
+_KEYS_LOCK = threading.Lock()
+
+
+def _database_file(db: sqlite_utils.Database) -> str:
+    row = next((r for r in db.execute("PRAGMA database_list").fetchall() if r[1] == "main"), None)
+    return os.path.realpath(row[2]) if row and row[2] else ""
+
+
+def ensure_key(key_path: Path, db: sqlite_utils.Database) -> AuditKey:
+    """The audit key at ``key_path``; made (0600) on first use, sealing from the next entry of ``db``."""
+    key_path = Path(key_path)
+    if not key_path.exists():
+        key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        head = db.execute("SELECT value FROM store_meta WHERE key = ?", (_HEAD_KEY,)).fetchone()
+        sealed_from = (int(json.loads(head[0])[0]) if head else 0) + 1
+        content = json.dumps({"key": base64.b64encode(os.urandom(32)).decode(), "sealed_from": sealed_from})
+        try:
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return load_key(key_path)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    return load_key(key_path)
+
+
+def load_key(key_path: Path) -> AuditKey:
+    """:raises ValueError: the file is not an audit key (naming it)."""
+    try:
+        data = json.loads(Path(key_path).read_text(encoding="utf-8"))
+        key = base64.b64decode(data["key"], validate=True)
+        sealed_from = int(data["sealed_from"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{key_path}: not an audit key ({exc}): restore it from the gateway's keys backup") from exc
+    if len(key) != 32:
+        raise ValueError(f"{key_path}: not an audit key (wrong length): restore it from the gateway's keys backup")
+    return AuditKey(key, sealed_from)
+
+
+def use_key(database: Path | str, key: AuditKey | None) -> None:
+    """Seal (and check) the entries of the database file at ``database`` with ``key``; None forgets it."""
+    path = os.path.realpath(database)
+    with _KEYS_LOCK:
+        if key is None:
+            _KEYS.pop(path, None)
+        else:
+            _KEYS[path] = key
+
+
+def _key_for(db: sqlite_utils.Database) -> AuditKey | None:
+    if not _KEYS:
+        return None
+    with _KEYS_LOCK:
+        return _KEYS.get(_database_file(db))
 
 
 @dataclass(frozen=True)
@@ -47,11 +127,13 @@ class AuditVerification:
 
 
 def _entry_hash(entry_id: int, ts: float, actor: str, action: str, target: str, detail_json: str,
-                prev_hash: str) -> str:
+                prev_hash: str, key: bytes | None = None) -> str:
     # A canonical JSON array: field boundaries cannot be shifted between fields to forge a match.
     material = json.dumps([entry_id, repr(ts), actor, action, target, detail_json, prev_hash],
-                          ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+                          ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if key is not None:
+        return SEALED + hmac.new(key, material, hashlib.sha256).hexdigest()
+    return hashlib.sha256(material).hexdigest()
 
 
 def record(db: sqlite_utils.Database, actor: str, action: str, target: str = "",
@@ -63,11 +145,13 @@ def record(db: sqlite_utils.Database, actor: str, action: str, target: str = "",
     """
     ts = time.time() if now is None else now
     detail_json = json.dumps(dict(detail or {}), ensure_ascii=False, sort_keys=True, default=str)
+    sealing = _key_for(db)
     with db.atomic():
         head = db.execute("SELECT value FROM store_meta WHERE key = ?", (_HEAD_KEY,)).fetchone()
         last_id, prev_hash = (0, GENESIS) if head is None else json.loads(head[0])
         entry_id = int(last_id) + 1
-        digest = _entry_hash(entry_id, ts, actor, action, target, detail_json, prev_hash)
+        digest = _entry_hash(entry_id, ts, actor, action, target, detail_json, prev_hash,
+                             sealing.key if sealing else None)
         db.execute("INSERT INTO audit_log (id, ts, actor, action, target, detail, prev_hash, hash)"
                    " VALUES (?,?,?,?,?,?,?,?)", (entry_id, ts, actor, action, target, detail_json, prev_hash, digest))
         db.execute("INSERT INTO store_meta (key, value) VALUES (?, ?)"
@@ -94,6 +178,8 @@ def entries(db: sqlite_utils.Database, limit: int = 100, offset: int = 0, actor:
 def verify(db: sqlite_utils.Database) -> AuditVerification:
     """Walk the chain from the first entry; name every edited, deleted or cut-off entry."""
     problems: list[str] = []
+    sealing = _key_for(db)
+    unsealed_checks: list[int] = []
     expected_prev, expected_id, checked = GENESIS, 1, 0
     for entry_id, ts, actor, action, target, detail_json, prev_hash, digest in db.execute(
             "SELECT id, ts, actor, action, target, detail, prev_hash, hash FROM audit_log ORDER BY id"):
@@ -104,7 +190,13 @@ def verify(db: sqlite_utils.Database) -> AuditVerification:
         if prev_hash != expected_prev:
             problems.append(f"entry {entry_id}: does not follow the entry before it (an entry before it was "
                             f"deleted or edited)")
-        if _entry_hash(entry_id, ts, actor, action, target, detail_json, prev_hash) != digest:
+        if sealing is not None and entry_id >= sealing.sealed_from and not digest.startswith(SEALED):
+            problems.append(f"entry {entry_id} ({action} by {actor}): not sealed with the audit key although it "
+                            f"was written after the key (the log was rewritten)")
+        elif digest.startswith(SEALED) and sealing is None:
+            unsealed_checks.append(entry_id)
+        elif _entry_hash(entry_id, ts, actor, action, target, detail_json, prev_hash,
+                         sealing.key if digest.startswith(SEALED) and sealing else None) != digest:
             problems.append(f"entry {entry_id} ({action} by {actor}): content does not match its hash (edited)")
         expected_prev, expected_id = digest, entry_id + 1
     head = db.execute("SELECT value FROM store_meta WHERE key = ?", (_HEAD_KEY,)).fetchone()
@@ -115,7 +207,11 @@ def verify(db: sqlite_utils.Database) -> AuditVerification:
                             f"(entries at the end were deleted or edited)")
     elif checked:
         problems.append("the chain head is missing from store_meta (it was deleted)")
+    if unsealed_checks:
+        problems.append(f"{len(unsealed_checks)} sealed entries (from entry {unsealed_checks[0]}) cannot be checked "
+                        f"without the audit key: verify with the gateway's data directory (keys/audit.key)")
     return AuditVerification(checked, tuple(problems))
 
 
-__all__ = ["AuditEntry", "AuditVerification", "record", "entries", "verify"]
+__all__ = ["AuditEntry", "AuditVerification", "AuditKey", "record", "entries", "verify", "ensure_key", "load_key",
+           "use_key"]

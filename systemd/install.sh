@@ -25,11 +25,19 @@ if [ "$MODE" = uninstall ]; then
   exit 0
 fi
 
-run id -u carbon-gateway >/dev/null 2>&1 || run useradd --system --home-dir /var/lib/carbon-gateway --shell /usr/sbin/nologin --groups dialout carbon-gateway
+# `id` only looks, so it runs in --dry-run too (run would always succeed and hide the useradd step).
+if id -u carbon-gateway >/dev/null 2>&1; then
+  run usermod -aG dialout carbon-gateway
+else
+  run useradd --system --home-dir /var/lib/carbon-gateway --shell /usr/sbin/nologin --groups dialout carbon-gateway
+fi
+run rm -rf "$PREFIX/app"      # an upgrade must not leave modules of the previous release behind
 run mkdir -p "$PREFIX/app" /etc/carbon-gateway
 run cp -r "$ROOT/gateway" "$ROOT/drivers" "$ROOT/local_store" "$ROOT/sync" "$ROOT/webui" "$ROOT/config" "$ROOT/pyproject.toml" "$ROOT/README.md" "$PREFIX/app/"
 run python3 -m venv "$PREFIX/venv"
 run "$PREFIX/venv/bin/pip" install --quiet "$PREFIX/app"
+# The same version number does not reinstall by itself; replace the app, keep the dependencies.
+run "$PREFIX/venv/bin/pip" install --quiet --no-deps --force-reinstall "$PREFIX/app"
 [ -f /etc/carbon-gateway/gateway.toml ] || run cp "$ROOT/config/gateway.toml" /etc/carbon-gateway/gateway.toml
 run install -m 0644 "$ROOT/systemd/carbon-gateway.service" /etc/systemd/system/carbon-gateway.service
 run systemctl daemon-reload

@@ -1,8 +1,9 @@
 """The technicians' web UI: a Flask application factory, one blueprint per page group, served by waitress.
 
-Blueprints: ``auth`` (first boot, login, logout), ``dashboard`` (live values, /api/status, /healthz,
-language), ``commissioning`` (buses, meters, scan, test-read, config export/import), ``emissions``
-(charts, factors, reports), ``admin`` (cloud and keys, users, audit log, system, backup).
+Blueprints: ``auth`` (first boot, login, logout), ``dashboard`` (live values, /api/status, language),
+``health`` (/healthz, /metrics: no login), ``commissioning`` (buses, meters, scan, test-read, config
+export/import), ``emissions`` (charts, factors, reports), ``admin`` (cloud and keys, users, audit log,
+system, backup).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from webui import admin, auth, commissioning, dashboard, emissions
+from webui import admin, auth, commissioning, dashboard, emissions, health
 from webui.server import TlsFiles, ensure_self_signed, fingerprint, serve
 from webui.sessions import SqliteSessionInterface
 
@@ -58,7 +59,7 @@ def create_app(test_config: dict | None = None, runtime: Any = None) -> Flask:
     Babel(app, locale_selector=_select_locale)
     CSRFProtect(app)
     app.extensions["gateway_runtime"] = runtime
-    for module in (auth, dashboard, commissioning, emissions, admin):
+    for module in (auth, dashboard, commissioning, emissions, admin, health):  # health: /healthz, /metrics
         app.register_blueprint(module.bp)
     app.before_request(auth.load_user)
 

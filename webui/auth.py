@@ -36,7 +36,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 
 #: endpoints reachable without logging in; every view of a blueprint in PUBLIC_BLUEPRINTS too
 #: (``health``: /healthz and /metrics for the supervisor and Prometheus, which do not log in)
-PUBLIC = frozenset({"static", "auth.setup", "auth.login", "dashboard.set_language", "dashboard.healthz"})
+PUBLIC = frozenset({"static", "auth.setup", "auth.login", "dashboard.set_language"})
 PUBLIC_BLUEPRINTS = ("health",)
 
 
@@ -97,7 +97,7 @@ def load_user() -> Any:
     """Before every request: who is logged in; send strangers to first boot or the login page."""
     g.user = None
     endpoint = request.endpoint or ""
-    if endpoint in ("static", "dashboard.healthz") or endpoint.split(".")[0] in PUBLIC_BLUEPRINTS:
+    if endpoint == "static" or endpoint.split(".")[0] in PUBLIC_BLUEPRINTS:
         return None   # no store needed, no session: answers even while the gateway is not running
     runtime = current_app.extensions["gateway_runtime"]
     if runtime is None or runtime.store is None:

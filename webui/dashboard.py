@@ -88,13 +88,6 @@ def api_status() -> Any:
     return jsonify(_cached("status", lambda: status(runtime())))
 
 
-@bp.get("/healthz")
-def healthz() -> Any:
-    rt = runtime()
-    health = rt.health() if rt is not None else {"status": "no runtime"}
-    return jsonify(health), 200 if health.get("status") == "ok" else 503
-
-
 @bp.get("/lang/<code>")
 def set_language(code: str) -> Any:
     if code in LANGUAGES:

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from drivers import DriverError, ProfileError, load_profiles
+from drivers import DriverError, Profile, ProfileError, load_profiles
 from local_store import StoreError
 from sync import SyncError
 
 from gateway.config import ConfigError, load_config
-from gateway.notify import Notifier, watchdog_interval_s
+from gateway.logs import configure_logging, under_journald
+from gateway.notify import Notifier, WatchdogFeeder, watchdog_interval_s
 from gateway.paths import PROFILES_DIR
+
+if TYPE_CHECKING:
+    from gateway.daemon import Gateway
+
+log = logging.getLogger("gateway")
 
 
 class ConfigProblem(click.ClickException):
@@ -25,7 +32,8 @@ class ConfigProblem(click.ClickException):
     exit_code = 2
 
 
-def _load(config: Path | None, data_dir: Path | None):  # type: ignore[no-untyped-def]
+def load_or_exit(config: Path | None, data_dir: Path | None):  # type: ignore[no-untyped-def]
+    """The config and profiles, or exit 2 with the config error's message."""
     try:
         profiles = load_profiles(PROFILES_DIR)
         return load_config(config, profiles, data_dir), profiles
@@ -42,19 +50,19 @@ def _load(config: Path | None, data_dir: Path | None):  # type: ignore[no-untype
 def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None:
     """Run the gateway: poll meters, store, compute emissions, sync, serve the web UI.
 
-    Stops cleanly on SIGTERM or Ctrl-C. A config error exits with status 2 before anything starts.
+    Stops cleanly on SIGTERM or Ctrl-C; SIGHUP (systemctl reload) re-reads the config and keeps the
+    running one when the new one fails to load or to start. A config error at start exits with status 2
+    before anything starts.
     """
     from gateway.daemon import Gateway
 
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # bus errors are reported per meter by drivers
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run would drown the journal
-    config, profiles = _load(config_path, data_dir)
-    stop = threading.Event()
-    # Signal handlers only set a flag; the main thread does the work.
+    configure_logging(log_level)
+    config, profiles = load_or_exit(config_path, data_dir)
+    stop, reload_requested = threading.Event(), threading.Event()
+    # Signal handlers only set flags; the main thread does the work.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
     gateway = Gateway(config, profiles)
     try:
         gateway.start()
@@ -63,20 +71,45 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
         raise click.ClickException(f"cannot start: {exc}") from exc
     notifier = Notifier()
     notifier.ready(f"polling {len(config.meters)} meter(s)")
-    if config.web.enabled:
+    if config.web.enabled and not under_journald():   # the journal has the log line already
         click.echo(f"Carbon Edge Gateway {config.gateway_id}: web UI on {'https' if config.web.tls else 'http'}://{config.web.host}:{config.web.port} "
                    f"· data in {config.data_dir} · Ctrl-C to stop", err=True)
     ping_every_s = watchdog_interval_s() or 5.0
-    last_ping_for = 0.0
+    feeder = WatchdogFeeder(notifier, gateway.progress)
     try:
         while not stop.wait(min(ping_every_s, 0.5)):
-            # Ping only for progress: a poll -> store cycle newer than the one the last ping was for.
-            if gateway.last_store_ok > last_ping_for:
-                last_ping_for = gateway.last_store_ok
-                notifier.watchdog()
+            if reload_requested.is_set():
+                reload_requested.clear()
+                notifier.reloading()
+                reload_config(gateway, config_path, data_dir, profiles)
+                notifier.ready(f"polling {len(gateway.config.meters)} meter(s)")
+            feeder.tick()   # pings only if every bus loop and the store writer came round since the last ping
     finally:
         notifier.stopping()
         gateway.stop()
+
+
+def reload_config(gateway: Gateway, config_path: Path | None, data_dir: Path | None,
+                  profiles: Mapping[str, Profile]) -> bool:
+    """SIGHUP: re-read the config file and apply it; keep the running config when it fails. Logged and audited."""
+    import hashlib
+
+    from gateway.daemon import ReloadError
+
+    old = gateway.config
+    where = str(config_path or "the embedded default config")
+    try:
+        new = load_config(config_path, profiles, data_dir)
+        gateway.reload(new)
+    except (ConfigError, ReloadError) as exc:
+        log.error("config reload from %s refused, the running config stays: %s", where, exc)
+        gateway.audit("config.reload_failed", where, {"error": str(exc)})
+        return False
+    log.info("config reloaded from %s", where)
+    gateway.audit("config.reload", where, {
+        "old_sha256": hashlib.sha256(old.text.encode()).hexdigest(),
+        "new_sha256": hashlib.sha256(new.text.encode()).hexdigest()})
+    return True
 
 
 COMMANDS: list[click.Command] = [run]

@@ -53,6 +53,14 @@ def test_install_script_dry_run_lists_the_steps() -> None:
     assert result.returncode == 0, result.stderr
     assert "+ python3 -m venv /opt/carbon-gateway/venv" in result.stdout
     assert "+ systemctl enable --now carbon-gateway.service" in result.stdout
+    assert "--groups dialout carbon-gateway" in result.stdout
+    result = subprocess.run(["bash", str(ROOT / "systemd" / "install.sh"), "--dry-run", "--uninstall"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "+ systemctl disable --now carbon-gateway.service", "+ rm -f /etc/systemd/system/carbon-gateway.service",
+        "+ systemctl daemon-reload", "+ rm -rf /opt/carbon-gateway",
+        "kept /etc/carbon-gateway and /var/lib/carbon-gateway (config, data, keys); remove them by hand if wanted"]
 
 
 def test_ready_then_watchdog_pings_only_while_polling(tmp_path: Path) -> None:
@@ -91,7 +99,8 @@ def test_ready_then_watchdog_pings_only_while_polling(tmp_path: Path) -> None:
     assert "STOPPING=1" in messages and process.returncode == 0
 
 
-def test_no_watchdog_ping_while_no_meter_answers(tmp_path: Path) -> None:
+def test_watchdog_keeps_pinging_while_meters_are_dead_but_the_loop_runs(tmp_path: Path) -> None:
+    """A dead meter is an alarm, not a hang: restarting would not revive it and would lose held readings."""
     notify_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(notify_path)
@@ -107,8 +116,8 @@ def test_no_watchdog_ping_while_no_meter_answers(tmp_path: Path) -> None:
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     messages: list[str] = []
     try:
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and messages.count("WATCHDOG=1") < 2:
             try:
                 messages.append(sock.recv(4096).decode())
             except TimeoutError:
@@ -117,5 +126,5 @@ def test_no_watchdog_ping_while_no_meter_answers(tmp_path: Path) -> None:
         process.terminate()
         process.wait(timeout=30)
         sock.close()
-    assert any(m.startswith("READY=1") for m in messages), messages
-    assert "WATCHDOG=1" not in messages, "the watchdog must not be fed while nothing is polled and stored"
+    assert messages[0].startswith("READY=1"), messages
+    assert messages.count("WATCHDOG=1") >= 2, messages
