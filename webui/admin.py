@@ -5,19 +5,22 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 import subprocess
 import time
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, send_file, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
+from flask_wtf.file import FileField, FileRequired
 from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp
 
-from local_store import audit, users
+from local_store import audit, backup, users
 from local_store.db import write_transaction
 from sync import SyncError
 from sync.keys import ensure_gateway_key, key_id, load_public
@@ -260,8 +263,78 @@ def cloud_test() -> Any:
     return _cloud_page(form, test_result={"ok": ok, "text": text})
 
 
-# -- backup --------------------------------------------------------------------------------------------------
+# -- backup ---------------------------------------------------------------------------------------------------
+class RestoreForm(FlaskForm):
+    file = FileField(_l("Backup file (.cgbak)"), validators=[FileRequired(_l("Choose a file."))])
+
+
+def _backup_page(form: RestoreForm, error: str = "", status: int = 200) -> Any:
+    rt = current_app.extensions["gateway_runtime"]
+    config = rt.config
+    try:
+        key = backup.key_id(backup.load_backup_key(config.backup_key))
+    except backup.BackupError:
+        key = ""
+    files = [{"name": p.name, "bytes": p.stat().st_size, "mtime": p.stat().st_mtime}
+             for p in reversed(backup.list_backups(config.backup_dir))]
+    pending = backup.staged_path(config.database).exists()
+    return render_template("backup.html", form=form, error=error, files=files, key_id=key, pending=pending,
+                           directory=config.backup_dir, last_error=getattr(rt, "backup_error", "")), status
+
+
 @bp.get("/backup")
 @requires("backup")
-def backup() -> Any:
-    return render_template("backup.html")
+def backup_page() -> Any:
+    return _backup_page(RestoreForm(formdata=None))
+
+
+@bp.post("/backup/now")
+@requires("backup")
+def backup_now() -> Any:
+    rt = current_app.extensions["gateway_runtime"]
+    if not FlaskForm().validate_on_submit():
+        abort(400)
+    record("backup.request", "store")
+    path = rt.backup()            # writes its own audit entry (backup.create), never raises
+    if path is None:
+        flash(_("The backup failed: %(reason)s", reason=rt.backup_error), "error")
+    else:
+        flash(_("Backup %(name)s was written.", name=path.name), "ok")
+    return redirect(url_for("admin.backup_page"))
+
+
+@bp.get("/backup/files/<name>")
+@requires("backup")
+def backup_download(name: str) -> Any:
+    config = current_app.extensions["gateway_runtime"].config
+    found = {p.name: p for p in backup.list_backups(config.backup_dir)}   # only names the library lists
+    if name not in found:
+        abort(404)
+    record("backup.download", name)
+    return send_file(found[name], as_attachment=True, download_name=name, mimetype="application/octet-stream")
+
+
+@bp.post("/backup/restore")
+@requires("backup")
+def backup_restore() -> Any:
+    config = current_app.extensions["gateway_runtime"].config
+    form = RestoreForm()
+    if not form.validate_on_submit():
+        return _backup_page(form, status=400)
+    # the upload goes beside the store (same disk, same protection), checked, then staged or removed
+    fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".cgbak", dir=config.data_dir)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            form.file.data.save(handle)
+        result = backup.stage_restore(Path(tmp), config.database, config.backup_key)
+    except backup.BackupError as exc:
+        record("backup.restore_refused", form.file.data.filename or "upload", reason=str(exc))
+        return _backup_page(form, _("Not restored: %(reason)s", reason=str(exc)), 400)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    record("backup.restore_staged", form.file.data.filename or "upload", readings=result.readings,
+           backup_created_at=result.backup_created_at)
+    flash(_("The backup of %(when)s (%(n)d readings) was checked and will replace the store when the gateway "
+            "restarts (systemctl restart carbon-gateway).",
+            when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(result.backup_created_at)), n=result.readings), "ok")
+    return redirect(url_for("admin.backup_page"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 import re
 import time
@@ -138,6 +139,30 @@ def test_own_password_audit_page_and_system(admin, app, gateway) -> None:
     assert 'id="version">0.1.0<' in page and "Disk free" in page and 'id="clock-sync">' in page
 
 
+def test_backup_now_download_and_a_staged_restore(admin, gateway) -> None:
+    page = text(admin.get("/backup"))
+    assert "No backup yet." in page
+    response = post(admin, "/backup/now", form_url="/backup")
+    page = text(admin.get(response.location))
+    name = re.search(r'href="/backup/files/([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    assert f"Backup {name} was written." in page and re.search(r'id="backup-key-id">[0-9a-f]{16}<', page)
+    download = admin.get(f"/backup/files/{name}")
+    assert download.status_code == 200 and download.data == (gateway.config.backup_dir / name).read_bytes()
+    assert admin.get("/backup/files/..%2Fgateway.db").status_code == 404
+    response = post(admin, "/backup/restore", {"file": (io.BytesIO(download.data), name)}, form_url="/backup",
+                    content_type="multipart/form-data")
+    assert response.status_code == 302, text(response)
+    page = text(admin.get(response.location))
+    assert "was checked and will replace the store when the gateway restarts" in page
+    assert "A checked backup waits to replace the store: restart the gateway to apply it." in page
+    refused = post(admin, "/backup/restore", {"file": (io.BytesIO(b"not a backup" * 100), "x.cgbak")},
+                   form_url="/backup", content_type="multipart/form-data")
+    assert refused.status_code == 400 and "Not restored:" in text(refused)
+    actions = [e.action for e in audit.entries(gateway.store.db)]
+    assert {"backup.request", "backup.create", "backup.download", "backup.restore_staged",
+            "backup.restore_refused"} <= set(actions)
+
+
 # every form with a field of garbage: a message beside the field or a refusal, never a 500
 GARBAGE = ["", " ", "x" * 5000, "-1", "1e309", "nan", "\x00", "<script>alert(1)</script>", "' OR 1=1 --",
            "../../etc/passwd", "９", "2026-02-30", "[[x]]"]
@@ -153,7 +178,7 @@ FORMS = {
                         "source"],
     "/cloud": ["enabled", "broker_host", "broker_port", "tls", "ca_file", "username", "password", "topic_prefix"],
     "/users": ["name", "role", "password"], "/users/viewer/role": ["role"], "/users/viewer/password": ["password"],
-    "/account/password": ["current", "password", "confirm"],
+    "/account/password": ["current", "password", "confirm"], "/backup/restore": ["file"],
 }
 
 
