@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import tomllib
 from datetime import date, timedelta
@@ -24,7 +23,7 @@ from local_store.factors import default_factor_files, describe, load_library
 from local_store.reports import BY_CHOICES, build_report, render_csv, render_html
 from local_store.units import ACTIVITIES as FACTOR_ACTIVITIES
 from webui.auth import options, record, requires
-from webui.configedit import ApplyError, apply_data, current_data
+from webui.configedit import ApplyError, apply_data, current_data, write_atomically
 
 bp = Blueprint("emissions", __name__)
 
@@ -205,16 +204,6 @@ def factor_choice() -> Any:
     return redirect(url_for("emissions.factors"))
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".custom-", suffix=".toml", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @bp.post("/factors/custom")
 @requires("settings")
 def factor_custom() -> Any:
@@ -247,7 +236,7 @@ def factor_custom() -> Any:
             reason = str(exc).replace(str(trial), "custom.toml")
             return _factor_page(choice, custom, _("Not added: %(reason)s", reason=reason), 400)
     old_text = path.read_text(encoding="utf-8") if path.is_file() else None
-    _write_atomically(path, text)
+    write_atomically(path, text)
     data = current_data(rt)
     files = data.setdefault("emissions", {}).setdefault("factor_files", [])
     try:
@@ -258,7 +247,7 @@ def factor_custom() -> Any:
         if old_text is None:
             path.unlink(missing_ok=True)
         else:
-            _write_atomically(path, old_text)
+            write_atomically(path, old_text)
         return _factor_page(choice, custom, _("Not added: %(reason)s", reason=str(exc)), 400)
     rt.store.reload_factors()
     record("factors.add", f"factor {entry['id']}", entry=json.loads(json.dumps(entry, default=str)))
