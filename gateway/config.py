@@ -34,6 +34,9 @@ class WebSettings:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
+    tls: bool = False               # HTTPS; default on when the UI listens beyond loopback
+    cert_file: Path | None = None   # your own certificate; None: a self-signed one made on first boot
+    key_file: Path | None = None
     metrics_token: str | None = None     # when set, /metrics wants "Authorization: Bearer <token>"
 
 
@@ -275,13 +278,21 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         disk_budget_bytes=None if budget_mb is None else int(budget_mb * 1_000_000),
         raw_retention_days=s.optional_number("raw_retention_days", 1, 36_500, " days"),
     )
-    w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port", "metrics_token"})
+    w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port", "tls", "cert_file", "key_file", "metrics_token"})
+    web_host = w.get("host", str, "127.0.0.1")
     token = w.get("metrics_token", str, None)
     if token is not None and len(token) < 16:
         raise ConfigError(f"{origin}: web.metrics_token is too short ({len(token)} characters): use at least 16 "
                           f"random characters, e.g. from `openssl rand -hex 16`")
-    web = WebSettings(enabled=w.get("enabled", bool, True), host=w.get("host", str, "127.0.0.1"),
-                      port=int(w.number("port", 8080, 1, 65535)), metrics_token=token)
+    # plain HTTP only on loopback (the demo); anything reachable from the factory network is HTTPS
+    loopback = web_host in ("127.0.0.1", "::1", "localhost")
+    cert_file, key_file = _path(w.get("cert_file", str, None)), _path(w.get("key_file", str, None))
+    if (cert_file is None) != (key_file is None):
+        raise w.fail("cert_file" if cert_file is None else "key_file",
+                     "give both web.cert_file and web.key_file, or neither for a self-signed certificate")
+    web = WebSettings(enabled=w.get("enabled", bool, True), host=web_host,
+                      port=int(w.number("port", 8080, 1, 65535)), tls=w.get("tls", bool, not loopback),
+                      cert_file=cert_file, key_file=key_file, metrics_token=token)
     b = _Reader(origin, top.get("backup", dict, {}), "backup", {"enabled", "interval_h", "keep", "directory"})
     keep = b.get("keep", int, 7, fix="use a whole number of backups to keep, e.g. keep = 7")
     if not 1 <= keep <= 1000:
@@ -295,19 +306,42 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
 
 
 def load_config(path: Path | None, profiles: Mapping[str, Profile], data_dir_override: Path | None = None) -> GatewayConfig:
-    """Load ``path`` (None: the embedded default, the demo).
+    """Load ``path``; None: ``<data_dir>/gateway.toml`` if the web UI saved one, else the embedded default.
 
     :raises ConfigError: unreadable file, TOML syntax error (with line and column) or an invalid value.
     """
-    path = path or DEFAULT_CONFIG
+    if path is None:
+        default = load_config(DEFAULT_CONFIG, profiles, data_dir_override)
+        saved = saved_config_path(default)
+        if not saved.is_file():
+            return default
+        # the saved file lives in the data directory the default names: keep that directory
+        return load_config(saved, profiles, data_dir_override or default.data_dir)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config ({exc.strerror}); check the path given to --config") from exc
+    return config_from_text(text, str(path), profiles, data_dir_override, source_path=path)
+
+
+def config_from_text(text: str, origin: str, profiles: Mapping[str, Profile], data_dir_override: Path | None = None,
+                     source_path: Path | None = None) -> GatewayConfig:
+    """Validate TOML text (an upload, a config edited in the web UI) as :func:`load_config` does a file.
+
+    :raises ConfigError: TOML syntax error (with line and column) or an invalid value.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}; fix that line (strings need quotes, "
+        raise ConfigError(f"{origin}: TOML syntax error: {exc}; fix that line (strings need quotes, "
                           "tables are [name] and lists of tables [[name]])") from exc
-    config = parse_config(data, str(path), profiles, data_dir_override)
-    return GatewayConfig(**{**config.__dict__, "source_path": path, "text": text})
+    config = parse_config(data, origin, profiles, data_dir_override)
+    return GatewayConfig(**{**config.__dict__, "source_path": source_path, "text": text})
+
+
+def saved_config_path(config: GatewayConfig) -> Path:
+    """Where a config changed at run time is written: the ``--config`` file, or ``<data_dir>/gateway.toml``
+    when the gateway runs on the embedded default (which is never written)."""
+    if config.source_path is not None and config.source_path.resolve() != DEFAULT_CONFIG.resolve():
+        return config.source_path
+    return config.data_dir / "gateway.toml"

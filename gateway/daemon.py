@@ -200,7 +200,6 @@ class Gateway:
             self._web_server.close()
             if self._web_thread is not None:
                 self._web_thread.join(timeout=10)
-            self._web_server.task_dispatcher.shutdown(timeout=5)  # close() leaves the worker threads running
         if self.store is not None:
             self.store.close()
             audit.use_key(self.config.database, None)
@@ -215,13 +214,12 @@ class Gateway:
         return replace(bus, host=simulator.host, port=simulator.port)
 
     def _start_web(self) -> None:
-        from webui import create_app, serve  # the web UI is optional for a headless gateway
+        from webui import serve_gateway  # the web UI is optional for a headless gateway
 
-        app = create_app(runtime=self)
-        self._web_server = serve(app, self.config.web.host, self.config.web.port)
+        self._web_server, url = serve_gateway(self)
         self._web_thread = threading.Thread(target=self._web_server.run, name="web", daemon=True)
         self._web_thread.start()
-        log.info("web UI on http://%s:%d", self.config.web.host, self.config.web.port)
+        log.info("web UI on %s", url)
 
     # -- work ------------------------------------------------------------------------------------------
     def _poll_bus(self, poller: BusPoller, stop: threading.Event) -> None:
@@ -390,6 +388,14 @@ class Gateway:
 
     def emissions_summary(self) -> Any:
         return emissions_summary(self.store) if self.store is not None else None
+
+    def bus_poller(self, bus_name: str) -> BusPoller:
+        """The owner of a running bus, for a scan through it (``drivers.scan.scan_bus(..., poller=)``), so a
+        scan never collides with polling on the same line. :raises DriverError: no such bus is running."""
+        poller = self._pollers.get(bus_name)
+        if poller is None:
+            raise DriverError(f"no bus named {bus_name!r}: use one of {', '.join(sorted(self._pollers)) or '(none)'}")
+        return poller
 
     def test_read(self, bus_name: str, device_id: int, profile_id: str) -> list[Reading]:
         """A test read through the bus owner, so it never collides with polling on the same line."""

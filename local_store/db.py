@@ -212,6 +212,29 @@ def m003_audit_log(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migrations()
+def m004_web_users(db: sqlite_utils.Database) -> None:
+    """Web UI users, server-side sessions and login throttling (``local_store/users.py``)."""
+    db.executescript("""
+    CREATE TABLE web_users (
+        name TEXT PRIMARY KEY, password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'technician', 'viewer')),
+        created_at REAL NOT NULL, password_changed_at REAL NOT NULL
+    );
+    CREATE TABLE web_sessions (
+        id_hash TEXT PRIMARY KEY,                  -- SHA-256 of the cookie's random id, never the id itself
+        user TEXT,                                 -- NULL before login (holds the CSRF token and language)
+        data TEXT NOT NULL, created_at REAL NOT NULL, last_seen REAL NOT NULL
+    );
+    CREATE INDEX web_sessions_user ON web_sessions(user);
+    CREATE TABLE web_login_failures (
+        name TEXT PRIMARY KEY,                     -- per user name, known or not (no account enumeration)
+        failures INTEGER NOT NULL, locked_until REAL NOT NULL
+    );
+    CREATE TABLE web_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """)
+
+
 def refresh_hourly(db: sqlite_utils.Database, source_id: str, from_ts: float | None = None) -> None:
     """Recompute the hourly rollup of one source from ``from_ts`` (floored to the hour) on."""
     hour = 0 if from_ts is None else int(from_ts // 3600) * 3600

@@ -9,7 +9,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from local_store import open_store
 from local_store.reports import build_report
 from sync import BrokerSettings, Receiver, ReceiverSettings, SyncService
 from tests.conftest import free_port, port_open, trusted_pair, wait_until
+from tests.webui.http_session import web_session
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,8 @@ def test_simulated_meters_reach_the_receiver_exactly_once(tmp_path: Path, mqtt_b
     try:
         wait_until(lambda: len(_receiver_readings(rx_dir / "receiver.db")) >= 60, timeout_s=30,
                    message="readings at the receiver")
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/api/status", timeout=5) as response:
+        web = web_session(f"http://127.0.0.1:{web_port}", "admin", "end-to-end-pw", first_boot=True)
+        with web.open(f"http://127.0.0.1:{web_port}/api/status", timeout=5) as response:
             status = json.load(response)
         assert {m["id"] for m in status["meters"]} == {"main-incomer", "boiler-gas", "steam-header"}
         assert all(m["state"] == "ok" and m["points"] for m in status["meters"])
@@ -96,9 +97,11 @@ def test_demo_command_serves_live_values_and_report_is_non_zero(tmp_path: Path) 
     try:
         wait_until(lambda: port_open(web_port) or process.poll() is not None, timeout_s=30, message="web UI port")
         assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        # first start: the README's step of choosing the administrator's password (no default exists)
+        web = web_session(f"http://127.0.0.1:{web_port}", "admin", "end-to-end-pw", first_boot=True)
 
         def live_values() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=5) as response:
+            with web.open(f"http://127.0.0.1:{web_port}/", timeout=5) as response:
                 page = response.read().decode()
             return page.count('data-point="') >= 15
 

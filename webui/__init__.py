@@ -1,101 +1,134 @@
-"""The technicians' web UI: a Flask application factory served by waitress."""
+"""The technicians' web UI: a Flask application factory, one blueprint per page group, served by waitress.
+
+Blueprints: ``auth`` (first boot, login, logout), ``dashboard`` (live values, /api/status, language),
+``health`` (/healthz, /metrics: no login), ``commissioning`` (buses, meters, scan, test-read, config
+export/import), ``emissions`` (charts, factors, reports), ``admin`` (cloud and keys, users, audit log,
+system, backup).
+"""
 
 from __future__ import annotations
 
+import logging
+import secrets
 import time
 from typing import Any
 
-from flask import Flask, abort, jsonify, render_template, request, session, redirect, url_for
-from flask_babel import Babel, gettext as _
-from waitress import create_server
+from flask import Flask, g, render_template, request, session
+from flask_babel import Babel
+from flask_babel import gettext as _
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
 
-LANGUAGES = ("en", "zh_Hans_CN")
+from webui import admin, auth, commissioning, dashboard, emissions, health
+from webui.server import TlsFiles, ensure_self_signed, fingerprint, serve
+from webui.sessions import SqliteSessionInterface
+
+log = logging.getLogger(__name__)
+
+LANGUAGES = dashboard.LANGUAGES
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 def _select_locale() -> str:
     chosen = session.get("lang")
     if chosen in LANGUAGES:
         return chosen
-    return request.accept_languages.best_match(["en", "zh"]) == "zh" and "zh_Hans_CN" or "en"
-
-
-def _status(runtime: Any) -> dict:
-    """Everything the dashboard shows, as JSON-able data."""
-    now = time.time()
-    meters = []
-    for m in runtime.meter_status():
-        meters.append({
-            "id": m.meter_id, "bus": m.bus, "device_id": m.device_id, "profile": m.profile,
-            "state": m.stats.state, "error": m.stats.last_error,
-            "requests": m.stats.requests, "timeouts": m.stats.timeouts, "exceptions": m.stats.exceptions,
-            "points": [{**v, "age_s": round(now - v["timestamp"], 1)} for v in m.values],
-        })
-    sync = runtime.sync_status()
-    summary = runtime.emissions_summary()
-    return {
-        "meters": meters,
-        "sync": None if sync is None else {
-            "connected": sync.connected, "backlog_batches": sync.backlog_batches,
-            "backlog_readings": sync.backlog_readings, "last_ack_at": sync.last_ack_at, "last_error": sync.last_error},
-        "emissions": None if summary is None else {
-            "today_tco2e": summary.today.total_t, "today_scope1": summary.today.scope_1_t,
-            "today_scope2": summary.today.scope_2_t, "month_tco2e": summary.month.total_t},
-    }
+    return "zh_Hans_CN" if request.accept_languages.best_match(["en", "zh"]) == "zh" else "en"
 
 
 def create_app(test_config: dict | None = None, runtime: Any = None) -> Flask:
     """Build the app; ``runtime`` is the running gateway (see ``gateway.daemon.Gateway``)."""
     app = Flask(__name__)
-    app.config.update(SECRET_KEY=__import__("secrets").token_hex(32), SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Strict", BABEL_DEFAULT_LOCALE="en")
+    store = getattr(runtime, "store", None)
+    app.config.update(
+        # kept in the store, so CSRF tokens in open forms survive a restart
+        SECRET_KEY=auth.users.secret(store.db, "flask_secret_key") if store is not None else secrets.token_hex(32),
+        BABEL_DEFAULT_LOCALE="en",
+        SESSION_IDLE_S=30 * 60, SESSION_ABSOLUTE_S=12 * 3600,
+        SESSION_COOKIE_SECURE=False,          # set by serve(..., tls=...) for HTTPS
+        WTF_CSRF_TIME_LIMIT=None,             # bound by the session's own timeouts instead
+        MAX_CONTENT_LENGTH=64 * 1024 * 1024,  # restore uploads; everything else is small
+        SCAN_TIMEOUT_S=120.0,
+        STATUS_CACHE_S=1.0,                   # dashboard snapshot shared by all clients (webui/dashboard.py)
+    )
     if test_config:
         app.config.update(test_config)
+    app.session_interface = SqliteSessionInterface()
     Babel(app, locale_selector=_select_locale)
+    CSRFProtect(app)
     app.extensions["gateway_runtime"] = runtime
-    from webui.health import bp as health_bp   # /healthz, /metrics (issue 7)
-    app.register_blueprint(health_bp)
+    for module in (auth, dashboard, commissioning, emissions, admin, health):  # health: /healthz, /metrics
+        app.register_blueprint(module.bp)
+    app.before_request(auth.load_user)
+
+    @app.template_filter("utc")
+    def utc(ts: float | None) -> str:
+        return "–" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+    @app.context_processor
+    def helpers() -> dict:
+        return {"can": auth.can, "lang": _select_locale(), "user": g.get("user")}
 
     @app.after_request
     def security_headers(response):  # type: ignore[no-untyped-def]
-        response.headers["Content-Security-Policy"] = ("default-src 'self'; script-src 'self'; style-src 'self'; "
-                                                       "img-src 'self' data:; frame-ancestors 'none'")
+        response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Referrer-Policy"] = "same-origin"   # CSRF checks need the Referer on HTTPS
+        response.headers["Cache-Control"] = response.headers.get("Cache-Control", "no-store")
+        if request.is_secure:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
 
-    @app.get("/")
-    def dashboard():  # type: ignore[no-untyped-def]
-        if runtime is None:
-            abort(503)
-        return render_template("dashboard.html", status=_status(runtime), lang=_select_locale())
+    @app.errorhandler(CSRFError)
+    def csrf_error(error):  # type: ignore[no-untyped-def]
+        return render_template("error.html", message=_("The form has expired. Reload the page and try again.")), 400
 
-    @app.get("/api/status")
-    def api_status():  # type: ignore[no-untyped-def]
-        if runtime is None:
-            abort(503)
-        return jsonify(_status(runtime))
+    @app.errorhandler(HTTPException)
+    def http_error(error):  # type: ignore[no-untyped-def]
+        messages = {
+            400: _("The request was not understood."),
+            403: _("Your role does not allow this page."),
+            404: _("Page not found."),
+            405: _("This address does not accept that method."),
+            413: _("The upload is too large."),
+            503: _("The gateway is not running."),
+        }
+        message = messages.get(error.code or 500, _("The request was not understood."))
+        return render_template("error.html", message=message), error.code
 
-    @app.get("/lang/<code>")
-    def set_language(code: str):  # type: ignore[no-untyped-def]
-        if code in LANGUAGES:
-            session["lang"] = code
-        return redirect(url_for("dashboard"))
-
-    @app.errorhandler(404)
-    def not_found(error):  # type: ignore[no-untyped-def]
-        return render_template("error.html", message=_("Page not found.")), 404
-
-    @app.errorhandler(503)
-    def unavailable(error):  # type: ignore[no-untyped-def]
-        return render_template("error.html", message=_("The gateway is not running.")), 503
+    @app.errorhandler(Exception)
+    def unexpected(error):  # type: ignore[no-untyped-def]
+        # A bug must not show a traceback; it is logged and the user gets a page that says so.
+        app.logger.exception("unexpected error on %s %s", request.method, request.path)
+        return render_template("error.html", message=_("Something went wrong; the details are in the log.")), 500
 
     return app
 
 
-def serve(app: Flask, host: str, port: int) -> Any:
-    """A waitress server bound now; call ``.run()`` in a thread and ``.close()`` to stop it."""
-    return create_server(app, host=host, port=port, threads=4, ident="carbon-gateway")
+def tls_files(runtime: Any) -> TlsFiles | None:
+    """The certificate to serve with, made self-signed on first boot unless the config names one."""
+    web, data_dir = runtime.config.web, runtime.config.data_dir
+    if not web.tls:
+        return None
+    if web.cert_file is not None:
+        return TlsFiles(web.cert_file, web.key_file)
+    files = TlsFiles(data_dir / "web" / "cert.pem", data_dir / "web" / "key.pem")
+    if ensure_self_signed(files.cert_file, files.key_file, web.host):
+        log.warning("made a self-signed HTTPS certificate %s (SHA-256 %s); install your own with "
+                    "web.cert_file and web.key_file", files.cert_file, fingerprint(files.cert_file))
+    return files
 
 
-__all__ = ["create_app", "serve"]
+def serve_gateway(runtime: Any) -> tuple[Any, str]:
+    """The daemon's web server, bound: HTTPS unless the UI listens on loopback only. Returns (server, url)."""
+    web = runtime.config.web
+    tls = tls_files(runtime)
+    app = create_app({"SESSION_COOKIE_SECURE": tls is not None}, runtime=runtime)
+    server = serve(app, web.host, web.port, tls=tls)
+    return server, f"{'https' if tls else 'http'}://{web.host}:{web.port}"
+
+
+__all__ = ["create_app", "serve", "serve_gateway", "tls_files", "LANGUAGES"]

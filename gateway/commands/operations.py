@@ -72,7 +72,7 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
     notifier = Notifier()
     notifier.ready(f"polling {len(config.meters)} meter(s)")
     if config.web.enabled and not under_journald():   # the journal has the log line already
-        click.echo(f"Carbon Edge Gateway {config.gateway_id}: web UI on http://{config.web.host}:{config.web.port} "
+        click.echo(f"Carbon Edge Gateway {config.gateway_id}: web UI on {'https' if config.web.tls else 'http'}://{config.web.host}:{config.web.port} "
                    f"· data in {config.data_dir} · Ctrl-C to stop", err=True)
     ping_every_s = watchdog_interval_s() or 5.0
     feeder = WatchdogFeeder(notifier, gateway.progress)

@@ -3,7 +3,9 @@
 (function () {
   const fmt = (x, digits) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
   const text = (id, value) => { const el = document.getElementById(id); if (el) el.textContent = value; };
+  const utc = (ts) => (ts ? new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19) : "–");
   const meters = document.getElementById("meters");
+  const labels = meters.dataset;
   function render(status) {
     if (status.emissions) {
       text("today-total", fmt(status.emissions.today_tco2e, 4));
@@ -14,34 +16,44 @@
     if (status.sync) {
       text("backlog-readings", status.sync.backlog_readings);
       text("backlog-batches", status.sync.backlog_batches);
+      text("last-ack", utc(status.sync.last_ack_at));
       text("sync-error", status.sync.last_error || "");
+    }
+    for (const b of status.buses) {
+      const row = document.querySelector(`[data-bus="${CSS.escape(b.name)}"]`);
+      if (!row) continue;
+      row.querySelector(".answering").textContent = b.answering + "/" + b.meters;
+      for (const key of ["requests", "timeouts", "exceptions"]) row.querySelector("." + key).textContent = b[key];
     }
     for (const m of status.meters) {
       const card = meters.querySelector(`[data-meter="${CSS.escape(m.id)}"]`);
       if (!card) continue;
       card.className = "meter state-" + m.state;
       const state = card.querySelector(".state");
-      state.textContent = (m.state === "ok" ? meters.dataset.labelOk : m.state === "failing" ? meters.dataset.labelFailing : m.state) + " " + (m.error || "");
+      const label = { ok: labels.labelOk, failing: labels.labelFailing, unknown: labels.labelUnknown }[m.state] || m.state;
+      state.textContent = label + " " + (m.error || "");
+      for (const key of ["requests", "timeouts", "exceptions"]) card.querySelector(".counters ." + key).textContent = m[key];
       const table = card.querySelector("table");
       for (const v of m.points) {
         let row = table.querySelector(`[data-point="${CSS.escape(v.point)}"]`);
         if (!row) {
           row = table.insertRow();
           row.dataset.point = v.point;
-          row.innerHTML = "<th></th><td class='value'></td><td></td><td class='age'></td>";
+          for (const cls of ["", "value", "", "age"]) { const cell = row.insertCell(); cell.className = cls; }
           row.cells[0].textContent = v.point;
           row.cells[2].textContent = v.unit;
         }
         row.querySelector(".value").textContent = v.value === null ? v.reason : fmt(v.value, 3);
-        row.querySelector(".age").textContent = v.age_s + " " + meters.dataset.labelAge;
+        row.querySelector(".age").textContent = v.age_s + " " + labels.labelAge;
       }
     }
   }
   async function refresh() {
     try {
-      const response = await fetch("/api/status", { cache: "no-store" });
+      const response = await fetch("/api/status", { cache: "no-store", credentials: "same-origin" });
       if (response.ok) render(await response.json());
     } catch (e) { /* gateway restarting: try again next tick */ }
   }
+  refresh();
   setInterval(refresh, 2000);
 })();

@@ -1,0 +1,146 @@
+"""Buses, meters, scan, test-read and config export/import against a running gateway and a real simulator."""
+
+from __future__ import annotations
+
+import html
+import io
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+
+from local_store import audit
+from tests.conftest import wait_until
+from tests.webui.conftest import DEMO_TOML, post, set_up_admin, start_gateway, write_config
+from webui import create_app
+
+
+def text(response) -> str:  # type: ignore[no-untyped-def]
+    return html.unescape(response.get_data(as_text=True))
+
+
+@pytest.fixture
+def admin2(field_gateway):  # type: ignore[no-untyped-def]
+    client = create_app({"TESTING": True}, runtime=field_gateway).test_client()
+    set_up_admin(client)
+    return client
+
+
+def test_scan_finds_the_meter_add_it_test_read_it_and_see_it_polled(admin2, field_gateway, tmp_path) -> None:
+    response = post(admin2, "/scan", {"bus": "line-2", "units": "5-8"})
+    assert response.status_code == 302
+    job_url = response.location
+    page = wait_until(lambda: "scanning…" not in (t := text(admin2.get(job_url))) and t, timeout_s=30,
+                      message="scan finished")
+    assert 'data-unit="7"' in page and "eastron-sdm630 (100 %)" in page and "Add this meter" in page
+    add_url = html.unescape(page.split('href="/meters/new?')[1].split('"')[0])
+    form = text(admin2.get("/meters/new?" + add_url))
+    assert 'value="eastron-sdm630"' in form and 'value="7"' in form
+    response = post(admin2, "/meters/new", {"id": "line2-meter", "bus": "line-2", "device_id": "7",
+                                            "profile": "eastron-sdm630", "poll_interval_s": "1",
+                                            "activity": "electricity", "enabled": "y"})
+    assert response.status_code == 302, text(response)
+    assert "Meter line2-meter was saved and is being polled." in text(admin2.get("/meters"))
+    saved = tomllib.loads((tmp_path / "gateway.toml").read_text())
+    assert saved["meters"][-1]["id"] == "line2-meter" and saved["meters"][-1]["device_id"] == 7
+    page = text(post(admin2, "/test-read", {"bus": "line-2", "device_id": "7", "profile": "eastron-sdm630"}))
+    assert 'data-point="voltage_l1"' in page and "V" in page and "invalid" not in page
+    status = wait_until(lambda: [m for m in admin2.get("/api/status").get_json()["meters"]
+                                 if m["id"] == "line2-meter" and m["points"]], timeout_s=15, message="polled")
+    assert status[0]["state"] == "ok"
+    actions = [e.action for e in audit.entries(field_gateway.store.db)]
+    assert {"bus.scan", "meter.add", "meter.test_read"} <= set(actions)
+
+
+def test_test_read_of_a_silent_unit_says_so(admin2) -> None:
+    page = text(post(admin2, "/test-read", {"bus": "line-2", "device_id": "9", "profile": "eastron-sdm630"}))
+    assert "No answer from unit 9:" in page
+
+
+def test_meter_form_messages_beside_the_fields(admin) -> None:
+    response = post(admin, "/meters/new", {"id": "bad id", "bus": "nope", "device_id": "300", "profile": "nope",
+                                           "poll_interval_s": "0", "activity": "plutonium"})
+    assert response.status_code == 400
+    page = text(response)
+    for message in ("Use 1-40 letters, digits, '-', '_' or '.'.", "Not a valid choice.",
+                    "Use a unit id from 1 to 247.", "Unknown profile: pick one from the list.",
+                    "Use a value from 0.2 to 86400."):
+        assert f'">{message}</span>' in page, message
+    page = text(post(admin, "/meters/new", {"id": "x", "bus": "demo-bus", "device_id": "1", "profile": "eastron-sdm630",
+                                            "poll_interval_s": "5", "activity": "none"}))
+    assert "Another meter on this bus has this unit id." in page
+    page = text(post(admin, "/meters/new", {"id": "main-incomer", "bus": "demo-bus", "device_id": "9",
+                                            "profile": "eastron-sdm630", "poll_interval_s": "5", "activity": "none"}))
+    assert "This meter id is taken: choose another." in page
+
+
+def test_bus_edit_delete_and_messages(admin, gateway, tmp_path) -> None:
+    page = text(post(admin, "/buses/new", {"name": "rs485-1", "transport": "rtu", "timeout_s": "1"}))
+    assert "A serial bus needs its serial port." in page
+    page = text(post(admin, "/buses/new", {"name": "tcp-1", "transport": "tcp", "timeout_s": "99"}))
+    assert "A TCP bus needs a host." in page and "A TCP bus needs a port." in page
+    assert "Use a value from 0.05 to 30." in page
+    response = post(admin, "/buses/new", {"name": "tcp-1", "transport": "tcp", "host": "127.0.0.1", "port": "1502",
+                                          "timeout_s": "0.3"})
+    assert response.status_code == 302, text(response)
+    assert [b.name for b in gateway.config.buses] == ["demo-bus", "tcp-1"]
+    response = post(admin, "/buses/demo-bus/delete", form_url="/buses")
+    assert "Bus demo-bus still has meters: move or delete them first." in text(admin.get(response.location))
+    response = post(admin, "/buses/tcp-1/delete", form_url="/buses")
+    assert "Bus tcp-1 was deleted." in text(admin.get(response.location))
+    assert [b.name for b in gateway.config.buses] == ["demo-bus"]
+    assert "tcp-1" not in (tmp_path / "gateway.toml").read_text()
+    assert "Not a valid choice." in text(post(admin, "/buses/new", {"name": "x", "transport": "carrier-pigeon"}))
+
+
+def test_edit_and_delete_a_meter_and_the_change_survives_a_restart(admin, gateway, tmp_path) -> None:
+    response = post(admin, "/meters/boiler-gas/edit", {"id": "boiler-gas", "bus": "demo-bus", "device_id": "2",
+                                                       "profile": "generic-gas-totaliser", "poll_interval_s": "3",
+                                                       "activity": "natural_gas", "description": "Boiler 1"})
+    assert response.status_code == 302, text(response)
+    meter = next(m for m in gateway.config.meters if m.id == "boiler-gas")
+    assert meter.poll_interval_s == 3 and meter.description == "Boiler 1" and not meter.enabled
+    assert post(admin, "/meters/main-incomer/delete", form_url="/meters").status_code == 302
+    assert [m.id for m in gateway.config.meters] == ["boiler-gas"]
+    # the file the gateway was started with holds the change, so a restart keeps it
+    restarted = start_gateway(tmp_path / "gateway.toml", tmp_path / "data2")
+    try:
+        assert [m.id for m in restarted.config.meters] == ["boiler-gas"]
+    finally:
+        restarted.stop()
+
+
+def test_config_export_and_import(admin, gateway) -> None:
+    exported = admin.get("/config/export")
+    assert exported.headers["Content-Disposition"] == 'attachment; filename="test-gw.toml"'
+    data = tomllib.loads(exported.get_data(as_text=True))
+    data_text = exported.get_data(as_text=True).replace('id = "test-gw"', 'id = "other-gw"').replace(
+        "poll_interval_s = 1\n", "poll_interval_s = 4\n")
+    response = post(admin, "/config/import", {"file": (io.BytesIO(data_text.encode()), "plant-b.toml")},
+                    content_type="multipart/form-data")
+    assert response.status_code == 302, text(response)
+    assert gateway.config.gateway_id == "test-gw", "the gateway keeps its own id"
+    assert {m.poll_interval_s for m in gateway.config.meters} == {4.0}
+    assert data["meters"][0]["id"] == "main-incomer"
+    bad = post(admin, "/config/import", {"file": (io.BytesIO(b"[[meters]]\nid = 3\n"), "bad.toml")},
+               content_type="multipart/form-data")
+    assert bad.status_code == 400
+    assert "Not applied: bad.toml: meters[0].device_id is missing: set the meter's Modbus unit id (1-247)" in text(bad)
+    garbage = post(admin, "/config/import", {"file": (io.BytesIO(b"\xff\xfe[[["), "x.toml")},
+                   content_type="multipart/form-data")
+    assert "Not a TOML file:" in text(garbage)
+    empty = post(admin, "/config/import", {}, content_type="multipart/form-data")
+    assert "Choose a file." in text(empty)
+
+
+def test_a_config_built_in_code_is_not_overwritten_by_an_edit(admin, gateway) -> None:
+    from dataclasses import replace
+
+    gateway.config = replace(gateway.config, text="")
+    page = text(post(admin, "/buses/new", {"name": "tcp-9", "transport": "tcp", "host": "127.0.0.1", "port": "1502",
+                                           "timeout_s": "1"}))
+    assert "Not applied: the running config was not read from a TOML file, so it cannot be edited here" in page
+    assert [b.name for b in gateway.config.buses] == ["demo-bus"]

@@ -1,0 +1,410 @@
+"""Buses, meters, scan, test-read, config export and import: commissioning from a phone."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from typing import Any
+
+from flask import (Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for)
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField, FileRequired
+from wtforms import BooleanField, FloatField, IntegerField, SelectField, StringField
+from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
+
+from drivers import BusPoller, DriverError
+from drivers.scan import parse_units, scan_bus
+from gateway.config import ACTIVITIES
+from webui.auth import options, record, requires
+from webui.configedit import ApplyError, apply_data, apply_text, current_data
+
+bp = Blueprint("commissioning", __name__)
+log = logging.getLogger(__name__)
+
+ID_RE = Regexp(r"^[A-Za-z0-9_.\-]{1,40}$", message=_l("Use 1-40 letters, digits, '-', '_' or '.'."))
+TRANSPORTS = [("tcp", _l("Modbus TCP")), ("rtu", _l("Modbus RTU (serial)")),
+              ("rtu_over_tcp", _l("RTU over TCP (serial device server)"))]
+BAUDRATES = [(str(b), str(b)) for b in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)]
+ACTIVITY_LABELS = {
+    "electricity": _l("purchased electricity"), "electricity_export": _l("exported electricity"),
+    "natural_gas": _l("natural gas"), "raw_coal": _l("raw coal"), "diesel": _l("diesel"), "gasoline": _l("gasoline"),
+    "lpg": _l("LPG"), "fuel_oil": _l("fuel oil"), "heat": _l("purchased heat"), "heat_export": _l("exported heat"),
+    "steam": _l("purchased steam"), "none": _l("none (not counted)"),
+}
+
+
+def runtime() -> Any:
+    return current_app.extensions["gateway_runtime"]
+
+
+# -- buses ---------------------------------------------------------------------------------------------------
+class BusForm(FlaskForm):
+    name = StringField(_l("Name"), validators=[InputRequired(), ID_RE])
+    transport = SelectField(_l("Transport"), choices=options(TRANSPORTS))
+    host = StringField(_l("Host (TCP)"), validators=[Optional(), Length(max=253),
+                                                      Regexp(r"^[A-Za-z0-9.\-:]+$", message=_l("Use a host name or IP address."))])
+    port = IntegerField(_l("Port (TCP)"), validators=[Optional(), NumberRange(1, 65535, _l("Use a port from 1 to 65535."))])
+    serial_port = StringField(_l("Serial port (RTU)"), validators=[
+        Optional(), Regexp(r"^/dev/[A-Za-z0-9_./\-]+$", message=_l("Use a device path such as /dev/ttyUSB0."))])
+    baudrate = SelectField(_l("Baud rate"), choices=options(BAUDRATES), default="9600")
+    parity = SelectField(_l("Parity"), choices=options([("N", _l("none")), ("E", _l("even")), ("O", _l("odd"))]))
+    stopbits = SelectField(_l("Stop bits"), choices=options([("1", "1"), ("2", "2")]))
+    timeout_s = FloatField(_l("Reply timeout (s)"), default=1, render_kw={"inputmode": "decimal"}, validators=[
+        InputRequired(_l("Enter a number.")), NumberRange(0.05, 30, _l("Use a value from 0.05 to 30."))])
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        ok = super().validate(extra_validators)
+        if self.transport.data != "rtu":   # serial settings do not matter for a TCP bus
+            for field in (self.serial_port, self.baudrate, self.parity, self.stopbits):
+                field.errors = []
+            ok = not any(f.errors for f in self)
+        # cross-field rules after the fields (Optional() would stop an inline validator on an empty field)
+        needs = [(self.host, _("A TCP bus needs a host.")), (self.port, _("A TCP bus needs a port."))] \
+            if self.transport.data != "rtu" else [(self.serial_port, _("A serial bus needs its serial port."))]
+        for field, message in needs:
+            if not field.data and not field.errors:
+                field.errors = [*field.errors, message]
+                ok = False
+        return ok
+
+
+def _bus_table(form: BusForm, old: dict | None) -> dict:
+    raw = dict(old or {})
+    raw.update(name=form.name.data, transport=form.transport.data, timeout_s=float(form.timeout_s.data))
+    for key in ("host", "port", "serial_port", "baudrate", "parity", "stopbits"):
+        raw.pop(key, None)
+    if form.transport.data == "rtu":
+        raw.update(serial_port=form.serial_port.data, baudrate=int(form.baudrate.data), parity=form.parity.data,
+                   stopbits=int(form.stopbits.data))
+    elif not raw.get("simulated"):
+        raw.update(host=form.host.data, port=form.port.data)
+    return raw
+
+
+def _apply(data: dict, action: str, target: str, **detail: Any) -> str:
+    """Run and save the changed config; returns "" or the reason it was refused (nothing changed then)."""
+    try:
+        apply_data(runtime(), data)
+    except ApplyError as exc:
+        return _("Not applied: %(reason)s", reason=str(exc))
+    record(action, target, **detail)
+    if runtime().restart_needed:
+        flash(_("Web settings take effect when the gateway restarts."), "warning")
+    return ""
+
+
+def _put(data: dict, items: list[dict], index: int | None, table: dict, kind: str, name: str) -> str:
+    """Put ``table`` at ``index`` (None: a new one), then run and save the config; "" or why not."""
+    old = None if index is None else items[index]
+    if index is None:
+        items.append(table)
+    else:
+        items[index] = table
+    return _apply(data, f"{kind}.add" if old is None else f"{kind}.edit", f"{kind} {name}", old=old, new=table)
+
+
+@bp.get("/buses")
+@requires("view")
+def buses() -> Any:
+    return render_template("buses.html", buses=current_data(runtime()).get("buses", []),
+                           meters=current_data(runtime()).get("meters", []))
+
+
+def _find(items: list[dict], key: str, value: str) -> int:
+    for index, item in enumerate(items):
+        if item.get(key) == value:
+            return index
+    abort(404)
+
+
+def _entry(table: str, key: str, value: str | None) -> tuple[dict, list[dict], Any, dict | None]:
+    """The running config's data, its list ``table`` and the entry whose ``key`` is ``value``
+    (None: a new one; 404 when there is no such entry)."""
+    data = current_data(runtime())
+    items = data.setdefault(table, [])
+    index = _find(items, key, value) if value is not None else None
+    return data, items, index, items[index] if index is not None else None
+
+
+@bp.route("/buses/new", methods=["GET", "POST"], defaults={"name": None})
+@bp.route("/buses/<name>/edit", methods=["GET", "POST"])
+@requires("commission")
+def bus_edit(name: str | None) -> Any:
+    data, items, index, old = _entry("buses", "name", name)
+    form = BusForm(data=None if request.method == "POST" else
+                   {**(old or {}), "baudrate": str((old or {}).get("baudrate", 9600)),
+                    "stopbits": str((old or {}).get("stopbits", 1))})
+    if old is not None:
+        form.name.render_kw = {"readonly": True}
+    error = ""
+    if form.validate_on_submit():
+        if old is not None and form.name.data != old["name"]:
+            form.name.errors = [_("A bus keeps its name; add a new bus instead.")]
+        elif old is None and any(b.get("name") == form.name.data for b in items):
+            form.name.errors = [_("This name is taken: choose another.")]
+        else:
+            table = _bus_table(form, old)
+            error = _put(data, items, index, table, "bus", table["name"])
+            if not error:
+                flash(_("Bus %(name)s was saved and is running.", name=table["name"]), "ok")
+                return redirect(url_for("commissioning.buses"))
+    title = _("Add a bus") if old is None else _("Edit bus %(name)s", name=name)
+    return render_template("form_page.html", form=form, title=title, error=error), 400 if form.errors or error else 200
+
+
+@bp.post("/buses/<name>/delete")
+@requires("commission")
+def bus_delete(name: str) -> Any:
+    data, items, index, old = _entry("buses", "name", name)
+    if not FlaskForm().validate_on_submit():
+        abort(400)
+    if any(m.get("bus") == name for m in data.get("meters", [])):
+        flash(_("Bus %(name)s still has meters: move or delete them first.", name=name), "error")
+        return redirect(url_for("commissioning.buses"))
+    items.pop(index)
+    error = _apply(data, "bus.delete", f"bus {name}", old=old)
+    flash(error or _("Bus %(name)s was deleted.", name=name), "error" if error else "ok")
+    return redirect(url_for("commissioning.buses"))
+
+
+# -- meters --------------------------------------------------------------------------------------------------
+class MeterForm(FlaskForm):
+    id = StringField(_l("Meter id"), validators=[InputRequired(), ID_RE])
+    description = StringField(_l("Description"), validators=[Optional(), Length(max=200)])
+    bus = SelectField(_l("Bus"), validators=[InputRequired()])
+    device_id = IntegerField(_l("Modbus unit id"), validators=[
+        InputRequired(_l("Enter a whole number.")), NumberRange(1, 247, _l("Use a unit id from 1 to 247."))])
+    profile = StringField(_l("Profile"), validators=[InputRequired(), Length(max=100)],
+                          render_kw={"list": "profiles", "autocomplete": "off"})
+    poll_interval_s = FloatField(_l("Poll every (s)"), default=5, render_kw={"inputmode": "decimal"}, validators=[
+        InputRequired(_l("Enter a number.")), NumberRange(0.2, 86400, _l("Use a value from 0.2 to 86400."))])
+    activity = SelectField(_l("Counts as"), choices=options([(a, ACTIVITY_LABELS[a]) for a in ACTIVITIES]), default="none")
+    enabled = BooleanField(_l("Poll this meter"), default=True)
+
+    def validate_profile(self, field: Any) -> None:
+        if field.data not in runtime().profiles():
+            raise ValidationError(_("Unknown profile: pick one from the list."))
+
+
+@bp.get("/meters")
+@requires("view")
+def meters() -> Any:
+    return render_template("meters.html", meters=current_data(runtime()).get("meters", []),
+                           profiles=runtime().profiles())
+
+
+@bp.route("/meters/new", methods=["GET", "POST"], defaults={"meter_id": None})
+@bp.route("/meters/<meter_id>/edit", methods=["GET", "POST"])
+@requires("commission")
+def meter_edit(meter_id: str | None) -> Any:
+    data, items, index, old = _entry("meters", "id", meter_id)
+    prefill = old or {key: request.args[key] for key in ("bus", "device_id", "profile") if key in request.args}
+    form = MeterForm(data=None if request.method == "POST" else prefill)
+    form.bus.choices = options([(b["name"], b["name"]) for b in data.get("buses", [])])
+    error = ""
+    if form.validate_on_submit():
+        others = [m for i, m in enumerate(items) if i != index]
+        if any(m.get("id") == form.id.data for m in others):
+            form.id.errors = [_("This meter id is taken: choose another.")]
+        elif any(m.get("bus") == form.bus.data and m.get("device_id") == form.device_id.data for m in others):
+            form.device_id.errors = [_("Another meter on this bus has this unit id.")]
+        else:
+            table = dict(old or {})
+            table.update(id=form.id.data, description=form.description.data or "", bus=form.bus.data,
+                         device_id=form.device_id.data, profile=form.profile.data,
+                         poll_interval_s=float(form.poll_interval_s.data), activity=form.activity.data,
+                         enabled=bool(form.enabled.data))
+            error = _put(data, items, index, table, "meter", table["id"])
+            if not error:
+                flash(_("Meter %(id)s was saved and is being polled.", id=table["id"]), "ok")
+                return redirect(url_for("commissioning.meters"))
+    title = _("Add a meter") if old is None else _("Edit meter %(id)s", id=meter_id)
+    return render_template("meter_form.html", form=form, title=title, error=error,
+                           profiles=runtime().profiles()), 400 if form.errors or error else 200
+
+
+@bp.post("/meters/<meter_id>/delete")
+@requires("commission")
+def meter_delete(meter_id: str) -> Any:
+    data, items, index, old = _entry("meters", "id", meter_id)
+    if not FlaskForm().validate_on_submit():
+        abort(400)
+    items.pop(index)
+    error = _apply(data, "meter.delete", f"meter {meter_id}", old=old)
+    flash(error or _("Meter %(id)s was deleted; its stored readings are kept.", id=meter_id), "error" if error else "ok")
+    return redirect(url_for("commissioning.meters"))
+
+
+# -- test-read -----------------------------------------------------------------------------------------------
+class TestReadForm(FlaskForm):
+    bus = SelectField(_l("Bus"), validators=[InputRequired()])
+    device_id = IntegerField(_l("Modbus unit id"), validators=[
+        InputRequired(_l("Enter a whole number.")), NumberRange(1, 247, _l("Use a unit id from 1 to 247."))])
+    profile = StringField(_l("Profile"), validators=[InputRequired(), Length(max=100)],
+                          render_kw={"list": "profiles", "autocomplete": "off"})
+
+    validate_profile = MeterForm.validate_profile
+
+
+@bp.route("/test-read", methods=["GET", "POST"])
+@requires("commission")
+def test_read() -> Any:
+    rt = runtime()
+    form = TestReadForm(data=None if request.method == "POST" else
+                        {k: request.args[k] for k in ("bus", "device_id", "profile") if k in request.args})
+    form.bus.choices = options([(b.name, b.name) for b in rt.config.buses])
+    readings, error = None, ""
+    if form.validate_on_submit():
+        started = time.monotonic()
+        try:
+            readings = rt.test_read(form.bus.data, form.device_id.data, form.profile.data)
+        except (DriverError, OSError) as exc:
+            error = _("No answer from unit %(unit)d: %(reason)s", unit=form.device_id.data, reason=str(exc))
+        except KeyError:
+            error = _("The bus is restarting; try again in a moment.")
+        record("meter.test_read", f"bus {form.bus.data} unit {form.device_id.data}", profile=form.profile.data,
+               ok=not error, took_s=round(time.monotonic() - started, 3))
+    return render_template("test_read.html", form=form, readings=readings, error=error,
+                           profiles=rt.profiles()), 400 if form.errors else 200
+
+
+# -- scan ----------------------------------------------------------------------------------------------------
+class ScanForm(FlaskForm):
+    bus = SelectField(_l("Bus"), validators=[InputRequired()])
+    units = StringField(_l("Unit ids"), default="1-10", validators=[InputRequired(), Length(max=200)])
+
+    def validate_units(self, field: Any) -> None:
+        try:
+            parse_units(field.data)
+        except ValueError as exc:
+            raise ValidationError(_("Use unit ids like 1-247 or 1,2,5-9.")) from exc
+
+
+class _ScanTimeout(Exception):
+    pass
+
+
+_scans: dict[str, dict] = {}
+_scans_lock = threading.Lock()
+
+
+def _run_scan(job: dict, poller: BusPoller, units: list[int], profiles: Any, deadline: float) -> None:
+    """Scan through the bus owner: polling of the other meters waits between the scan's requests."""
+    bus = poller.bus
+
+    def progress(done: int, total: int, device_id: int) -> None:
+        job.update(done=done, total=total, current=device_id)
+        if time.monotonic() > deadline:
+            raise _ScanTimeout
+
+    try:
+        job["results"] = scan_bus(bus, units, profiles, progress=progress, poller=poller)
+    except _ScanTimeout:
+        job["error"] = "timeout"
+    except (DriverError, OSError) as exc:
+        job["error"] = str(exc)
+    except Exception as exc:  # a thread must not die silently: show it on the page
+        log.exception("scan of bus %s failed", bus.name)
+        job["error"] = str(exc)
+    finally:
+        job["finished"] = time.time()
+
+
+@bp.route("/scan", methods=["GET", "POST"])
+@requires("commission")
+def scan() -> Any:
+    rt = runtime()
+    form = ScanForm()
+    form.bus.choices = options([(b.name, b.name) for b in rt.config.buses])
+    if form.validate_on_submit():
+        with _scans_lock:
+            running = [j for j in _scans.values() if j["bus"] == form.bus.data and not j.get("finished")]
+            if running:
+                return redirect(url_for("commissioning.scan_status", job_id=running[0]["id"]))
+            for old_id in [k for k, j in _scans.items() if j.get("finished") and time.time() - j["finished"] > 3600]:
+                del _scans[old_id]
+            try:
+                poller = rt.bus_poller(form.bus.data)
+            except DriverError:
+                abort(404)
+            bus = poller.bus
+            units = parse_units(form.units.data)
+            job = {"id": secrets.token_urlsafe(8), "bus": bus.name, "done": 0, "total": len(units), "current": None,
+                   "results": None, "error": "", "finished": None, "started": time.time()}
+            _scans[job["id"]] = job
+        thread = threading.Thread(target=_run_scan, name=f"scan-{bus.name}", daemon=True,
+                                  args=(job, poller, units, rt.profiles(),
+                                        time.monotonic() + current_app.config["SCAN_TIMEOUT_S"]))
+        job["thread"] = thread
+        thread.start()
+        record("bus.scan", f"bus {bus.name}", units=form.units.data)
+        return redirect(url_for("commissioning.scan_status", job_id=job["id"]))
+    return render_template("form_page.html", form=form, title=_("Scan a bus"), submit=_("Start scan"),
+                           intro=_("The gateway asks each unit id on the bus and guesses the profile of what answers. "
+                                   "A silent unit id costs one reply timeout.")), 400 if form.errors else 200
+
+
+@bp.get("/scan/<job_id>")
+@requires("commission")
+def scan_status(job_id: str) -> Any:
+    job = _scans.get(job_id)
+    if job is None:
+        abort(404)
+    configured = {(m.bus, m.device_id) for m in runtime().config.meters}
+    return render_template("scan.html", job=job, configured=configured)
+
+
+# -- config export / import ----------------------------------------------------------------------------------
+class ImportForm(FlaskForm):
+    file = FileField(_l("Config file (TOML)"), validators=[FileRequired(_l("Choose a file."))])
+
+
+@bp.get("/config/export")
+@requires("commission")
+def config_export() -> Any:
+    rt = runtime()
+    record("config.export", "config")
+    return Response(rt.config.text, mimetype="application/toml",
+                    headers={"Content-Disposition": f'attachment; filename="{rt.config.gateway_id}.toml"'})
+
+
+@bp.route("/config/import", methods=["GET", "POST"])
+@requires("settings")
+def config_import() -> Any:
+    import tomllib
+
+    import tomli_w
+
+    form = ImportForm()
+    error = ""
+    if form.validate_on_submit():
+        raw = form.file.data.read(1_000_001)
+        try:
+            if len(raw) > 1_000_000:
+                raise ValueError(_("The file is larger than 1 MB."))
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
+            form.file.errors = [_("Not a TOML file: %(reason)s", reason=str(exc))]
+        else:
+            # another gateway's file: this gateway keeps its own id and data directory
+            gateway = data.setdefault("gateway", {}) if isinstance(data.get("gateway", {}), dict) else None
+            if gateway is None:
+                form.file.errors = [_("Not a gateway config: [gateway] must be a table.")]
+            else:
+                gateway.update(id=runtime().config.gateway_id, data_dir=str(runtime().config.data_dir))
+                try:
+                    apply_text(runtime(), tomli_w.dumps(data), origin=form.file.data.filename or "upload")
+                except ApplyError as exc:
+                    error = _("Not applied: %(reason)s", reason=str(exc))
+                else:
+                    record("config.import", "config", file=form.file.data.filename or "")
+                    flash(_("The config was imported and is running."), "ok")
+                    return redirect(url_for("commissioning.meters"))
+    return render_template("form_page.html", form=form, title=_("Import a config"), multipart=True, error=error,
+                           submit=_("Import"),
+                           intro=_("Buses, meters, emissions, cloud and web settings are taken from the file; this "
+                                   "gateway keeps its own id and data directory.")), 400 if form.errors or error else 200

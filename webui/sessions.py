@@ -1,0 +1,76 @@
+"""Server-side sessions in the gateway's SQLite file: the cookie carries only a random id.
+
+Logout deletes the row, so a copied cookie is worthless afterwards; login gets a new id (no session
+fixation); a session ends after ``SESSION_IDLE_S`` without a request or ``SESSION_ABSOLUTE_S`` after it
+began. Storage lives in :mod:`local_store.users`; this module only adapts it to Flask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Request, Response
+from flask.sessions import SessionInterface, SessionMixin
+from werkzeug.datastructures import CallbackDict
+
+from local_store import users
+
+COOKIE_NAME = "cg_session"
+
+
+class ServerSession(CallbackDict, SessionMixin):  # type: ignore[type-arg]
+    def __init__(self, initial: dict | None = None, sid: str | None = None, last_seen: float = 0.0,
+                 created_at: float = 0.0) -> None:
+        def on_update(_: Any) -> None:
+            self.modified = True
+
+        super().__init__(initial, on_update)
+        self.sid = sid
+        self.last_seen = last_seen
+        self.created_at = created_at
+        self.modified = False
+        self.regenerate = False   # login: a new id, the old row deleted
+        self.ended = False        # logout: the row deleted, the cookie cleared
+
+
+def _db(app: Flask) -> Any:
+    runtime = app.extensions.get("gateway_runtime")
+    store = getattr(runtime, "store", None)
+    return store.db if store is not None else None
+
+
+class SqliteSessionInterface(SessionInterface):
+    def open_session(self, app: Flask, request: Request) -> ServerSession:
+        db = _db(app)
+        sid = request.cookies.get(COOKIE_NAME, "")
+        if db is not None and sid:
+            found = users.load_session(db, sid, app.config["SESSION_IDLE_S"], app.config["SESSION_ABSOLUTE_S"])
+            if found is not None:
+                return ServerSession(found.data, found.id, found.last_seen, found.created_at)
+            if request.method == "GET":
+                # the id was known to the browser but is gone: say so once on the login page
+                return ServerSession({"expired": True})
+        return ServerSession()
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        assert isinstance(session, ServerSession)
+        db = _db(app)
+        if db is None:
+            return
+        secure = app.config.get("SESSION_COOKIE_SECURE", False)
+        if session.ended:
+            if session.sid:
+                users.end_session(db, session.sid)
+            response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="Strict", secure=secure)
+            return
+        data = dict(session)
+        if session.sid is None or session.regenerate:
+            if not data and session.sid is None:
+                return        # nothing to keep: no row, no cookie
+            if session.sid:
+                users.end_session(db, session.sid)
+            new = users.new_session(db, data.get("user"), data)
+            response.set_cookie(COOKIE_NAME, new.id, path="/", httponly=True, samesite="Strict", secure=secure)
+            return
+        stored = users.Session(session.sid, data.get("user"), data, session.created_at, session.last_seen)
+        users.save_session(db, stored, changed=session.modified)
