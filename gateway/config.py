@@ -38,6 +38,7 @@ class WebSettings:
     cert_file: Path | None = None   # your own certificate; None: a self-signed one made on first boot
     key_file: Path | None = None
     metrics_token: str | None = None     # when set, /metrics wants "Authorization: Bearer <token>"
+    public_dashboard: bool = False       # dashboard read-only without login (the demo; loopback only)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class _Reader:
 
     def fail(self, key: str, fix: str) -> ConfigError:
         value = self.table.get(key)
-        shown = f'"{value}"' if isinstance(value, str) else repr(value)
+        # shown as it is written in TOML: "text", true/false, 12.5
+        shown = f'"{value}"' if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else repr(value)
         return ConfigError(f"{self.origin}: {self._key(key)} = {shown}: {fix}")
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., fix: str = "") -> Any:
@@ -278,7 +280,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         disk_budget_bytes=None if budget_mb is None else int(budget_mb * 1_000_000),
         raw_retention_days=s.optional_number("raw_retention_days", 1, 36_500, " days"),
     )
-    w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port", "tls", "cert_file", "key_file", "metrics_token"})
+    w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port", "tls", "cert_file", "key_file", "metrics_token",
+                                                             "public_dashboard"})
     web_host = w.get("host", str, "127.0.0.1")
     token = w.get("metrics_token", str, None)
     if token is not None and len(token) < 16:
@@ -290,9 +293,13 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
     if (cert_file is None) != (key_file is None):
         raise w.fail("cert_file" if cert_file is None else "key_file",
                      "give both web.cert_file and web.key_file, or neither for a self-signed certificate")
+    public_dashboard = w.get("public_dashboard", bool, False)
+    if public_dashboard and not loopback:
+        raise w.fail("public_dashboard", "a dashboard without login is only for a UI on loopback (the demo): anyone "
+                                         "on the network would see it; set public_dashboard = false")
     web = WebSettings(enabled=w.get("enabled", bool, True), host=web_host,
                       port=int(w.number("port", 8080, 1, 65535)), tls=w.get("tls", bool, not loopback),
-                      cert_file=cert_file, key_file=key_file, metrics_token=token)
+                      cert_file=cert_file, key_file=key_file, metrics_token=token, public_dashboard=public_dashboard)
     b = _Reader(origin, top.get("backup", dict, {}), "backup", {"enabled", "interval_h", "keep", "directory"})
     keep = b.get("keep", int, 7, fix="use a whole number of backups to keep, e.g. keep = 7")
     if not 1 <= keep <= 1000:

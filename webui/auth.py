@@ -34,6 +34,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "backup": frozenset({"admin"}),                              # backup download, restore upload
 }
 
+#: read-only views a demo on loopback shows without login (``[web] public_dashboard``)
+PUBLIC_VIEWS = frozenset({"dashboard.index", "dashboard.api_status"})
 #: endpoints reachable without logging in; every view of a blueprint in PUBLIC_BLUEPRINTS too
 #: (``health``: /healthz and /metrics for the supervisor and Prometheus, which do not log in)
 PUBLIC = frozenset({"static", "auth.setup", "auth.login", "dashboard.set_language"})
@@ -54,7 +56,8 @@ def requires(permission: str) -> Callable:
     def wrap(view: Callable) -> Callable:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if g.user is None or g.user.role not in PERMISSIONS[permission]:
+            anonymous_view = g.user is None and permission == "view" and g.get("public_view", False)
+            if not anonymous_view and (g.user is None or g.user.role not in PERMISSIONS[permission]):
                 abort(403)
             return view(*args, **kwargs)
 
@@ -107,8 +110,12 @@ def load_user() -> Any:
         g.user = users.get_user(db(), name)
         if g.user is None:       # deleted meanwhile
             session.clear()
+    g.first_boot = g.user is None and not users.has_users(db())
+    if g.user is None and endpoint in PUBLIC_VIEWS and runtime.config.web.public_dashboard:
+        g.public_view = True
+        return None
     if g.user is None and not is_public(endpoint):
-        if not users.has_users(db()):
+        if g.first_boot:
             return redirect(url_for("auth.setup"))
         if request.path.startswith("/api/"):
             return jsonify({"error": "login required"}), 401

@@ -48,7 +48,7 @@ def status(rt: Any) -> dict:
             "connected": sync.connected, "backlog_batches": sync.backlog_batches,
             "backlog_readings": sync.backlog_readings, "last_ack_at": sync.last_ack_at,
             "last_ack_age_s": None if sync.last_ack_at is None else round(now - sync.last_ack_at),
-            "last_error": sync.last_error},
+            "last_error": sync.last_error, "alarm": sync.alarm},
         "emissions": None if summary is None else {
             "today_tco2e": summary.today.total_t, "today_scope1": summary.today.scope_1_t,
             "today_scope2": summary.today.scope_2_t, "month_tco2e": summary.month.total_t,

@@ -21,7 +21,7 @@ def test_the_embedded_default_is_the_demo() -> None:
     assert {m.profile for m in config.meters} == {"eastron-sdm630", "generic-gas-totaliser", "generic-heat-meter"}
     assert {s.activity for s in config.sources} == {"electricity", "natural_gas", "steam"}
     assert config.simulated_buses == {"demo-bus"}
-    assert (config.web.host, config.web.port) == ("127.0.0.1", 8080)
+    assert (config.web.host, config.web.port, config.web.public_dashboard) == ("127.0.0.1", 8080, True)
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -47,6 +47,11 @@ def test_the_embedded_default_is_the_demo() -> None:
      "meters[2].frozen_after_s = -5: use a value from 0 to 864000 s (0: off)"),
     (('activity = "steam"', 'activity = "steam"\nmax_gap_s = 3600\nlong_gap_s = 1800'),
      "meters[2].long_gap_s = 1800: use a value of at least max_gap_s (3600 s)"),
+    (('host = "127.0.0.1"\nport = 8080', 'host = "0.0.0.0"\nport = 8080'),
+     "web.public_dashboard = true: a dashboard without login is only for a UI on loopback (the demo): anyone on "
+     "the network would see it; set public_dashboard = false"),
+    (("batch_max_age_s = 30\n", "batch_max_age_s = 30\nraw_retention_days = 0.5\n"),
+     "sync.raw_retention_days = 0.5: use a value from 1 to 36500 days"),
     (("poll_interval_s = 2\nactivity = \"electricity\"", "poll_intervall_s = 2\nactivity = \"electricity\""),
      "meters[0].poll_intervall_s: unknown key; use one of "),
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import wait_until
+from tests.webui.conftest import DEMO_TOML, set_up_admin, start_gateway, write_config
 from webui import create_app
 
 
@@ -38,3 +39,31 @@ def test_without_a_runtime_the_ui_says_so() -> None:
     client = create_app({"TESTING": True}).test_client()
     response = client.get("/")
     assert response.status_code == 503 and "The gateway is not running." in response.get_data(as_text=True)
+
+
+def test_the_demo_shows_its_dashboard_read_only_without_login(tmp_path) -> None:
+    """``[web] public_dashboard`` (the demo's config): live values at once, everything else behind a login."""
+    config = write_config(tmp_path, DEMO_TOML.replace("[web]\nenabled = false", "[web]\nenabled = false\npublic_dashboard = true"))
+    gateway = start_gateway(config, tmp_path / "data")
+    try:
+        client = create_app({"TESTING": True}, runtime=gateway).test_client()
+        wait_until(lambda: all(m["points"] for m in client.get("/api/status").get_json()["meters"]), timeout_s=15,
+                   message="first readings without login")
+        page = client.get("/").get_data(as_text=True)
+        assert 'data-point="energy_import"' in page and 'id="to-setup"' in page
+        assert "Set the admin password to commission meters" in page and 'id="logout"' not in page
+        for path in ("/meters", "/buses", "/emissions", "/users", "/backup"):
+            response = client.get(path)
+            assert response.status_code == 302 and response.location.endswith("/setup"), path
+        set_up_admin(app_client := create_app({"TESTING": True}, runtime=gateway).test_client())
+        assert app_client.get("/meters").status_code == 200
+        page = client.get("/").get_data(as_text=True)            # still anonymous: a login link now
+        assert 'id="to-login"' in page and 'id="to-setup"' not in page
+        assert client.get("/meters").location.startswith("/login")
+    finally:
+        gateway.stop()
+
+
+def test_without_public_dashboard_the_dashboard_needs_a_login(client) -> None:
+    assert client.get("/").location.endswith("/setup")
+    assert client.get("/api/status").status_code in (302, 401)

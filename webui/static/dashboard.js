@@ -18,6 +18,7 @@
       text("backlog-batches", status.sync.backlog_batches);
       text("last-ack", utc(status.sync.last_ack_at));
       text("sync-error", status.sync.last_error || "");
+      text("sync-alarm", status.sync.alarm || "");
     }
     for (const b of status.buses) {
       const row = document.querySelector(`[data-bus="${CSS.escape(b.name)}"]`);
