@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Request, Response
+from flask import Flask, Request, Response, request
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
 from local_store import users
 
 COOKIE_NAME = "cg_session"
+#: requests a page makes by itself (the dashboard's refresh every 2 s): they do not show that someone is
+#: there, so they never extend the idle timeout; an open dashboard on an unattended phone still logs out
+BACKGROUND_ENDPOINTS = frozenset({"dashboard.api_status"})
 
 
 class ServerSession(CallbackDict, SessionMixin):  # type: ignore[type-arg]
@@ -71,6 +74,8 @@ class SqliteSessionInterface(SessionInterface):
                 users.end_session(db, session.sid)
             new = users.new_session(db, data.get("user"), data)
             response.set_cookie(COOKIE_NAME, new.id, path="/", httponly=True, samesite="Strict", secure=secure)
+            return
+        if not session.modified and request.endpoint in BACKGROUND_ENDPOINTS:
             return
         stored = users.Session(session.sid, data.get("user"), data, session.created_at, session.last_seen)
         users.save_session(db, stored, changed=session.modified)

@@ -191,3 +191,21 @@ def test_every_route_for_every_role(app) -> None:
         shown = {(rule.rule.replace("<name>", n).replace("<meter_id>", n), m)
                  for m in methods for n in ("demo-bus", "main-incomer", "boiler-gas", "viewer", "nobody")}
         assert shown & covered, f"no role test for {rule.rule}"
+
+
+def test_the_dashboards_own_refresh_does_not_keep_a_session_alive(gateway) -> None:
+    """/api/status is polled by the page every 2 s: only what a person does counts against the idle timeout."""
+    client = create_app({"TESTING": True}, runtime=gateway).test_client()
+    set_up_admin(client)
+    db = gateway.store.db
+
+    def last_seen() -> float:
+        return db.execute("SELECT last_seen FROM web_sessions WHERE user = 'admin'").fetchone()[0]
+
+    with db.conn:
+        db.execute("UPDATE web_sessions SET last_seen = last_seen - 120")   # older than the 30-s touch interval
+    before = last_seen()
+    assert client.get("/api/status").status_code == 200
+    assert last_seen() == before
+    assert client.get("/").status_code == 200
+    assert last_seen() > before + 100
