@@ -52,6 +52,7 @@
   async function refresh() {
     try {
       const response = await fetch("/api/status", { cache: "no-store", credentials: "same-origin" });
+      if (response.status === 401) { window.location.reload(); return; }  // session ended: show the login page
       if (response.ok) render(await response.json());
     } catch (e) { /* gateway restarting: try again next tick */ }
   }
