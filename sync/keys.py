@@ -25,7 +25,11 @@ def key_id(public_key: Ed25519PublicKey | X25519PublicKey) -> str:
 
 
 def _write_private(path: Path, key: Ed25519PrivateKey | X25519PrivateKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise KeyFileError(f"{path.parent}: cannot create the keys directory ({exc.strerror}): check --data-dir "
+                           "names a writable directory") from exc
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

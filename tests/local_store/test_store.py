@@ -294,6 +294,28 @@ def test_a_file_that_is_not_a_database_is_a_named_error(tmp_path: Path) -> None:
         open_store(path)
 
 
+def test_a_database_of_another_program_is_refused_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(SchemaError) as error:
+        open_store(path)
+    assert str(error.value) == (f"{path}: a SQLite database of another program (tables invoices), not a gateway "
+                                "store; nothing was changed: pass --data-dir pointing at the gateway's state "
+                                "directory, or move the file away")
+    assert path.read_bytes() == before
+
+
+def test_a_data_directory_that_cannot_be_created_is_a_named_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SchemaError) as error:
+        open_store(tmp_path / "afile" / "sub" / "gateway.db")
+    assert str(error.value) == (f"{tmp_path / 'afile' / 'sub'}: cannot create the data directory (Not a directory): "
+                                "choose a directory that can be created, e.g. --data-dir /var/lib/carbon-gateway")
+
+
 def test_missing_factor_for_a_metered_period_names_source_period_and_fix_and_writes_nothing(tmp_path: Path) -> None:
     """Issue 4, bad input: a region without a grid factor fails that source only, with nothing partial."""
     from local_store import EmissionSettings, ProcessingError
