@@ -153,7 +153,8 @@ def load_profile(path: Path) -> Profile:
         raise ProfileError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}): "
                            "save the profile as UTF-8 (not UTF-16)") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: not valid TOML ({exc})") from exc
+        raise ProfileError(f"{path}: not valid TOML ({exc}): fix that line (strings need quotes), or move the "
+                           "file out of the profiles directory (docs/profiles.md)") from exc
     profile = parse_profile(data, str(path))
     if profile.id != path.stem:
         raise ProfileError(f'{path}: id = "{profile.id}" differs from the file name; rename the file to {profile.id}.toml')

@@ -9,7 +9,7 @@ import threading
 
 import click
 
-from drivers import BusConfig, DriverError, SimulatedDevice, SimulatorServer, load_profiles, read_meter
+from drivers import BusConfig, DriverError, Profile, SimulatedDevice, SimulatorServer, load_profiles, read_meter
 from drivers.model import SerialSettings
 from drivers.simulator import FAULTS
 
@@ -40,11 +40,15 @@ def host_port(value: str, param_hint: str = "--tcp", example: str = "192.168.1.5
     return host, int(port)
 
 
-def _profile(profile_id: str):  # type: ignore[no-untyped-def]
+def _profiles() -> dict[str, Profile]:
     try:
-        profiles = load_profiles(PROFILES_DIR)
+        return load_profiles(PROFILES_DIR)
     except DriverError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _profile(profile_id: str) -> Profile:
+    profiles = _profiles()
     if profile_id not in profiles:
         raise click.BadParameter(f"'{profile_id}' is not a known profile; use one of {', '.join(sorted(profiles))}",
                                  param_hint="--profile")
@@ -164,7 +168,7 @@ def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_t
     except ValueError as exc:
         raise click.BadParameter(str(exc).replace("invalid literal for int() with base 10", "not a number"),
                                  param_hint="--units/--bauds") from exc
-    profiles = load_profiles(PROFILES_DIR)
+    profiles = _profiles()
     results: list[tuple[str, int, ScanResult]] = []
     for baud, parity in [(b, p) for b in baud_rates for p in parity_list]:
         if tcp:

@@ -165,3 +165,19 @@ def test_read_through_a_serial_device_server_rtu_over_tcp() -> None:
         assert plain.returncode == 1 and plain.stderr.startswith("Error: unit 5: ")
     finally:
         _stop(simulator)
+
+
+@pytest.mark.parametrize("command", [
+    ["scan", "--tcp", "127.0.0.1:1", "--units", "1"],
+    ["read", "--tcp", "127.0.0.1:1", "--unit", "1", "--profile", "eastron-sdm630"],
+])
+def test_a_broken_profile_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    """Bad-input sweep: scan showed a ProfileError traceback for a profile with a TOML syntax error."""
+    import gateway.commands.commissioning as commissioning
+
+    (tmp_path / "broken.toml").write_text('id = "broken"\nmanufacturer =\n')
+    monkeypatch.setattr(commissioning, "PROFILES_DIR", tmp_path)
+    result = CliRunner().invoke(main, command)
+    assert (result.exit_code, result.output) == (
+        1, f"Error: {tmp_path / 'broken.toml'}: not valid TOML (Invalid value (at line 2, column 15)): fix that line "
+           "(strings need quotes), or move the file out of the profiles directory (docs/profiles.md)\n")
