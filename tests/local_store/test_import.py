@@ -157,6 +157,36 @@ m1,2025-03-01T00:30:00+08:00,gas_volume,-4,kWh
         assert counts(store) == (0, 0, 0, 0)
 
 
+def test_the_same_reading_twice_is_refused(tmp_path: Path) -> None:
+    """Bad-input sweep: duplicate rows, and the same file imported again, were stored twice (and synced twice)."""
+    dup = write(tmp_path, "dup.csv", """
+source,timestamp,register,value,unit
+m1,2025-03-01T00:00:00+08:00,energy_import,1,kWh
+m1,2025-02-28T16:00:00+00:00,energy_import,1,kWh
+""")
+    reads = write(tmp_path, "reads.csv", """
+source,timestamp,register,value,unit
+m1,2025-03-01T00:00:00+08:00,energy_import,1,kWh
+m1,2025-03-01T01:00:00+08:00,energy_import,2,kWh
+""")
+    with open_store(tmp_path / "gateway.db") as store:
+        with pytest.raises(DataImportError) as exc:
+            import_csv(store, dup)
+        assert exc.value.errors == [
+            "line 3 (m1, 2025-02-28T16:00:00+00:00): the same source, register and timestamp as line 2: a register "
+            "has one value at a time; remove one of the rows"]
+        import_csv(store, reads)
+        before = counts(store)
+        with pytest.raises(DataImportError) as exc:
+            import_csv(store, reads)
+        assert exc.value.errors == [
+            "line 2 (m1, 2025-03-01T00:00:00+08:00): already stored (origin import:reads.csv): remove the row or the "
+            "earlier import",
+            "line 3 (m1, 2025-03-01T01:00:00+08:00): already stored (origin import:reads.csv): remove the row or the "
+            "earlier import"]
+        assert counts(store) == before
+
+
 def test_activity_data_overlapping_metered_data_is_refused(tmp_path: Path) -> None:
     from drivers.model import Quantity, Reading
     from local_store import SourceSettings
