@@ -17,6 +17,8 @@ from drivers import BusConfig, MeterConfig, Profile, SerialSettings
 from local_store import EmissionSettings, SourceSettings
 from local_store.backup import KEY_FILE as BACKUP_KEY_FILE
 from local_store.backup import BackupSettings
+from local_store.errors import FactorError
+from local_store.factors import default_factor_files, load_library
 from sync import BrokerSettings, SyncSettings
 
 from gateway.paths import DEFAULT_CONFIG, DEFAULT_DATA_DIR
@@ -217,6 +219,18 @@ def _factor_files(e: _Reader) -> tuple[str, ...]:
     return tuple(files)
 
 
+def _check_factors(e: _Reader, emissions: EmissionSettings) -> None:
+    """The factor files load and the region has factors; otherwise the daemon would start and fail every 10 s."""
+    try:
+        library = load_library(default_factor_files() + [Path(f) for f in emissions.factor_files])
+    except FactorError as exc:
+        raise ConfigError(f"{e.origin}: emissions.factor_files: {exc}") from exc
+    regions = sorted({f.region for f in library.factors})
+    if emissions.region not in regions:
+        raise e.fail("region", f"no emission factor has this region; use one of {', '.join(regions)}, "
+                               "or add factors for it in a factor file (docs/models.md)")
+
+
 def _topic_prefix(s: _Reader) -> str:
     prefix = s.text("topic_prefix", "carbon", fix='use a non-empty MQTT topic level, e.g. topic_prefix = "carbon"')
     if any(c in prefix for c in "#+\0"):
@@ -257,6 +271,10 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         if meter.profile not in profiles:
             raise ConfigError(f'{where}.profile = "{meter.profile}": unknown profile; use one of '
                               f'{", ".join(sorted(profiles))}')
+        names = [p.name for p in profiles[meter.profile].points]
+        if source is not None and source.point is not None and source.point not in names:
+            raise ConfigError(f'{where}.point = "{source.point}": profile {meter.profile} has no such point; '
+                              f'use one of {", ".join(names)}')
         if any(m.bus == meter.bus and m.device_id == meter.device_id for m in meters):
             raise ConfigError(f"{where}.device_id = {meter.device_id}: another meter on bus {meter.bus} "
                               "has the same unit id; each device on a bus needs its own")
@@ -271,6 +289,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
                                  include_ch4_n2o=e.get("include_ch4_n2o", bool, False),
                                  gwp=e.choice("gwp", ("AR5", "AR6"), "AR6"),
                                  factor_files=_factor_files(e))
+    _check_factors(e, emissions)
 
     s = _Reader(origin, top.get("sync", dict, {}), "sync",
                 {"enabled", "broker_host", "broker_port", "tls", "ca_file", "client_cert", "client_key", "username",

@@ -64,6 +64,14 @@ def test_the_embedded_default_is_the_demo() -> None:
     (('transport = "tcp"\nsimulated = true', 'transport = "rtu"\nserial_port = "/dev/ttyUSB0"\nstopbits = 1.5'),
      "buses[0].stopbits = 1.5: use a whole number from 1 to 2"),
     (('id = "main-incomer"', 'id = ""'), 'meters[0].id = "": give the meter a unique id, e.g. id = "main-incomer"'),
+    # These started the daemon, which then logged the same error every 10 s (or nothing: a point never read).
+    (('region = "national"', 'region = "mars"'),
+     'emissions.region = "mars": no emission factor has this region; use one of anhui, '),
+    (('method = "location"', 'method = "location"\nfactor_files = ["/nonexistent.toml"]'),
+     "emissions.factor_files: /nonexistent.toml: cannot read factor file: No such file or directory: check the file "
+     "name (a relative path is taken from the working directory)"),
+    (('activity = "electricity"', 'activity = "electricity"\npoint = "energy"'),
+     'meters[0].point = "energy": profile eastron-sdm630 has no such point; use one of voltage_l1, '),
 ])
 def test_bad_values_name_file_key_and_fix(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     old, new = edit
