@@ -69,7 +69,9 @@ def load_private(path: Path) -> Ed25519PrivateKey | X25519PrivateKey:
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read ({exc.strerror})") from exc
     except ValueError as exc:
-        raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
+        raise KeyFileError(f"{path}: not a PEM private key (the file is damaged or holds something else): restore "
+                           "it from your copy, or move it away and run `carbon-gateway keys` to make a new one "
+                           "(then give the receiver the new public key)") from exc
     if not isinstance(key, (Ed25519PrivateKey, X25519PrivateKey)):
         raise KeyFileError(f"{path}: unsupported key type {type(key).__name__}; use Ed25519 or X25519")
     return key
@@ -81,7 +83,8 @@ def load_public(path: Path) -> Ed25519PublicKey | X25519PublicKey:
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read ({exc.strerror}); copy the peer's public key there") from exc
     except ValueError as exc:
-        raise KeyFileError(f"{path}: not a PEM public key ({exc})") from exc
+        raise KeyFileError(f"{path}: not a PEM public key (the file is damaged or holds something else): copy the "
+                           "right .pub file there again") from exc
     if not isinstance(key, (Ed25519PublicKey, X25519PublicKey)):
         raise KeyFileError(f"{path}: unsupported key type {type(key).__name__}")
     return key

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,6 +108,18 @@ def test_store_damaged_or_tampered(tmp_path: Path) -> None:
     rows = check_store(config)
     assert rows[0].status == "FAIL" and rows[0].fix == ("stop the gateway and restore the last good backup "
                                                         "(docs/operations.md)")
+
+
+def test_store_of_another_program(tmp_path: Path) -> None:
+    """Bad-input sweep: this said "no such table: audit_log" and advised restoring a backup."""
+    config = _config(tmp_path)
+    config.database.parent.mkdir(parents=True)
+    with sqlite3.connect(config.database) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    assert check_store(config) == [Check("store", "FAIL", f"{config.database}: not a gateway store (tables: invoices)",
+                                         "point --data-dir (gateway.data_dir) at the gateway's state directory, "
+                                         "or move the file away")]
 
 
 def test_doctor_command_reports_each_line_and_fails_with_status_1(tmp_path: Path) -> None:
