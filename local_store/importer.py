@@ -90,8 +90,12 @@ def import_csv(store: Store, path: Path, tz: tzinfo | None = None) -> ImportResu
     tz = tz or local_tz()
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataImportError(str(path), [f"cannot read the file: {exc}: save it as UTF-8 CSV"]) from None
+    except OSError as exc:
+        raise DataImportError(str(path), [f"cannot read the file ({exc.strerror}): check the path"]) from None
+    except UnicodeDecodeError as exc:
+        raise DataImportError(str(path), [f"not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}): save "
+                                          "it as UTF-8 CSV (Excel: \"CSV UTF-8\"; not UTF-16 or \"Unicode text\")"]
+                              ) from None
     rows = list(csv.reader(text.splitlines()))
     if not rows:
         raise DataImportError(str(path), ["line 1: the file is empty: the first line must be a header"])

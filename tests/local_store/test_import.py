@@ -106,6 +106,20 @@ def test_importing_the_same_period_twice_is_refused(tmp_path: Path) -> None:
         assert counts(store) == before
 
 
+@pytest.mark.parametrize("content,error", [
+    ("source,activity\n".encode("utf-16"),
+     'not UTF-8 text (byte 0 is 0xff): save it as UTF-8 CSV (Excel: "CSV UTF-8"; not UTF-16 or "Unicode text")'),
+    (b"", "line 1: the file is empty: the first line must be a header"),
+])
+def test_unusable_files(tmp_path: Path, content: bytes, error: str) -> None:
+    """Bad-input sweep: a UTF-16 export showed Python's codec message and no clear fix."""
+    path = tmp_path / "x.csv"
+    path.write_bytes(content)
+    with open_store(tmp_path / "gateway.db") as store, pytest.raises(DataImportError) as exc:
+        import_csv(store, path)
+    assert exc.value.errors == [error]
+
+
 def test_unknown_header(tmp_path: Path) -> None:
     csv = write(tmp_path, "x.csv", "meter,when,kwh\n")
     with open_store(tmp_path / "gateway.db") as store, pytest.raises(DataImportError) as exc:
