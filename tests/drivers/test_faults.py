@@ -174,3 +174,12 @@ def test_missing_serial_port_says_so(tmp_path: Path) -> None:
         BusPoller(bus, [], {}).read_once(1, SDM630)
     assert str(error.value) == (f"serial port {tmp_path / 'ttyUSB9'} does not exist: check the cable/adapter and "
                                 "the port name (ls /dev/serial/by-id/)")
+
+
+def test_a_serial_port_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    """Bad-input sweep: a directory or regular file was reported as "is another program using it?"."""
+    bus = BusConfig("rs485", "rtu", serial=SerialSettings(str(tmp_path)), timeout_s=0.2)
+    with pytest.raises(BusError) as error:
+        BusPoller(bus, [], {}).read_once(1, SDM630)
+    assert str(error.value) == (f"{tmp_path} is not a serial device: name the adapter, e.g. /dev/ttyUSB0 "
+                                "(ls /dev/serial/by-id/)")
