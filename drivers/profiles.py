@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from drivers.errors import ProfileError
+from drivers.errors import ProfileError, not_utf8
 from drivers.model import MAX_REGISTERS_PER_READ, REGISTER_COUNT, Point, Profile, Quantity, Signature
 
 _POINT_KEYS = {"name", "address", "data_type", "quantity", "unit", "table", "word_order", "byte_order",
@@ -150,7 +150,7 @@ def load_profile(path: Path) -> Profile:
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
-        raise ProfileError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}): "
+        raise ProfileError(f"{path}: {not_utf8(exc)}: "
                            "save the profile as UTF-8 (not UTF-16)") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: not valid TOML ({exc}): fix that line (strings need quotes), or move the "

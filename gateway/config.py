@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers import BusConfig, MeterConfig, Profile, SerialSettings
+from drivers.errors import not_utf8
 from local_store import EmissionSettings, SourceSettings
 from local_store.backup import KEY_FILE as BACKUP_KEY_FILE
 from local_store.backup import BackupSettings
@@ -354,7 +355,7 @@ def load_config(path: Path | None, profiles: Mapping[str, Profile], data_dir_ove
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config ({exc.strerror}); check the path given to --config") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}): "
+        raise ConfigError(f"{path}: {not_utf8(exc)}: "
                           "save the config as UTF-8 (not UTF-16), or check that --config names the TOML file") from exc
     try:
         data = tomllib.loads(text)

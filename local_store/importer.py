@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from drivers.errors import not_utf8
 from drivers.model import Quantity, Reading
 from local_store.db import SourceSettings, Store, write_transaction
 from local_store.emissions import compute
@@ -93,7 +94,7 @@ def import_csv(store: Store, path: Path, tz: tzinfo | None = None) -> ImportResu
     except OSError as exc:
         raise DataImportError(str(path), [f"cannot read the file ({exc.strerror}): check the path"]) from None
     except UnicodeDecodeError as exc:
-        raise DataImportError(str(path), [f"not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}): save "
+        raise DataImportError(str(path), [f"{not_utf8(exc)}: save "
                                           "it as UTF-8 CSV (Excel: \"CSV UTF-8\"; not UTF-16 or \"Unicode text\")"]
                               ) from None
     rows = list(csv.reader(text.splitlines()))

@@ -129,7 +129,8 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--from", "0001-01-01", "--to", "9999-12-31"], "period 0001-01-01..9999-12-31: use dates from 1970-01-02 to 9998-12-31"),
+    (["--from", "0001-01-01", "--to", "9999-12-31"],
+     "period 0001-01-01..9999-12-31: use dates from 1970-01-02 to 9998-12-31"),
     (["--from", "2026-03-10", "--to", "2026-03-11", "-o", "{tmp}/missing/r.json"],
      "{tmp}/missing/r.json: cannot write the report (No such file or directory): check that the directory exists "
      "and has space, or leave out --output"),
