@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
+from tests.conftest import foreign_database
 
 CSV = "source,activity,start,end,amount,unit\nb,natural_gas,2025-01-01,2025-02-01,100,m3\n"
 
@@ -40,11 +40,7 @@ def test_a_wrong_data_dir_is_named(tmp_path: Path, args: list[str], message: str
     places = {"file": tmp_path / "afile", "foreign": tmp_path / "other", "csv": tmp_path / "in.csv"}
     places["file"].write_text("not a directory")
     places["csv"].write_text(CSV)
-    places["foreign"].mkdir()
-    with sqlite3.connect(places["foreign"] / "gateway.db") as conn:
-        conn.execute("CREATE TABLE invoices (id INTEGER)")
-    conn.close()
-    foreign_before = (places["foreign"] / "gateway.db").read_bytes()
+    foreign_before = foreign_database(places["foreign"] / "gateway.db")
     result = CliRunner().invoke(main, [a.format(**places) for a in args])
     assert (result.exit_code, result.output) == (1, f"Error: {message.format(**places)}\n")
     assert (places["foreign"] / "gateway.db").read_bytes() == foreign_before

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from gateway.doctor import (
 )
 from gateway.paths import DEFAULT_CONFIG, PROFILES_DIR
 from local_store import audit, open_store
-from tests.conftest import Broker, PtyPair, free_port
+from tests.conftest import Broker, PtyPair, foreign_database, free_port
 
 PROFILES = load_profiles(PROFILES_DIR)
 
@@ -113,10 +112,7 @@ def test_store_damaged_or_tampered(tmp_path: Path) -> None:
 def test_store_of_another_program(tmp_path: Path) -> None:
     """Bad-input sweep: this said "no such table: audit_log" and advised restoring a backup."""
     config = _config(tmp_path)
-    config.database.parent.mkdir(parents=True)
-    with sqlite3.connect(config.database) as conn:
-        conn.execute("CREATE TABLE invoices (id INTEGER)")
-    conn.close()
+    foreign_database(config.database)
     assert check_store(config) == [Check("store", "FAIL", f"{config.database}: not a gateway store (tables: invoices)",
                                          "point --data-dir (gateway.data_dir) at the gateway's state directory, "
                                          "or move the file away")]

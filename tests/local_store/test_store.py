@@ -14,6 +14,7 @@ from drivers.model import Quantity, Reading
 from local_store import SchemaError, SourceSettings, open_store
 from local_store.db import migrations, schema_version
 from local_store.reports import build_report, emissions_summary
+from tests.conftest import foreign_database
 
 UTC = timezone.utc
 
@@ -296,10 +297,7 @@ def test_a_file_that_is_not_a_database_is_a_named_error(tmp_path: Path) -> None:
 
 def test_a_database_of_another_program_is_refused_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "gateway.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE invoices (id INTEGER)")
-    conn.close()
-    before = path.read_bytes()
+    before = foreign_database(path)
     with pytest.raises(SchemaError) as error:
         open_store(path)
     assert str(error.value) == (f"{path}: a SQLite database of another program (tables invoices), not a gateway "

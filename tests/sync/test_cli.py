@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from gateway.cli import main
 from local_store import open_store
 from sync import Receiver, ReceiverSettings, SyncService, SyncSettings, outbox
 from sync.keys import GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key
+from tests.conftest import foreign_database
 
 
 def test_keys_generate_show_rotate(tmp_path: Path) -> None:
@@ -65,13 +65,10 @@ def test_keys_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
 ])
 def test_foreign_or_damaged_files_are_named_and_left_alone(tmp_path: Path, args: list[str], message: str) -> None:
     """Bad-input sweep: receiver stats turned another program's file into WAL mode and added its tables."""
-    with sqlite3.connect(tmp_path / "receiver.db") as conn:
-        conn.execute("CREATE TABLE invoices (id INTEGER)")
-    conn.close()
+    before = foreign_database(tmp_path / "receiver.db")
     (tmp_path / "keys").mkdir()
     for name in ("gateway-signing.key", "gateway-signing.pub"):
         (tmp_path / "keys" / name).write_text("not a key")
-    before = (tmp_path / "receiver.db").read_bytes()
     result = CliRunner().invoke(main, [a.format(tmp=tmp_path) for a in args])
     assert (result.exit_code, result.output) == (1, f"Error: {message.format(tmp=tmp_path)}\n")
     assert (tmp_path / "receiver.db").read_bytes() == before
