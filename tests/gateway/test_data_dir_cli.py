@@ -32,6 +32,9 @@ CSV = "source,activity,start,end,amount,unit\nb,natural_gas,2025-01-01,2025-02-0
     (["report", "--from", "today", "--to", "tomorrow", "--data-dir", "{foreign}"],
      "{foreign}/gateway.db: a SQLite database of another program (tables invoices), not a gateway store; nothing "
      "was changed: pass --data-dir pointing at the gateway's state directory, or move the file away"),
+    (["backup", "--data-dir", "{foreign}"],
+     "{foreign}/gateway.db: a SQLite database of another program (tables invoices), not a gateway store; nothing "
+     "was changed: pass --data-dir pointing at the gateway's state directory, or move the file away"),
     (["audit", "verify", "--data-dir", "{foreign}"],
      "{foreign}/gateway.db: a SQLite database of another program (tables invoices), not a gateway store; nothing "
      "was changed: pass --data-dir pointing at the gateway's state directory, or move the file away"),
@@ -44,3 +47,4 @@ def test_a_wrong_data_dir_is_named(tmp_path: Path, args: list[str], message: str
     result = CliRunner().invoke(main, [a.format(**places) for a in args])
     assert (result.exit_code, result.output) == (1, f"Error: {message.format(**places)}\n")
     assert (places["foreign"] / "gateway.db").read_bytes() == foreign_before
+    assert sorted(p.name for p in places["foreign"].iterdir()) == ["gateway.db"]   # no backup of it, no keys
