@@ -92,6 +92,7 @@ def describe_open_failure(bus: BusConfig) -> str:
         import grp
         import os
         import pwd
+        import stat
         port = bus.serial.port
         if not os.path.exists(port):
             return f"serial port {port} does not exist: check the cable/adapter and the port name (ls /dev/serial/by-id/)"
@@ -103,6 +104,9 @@ def describe_open_failure(bus: BusConfig) -> str:
                 group = "dialout"
             return (f"no permission to open {port}: user {user} is not in its group {group}; "
                     f"run: sudo usermod -aG {group} {user}, then log in again (or restart the service)")
+        if not stat.S_ISCHR(os.stat(port).st_mode):     # a typo'd path: a directory or a regular file
+            return (f"{port} is not a serial device: name the adapter, e.g. /dev/ttyUSB0 "
+                    f"(ls /dev/serial/by-id/)")
         return f"cannot open serial port {port}: is another program using it? (fuser {port})"
     return f"cannot connect to {bus.host}:{bus.port}: check the address and that the device is powered and reachable"
 

@@ -29,3 +29,8 @@ class ExceptionResponseError(BusError):
 
 class RefusedError(ExceptionResponseError):
     """Exception 2 (illegal data address) or 3 (illegal data value): the device refuses the range or length."""
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """The start of the message for a text file that is not UTF-8 (a UTF-16 export, a binary file)."""
+    return f"not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})"

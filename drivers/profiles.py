@@ -7,11 +7,12 @@ comes from), an optional ``[defaults]`` table applied to every point, and ``[[po
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from drivers.errors import ProfileError
+from drivers.errors import ProfileError, not_utf8
 from drivers.model import MAX_REGISTERS_PER_READ, REGISTER_COUNT, Point, Profile, Quantity, Signature
 
 _POINT_KEYS = {"name", "address", "data_type", "quantity", "unit", "table", "word_order", "byte_order",
@@ -43,18 +44,27 @@ def _point(raw: dict[str, Any], where: str) -> Point:
     if address + REGISTER_COUNT[raw["data_type"]] - 1 > 0xFFFF:
         raise ProfileError(f"{where}.address = {address}: a {raw['data_type']} there runs past register 65535")
     scale = raw.get("scale", 1.0)
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale == 0:
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale == 0 or not math.isfinite(scale):
         raise ProfileError(f"{where}.scale = {scale!r}: use a non-zero number, e.g. 0.01")
     scale_register = raw.get("scale_register")
-    if scale_register is not None and (not isinstance(scale_register, int) or not 0 <= scale_register <= 0xFFFF):
+    if scale_register is not None and (not isinstance(scale_register, int) or isinstance(scale_register, bool)
+                                       or not 0 <= scale_register <= 0xFFFF):
         raise ProfileError(f"{where}.scale_register = {scale_register!r}: use the address (0-65535) of an i16 exponent")
     if raw["data_type"].startswith("f") and raw.get("nan_values"):
         raise ProfileError(f"{where}.nan_values: not allowed for float types; NaN and infinity are detected anyway")
+    nan_values = raw.get("nan_values", [])
+    # Compared with the decoded integer (decode.decode_raw), so signed types take signed sentinels.
+    span = 1 << (16 * REGISTER_COUNT[raw["data_type"]])
+    low, high = (-span // 2, span // 2 - 1) if raw["data_type"].startswith("i") else (0, span - 1)
+    if not isinstance(nan_values, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in nan_values):
+        raise ProfileError(f"{where}.nan_values = {nan_values!r}: use a list of the integers ({low} to {high} for "
+                           f"{raw['data_type']}) the meter sends for 'not available', e.g. [{high}]")
     return Point(
         name=str(raw["name"]), address=address, data_type=raw["data_type"], quantity=Quantity(raw["quantity"]),
         unit=str(raw["unit"]), table=raw.get("table", "holding"), word_order=raw.get("word_order", "big"),
         byte_order=raw.get("byte_order", "big"), scale=float(scale), scale_register=scale_register,
-        nan_values=tuple(int(v) for v in raw.get("nan_values", ())), description=str(raw.get("description", "")),
+        nan_values=tuple(nan_values), description=str(raw.get("description", "")),
     )
 
 
@@ -101,6 +111,8 @@ def parse_profile(data: dict[str, Any], origin: str) -> Profile:
         if not isinstance(data.get(key), str) or not data[key]:
             raise ProfileError(f"{origin}: missing '{key}'; a profile needs id, manufacturer and model")
     defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise ProfileError(f"{origin}: defaults = {defaults!r}: use a table, e.g. [defaults] with word_order = \"big\"")
     raw_points = data.get("points")
     if not isinstance(raw_points, list) or not raw_points:
         raise ProfileError(f"{origin}: no [[points]]; add at least one point")
@@ -134,11 +146,15 @@ def load_profile(path: Path) -> Profile:
     :raises ProfileError: unreadable TOML or an invalid entry, naming the file and point.
     """
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))   # -sig: a byte-order mark is not TOML
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: {not_utf8(exc)}: "
+                           "save the profile as UTF-8 (not UTF-16)") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: not valid TOML ({exc})") from exc
+        raise ProfileError(f"{path}: not valid TOML ({exc}): fix that line (strings need quotes), or move the "
+                           "file out of the profiles directory (docs/profiles.md)") from exc
     profile = parse_profile(data, str(path))
     if profile.id != path.stem:
         raise ProfileError(f'{path}: id = "{profile.id}" differs from the file name; rename the file to {profile.id}.toml')

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -269,13 +270,19 @@ class SimulatorServer:
 
     def start(self, timeout_s: float = 10.0) -> SimulatorServer:
         """Serve in a background thread; return once the port accepts connections."""
+        # Checked first: pymodbus' serial server may report itself ready before it has opened the device.
+        if self.serial_port and not os.path.exists(self.serial_port):
+            raise DriverError(f"simulator: serial device {self.serial_port} does not exist: name the device side of "
+                              "the line, e.g. /dev/ttyUSB1, or a pty from `socat -d -d pty,raw,echo=0 pty,raw,echo=0`")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=f"simulator-{self.port}", daemon=True)
         self._thread.start()
         where = self.serial_port or f"{self.host}:{self.port}"
         if not self._ready.wait(timeout_s) or self._error is not None:
             self.stop()
-            raise DriverError(f"simulator: cannot serve on {where}: {self._error}")
+            fix = "is the address on this machine and the port free?" if not self.serial_port else \
+                "is it a serial device that no other program holds?"
+            raise DriverError(f"simulator: cannot serve on {where}: {str(self._error).rstrip('.')}: {fix}")
         if self.serial_port:
             log.info("simulator serving %d meter(s) on %s", len(self._models), where)
             return self

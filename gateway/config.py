@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from drivers import BusConfig, MeterConfig, Profile, SerialSettings
+from drivers.errors import not_utf8
 from local_store import EmissionSettings, SourceSettings
 from local_store.backup import KEY_FILE as BACKUP_KEY_FILE
 from local_store.backup import BackupSettings
+from local_store.errors import FactorError
+from local_store.factors import default_factor_files, load_library
 from sync import BrokerSettings, SyncSettings
 
 from gateway.paths import DEFAULT_CONFIG, DEFAULT_DATA_DIR
@@ -123,6 +126,20 @@ class _Reader:
             raise self.fail(key, f"use a value from {low:g} to {high:g}{unit}")
         return value
 
+    def whole(self, key: str, default: int, low: int, high: int, unit: str = "") -> int:
+        """A whole number from ``low`` to ``high``: 1.5 stop bits or port 1883.5 is a typo, not a value to round."""
+        value = self.number(key, default, low, high, unit)
+        if value != int(value):
+            raise self.fail(key, f"use a whole number from {low} to {high}{unit}")
+        return int(value)
+
+    def text(self, key: str, default: Any = ..., fix: str = "") -> Any:
+        """A non-empty string (an empty name, host or id is never meant)."""
+        value = self.get(key, str, default, fix)
+        if value == "":
+            raise self.fail(key, fix or "use a non-empty string")
+        return value
+
     def optional_number(self, key: str, low: float, high: float, unit: str = "") -> float | None:
         """Like :meth:`number`, None when the key is absent (the setting is off)."""
         return self.number(key, ..., low, high, unit) if key in self.table else None
@@ -139,7 +156,7 @@ def _bus(origin: str, index: int, raw: dict) -> tuple[BusConfig, bool]:
     r = _Reader(origin, raw, f"buses[{index}]", {"name", "transport", "host", "port", "serial_port", "baudrate",
                                                   "parity", "stopbits", "bytesize", "timeout_s", "retries",
                                                   "inter_request_delay_s", "max_gap_registers", "simulated"})
-    name = r.get("name", str, fix="give the bus a name, e.g. name = \"rs485-1\"")
+    name = r.text("name", fix="give the bus a name, e.g. name = \"rs485-1\"")
     transport = r.choice("transport", ("tcp", "rtu", "rtu_over_tcp"))
     simulated = r.get("simulated", bool, False)
     serial = None
@@ -148,17 +165,17 @@ def _bus(origin: str, index: int, raw: dict) -> tuple[BusConfig, bool]:
             port=r.get("serial_port", str, fix="name the serial device, e.g. serial_port = \"/dev/ttyUSB0\""),
             baudrate=int(r.choice("baudrate", ("1200", "2400", "4800", "9600", "19200", "38400", "57600", "115200"),
                                   "9600")) if isinstance(raw.get("baudrate"), str) else
-            int(r.number("baudrate", 9600, 300, 115200, " baud")),
+            r.whole("baudrate", 9600, 300, 115200, " baud"),
             parity=r.choice("parity", ("N", "E", "O"), "N"),
-            stopbits=int(r.number("stopbits", 1, 1, 2)),
-            bytesize=int(r.number("bytesize", 8, 7, 8)),
+            stopbits=r.whole("stopbits", 1, 1, 2),
+            bytesize=r.whole("bytesize", 8, 7, 8),
         )
-    port = 0 if simulated else int(r.number("port", 502, 1, 65535))
+    port = 0 if simulated else r.whole("port", 502, 1, 65535)
     return BusConfig(
-        name=name, transport=transport, host=r.get("host", str, "127.0.0.1"), port=port, serial=serial,
-        timeout_s=r.number("timeout_s", 1.0, 0.05, 30, " s"), retries=int(r.number("retries", 0, 0, 5)),
+        name=name, transport=transport, host=r.text("host", "127.0.0.1"), port=port, serial=serial,
+        timeout_s=r.number("timeout_s", 1.0, 0.05, 30, " s"), retries=r.whole("retries", 0, 0, 5),
         inter_request_delay_s=r.number("inter_request_delay_s", 0.0, 0, 5, " s"),
-        max_gap_registers=int(r.number("max_gap_registers", 10, 0, 100)),
+        max_gap_registers=r.whole("max_gap_registers", 10, 0, 100),
     ), simulated
 
 
@@ -178,7 +195,7 @@ def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSetti
     device_id = r.get("device_id", int, fix="set the meter's Modbus unit id (1-247)")
     if not 1 <= device_id <= 247:
         raise r.fail("device_id", "use a Modbus unit id from 1 to 247")
-    meter = MeterConfig(id=r.get("id", str, fix="give the meter a unique id, e.g. id = \"main-incomer\""),
+    meter = MeterConfig(id=r.text("id", fix="give the meter a unique id, e.g. id = \"main-incomer\""),
                         bus=r.get("bus", str, fix="name the bus the meter is wired to"), device_id=device_id,
                         profile=r.get("profile", str, fix="name a profile from config/profiles/"),
                         poll_interval_s=r.number("poll_interval_s", 5.0, 0.2, 86400, " s"),
@@ -186,7 +203,7 @@ def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSetti
     activity = r.choice("activity", ACTIVITIES, "none")
     if activity == "none":
         return meter, None
-    rollover = raw.get("rollover_at")
+    rollover = r.number("rollover_at", None, 1, 1e18) if "rollover_at" in raw else None
     # Preprocessing rules (docs/models.md, section 2); absent keys keep SourceSettings' defaults,
     # frozen_after_s = 0 turns the frozen-value check off.
     rules: dict[str, Any] = {key: r.number(key, ..., low, high, unit) for key, (low, high, unit) in _RULE_KEYS.items() if key in raw}
@@ -197,8 +214,35 @@ def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSetti
         raise r.fail("long_gap_s", f"use a value of at least max_gap_s ({max_gap_s:g} s)")
     return meter, SourceSettings(meter_id=meter.id, activity=activity, point=r.get("point", str, None),
                                  description=meter.description,
-                                 rollover_at=float(r.get("rollover_at", float)) if rollover is not None else None,
+                                 rollover_at=rollover,
                                  **rules)
+
+
+def _factor_files(e: _Reader) -> tuple[str, ...]:
+    files = e.get("factor_files", list, [], fix='use a list of file names, e.g. factor_files = ["plant.toml"]')
+    if not all(isinstance(f, str) and f for f in files):
+        raise e.fail("factor_files", 'use a list of file names, e.g. factor_files = ["plant.toml"]')
+    return tuple(files)
+
+
+def _check_factors(e: _Reader, emissions: EmissionSettings) -> None:
+    """The factor files load and the region has factors; otherwise the daemon would start and fail every 10 s."""
+    try:
+        library = load_library(default_factor_files() + [Path(f) for f in emissions.factor_files])
+    except FactorError as exc:
+        raise ConfigError(f"{e.origin}: emissions.factor_files: {exc}") from exc
+    regions = sorted({f.region for f in library.factors})
+    if emissions.region not in regions:
+        raise e.fail("region", f"no emission factor has this region; use one of {', '.join(regions)}, "
+                               "or add factors for it in a factor file (docs/models.md)")
+
+
+def _topic_prefix(s: _Reader) -> str:
+    prefix = s.text("topic_prefix", "carbon", fix='use a non-empty MQTT topic level, e.g. topic_prefix = "carbon"')
+    if any(c in prefix for c in "#+\0"):
+        raise s.fail("topic_prefix", "MQTT wildcards # and + are not allowed in a topic to publish on; "
+                                     'use e.g. topic_prefix = "carbon"')
+    return prefix
 
 
 def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Profile],
@@ -233,6 +277,10 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         if meter.profile not in profiles:
             raise ConfigError(f'{where}.profile = "{meter.profile}": unknown profile; use one of '
                               f'{", ".join(sorted(profiles))}')
+        names = [p.name for p in profiles[meter.profile].points]
+        if source is not None and source.point is not None and source.point not in names:
+            raise ConfigError(f'{where}.point = "{source.point}": profile {meter.profile} has no such point; '
+                              f'use one of {", ".join(names)}')
         if any(m.bus == meter.bus and m.device_id == meter.device_id for m in meters):
             raise ConfigError(f"{where}.device_id = {meter.device_id}: another meter on bus {meter.bus} "
                               "has the same unit id; each device on a bus needs its own")
@@ -246,7 +294,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
                                  method=e.choice("method", ("location", "market"), "location"),
                                  include_ch4_n2o=e.get("include_ch4_n2o", bool, False),
                                  gwp=e.choice("gwp", ("AR5", "AR6"), "AR6"),
-                                 factor_files=tuple(e.get("factor_files", list, [])))
+                                 factor_files=_factor_files(e))
+    _check_factors(e, emissions)
 
     s = _Reader(origin, top.get("sync", dict, {}), "sync",
                 {"enabled", "broker_host", "broker_port", "tls", "ca_file", "client_cert", "client_key", "username",
@@ -267,14 +316,14 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         receiver_key = keys_dir / "receiver-sealing.pub"
     sync = SyncSettings(
         gateway_id=gateway_id, keys_dir=keys_dir, receiver_public_key=receiver_key,
-        broker=BrokerSettings(host=s.get("broker_host", str, "127.0.0.1"),
-                              port=int(s.number("broker_port", 1883, 1, 65535)), tls=s.get("tls", bool, False),
+        broker=BrokerSettings(host=s.text("broker_host", "127.0.0.1"),
+                              port=s.whole("broker_port", 1883, 1, 65535), tls=s.get("tls", bool, False),
                               ca_file=_path(s.get("ca_file", str, None)),
                               client_cert=_path(s.get("client_cert", str, None)),
                               client_key=_path(s.get("client_key", str, None)),
                               username=s.get("username", str, None), password=s.get("password", str, None)),
-        enabled=s.get("enabled", bool, True), topic_prefix=s.get("topic_prefix", str, "carbon"),
-        batch_max_readings=int(s.number("batch_max_readings", 5000, 1, 100_000)),
+        enabled=s.get("enabled", bool, True), topic_prefix=_topic_prefix(s),
+        batch_max_readings=s.whole("batch_max_readings", 5000, 1, 100_000),
         batch_max_age_s=s.number("batch_max_age_s", 30.0, 0, 86400, " s"),
         bandwidth_bytes_per_s=s.optional_number("bandwidth_bytes_per_s", 100, 1e9, " bytes/s"),
         disk_budget_bytes=None if budget_mb is None else int(budget_mb * 1_000_000),
@@ -282,7 +331,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
     )
     w = _Reader(origin, top.get("web", dict, {}), "web", {"enabled", "host", "port", "tls", "cert_file", "key_file", "metrics_token",
                                                              "public_dashboard"})
-    web_host = w.get("host", str, "127.0.0.1")
+    web_host = w.text("host", "127.0.0.1")
     token = w.get("metrics_token", str, None)
     if token is not None and len(token) < 16:
         raise ConfigError(f"{origin}: web.metrics_token is too short ({len(token)} characters): use at least 16 "
@@ -298,7 +347,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         raise w.fail("public_dashboard", "a dashboard without login is only for a UI on loopback (the demo): anyone "
                                          "on the network would see it; set public_dashboard = false")
     web = WebSettings(enabled=w.get("enabled", bool, True), host=web_host,
-                      port=int(w.number("port", 8080, 1, 65535)), tls=w.get("tls", bool, not loopback),
+                      port=w.whole("port", 8080, 1, 65535), tls=w.get("tls", bool, not loopback),
                       cert_file=cert_file, key_file=key_file, metrics_token=token, public_dashboard=public_dashboard)
     b = _Reader(origin, top.get("backup", dict, {}), "backup", {"enabled", "interval_h", "keep", "directory"})
     keep = b.get("keep", int, 7, fix="use a whole number of backups to keep, e.g. keep = 7")
@@ -325,9 +374,13 @@ def load_config(path: Path | None, profiles: Mapping[str, Profile], data_dir_ove
         # the saved file lives in the data directory the default names: keep that directory
         return load_config(saved, profiles, data_dir_override or default.data_dir)
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: Windows editors (Notepad) put a byte-order mark in front, which TOML does not allow.
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config ({exc.strerror}); check the path given to --config") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {not_utf8(exc)}: "
+                          "save the config as UTF-8 (not UTF-16), or check that --config names the TOML file") from exc
     return config_from_text(text, str(path), profiles, data_dir_override, source_path=path)
 
 

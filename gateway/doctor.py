@@ -186,6 +186,12 @@ def check_store(config: GatewayConfig) -> list[Check]:
         conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)   # read only: change nothing
         try:
             result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if result == "ok" and "audit_log" not in tables:
+                return [Check("store", "FAIL", f"{database}: not a gateway store (tables: "
+                                               f"{', '.join(sorted(tables)[:5]) or 'none'})",
+                              "point --data-dir (gateway.data_dir) at the gateway's state directory, "
+                              "or move the file away")]
             if config.audit_key.exists():
                 audit.use_key(database, audit.load_key(config.audit_key))
             verification = audit.verify(sqlite_utils.Database(conn)) if result == "ok" else None

@@ -123,8 +123,13 @@ class StoreLock:
         self._handle: IO[bytes] | None = None
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self.path.open("ab")
+        """:raises BackupError: the lock file cannot be created (the data directory is wrong)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = self.path.open("ab")
+        except OSError as exc:
+            raise BackupError(f"{self.path}: cannot create the store's lock file ({exc.strerror}); nothing was "
+                              f"changed: check --data-dir (gateway.data_dir) names a writable directory") from exc
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -841,10 +841,16 @@ def open_store(path: Path | str, settings: EmissionSettings | None = None) -> St
     :raises SchemaError: when the file was written by a newer version of this software.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SchemaError(f"{path.parent}: cannot create the data directory ({exc.strerror}): "
+                          f"choose a directory that can be created, e.g. --data-dir /var/lib/carbon-gateway") from exc
     store = Store(path=path, settings=settings or EmissionSettings())
     try:
         db = store.db
+        if not migrations.applied(db):
+            _refuse_foreign(db, path)      # before enable_wal, which would already change the file
         db.enable_wal()
         known = {m.name for m in migrations._migrations}
         # The lock is taken before looking at pending migrations, so the daemon and a CLI command
@@ -870,6 +876,15 @@ def open_store(path: Path | str, settings: EmissionSettings | None = None) -> St
             saved["factor_files"] = tuple(saved.get("factor_files", ()))
             store.settings = EmissionSettings(**saved)
     return store
+
+
+def _refuse_foreign(db: sqlite_utils.Database, path: Path) -> None:
+    """A SQLite file with tables but none of our migrations belongs to another program: never migrate it."""
+    foreign = sorted(t for t in db.table_names() if t != migrations.migrations_table)
+    if foreign:
+        raise SchemaError(f"{path}: a SQLite database of another program (tables {', '.join(foreign[:5])}), "
+                          f"not a gateway store; nothing was changed: pass --data-dir pointing at the gateway's "
+                          f"state directory, or move the file away")
 
 
 def schema_version(db: sqlite_utils.Database) -> int:

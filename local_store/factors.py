@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from drivers.errors import not_utf8
 from local_store.errors import FactorError
 from local_store.units import ACTIVITIES
 
@@ -176,9 +177,13 @@ def load_library(paths: Iterable[Path] | None = None) -> FactorLibrary:
 
 def _load_file(path: Path) -> list[Factor]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))   # -sig: a byte-order mark is not TOML
     except OSError as exc:
-        raise FactorError(f"{path}: cannot read factor file: {exc.strerror}") from exc
+        raise FactorError(f"{path}: cannot read factor file: {exc.strerror}: check the file name (a relative "
+                          "path is taken from the working directory)") from exc
+    except UnicodeDecodeError as exc:
+        raise FactorError(f"{path}: {not_utf8(exc)}: "
+                          "save the factor file as UTF-8 (not UTF-16)") from exc
     except tomllib.TOMLDecodeError as exc:
         raise FactorError(f"{path}: not valid TOML: {exc}: fix the syntax") from exc
     library = data.get("library", {})

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from drivers.errors import not_utf8
 from drivers.model import Quantity, Reading
 from local_store.db import SourceSettings, Store, write_transaction
 from local_store.emissions import compute
@@ -90,8 +91,12 @@ def import_csv(store: Store, path: Path, tz: tzinfo | None = None) -> ImportResu
     tz = tz or local_tz()
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataImportError(str(path), [f"cannot read the file: {exc}: save it as UTF-8 CSV"]) from None
+    except OSError as exc:
+        raise DataImportError(str(path), [f"cannot read the file ({exc.strerror}): check the path"]) from None
+    except UnicodeDecodeError as exc:
+        raise DataImportError(str(path), [f"{not_utf8(exc)}: save "
+                                          "it as UTF-8 CSV (Excel: \"CSV UTF-8\"; not UTF-16 or \"Unicode text\")"]
+                              ) from None
     rows = list(csv.reader(text.splitlines()))
     if not rows:
         raise DataImportError(str(path), ["line 1: the file is empty: the first line must be a header"])
@@ -262,6 +267,7 @@ def _import_readings(store: Store, path: Path, rows: list[list[str]]) -> ImportR
     errors: list[str] = []
     readings: list[Reading] = []
     lines: list[int] = []
+    first_line: dict[tuple[str, str, float], int] = {}   # (source, register, timestamp) -> its first line
     for n, raw in enumerate(rows, start=2):
         if not any(c.strip() for c in raw):
             continue
@@ -292,14 +298,24 @@ def _import_readings(store: Store, path: Path, rows: list[list[str]]) -> ImportR
                 factor_to_canonical(activity, unit)
             except UnitError as exc:
                 problems.append(str(exc))
+        if ts is not None and (source, register, ts) in first_line:
+            problems.append(f"the same source, register and timestamp as line {first_line[source, register, ts]}: "
+                            "a register has one value at a time; remove one of the rows")
         if problems:
             errors.extend(f"{_at(n, source, ts_s)}: {p}" for p in problems)
             continue
         assert ts is not None and value is not None
+        first_line[source, register, ts] = n
         readings.append(Reading(source, register, ts, value, unit, Quantity(register)))
         lines.append(n)
     if not errors and not readings:
         errors.append("the file has a header but no data rows: add rows below the header")
+    for n, r in zip(lines, readings):      # an earlier import or the poller: the reading would be there twice
+        row = store.db.execute("SELECT origin FROM readings WHERE meter_id = ? AND point = ? AND timestamp = ? LIMIT 1",
+                               (r.meter_id, r.point, r.timestamp)).fetchone()
+        if row is not None:
+            errors.append(f"{_at(n, r.meter_id, rows[n - 2][1].strip())}: already stored (origin {row[0]}): "
+                          "remove the row or the earlier import")
     # Each series needs factors over its whole time span.
     series: dict[tuple[str, str], list[float]] = {}
     for r in readings:

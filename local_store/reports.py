@@ -41,6 +41,9 @@ def _r(x: float | None, digits: int = 6) -> float:
     return round(float(x or 0.0), digits)
 
 
+_FIRST_DAY, _LAST_DAY = date(1970, 1, 2), date(9998, 12, 31)
+
+
 def build_report(store: Store, start: date, end: date, by: By = "source", tz: tzinfo | None = None,
                  method: Literal["location", "market"] | None = None) -> dict:
     """Emissions from ``start`` (inclusive) to ``end`` (exclusive), local dates.
@@ -56,6 +59,9 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
         raise ReportError(f"by = {by!r}: use one of {', '.join(BY_CHOICES)}")
     if end <= start:
         raise ReportError(f"period {start}..{end} is empty: --to must be after --from (the end date is exclusive)")
+    # Readings are epoch seconds; dates at the ends of Python's calendar overflow in the UTC conversions.
+    if start < _FIRST_DAY or end > _LAST_DAY:
+        raise ReportError(f"period {start}..{end}: use dates from {_FIRST_DAY} to {_LAST_DAY}")
     tz = tz or local_tz()
     s, e = _epoch(start, tz), _epoch(end, tz)
     offset = int(datetime(start.year, start.month, start.day, tzinfo=tz).utcoffset().total_seconds())  # type: ignore[union-attr]

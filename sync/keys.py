@@ -25,7 +25,11 @@ def key_id(public_key: Ed25519PublicKey | X25519PublicKey) -> str:
 
 
 def _write_private(path: Path, key: Ed25519PrivateKey | X25519PrivateKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise KeyFileError(f"{path.parent}: cannot create the keys directory ({exc.strerror}): check --data-dir "
+                           "names a writable directory") from exc
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -65,7 +69,9 @@ def load_private(path: Path) -> Ed25519PrivateKey | X25519PrivateKey:
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read ({exc.strerror})") from exc
     except ValueError as exc:
-        raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
+        raise KeyFileError(f"{path}: not a PEM private key (the file is damaged or holds something else): restore "
+                           "it from your copy, or move it away and run `carbon-gateway keys` to make a new one "
+                           "(then give the receiver the new public key)") from exc
     if not isinstance(key, (Ed25519PrivateKey, X25519PrivateKey)):
         raise KeyFileError(f"{path}: unsupported key type {type(key).__name__}; use Ed25519 or X25519")
     return key
@@ -77,7 +83,8 @@ def load_public(path: Path) -> Ed25519PublicKey | X25519PublicKey:
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read ({exc.strerror}); copy the peer's public key there") from exc
     except ValueError as exc:
-        raise KeyFileError(f"{path}: not a PEM public key ({exc})") from exc
+        raise KeyFileError(f"{path}: not a PEM public key (the file is damaged or holds something else): copy the "
+                           "right .pub file there again") from exc
     if not isinstance(key, (Ed25519PublicKey, X25519PublicKey)):
         raise KeyFileError(f"{path}: unsupported key type {type(key).__name__}")
     return key

@@ -60,12 +60,23 @@ class ReceiverDb:
                     self._conn.execute(statement)
         else:
             path = Path(target)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ReceiverDbError(f"{path.parent}: cannot create the directory ({exc.strerror}): check "
+                                      "--data-dir / --database") from exc
             self.integrity_errors = (sqlite3.IntegrityError,)
             try:
                 # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction takes the write
                 # lock up front and two receivers on one file cannot both read "absent" and then collide.
                 self._conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
+                tables = {row[0] for row in self._conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+                if tables and "batches" not in tables:   # another program's file (or a gateway.db): leave it as it is
+                    self._conn.close()
+                    raise ReceiverDbError(f"{path}: a SQLite database of another program (tables "
+                                          f"{', '.join(sorted(tables)[:5])}), not a receiver database; nothing was "
+                                          "changed: pass --database or --data-dir naming the receiver's own file")
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = FULL")
                 self._conn.executescript(_TABLES.format(real="REAL", serial="INTEGER PRIMARY KEY", blob="BLOB"))

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -39,6 +40,15 @@ def trusted_pair(receiver_dir: Path, gateway_data_dir: Path, gateway_id: str = "
     (receiver_dir / "trusted").mkdir(parents=True, exist_ok=True)
     shutil.copy(gateway_data_dir / "keys" / GATEWAY_PUB, receiver_dir / "trusted" / f"{gateway_id}.pub")
     return receiver_dir / "keys" / "receiver-sealing.pub"
+
+
+def foreign_database(path: Path) -> bytes:
+    """A SQLite file of another program (one table, ``invoices``) at ``path``; returns its bytes, to check
+    that nothing was changed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    return path.read_bytes()
 
 
 def wait_until(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.05,

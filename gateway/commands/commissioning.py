@@ -3,30 +3,52 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 
 import click
 
-from drivers import BusConfig, DriverError, SimulatedDevice, SimulatorServer, load_profiles, read_meter
+from drivers import BusConfig, DriverError, Profile, SimulatedDevice, SimulatorServer, load_profiles, read_meter
 from drivers.model import SerialSettings
 from drivers.simulator import FAULTS
 
 from gateway.paths import PROFILES_DIR
 
 
-def _host_port(value: str) -> tuple[str, int]:
+class _Seconds(click.FloatRange):
+    """A FloatRange that also refuses nan, which passes every comparison-based range check."""
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds; use e.g. 0.5", param, ctx)
+        return seconds
+
+
+#: The ranges a [[buses]] table accepts (gateway/config.py); 0 baud or a negative timeout is a typo.
+_BAUD = click.IntRange(300, 115200)
+_TIMEOUT = _Seconds(0.05, 30)
+
+
+def host_port(value: str, param_hint: str = "--tcp", example: str = "192.168.1.50:502") -> tuple[str, int]:
+    """``HOST:PORT`` with a port from 1 to 65535, or a usage error naming the option."""
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise click.BadParameter(f"'{value}': use HOST:PORT, e.g. 192.168.1.50:502", param_hint="--tcp")
+        raise click.BadParameter(f"'{value}': use HOST:PORT with a port from 1 to 65535, e.g. {example}",
+                                 param_hint=param_hint)
     return host, int(port)
 
 
-def _profile(profile_id: str):  # type: ignore[no-untyped-def]
+def _profiles() -> dict[str, Profile]:
     try:
-        profiles = load_profiles(PROFILES_DIR)
+        return load_profiles(PROFILES_DIR)
     except DriverError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _profile(profile_id: str) -> Profile:
+    profiles = _profiles()
     if profile_id not in profiles:
         raise click.BadParameter(f"'{profile_id}' is not a known profile; use one of {', '.join(sorted(profiles))}",
                                  param_hint="--profile")
@@ -37,12 +59,12 @@ def _profile(profile_id: str):  # type: ignore[no-untyped-def]
 @click.option("--tcp", metavar="HOST:PORT", help="Modbus TCP endpoint.")
 @click.option("--serial", metavar="DEVICE", help="Serial port for Modbus RTU, e.g. /dev/ttyUSB0.")
 @click.option("--rtu-over-tcp", is_flag=True, help="With --tcp: a serial device server passing RTU frames.")
-@click.option("--baud", type=int, default=9600, show_default=True)
+@click.option("--baud", type=_BAUD, default=9600, show_default=True)
 @click.option("--parity", type=click.Choice(["N", "E", "O"]), default="N", show_default=True)
 @click.option("--stopbits", type=click.Choice(["1", "2"]), default="1", show_default=True)
 @click.option("--unit", "unit_id", type=click.IntRange(1, 247), required=True, help="Modbus unit id, 1-247.")
 @click.option("--profile", "profile_id", required=True, help="Profile id from config/profiles/.")
-@click.option("--timeout", "timeout_s", type=float, default=1.0, show_default=True, help="Reply timeout in seconds.")
+@click.option("--timeout", "timeout_s", type=_TIMEOUT, default=1.0, show_default=True, help="Reply timeout in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.option("--raw", is_flag=True, help="Show the raw registers in hex beside each value (spot a wrong byte order).")
 def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, parity: str, stopbits: str, unit_id: int, profile_id: str,
@@ -52,7 +74,7 @@ def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, par
         raise click.UsageError("give exactly one of --tcp HOST:PORT or --serial DEVICE")
     profile = _profile(profile_id)
     if tcp:
-        host, port = _host_port(tcp)
+        host, port = host_port(tcp)
         bus = BusConfig("cli", "rtu_over_tcp" if rtu_over_tcp else "tcp", host=host, port=port, timeout_s=timeout_s)
     else:
         bus = BusConfig("cli", "rtu", serial=SerialSettings(serial or "", baud, parity, int(stopbits)),  # type: ignore[arg-type]
@@ -79,19 +101,19 @@ def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, par
 @click.option("--tcp", default="127.0.0.1:5020", show_default=True, metavar="127.0.0.1:PORT",
               help="Loopback address and port to serve Modbus TCP on.")
 @click.option("--serial", metavar="DEVICE", help="Serve Modbus RTU on this serial device instead of TCP.")
-@click.option("--baud", type=int, default=9600, show_default=True, help="Baud rate with --serial.")
+@click.option("--baud", type=_BAUD, default=9600, show_default=True, help="Baud rate with --serial.")
 @click.option("--rtu-over-tcp", is_flag=True, help="Serve RTU frames over TCP, like a serial device server.")
 @click.option("--fault", "faults", multiple=True, metavar="UNIT:FAULT",
               help="Make unit UNIT misbehave; FAULT is one of " + ", ".join(f"{k} ({v})" for k, v in FAULTS.items())
               + ". Repeat for several.")
-@click.option("--slow", "slow_s", type=click.FloatRange(0, 60), default=0.5, show_default=True,
+@click.option("--slow", "slow_s", type=_Seconds(0, 60), default=0.5, show_default=True,
               help="Reply delay in seconds of the 'slow' fault.")
 def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str, serial: str | None, baud: int,
              rtu_over_tcp: bool, faults: tuple[str, ...], slow_s: float) -> None:
     """Serve simulated meters with plausible values that advance in time, until Ctrl-C."""
     if len(profile_ids) != len(unit_ids):
         raise click.UsageError("give one --unit for each --profile, in the same order")
-    host, port = _host_port(tcp)
+    host, port = host_port(tcp)
     faults_of: dict[int, set[str]] = {}
     for text in faults:
         unit_text, _, fault = text.partition(":")
@@ -125,7 +147,7 @@ def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str, 
 @click.option("--parity", "parities", default="N", show_default=True,
               help="Parities to try on serial, e.g. N,E (each with every baud rate).")
 @click.option("--units", "units_text", default="1-247", show_default=True, help="Unit ids to probe, e.g. 1-10,20.")
-@click.option("--timeout", "timeout_s", type=float, default=0.2, show_default=True,
+@click.option("--timeout", "timeout_s", type=_TIMEOUT, default=0.2, show_default=True,
               help="Seconds to wait for each unit id; the scan takes at most about units x timeout per baud rate.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_text: str, timeout_s: float,
@@ -138,17 +160,19 @@ def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_t
     try:
         units = parse_units(units_text)
         baud_rates = [int(b) for b in bauds.split(",")] if serial else [0]
+        if any(not 300 <= b <= 115200 for b in baud_rates if serial):
+            raise ValueError(f"'{bauds}': baud rates run from 300 to 115200, e.g. 9600,19200")
         parity_list = [p.strip().upper() for p in parities.split(",")] if serial else ["N"]
         if any(p not in ("N", "E", "O") for p in parity_list):
             raise ValueError(f"'{parities}': parity is N, E or O, e.g. N,E")
     except ValueError as exc:
         raise click.BadParameter(str(exc).replace("invalid literal for int() with base 10", "not a number"),
                                  param_hint="--units/--bauds") from exc
-    profiles = load_profiles(PROFILES_DIR)
+    profiles = _profiles()
     results: list[tuple[str, int, ScanResult]] = []
     for baud, parity in [(b, p) for b in baud_rates for p in parity_list]:
         if tcp:
-            host, port = _host_port(tcp)
+            host, port = host_port(tcp)
             bus = BusConfig("scan", "tcp", host=host, port=port, timeout_s=timeout_s)
             line = f"{host}:{port}"
         else:

@@ -49,6 +49,8 @@ def backup(config_path: Path | None, data_dir: Path | None, dest: Path | None) -
     """Write an encrypted, consistent backup of the store now (safe while the gateway runs)."""
     config, _ = load_or_exit(config_path, data_dir)
     try:
+        if config.database.exists():
+            open_store(config.database).close()    # refuses another program's file before a backup of it is written
         path = create_backup(config.database, dest or config.backup_dir, config.backup_key)
         _audit(config, "backup.create", path.name, {"path": str(path), "by": "cli"})
     except StoreError as exc:

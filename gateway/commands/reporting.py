@@ -86,7 +86,11 @@ def report(start, end, by: str, fmt: str, method: str | None, output: Path | Non
     else:
         text = r.render_html(data)
     if output:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"{output}: cannot write the report ({exc.strerror}): check that the "
+                                       f"directory exists and has space, or leave out --output") from None
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)

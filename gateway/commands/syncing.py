@@ -15,6 +15,7 @@ from sync import BrokerSettings, Receiver, ReceiverSettings, SyncError, receiver
 from sync.keys import (GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key, ensure_receiver_key, key_id, load_public,
                        rotate_gateway_key, rotate_receiver_key)
 
+from gateway.commands.commissioning import host_port
 from gateway.paths import DEFAULT_DATA_DIR
 
 
@@ -46,14 +47,17 @@ def receiver(ctx: click.Context, broker: str, data_dir: Path, topic_prefix: str,
     ctx.obj = target
     if ctx.invoked_subcommand is not None:
         return
-    host, _, port = broker.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.BadParameter(f"'{broker}': use HOST:PORT", param_hint="--broker")
+    host, port = host_port(broker, "--broker", "broker.example.com:8883")
     logging.basicConfig(level="INFO", stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ensure_receiver_key(data_dir / "keys")
-    (data_dir / "trusted").mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_receiver_key(data_dir / "keys")
+        (data_dir / "trusted").mkdir(parents=True, exist_ok=True)
+    except SyncError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename}: cannot create ({exc.strerror}): check --data-dir") from exc
     settings = ReceiverSettings(target, data_dir / "keys", data_dir / "trusted",
-                                BrokerSettings(host=host, port=int(port), tls=tls, ca_file=ca_file,
+                                BrokerSettings(host=host, port=port, tls=tls, ca_file=ca_file,
                                                client_cert=client_cert, client_key=client_key, username=username,
                                                password=password),
                                 topic_prefix=topic_prefix, share_group=share_group)

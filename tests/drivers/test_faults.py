@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers import BusConfig, BusError, BusPoller, MeterConfig, SerialSettings, SimulatedDevice, SimulatorServer
+from drivers import (BusConfig, BusError, BusPoller, DriverError, MeterConfig, SerialSettings, SimulatedDevice,
+                     SimulatorServer)
 from drivers import load_profiles
 from tests.conftest import open_pty_pair
 
@@ -174,3 +175,22 @@ def test_missing_serial_port_says_so(tmp_path: Path) -> None:
         BusPoller(bus, [], {}).read_once(1, SDM630)
     assert str(error.value) == (f"serial port {tmp_path / 'ttyUSB9'} does not exist: check the cable/adapter and "
                                 "the port name (ls /dev/serial/by-id/)")
+
+
+def test_a_serial_port_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    """Bad-input sweep: a directory or regular file was reported as "is another program using it?"."""
+    bus = BusConfig("rs485", "rtu", serial=SerialSettings(str(tmp_path)), timeout_s=0.2)
+    with pytest.raises(BusError) as error:
+        BusPoller(bus, [], {}).read_once(1, SDM630)
+    assert str(error.value) == (f"{tmp_path} is not a serial device: name the adapter, e.g. /dev/ttyUSB0 "
+                                "(ls /dev/serial/by-id/)")
+
+
+def test_simulator_on_a_missing_serial_device_says_so(tmp_path: Path) -> None:
+    """Bad-input sweep: this said pymodbus' "Could not start listen, please check address."."""
+    server = SimulatorServer([SimulatedDevice(1, SDM630)], serial_port=str(tmp_path / "ttyUSB9"))
+    with pytest.raises(DriverError) as error:
+        server.start()
+    assert str(error.value) == (f"simulator: serial device {tmp_path / 'ttyUSB9'} does not exist: name the device "
+                                "side of the line, e.g. /dev/ttyUSB1, or a pty from "
+                                "`socat -d -d pty,raw,echo=0 pty,raw,echo=0`")

@@ -124,12 +124,36 @@ def test_profile_values_are_plausible_for_its_quantities(profile_id: str) -> Non
     ('name = "v"\naddress = 0\ndata_type = "u16"\nquantity = "voltage"\nunit = "V"\nwordorder = "big"',
      "points[0].wordorder: unknown key; use one of address, byte_order, data_type, description, name, "
      "nan_values, quantity, scale, scale_register, table, unit, word_order"),
+    # Bad-input sweep: these raised ValueError/TypeError or were accepted.
+    ('name = "v"\naddress = 0\ndata_type = "u16"\nquantity = "voltage"\nunit = "V"\nnan_values = ["a"]',
+     "points[0].nan_values = ['a']: use a list of the integers (0 to 65535 for u16) the meter sends for "
+     "'not available', e.g. [65535]"),
+    ('name = "v"\naddress = 0\ndata_type = "i16"\nquantity = "voltage"\nunit = "V"\nnan_values = 5',
+     "points[0].nan_values = 5: use a list of the integers (-32768 to 32767 for i16) the meter sends for "
+     "'not available', e.g. [32767]"),
+    ('name = "v"\naddress = 0\ndata_type = "u16"\nquantity = "voltage"\nunit = "V"\nscale = nan',
+     "points[0].scale = nan: use a non-zero number, e.g. 0.01"),
 ])
 def test_broken_profile_names_file_point_and_fix(tmp_path: Path, point: str, message: str) -> None:
     from drivers import ProfileError
 
     path = tmp_path / "x.toml"
     path.write_text(f'id = "x"\nmanufacturer = "M"\nmodel = "X"\n[[points]]\n{point}\n')
+    with pytest.raises(ProfileError) as error:
+        load_profile(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'id = "x"\nmanufacturer = "M"\nmodel = "X"\ndefaults = 5\n',
+     'defaults = 5: use a table, e.g. [defaults] with word_order = "big"'),
+    ('id = "x"\n'.encode("utf-16"), "not UTF-8 text (byte 0 is 0xff): save the profile as UTF-8 (not UTF-16)"),
+])
+def test_unusable_profile_file(tmp_path: Path, content: bytes, message: str) -> None:
+    from drivers import ProfileError
+
+    path = tmp_path / "x.toml"
+    path.write_bytes(content)
     with pytest.raises(ProfileError) as error:
         load_profile(path)
     assert str(error.value) == f"{path}: {message}"

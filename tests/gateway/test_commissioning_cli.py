@@ -76,6 +76,32 @@ def test_read_refuses_bad_arguments_without_traceback(args: list[str], message: 
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("args,message", [
+    # Bad-input sweep: these raised ValueError or ZeroDivisionError from pyserial/pymodbus, or were refused
+    # with a misleading "is another program using it?".
+    (["read", "--tcp", "127.0.0.1:1", "--unit", "1", "--profile", "eastron-sdm630", "--timeout", "-1"],
+     "Invalid value for '--timeout': -1.0 is not in the range 0.05<=x<=30."),
+    (["read", "--tcp", "127.0.0.1:1", "--unit", "1", "--profile", "eastron-sdm630", "--timeout", "nan"],
+     "Invalid value for '--timeout': 'nan' is not a number of seconds; use e.g. 0.5"),
+    (["read", "--serial", "/dev/null", "--unit", "1", "--profile", "eastron-sdm630", "--baud", "0"],
+     "Invalid value for '--baud': 0 is not in the range 300<=x<=115200."),
+    (["read", "--tcp", "127.0.0.1:70000", "--unit", "1", "--profile", "eastron-sdm630"],
+     "Invalid value for --tcp: '127.0.0.1:70000': use HOST:PORT with a port from 1 to 65535, e.g. 192.168.1.50:502"),
+    (["scan", "--tcp", "127.0.0.1:1", "--units", "1", "--timeout", "-1"],
+     "Invalid value for '--timeout': -1.0 is not in the range 0.05<=x<=30."),
+    (["scan", "--serial", "/dev/null", "--bauds", "-9600", "--units", "1"],
+     "Invalid value for --units/--bauds: '-9600': baud rates run from 300 to 115200, e.g. 9600,19200"),
+    (["simulate", "--profile", "eastron-sdm630", "--unit", "1", "--slow", "nan"],
+     "Invalid value for '--slow': 'nan' is not a number of seconds; use e.g. 0.5"),
+    (["receiver", "--broker", "127.0.0.1:70000"],
+     "Invalid value for --broker: '127.0.0.1:70000': use HOST:PORT with a port from 1 to 65535, "
+     "e.g. broker.example.com:8883"),
+])
+def test_out_of_range_numbers_are_usage_errors(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, args)
+    assert (result.exit_code, result.output.splitlines()[-1]) == (2, f"Error: {message}")
+
+
 def test_read_of_a_meter_that_does_not_answer() -> None:
     port = free_port()
     result = CliRunner().invoke(main, ["read", "--tcp", f"127.0.0.1:{port}", "--unit", "1", "--profile",
@@ -139,3 +165,19 @@ def test_read_through_a_serial_device_server_rtu_over_tcp() -> None:
         assert plain.returncode == 1 and plain.stderr.startswith("Error: unit 5: ")
     finally:
         _stop(simulator)
+
+
+@pytest.mark.parametrize("command", [
+    ["scan", "--tcp", "127.0.0.1:1", "--units", "1"],
+    ["read", "--tcp", "127.0.0.1:1", "--unit", "1", "--profile", "eastron-sdm630"],
+])
+def test_a_broken_profile_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    """Bad-input sweep: scan showed a ProfileError traceback for a profile with a TOML syntax error."""
+    import gateway.commands.commissioning as commissioning
+
+    (tmp_path / "broken.toml").write_text('id = "broken"\nmanufacturer =\n')
+    monkeypatch.setattr(commissioning, "PROFILES_DIR", tmp_path)
+    result = CliRunner().invoke(main, command)
+    assert (result.exit_code, result.output) == (
+        1, f"Error: {tmp_path / 'broken.toml'}: not valid TOML (Invalid value (at line 2, column 15)): fix that line "
+           "(strings need quotes), or move the file out of the profiles directory (docs/profiles.md)\n")

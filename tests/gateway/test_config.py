@@ -54,6 +54,29 @@ def test_the_embedded_default_is_the_demo() -> None:
      "sync.raw_retention_days = 0.5: use a value from 1 to 36500 days"),
     (("poll_interval_s = 2\nactivity = \"electricity\"", "poll_intervall_s = 2\nactivity = \"electricity\""),
      "meters[0].poll_intervall_s: unknown key; use one of "),
+    # Bad-input sweep: values that used to be accepted and failed (or were rounded) later.
+    (('activity = "electricity"', 'activity = "electricity"\nrollover_at = nan'),
+     "meters[0].rollover_at = nan: use a value from 1 to 1e+18"),
+    (('method = "location"', 'method = "location"\nfactor_files = [1, 2]'),
+     'emissions.factor_files = [1, 2]: use a list of file names, e.g. factor_files = ["plant.toml"]'),
+    (("broker_port = 1883", "broker_port = 1883.5"),
+     "sync.broker_port = 1883.5: use a whole number from 1 to 65535"),
+    (('broker_host = "127.0.0.1"', 'broker_host = ""'), 'sync.broker_host = "": use a non-empty string'),
+    (('topic_prefix = "carbon"', 'topic_prefix = "a/#"'),
+     'sync.topic_prefix = "a/#": MQTT wildcards # and + are not allowed in a topic to publish on; '
+     'use e.g. topic_prefix = "carbon"'),
+    (('name = "demo-bus"', 'name = ""'), 'buses[0].name = "": give the bus a name, e.g. name = "rs485-1"'),
+    (('transport = "tcp"\nsimulated = true', 'transport = "rtu"\nserial_port = "/dev/ttyUSB0"\nstopbits = 1.5'),
+     "buses[0].stopbits = 1.5: use a whole number from 1 to 2"),
+    (('id = "main-incomer"', 'id = ""'), 'meters[0].id = "": give the meter a unique id, e.g. id = "main-incomer"'),
+    # These started the daemon, which then logged the same error every 10 s (or nothing: a point never read).
+    (('region = "national"', 'region = "mars"'),
+     'emissions.region = "mars": no emission factor has this region; use one of anhui, '),
+    (('method = "location"', 'method = "location"\nfactor_files = ["/nonexistent.toml"]'),
+     "emissions.factor_files: /nonexistent.toml: cannot read factor file: No such file or directory: check the file "
+     "name (a relative path is taken from the working directory)"),
+    (('activity = "electricity"', 'activity = "electricity"\npoint = "energy"'),
+     'meters[0].point = "energy": profile eastron-sdm630 has no such point; use one of voltage_l1, '),
 ])
 def test_bad_values_name_file_key_and_fix(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     old, new = edit
@@ -110,3 +133,22 @@ def test_run_with_missing_config_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "nope.toml")])
     assert result.exit_code == 2
     assert "cannot read the config (No such file or directory); check the path given to --config" in result.output
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\xff\xfe\x00garbage", "not UTF-8 text (byte 0 is 0xff): save the config as UTF-8 (not UTF-16), "
+                              "or check that --config names the TOML file"),
+    ("[gateway]\n".encode("utf-16"), "not UTF-8 text (byte 0 is 0xff): save the config as UTF-8 (not UTF-16), "
+                                      "or check that --config names the TOML file"),
+])
+def test_a_config_that_is_not_utf8_exits_2_without_traceback(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_bytes(content)
+    result = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert (result.exit_code, result.output) == (2, f"Error: {path}: {message}\n")
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + DEMO.encode())
+    assert load_config(path, PROFILES).gateway_id == "demo-gateway"

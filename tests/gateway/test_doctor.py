@@ -19,7 +19,7 @@ from gateway.doctor import (
 )
 from gateway.paths import DEFAULT_CONFIG, PROFILES_DIR
 from local_store import audit, open_store
-from tests.conftest import Broker, PtyPair, free_port
+from tests.conftest import Broker, PtyPair, foreign_database, free_port
 
 PROFILES = load_profiles(PROFILES_DIR)
 
@@ -107,6 +107,15 @@ def test_store_damaged_or_tampered(tmp_path: Path) -> None:
     rows = check_store(config)
     assert rows[0].status == "FAIL" and rows[0].fix == ("stop the gateway and restore the last good backup "
                                                         "(docs/operations.md)")
+
+
+def test_store_of_another_program(tmp_path: Path) -> None:
+    """Bad-input sweep: this said "no such table: audit_log" and advised restoring a backup."""
+    config = _config(tmp_path)
+    foreign_database(config.database)
+    assert check_store(config) == [Check("store", "FAIL", f"{config.database}: not a gateway store (tables: invoices)",
+                                         "point --data-dir (gateway.data_dir) at the gateway's state directory, "
+                                         "or move the file away")]
 
 
 def test_doctor_command_reports_each_line_and_fails_with_status_1(tmp_path: Path) -> None:

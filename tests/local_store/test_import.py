@@ -106,6 +106,20 @@ def test_importing_the_same_period_twice_is_refused(tmp_path: Path) -> None:
         assert counts(store) == before
 
 
+@pytest.mark.parametrize("content,error", [
+    ("source,activity\n".encode("utf-16"),
+     'not UTF-8 text (byte 0 is 0xff): save it as UTF-8 CSV (Excel: "CSV UTF-8"; not UTF-16 or "Unicode text")'),
+    (b"", "line 1: the file is empty: the first line must be a header"),
+])
+def test_unusable_files(tmp_path: Path, content: bytes, error: str) -> None:
+    """Bad-input sweep: a UTF-16 export showed Python's codec message and no clear fix."""
+    path = tmp_path / "x.csv"
+    path.write_bytes(content)
+    with open_store(tmp_path / "gateway.db") as store, pytest.raises(DataImportError) as exc:
+        import_csv(store, path)
+    assert exc.value.errors == [error]
+
+
 def test_unknown_header(tmp_path: Path) -> None:
     csv = write(tmp_path, "x.csv", "meter,when,kwh\n")
     with open_store(tmp_path / "gateway.db") as store, pytest.raises(DataImportError) as exc:
@@ -155,6 +169,36 @@ m1,2025-03-01T00:30:00+08:00,gas_volume,-4,kWh
             "line 4 (m1, 2025-03-01T00:30:00+08:00): unit 'kWh' is not valid for natural_gas: use one of m3, Nm3, m³, L, l, 10^4 m3, 10^4 Nm3",
         ]
         assert counts(store) == (0, 0, 0, 0)
+
+
+def test_the_same_reading_twice_is_refused(tmp_path: Path) -> None:
+    """Bad-input sweep: duplicate rows, and the same file imported again, were stored twice (and synced twice)."""
+    dup = write(tmp_path, "dup.csv", """
+source,timestamp,register,value,unit
+m1,2025-03-01T00:00:00+08:00,energy_import,1,kWh
+m1,2025-02-28T16:00:00+00:00,energy_import,1,kWh
+""")
+    reads = write(tmp_path, "reads.csv", """
+source,timestamp,register,value,unit
+m1,2025-03-01T00:00:00+08:00,energy_import,1,kWh
+m1,2025-03-01T01:00:00+08:00,energy_import,2,kWh
+""")
+    with open_store(tmp_path / "gateway.db") as store:
+        with pytest.raises(DataImportError) as exc:
+            import_csv(store, dup)
+        assert exc.value.errors == [
+            "line 3 (m1, 2025-02-28T16:00:00+00:00): the same source, register and timestamp as line 2: a register "
+            "has one value at a time; remove one of the rows"]
+        import_csv(store, reads)
+        before = counts(store)
+        with pytest.raises(DataImportError) as exc:
+            import_csv(store, reads)
+        assert exc.value.errors == [
+            "line 2 (m1, 2025-03-01T00:00:00+08:00): already stored (origin import:reads.csv): remove the row or the "
+            "earlier import",
+            "line 3 (m1, 2025-03-01T01:00:00+08:00): already stored (origin import:reads.csv): remove the row or the "
+            "earlier import"]
+        assert counts(store) == before
 
 
 def test_activity_data_overlapping_metered_data_is_refused(tmp_path: Path) -> None:

@@ -128,6 +128,20 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     assert "Traceback" not in res.output
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--from", "0001-01-01", "--to", "9999-12-31"],
+     "period 0001-01-01..9999-12-31: use dates from 1970-01-02 to 9998-12-31"),
+    (["--from", "2026-03-10", "--to", "2026-03-11", "-o", "{tmp}/missing/r.json"],
+     "{tmp}/missing/r.json: cannot write the report (No such file or directory): check that the directory exists "
+     "and has space, or leave out --output"),
+])
+def test_cli_report_bad_period_and_output(tmp_path: Path, args: list[str], message: str) -> None:
+    """Bad-input sweep: these were OverflowError and FileNotFoundError tracebacks."""
+    seed(tmp_path / "gateway.db")
+    res = CliRunner().invoke(main, ["report", *[a.format(tmp=tmp_path) for a in args], "--data-dir", str(tmp_path)])
+    assert (res.exit_code, res.output) == (1, f"Error: {message.format(tmp=tmp_path)}\n")
+
+
 def test_cli_import(tmp_path: Path) -> None:
     good = tmp_path / "a.csv"
     good.write_text("source,activity,start,end,amount,unit\nboiler,natural_gas,2026-01-01,2026-02-01,1000,m3\n")

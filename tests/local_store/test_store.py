@@ -14,6 +14,7 @@ from drivers.model import Quantity, Reading
 from local_store import SchemaError, SourceSettings, open_store
 from local_store.db import migrations, schema_version
 from local_store.reports import build_report, emissions_summary
+from tests.conftest import foreign_database
 
 UTC = timezone.utc
 
@@ -292,6 +293,25 @@ def test_a_file_that_is_not_a_database_is_a_named_error(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match=r"gateway.db: not a usable SQLite database \(file is not a database\): "
                                           r"move the file away or restore a backup"):
         open_store(path)
+
+
+def test_a_database_of_another_program_is_refused_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    before = foreign_database(path)
+    with pytest.raises(SchemaError) as error:
+        open_store(path)
+    assert str(error.value) == (f"{path}: a SQLite database of another program (tables invoices), not a gateway "
+                                "store; nothing was changed: pass --data-dir pointing at the gateway's state "
+                                "directory, or move the file away")
+    assert path.read_bytes() == before
+
+
+def test_a_data_directory_that_cannot_be_created_is_a_named_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SchemaError) as error:
+        open_store(tmp_path / "afile" / "sub" / "gateway.db")
+    assert str(error.value) == (f"{tmp_path / 'afile' / 'sub'}: cannot create the data directory (Not a directory): "
+                                "choose a directory that can be created, e.g. --data-dir /var/lib/carbon-gateway")
 
 
 def test_missing_factor_for_a_metered_period_names_source_period_and_fix_and_writes_nothing(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from drivers import Quantity, Reading
@@ -14,6 +15,7 @@ from gateway.cli import main
 from local_store import open_store
 from sync import Receiver, ReceiverSettings, SyncService, SyncSettings, outbox
 from sync.keys import GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key
+from tests.conftest import foreign_database
 
 
 def test_keys_generate_show_rotate(tmp_path: Path) -> None:
@@ -47,6 +49,29 @@ def test_keys_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     result = runner.invoke(main, ["keys", "--data-dir", str(tmp_path / "bad")])
     assert result.exit_code == 1 and "gateway-signing.key: not a PEM private key" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["receiver", "--data-dir", "{tmp}", "stats"],
+     "{tmp}/receiver.db: a SQLite database of another program (tables invoices), not a receiver database; nothing "
+     "was changed: pass --database or --data-dir naming the receiver's own file"),
+    (["keys", "--data-dir", "{tmp}"],
+     "{tmp}/keys/gateway-signing.key: not a PEM private key (the file is damaged or holds something else): "
+     "restore it from your copy, or move it away and run `carbon-gateway keys` to make a new one (then give the "
+     "receiver the new public key)"),
+    (["keys", "--data-dir", "{tmp}", "show"],
+     "{tmp}/keys/gateway-signing.pub: not a PEM public key (the file is damaged or holds something else): copy "
+     "the right .pub file there again"),
+])
+def test_foreign_or_damaged_files_are_named_and_left_alone(tmp_path: Path, args: list[str], message: str) -> None:
+    """Bad-input sweep: receiver stats turned another program's file into WAL mode and added its tables."""
+    before = foreign_database(tmp_path / "receiver.db")
+    (tmp_path / "keys").mkdir()
+    for name in ("gateway-signing.key", "gateway-signing.pub"):
+        (tmp_path / "keys" / name).write_text("not a key")
+    result = CliRunner().invoke(main, [a.format(tmp=tmp_path) for a in args])
+    assert (result.exit_code, result.output) == (1, f"Error: {message.format(tmp=tmp_path)}\n")
+    assert (tmp_path / "receiver.db").read_bytes() == before
 
 
 def test_receiver_stats_json(tmp_path: Path) -> None:
