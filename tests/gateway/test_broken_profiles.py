@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,6 +51,17 @@ def _reason(directory: Path) -> str:
 def _stored(gateway: Gateway, meter_id: str) -> int:
     assert gateway.store is not None
     return gateway.store.db.execute("SELECT COUNT(*) FROM readings WHERE meter_id = ?", (meter_id,)).fetchone()[0]
+
+
+def _stored_in(db: Path, meter_id: str) -> int:
+    """Readings of ``meter_id`` in a store another process writes (0 while it is busy)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM readings WHERE meter_id = ?", (meter_id,)).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
 
 
 def _config(tmp_path: Path, found: ProfileSet, web_port: int):  # type: ignore[no-untyped-def]
@@ -135,3 +147,44 @@ def test_run_and_doctor_with_a_broken_profile_file(tmp_path: Path, monkeypatch: 
     assert (result.exit_code, result.output) == (
         2, f'Error: {missing}: meters[0].profile = "eastron-sdm999": unknown profile; use one of eastron-sdm630, '
            "generic-gas-totaliser\n")
+
+
+def test_the_daemon_starts_with_a_broken_profile_and_sighup_reads_the_repaired_file(tmp_path: Path) -> None:
+    """`carbon-gateway run` after a reboot with a technician's broken register map: it polls the other meters
+    (before: exit 2, no metering at all), and a reload after the repair polls the meter again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.gateway.test_daemon import HEADLESS
+
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    directory = _profile_dir(config_dir)            # etc/profiles: the profile dir CARBON_GATEWAY_CONFIG_DIR names
+    (config_dir / "factors").symlink_to(PROFILES_DIR.parent / "factors")
+    config, data = tmp_path / "gw.toml", tmp_path / "data"
+    config.write_text(HEADLESS)
+    env = {**os.environ, "CARBON_GATEWAY_CONFIG_DIR": str(config_dir)}
+    env.pop("NOTIFY_SOCKET", None)
+    log_path = tmp_path / "stderr.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "carbon-gateway"), "run", "--config", str(config),
+                                    "--data-dir", str(data)], env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+        try:
+            wait_until(lambda: "gateway demo-gateway started" in log_path.read_text(), timeout_s=20,
+                       message="the daemon started")
+            shutil.copy(PROFILES_DIR / f"{BROKEN}.toml", directory)
+            process.send_signal(signal.SIGHUP)
+            wait_until(lambda: f"config reloaded from {config}" in log_path.read_text(), timeout_s=20,
+                       message="the reload")
+            wait_until(lambda: _stored_in(data / "gateway.db", "steam-header"), timeout_s=20,
+                       message="the repaired meter polled")
+            assert process.poll() is None
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    errors = [line.split(" ERROR ", 1)[1] for line in log_path.read_text().splitlines() if " ERROR " in line]
+    assert errors == [f"gateway.daemon: profile {BROKEN} did not load: {directory / BROKEN}.toml: {FIX}; meter(s) "
+                      "steam-header disabled (not polled) until it is fixed and the config reloaded"]
+    assert process.returncode == 0
