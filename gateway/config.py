@@ -88,6 +88,12 @@ class GatewayConfig:
         return self.keys_dir / "audit.key"
 
 
+#: A config without [[meters]] is valid (a gateway installed before its meters are wired) but polls nothing.
+NO_METERS = "no meters configured: nothing is polled and no readings are stored"
+NO_METERS_FIX = ("add a [[meters]] table per meter (bus, device_id, profile; `carbon-gateway scan` finds them, "
+                 "docs/configuration.md), then reload the gateway (systemctl reload carbon-gateway)")
+
+
 def disabled_reason(profile: str, error: str) -> str:
     """Why a meter whose profile file did not load is not polled, with the fix."""
     return (f"disabled: profile {profile} did not load, so the meter is not polled: {error}; "

@@ -25,7 +25,7 @@ from sync import SyncService, SyncStatus
 from sync.keys import ensure_receiver_key
 
 from gateway.clock import UNSYNCHRONISED_REASON, ClockState, clock_state
-from gateway.config import GatewayConfig
+from gateway.config import NO_METERS, NO_METERS_FIX, GatewayConfig
 from gateway.logs import RepeatedError
 from gateway.paths import PROFILES_DIR
 from gateway.scheduling import SteadyScheduler
@@ -115,10 +115,13 @@ class Gateway:
             self._start_web()
         log.info("gateway %s started: %d bus(es), %d meter(s), data in %s", config.gateway_id,
                  len(config.buses), len(config.meters), config.data_dir)
-        self._log_broken_profiles(config)
+        self._log_alarms(config)
 
-    def _log_broken_profiles(self, config: GatewayConfig) -> None:
-        """Each profile file that did not load, once, at ERROR, with the meters it disables."""
+    def _log_alarms(self, config: GatewayConfig) -> None:
+        """At start and reload: no meters at all (WARNING), and each profile file that did not load, once, at
+        ERROR, with the meters it disables."""
+        if not config.meters:
+            log.warning("%s; %s", NO_METERS, NO_METERS_FIX)
         for profile, error in config.profile_errors:
             users = [m.id for m in config.meters if m.profile == profile]
             log.error("profile %s did not load: %s; %s", profile, error,
@@ -159,7 +162,7 @@ class Gateway:
             self.restart_needed = ("web settings changed: they take effect when the gateway restarts"
                                    if new_config.web != self._started_web else "")
             log.info("config reloaded: %d bus(es), %d meter(s)", len(new_config.buses), len(new_config.meters))
-            self._log_broken_profiles(new_config)
+            self._log_alarms(new_config)
 
     def _apply(self, config: GatewayConfig) -> None:
         """Start what depends on the config: sources, buses (simulated ones first), sync."""
@@ -224,6 +227,8 @@ class Gateway:
     def _start_simulator(self, bus: BusConfig) -> BusConfig:
         devices = [SimulatedDevice(m.device_id, self._profiles[m.profile]) for m in self.config.meters
                    if m.bus == bus.name and m.profile in self._profiles]
+        if not devices:   # no meters on it, or only meters whose profile file is broken: nothing to serve or poll
+            return bus
         simulator = SimulatorServer(devices, host="127.0.0.1").start()
         self._simulators.append(simulator)
         return replace(bus, host=simulator.host, port=simulator.port)

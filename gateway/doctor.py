@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.clock import ClockState, clock_state
-from gateway.config import GatewayConfig
+from gateway.config import NO_METERS, NO_METERS_FIX, GatewayConfig
 from gateway.metrics import disk_usage
 
 Status = Literal["OK", "WARN", "FAIL"]
@@ -42,7 +42,10 @@ def check_config(path: Path | None, error: str | None, config: GatewayConfig | N
     where = str(path) if path else "the embedded default config"
     if error is not None or config is None:
         return [Check("config", "FAIL", error or where, "change the key the message names, then run doctor again")]
-    return [_ok("config", f"{where}: {len(config.buses)} bus(es), {len(config.meters)} meter(s)")]
+    rows = [_ok("config", f"{where}: {len(config.buses)} bus(es), {len(config.meters)} meter(s)")]
+    if not config.meters:
+        rows.append(Check("meters", "WARN", NO_METERS, NO_METERS_FIX))
+    return rows
 
 
 def check_profiles(broken: Mapping[str, str], config: GatewayConfig | None) -> list[Check]:
