@@ -62,6 +62,10 @@ class GatewayConfig:
     #: (profile id, message) of each profile file that did not load; the meters naming one are disabled
     profile_errors: tuple[tuple[str, str], ...] = ()
 
+    def meters_using(self, profile: str) -> list[str]:
+        """Ids of the meters that name ``profile``."""
+        return [m.id for m in self.meters if m.profile == profile]
+
     def disabled_meters(self) -> dict[str, str]:
         """Meter id -> why it is not polled: its profile file did not load (the alarm the daemon shows)."""
         errors = dict(self.profile_errors)

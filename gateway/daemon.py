@@ -123,7 +123,7 @@ class Gateway:
         if not config.meters:
             log.warning("%s; %s", NO_METERS, NO_METERS_FIX)
         for profile, error in config.profile_errors:
-            users = [m.id for m in config.meters if m.profile == profile]
+            users = config.meters_using(profile)
             log.error("profile %s did not load: %s; %s", profile, error,
                       f"meter(s) {', '.join(users)} disabled (not polled) until it is fixed and the config reloaded"
                       if users else "no meter uses it")

@@ -52,7 +52,7 @@ def check_profiles(broken: Mapping[str, str], config: GatewayConfig | None) -> l
     """Each profile file that did not load is a FAIL: the meters that use it are not polled."""
     rows = []
     for profile, error in sorted(broken.items()):
-        users = [m.id for m in config.meters if m.profile == profile] if config is not None else []
+        users = config.meters_using(profile) if config is not None else []
         what = (f"meter(s) {', '.join(users)} are not polled until it loads" if users else "no meter uses it")
         rows.append(Check(f"profile {profile}", "FAIL", error,
                           f"{what}: correct the file as the message says (docs/profiles.md) or move it out of the "
