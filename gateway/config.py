@@ -100,7 +100,7 @@ NO_METERS_FIX = ("add a [[meters]] table per meter (bus, device_id, profile; `ca
 
 def disabled_reason(profile: str, error: str) -> str:
     """Why a meter whose profile file did not load is not polled, with the fix."""
-    return (f"disabled: profile {profile} did not load, so the meter is not polled: {error}; "
+    return (f"profile {profile} did not load, so the meter is not polled: {error}; "
             "then reload the config (systemctl reload carbon-gateway)")
 
 

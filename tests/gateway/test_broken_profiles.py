@@ -44,7 +44,7 @@ def _profile_dir(tmp_path: Path) -> Path:
 
 
 def _reason(directory: Path) -> str:
-    return (f"disabled: profile {BROKEN} did not load, so the meter is not polled: {directory / BROKEN}.toml: {FIX}; "
+    return (f"profile {BROKEN} did not load, so the meter is not polled: {directory / BROKEN}.toml: {FIX}; "
             "then reload the config (systemctl reload carbon-gateway)")
 
 

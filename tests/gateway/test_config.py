@@ -166,7 +166,7 @@ def test_a_meter_whose_profile_file_is_broken_is_kept_disabled_with_the_reason(t
                                                           ("steam-header", False)]
     assert config.profile_errors == (("generic-heat-meter", error),)
     assert config.disabled_meters() == {"steam-header": (
-        f"disabled: profile generic-heat-meter did not load, so the meter is not polled: {error}; "
+        f"profile generic-heat-meter did not load, so the meter is not polled: {error}; "
         "then reload the config (systemctl reload carbon-gateway)")}
     with pytest.raises(ConfigError) as unknown:   # without the broken file it is an unknown profile, as before
         load_config(path, profiles)
