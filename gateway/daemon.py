@@ -57,7 +57,7 @@ class Gateway:
                  clock_probe: Callable[[], ClockState] = clock_state) -> None:
         self.config = config
         self._clock_probe = clock_probe
-        self._profiles = dict(profiles) if profiles is not None else load_profile_set(PROFILES_DIR).profiles
+        self._profiles = dict(profiles if profiles is not None else load_profile_set(PROFILES_DIR).profiles)
         self.store: Store | None = None
         self.sync: SyncService | None = None
         self._simulators: list[SimulatorServer] = []
