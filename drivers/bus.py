@@ -136,7 +136,7 @@ class BusPoller:
         self.bus = bus
         self.meters = [m for m in meters if m.bus == bus.name]
         for meter in self.meters:
-            if meter.profile not in profiles:
+            if meter.enabled and meter.profile not in profiles:   # a disabled meter may name a broken profile
                 raise DriverError(f"meter {meter.id}: unknown profile '{meter.profile}'")
         self.profiles = dict(profiles)
         self.cost = BusCost.for_bus(bus)

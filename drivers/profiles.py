@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +163,40 @@ def load_profile(path: Path) -> Profile:
     return profile
 
 
-def load_profiles(directory: Path) -> dict[str, Profile]:
-    """All profiles in ``directory`` by id."""
+@dataclass(frozen=True)
+class ProfileSet:
+    """A profile directory as loaded: the good profiles by id, and why each other file did not load."""
+
+    profiles: Mapping[str, Profile]
+    broken: Mapping[str, str]   # file stem (the id a meter names) -> the ProfileError message: file, point, fix
+
+
+def load_profile_set(directory: Path) -> ProfileSet:
+    """Every profile file in ``directory``; one broken file does not hide the others (the daemon disables only
+    the meters that use it).
+
+    :raises ProfileError: the directory itself is missing.
+    """
     if not directory.is_dir():
         raise ProfileError(f"{directory}: profile directory not found")
-    return {p.id: p for p in (load_profile(path) for path in sorted(directory.glob("*.toml")))}
+    profiles: dict[str, Profile] = {}
+    broken: dict[str, str] = {}
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            profile = load_profile(path)
+        except ProfileError as exc:
+            broken[path.stem] = str(exc)
+        else:
+            profiles[profile.id] = profile
+    return ProfileSet(profiles, broken)
+
+
+def load_profiles(directory: Path) -> dict[str, Profile]:
+    """All profiles in ``directory`` by id, for the commissioning commands, which show a broken file at once.
+
+    :raises ProfileError: the directory is missing, or the first broken file (in name order).
+    """
+    found = load_profile_set(directory)
+    if found.broken:
+        raise ProfileError(next(iter(found.broken.values())))
+    return dict(found.profiles)

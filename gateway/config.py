@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,17 @@ class GatewayConfig:
     backup: BackupSettings = BackupSettings()
     source_path: Path | None = None
     text: str = field(default="", repr=False, compare=False)
+    #: (profile id, message) of each profile file that did not load; the meters naming one are disabled
+    profile_errors: tuple[tuple[str, str], ...] = ()
+
+    def meters_using(self, profile: str) -> list[str]:
+        """Ids of the meters that name ``profile``."""
+        return [m.id for m in self.meters if m.profile == profile]
+
+    def disabled_meters(self) -> dict[str, str]:
+        """Meter id -> why it is not polled: its profile file did not load (the alarm the daemon shows)."""
+        errors = dict(self.profile_errors)
+        return {m.id: disabled_reason(m.profile, errors[m.profile]) for m in self.meters if m.profile in errors}
 
     @property
     def database(self) -> Path:
@@ -79,6 +90,18 @@ class GatewayConfig:
     @property
     def audit_key(self) -> Path:
         return self.keys_dir / "audit.key"
+
+
+#: A config without [[meters]] is valid (a gateway installed before its meters are wired) but polls nothing.
+NO_METERS = "no meters configured: nothing is polled and no readings are stored"
+NO_METERS_FIX = ("add a [[meters]] table per meter (bus, device_id, profile; `carbon-gateway scan` finds them, "
+                 "docs/configuration.md), then reload the gateway (systemctl reload carbon-gateway)")
+
+
+def disabled_reason(profile: str, error: str) -> str:
+    """Why a meter whose profile file did not load is not polled, with the fix."""
+    return (f"profile {profile} did not load, so the meter is not polled: {error}; "
+            "then reload the config (systemctl reload carbon-gateway)")
 
 
 class _Reader:
@@ -246,8 +269,15 @@ def _topic_prefix(s: _Reader) -> str:
 
 
 def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Profile],
-                 data_dir_override: Path | None = None, base_dir: Path | None = None) -> GatewayConfig:
-    """Validate parsed TOML and build a :class:`GatewayConfig`."""
+                 data_dir_override: Path | None = None, base_dir: Path | None = None,
+                 broken_profiles: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Validate parsed TOML and build a :class:`GatewayConfig`.
+
+    :param broken_profiles: profile id -> error of each profile file that did not load
+        (``drivers.load_profile_set``): a meter naming one is kept but disabled, with that reason; a meter
+        naming a profile that does not exist at all is a config error.
+    """
+    broken = broken_profiles or {}
     top = _Reader(origin, data, "", {"gateway", "buses", "meters", "emissions", "sync", "web", "backup"})
     g = _Reader(origin, top.get("gateway", dict, {}), "gateway", {"id", "data_dir"})
     gateway_id = g.get("id", str, "gateway")
@@ -274,11 +304,13 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         if meter.bus not in {b.name for b in buses}:
             raise ConfigError(f'{where}.bus = "{meter.bus}": no such bus; use one of '
                               f'{", ".join(b.name for b in buses) or "(none: add a [[buses]] table)"}')
-        if meter.profile not in profiles:
+        if meter.profile in broken:
+            meter = replace(meter, enabled=False)    # an alarm, not a stop: GatewayConfig.disabled_meters()
+        elif meter.profile not in profiles:
             raise ConfigError(f'{where}.profile = "{meter.profile}": unknown profile; use one of '
                               f'{", ".join(sorted(profiles))}')
-        names = [p.name for p in profiles[meter.profile].points]
-        if source is not None and source.point is not None and source.point not in names:
+        names = [p.name for p in profiles[meter.profile].points] if meter.profile in profiles else []
+        if source is not None and source.point is not None and names and source.point not in names:
             raise ConfigError(f'{where}.point = "{source.point}": profile {meter.profile} has no such point; '
                               f'use one of {", ".join(names)}')
         if any(m.bus == meter.bus and m.device_id == meter.device_id for m in meters):
@@ -358,21 +390,25 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
                             directory=_path(b.get("directory", str, None)))
     return GatewayConfig(gateway_id=gateway_id, data_dir=data_dir, buses=tuple(buses), meters=tuple(meters),
                          sources=tuple(sources), emissions=emissions, sync=sync, web=web,
-                         simulated_buses=frozenset(simulated), demo_receiver_key=demo_key, backup=backup)
+                         simulated_buses=frozenset(simulated), demo_receiver_key=demo_key, backup=backup,
+                         profile_errors=tuple(sorted(broken.items())))
 
 
-def load_config(path: Path | None, profiles: Mapping[str, Profile], data_dir_override: Path | None = None) -> GatewayConfig:
+def load_config(path: Path | None, profiles: Mapping[str, Profile], data_dir_override: Path | None = None,
+                broken_profiles: Mapping[str, str] | None = None) -> GatewayConfig:
     """Load ``path``; None: ``<data_dir>/gateway.toml`` if the web UI saved one, else the embedded default.
+
+    ``broken_profiles`` as in :func:`parse_config`.
 
     :raises ConfigError: unreadable file, TOML syntax error (with line and column) or an invalid value.
     """
     if path is None:
-        default = load_config(DEFAULT_CONFIG, profiles, data_dir_override)
+        default = load_config(DEFAULT_CONFIG, profiles, data_dir_override, broken_profiles)
         saved = saved_config_path(default)
         if not saved.is_file():
             return default
         # the saved file lives in the data directory the default names: keep that directory
-        return load_config(saved, profiles, data_dir_override or default.data_dir)
+        return load_config(saved, profiles, data_dir_override or default.data_dir, broken_profiles)
     try:
         # utf-8-sig: Windows editors (Notepad) put a byte-order mark in front, which TOML does not allow.
         text = path.read_text(encoding="utf-8-sig")
@@ -381,11 +417,12 @@ def load_config(path: Path | None, profiles: Mapping[str, Profile], data_dir_ove
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: {not_utf8(exc)}: "
                           "save the config as UTF-8 (not UTF-16), or check that --config names the TOML file") from exc
-    return config_from_text(text, str(path), profiles, data_dir_override, source_path=path)
+    return config_from_text(text, str(path), profiles, data_dir_override, source_path=path,
+                            broken_profiles=broken_profiles)
 
 
 def config_from_text(text: str, origin: str, profiles: Mapping[str, Profile], data_dir_override: Path | None = None,
-                     source_path: Path | None = None) -> GatewayConfig:
+                     source_path: Path | None = None, broken_profiles: Mapping[str, str] | None = None) -> GatewayConfig:
     """Validate TOML text (an upload, a config edited in the web UI) as :func:`load_config` does a file.
 
     :raises ConfigError: TOML syntax error (with line and column) or an invalid value.
@@ -395,7 +432,7 @@ def config_from_text(text: str, origin: str, profiles: Mapping[str, Profile], da
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin}: TOML syntax error: {exc}; fix that line (strings need quotes, "
                           "tables are [name] and lists of tables [[name]])") from exc
-    config = parse_config(data, origin, profiles, data_dir_override)
+    config = parse_config(data, origin, profiles, data_dir_override, broken_profiles=broken_profiles)
     return GatewayConfig(**{**config.__dict__, "source_path": source_path, "text": text})
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Reading, SimulatedDevice, SimulatorServer
-from drivers import load_profiles
+from drivers import load_profile_set
 from local_store import Store, StoreError, audit, open_store
 from local_store.backup import StoreLock, apply_staged_restore, create_backup, hold_store_lock, prune_backups
 from local_store.reports import emissions_summary
@@ -25,7 +25,7 @@ from sync import SyncService, SyncStatus
 from sync.keys import ensure_receiver_key
 
 from gateway.clock import UNSYNCHRONISED_REASON, ClockState, clock_state
-from gateway.config import GatewayConfig
+from gateway.config import NO_METERS, NO_METERS_FIX, GatewayConfig
 from gateway.logs import RepeatedError
 from gateway.paths import PROFILES_DIR
 from gateway.scheduling import SteadyScheduler
@@ -57,7 +57,7 @@ class Gateway:
                  clock_probe: Callable[[], ClockState] = clock_state) -> None:
         self.config = config
         self._clock_probe = clock_probe
-        self._profiles = dict(profiles) if profiles is not None else load_profiles(PROFILES_DIR)
+        self._profiles = dict(profiles if profiles is not None else load_profile_set(PROFILES_DIR).profiles)
         self.store: Store | None = None
         self.sync: SyncService | None = None
         self._simulators: list[SimulatorServer] = []
@@ -115,8 +115,20 @@ class Gateway:
             self._start_web()
         log.info("gateway %s started: %d bus(es), %d meter(s), data in %s", config.gateway_id,
                  len(config.buses), len(config.meters), config.data_dir)
+        self._log_alarms(config)
 
-    def reload(self, new_config: GatewayConfig) -> None:
+    def _log_alarms(self, config: GatewayConfig) -> None:
+        """At start and reload: no meters at all (WARNING), and each profile file that did not load, once, at
+        ERROR, with the meters it disables."""
+        if not config.meters:
+            log.warning("%s; %s", NO_METERS, NO_METERS_FIX)
+        for profile, error in config.profile_errors:
+            users = config.meters_using(profile)
+            log.error("profile %s did not load: %s; %s", profile, error,
+                      f"meter(s) {', '.join(users)} disabled (not polled) until it is fixed and the config reloaded"
+                      if users else "no meter uses it")
+
+    def reload(self, new_config: GatewayConfig, profiles: Mapping[str, Profile] | None = None) -> None:
         """Run ``new_config`` instead of the running one, or keep the running one.
 
         Polling and sync stop, readings already read are stored, then buses, meters, sources,
@@ -124,19 +136,23 @@ class Gateway:
         started again and :class:`ReloadError` says what failed. The data directory cannot change
         while running; web settings take effect at the next restart (``restart_needed`` says so).
 
+        :param profiles: the profiles re-read with the new config (SIGHUP); None keeps the running ones.
         :raises ReloadError: the new config was not applied; the previous one is running.
         """
         with self._reload_lock:
-            old = self.config
+            old, old_profiles = self.config, self._profiles
             if new_config.data_dir.resolve() != old.data_dir.resolve():
                 raise ReloadError(f"gateway.data_dir cannot change while running ({old.data_dir} -> "
                                   f"{new_config.data_dir}): restart the gateway to move its data")
             self._stop_running()
+            if profiles is not None:
+                self._profiles = dict(profiles)
             try:
                 self._apply(new_config)
             except Exception as exc:  # anything that stops the new config starting: roll back
                 log.error("config reload failed, rolling back to the previous config: %s", exc)
                 self._stop_running()
+                self._profiles = old_profiles
                 try:
                     self._apply(old)
                 except Exception as again:
@@ -146,12 +162,13 @@ class Gateway:
             self.restart_needed = ("web settings changed: they take effect when the gateway restarts"
                                    if new_config.web != self._started_web else "")
             log.info("config reloaded: %d bus(es), %d meter(s)", len(new_config.buses), len(new_config.meters))
+            self._log_alarms(new_config)
 
     def _apply(self, config: GatewayConfig) -> None:
         """Start what depends on the config: sources, buses (simulated ones first), sync."""
         assert self.store is not None
         for meter in config.meters:   # before a simulator is started for a profile that is not there
-            if meter.profile not in self._profiles:
+            if meter.enabled and meter.profile not in self._profiles:
                 raise DriverError(f"meter {meter.id}: unknown profile '{meter.profile}'")
         self.config = config
         self.store.configure_sources(config.sources, config.emissions)
@@ -208,7 +225,10 @@ class Gateway:
         log.info("gateway stopped")
 
     def _start_simulator(self, bus: BusConfig) -> BusConfig:
-        devices = [SimulatedDevice(m.device_id, self._profiles[m.profile]) for m in self.config.meters if m.bus == bus.name]
+        devices = [SimulatedDevice(m.device_id, self._profiles[m.profile]) for m in self.config.meters
+                   if m.bus == bus.name and m.profile in self._profiles]
+        if not devices:   # no meters on it, or only meters whose profile file is broken: nothing to serve or poll
+            return bus
         simulator = SimulatorServer(devices, host="127.0.0.1").start()
         self._simulators.append(simulator)
         return replace(bus, host=simulator.host, port=simulator.port)
@@ -380,6 +400,8 @@ class Gateway:
         stats: dict[str, MeterStats] = {}
         for poller in self._pollers.values():
             stats.update(poller.stats())
+        for meter_id, reason in self.config.disabled_meters().items():   # the alarm: why it is not polled
+            stats[meter_id] = replace(stats.get(meter_id, MeterStats()), state="disabled", last_error=reason)
         return [MeterStatus(m.id, m.bus, m.device_id, m.profile, stats.get(m.id, MeterStats()),
                             tuple(latest.get(m.id, ()))) for m in self.config.meters]
 
@@ -408,8 +430,9 @@ class Gateway:
         """What ``/healthz`` answers: ``status`` is ok while readings are stored, else degraded, with why."""
         age = time.monotonic() - self.last_store_ok if self.last_store_ok else None
         sync = self.sync_status()
+        disabled = self.config.disabled_meters()
         return {
-            "status": "ok" if age is not None and age < 60 and not self.store_error else "degraded",
+            "status": "ok" if age is not None and age < 60 and not self.store_error and not disabled else "degraded",
             "last_store_age_s": age,
             "store_error": self.store_error,
             "readings_held_in_memory": self.held_readings(),
@@ -419,6 +442,8 @@ class Gateway:
             "clock_synchronized": self.clock_synchronized,
             "backup_error": self.backup_error,
             "restart_needed": self.restart_needed,
+            "disabled_meters": disabled,          # meter id -> why (its profile file did not load)
+            "profile_errors": dict(self.config.profile_errors),
         }
 
     def sync_lag_s(self, now: float | None = None) -> float:

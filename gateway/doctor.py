@@ -12,13 +12,13 @@ import socket
 import sqlite3
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from gateway.clock import ClockState, clock_state
-from gateway.config import GatewayConfig
+from gateway.config import NO_METERS, NO_METERS_FIX, GatewayConfig
 from gateway.metrics import disk_usage
 
 Status = Literal["OK", "WARN", "FAIL"]
@@ -42,7 +42,22 @@ def check_config(path: Path | None, error: str | None, config: GatewayConfig | N
     where = str(path) if path else "the embedded default config"
     if error is not None or config is None:
         return [Check("config", "FAIL", error or where, "change the key the message names, then run doctor again")]
-    return [_ok("config", f"{where}: {len(config.buses)} bus(es), {len(config.meters)} meter(s)")]
+    rows = [_ok("config", f"{where}: {len(config.buses)} bus(es), {len(config.meters)} meter(s)")]
+    if not config.meters:
+        rows.append(Check("meters", "WARN", NO_METERS, NO_METERS_FIX))
+    return rows
+
+
+def check_profiles(broken: Mapping[str, str], config: GatewayConfig | None) -> list[Check]:
+    """Each profile file that did not load is a FAIL: the meters that use it are not polled."""
+    rows = []
+    for profile, error in sorted(broken.items()):
+        users = config.meters_using(profile) if config is not None else []
+        what = (f"meter(s) {', '.join(users)} are not polled until it loads" if users else "no meter uses it")
+        rows.append(Check(f"profile {profile}", "FAIL", error,
+                          f"{what}: correct the file as the message says (docs/profiles.md) or move it out of the "
+                          "profiles directory, then reload the gateway (systemctl reload carbon-gateway)"))
+    return rows
 
 
 def check_data_dir(config: GatewayConfig) -> list[Check]:
@@ -211,9 +226,14 @@ def check_store(config: GatewayConfig) -> list[Check]:
 
 
 def run_checks(config_path: Path | None, config: GatewayConfig | None, config_error: str | None,
-               clock_probe: Callable[[], ClockState] = clock_state) -> list[Check]:
-    """Every check, in the order a technician works through them."""
+               clock_probe: Callable[[], ClockState] = clock_state,
+               broken_profiles: Mapping[str, str] | None = None) -> list[Check]:
+    """Every check, in the order a technician works through them.
+
+    :param broken_profiles: profile id -> error of each profile file that did not load.
+    """
     rows = check_config(config_path, config_error, config)
+    rows += check_profiles(broken_profiles or {}, config)
     rows += check_clock(clock_probe)
     if config is None:
         return rows

@@ -70,6 +70,8 @@ def render(gateway: Any, now: float | None = None) -> str:
                 for kind, attr in (("timeout", "timeouts"), ("exception", "exceptions"), ("decode", "decode_errors"))])
     out.family("meter_ok", "gauge", "1 while the meter answers, 0 while it fails.",
                [(lbl, m.stats.state == "ok") for lbl, m in labels])
+    out.family("profile_broken", "gauge", "1 per profile file that did not load; the meters using it are not polled "
+               "(the reason is in /healthz).", [({"profile": p}, 1) for p, _ in gateway.config.profile_errors])
     out.family("meter_last_ok_timestamp_seconds", "gauge", "When the meter last answered completely.",
                [(lbl, m.stats.last_ok_at) for lbl, m in labels])
     out.one("store_last_write_age_seconds", "gauge", "Seconds since readings were last stored.",

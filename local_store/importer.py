@@ -7,8 +7,10 @@ errors is written, in one transaction together with its emissions.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -69,6 +71,48 @@ def _parse_when(text: str, tz: tzinfo, need_offset: bool) -> float:
     return dt.timestamp()
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One CSV record and the line of the file it starts on (a quoted field may hold line breaks)."""
+
+    line: int
+    fields: list[str]
+
+
+def _rows(path: Path, text: str) -> list[_Row]:
+    """Parse the whole text with the csv module, so a quoted field with a line break stays one field and
+    every later row keeps its true line number (splitting lines first broke both).
+
+    :raises DataImportError: a record the csv module cannot read (e.g. a field over its size limit).
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[_Row] = []
+    line = 1
+    try:
+        for fields in reader:
+            rows.append(_Row(line, fields))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataImportError(str(path), [f"line {line}: cannot read the CSV ({exc}): check the quotes on this "
+                                          "line; nothing was imported"]) from None
+    return rows
+
+
+def _records(rows: list[_Row], header: list[str], errors: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """(line, stripped fields) of each data row with the header's number of fields; blank rows are skipped and
+    a wrong field count is added to ``errors``."""
+    for row in rows:
+        if not any(c.strip() for c in row.fields):
+            continue
+        if len(row.fields) != len(header):
+            spans = ('; a quoted field runs on past the end of the line: check that every opening " is closed'
+                     if any("\n" in c for c in row.fields) else "")
+            errors.append(f"line {row.line}: {len(row.fields)} fields, expected {len(header)} ({','.join(header)})"
+                          f"{spans}")
+            continue
+        yield row.line, [c.strip() for c in row.fields]
+
+
 def _at(line: int, source: str, period: str) -> str:
     """Where a row's problem is: its line, source and period, as the issue asks every message to say."""
     return f"line {line} ({source or 'no source'}, {period})"
@@ -97,10 +141,10 @@ def import_csv(store: Store, path: Path, tz: tzinfo | None = None) -> ImportResu
         raise DataImportError(str(path), [f"{not_utf8(exc)}: save "
                                           "it as UTF-8 CSV (Excel: \"CSV UTF-8\"; not UTF-16 or \"Unicode text\")"]
                               ) from None
-    rows = list(csv.reader(text.splitlines()))
+    rows = _rows(path, text)
     if not rows:
         raise DataImportError(str(path), ["line 1: the file is empty: the first line must be a header"])
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in rows[0].fields]
     if header == ACTIVITY_HEADER:
         return _import_activity(store, path, rows[1:], tz)
     if header == READINGS_HEADER:
@@ -123,16 +167,11 @@ class _ActivityRow:
     period: str            # start..end as written, for messages
 
 
-def _import_activity(store: Store, path: Path, rows: list[list[str]], tz: tzinfo) -> ImportResult:
+def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> ImportResult:
     errors: list[str] = []
     good: list[_ActivityRow] = []
-    for n, raw in enumerate(rows, start=2):
-        if not any(c.strip() for c in raw):
-            continue
-        if len(raw) != len(ACTIVITY_HEADER):
-            errors.append(f"line {n}: {len(raw)} fields, expected {len(ACTIVITY_HEADER)} ({','.join(ACTIVITY_HEADER)})")
-            continue
-        source, act, start_s, end_s, amount_s, unit = (c.strip() for c in raw)
+    for n, fields in _records(rows, ACTIVITY_HEADER, errors):
+        source, act, start_s, end_s, amount_s, unit = fields
         problems = []
         if not source:
             problems.append("source is empty: name the meter or installation, e.g. boiler-1")
@@ -263,18 +302,13 @@ def _day_pieces(start: float, end: float, tz: tzinfo) -> list[tuple[float, float
     return out
 
 
-def _import_readings(store: Store, path: Path, rows: list[list[str]]) -> ImportResult:
+def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult:
     errors: list[str] = []
     readings: list[Reading] = []
-    lines: list[int] = []
+    lines: list[tuple[int, str]] = []                     # each reading's line and timestamp as written
     first_line: dict[tuple[str, str, float], int] = {}   # (source, register, timestamp) -> its first line
-    for n, raw in enumerate(rows, start=2):
-        if not any(c.strip() for c in raw):
-            continue
-        if len(raw) != len(READINGS_HEADER):
-            errors.append(f"line {n}: {len(raw)} fields, expected {len(READINGS_HEADER)} ({','.join(READINGS_HEADER)})")
-            continue
-        source, ts_s, register, value_s, unit = (c.strip() for c in raw)
+    for n, fields in _records(rows, READINGS_HEADER, errors):
+        source, ts_s, register, value_s, unit = fields
         problems = []
         if not source:
             problems.append("source is empty: name the meter, e.g. main-incomer")
@@ -307,14 +341,14 @@ def _import_readings(store: Store, path: Path, rows: list[list[str]]) -> ImportR
         assert ts is not None and value is not None
         first_line[source, register, ts] = n
         readings.append(Reading(source, register, ts, value, unit, Quantity(register)))
-        lines.append(n)
+        lines.append((n, ts_s))
     if not errors and not readings:
         errors.append("the file has a header but no data rows: add rows below the header")
-    for n, r in zip(lines, readings):      # an earlier import or the poller: the reading would be there twice
+    for (n, ts_s), r in zip(lines, readings):   # an earlier import or the poller: the reading would be there twice
         row = store.db.execute("SELECT origin FROM readings WHERE meter_id = ? AND point = ? AND timestamp = ? LIMIT 1",
                                (r.meter_id, r.point, r.timestamp)).fetchone()
         if row is not None:
-            errors.append(f"{_at(n, r.meter_id, rows[n - 2][1].strip())}: already stored (origin {row[0]}): "
+            errors.append(f"{_at(n, r.meter_id, ts_s)}: already stored (origin {row[0]}): "
                           "remove the row or the earlier import")
     # Each series needs factors over its whole time span.
     series: dict[tuple[str, str], list[float]] = {}

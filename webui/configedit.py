@@ -37,8 +37,9 @@ def validate(runtime: Any, text: str, origin: str = "web UI") -> GatewayConfig:
     """:raises ApplyError: the text is not a valid config (the message names key, value and fix)."""
     path = saved_config_path(runtime.config)
     try:
+        # a meter whose profile file is broken stays disabled, as at start, rather than failing every edit
         return config_from_text(text, origin, runtime.profiles(), data_dir_override=runtime.config.data_dir,
-                                source_path=path)
+                                source_path=path, broken_profiles=dict(runtime.config.profile_errors))
     except ConfigError as exc:
         raise ApplyError(str(exc)) from exc
 

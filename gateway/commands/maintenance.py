@@ -161,18 +161,20 @@ def doctor(config_path: Path | None, data_dir: Path | None, as_json: bool) -> No
 
     Each line is OK, WARN or FAIL with the fix. Exit status 1 when something fails.
     """
-    from drivers import ProfileError, load_profiles
+    from drivers import ProfileError, load_profile_set
 
     from gateway.config import ConfigError, load_config
     from gateway.doctor import run_checks
     from gateway.paths import PROFILES_DIR
 
-    config, error = None, None
+    config, error, broken = None, None, {}
     try:
-        config = load_config(config_path, load_profiles(PROFILES_DIR), data_dir)
+        found = load_profile_set(PROFILES_DIR)
+        broken = dict(found.broken)
+        config = load_config(config_path, found.profiles, data_dir, broken_profiles=broken)
     except (ConfigError, ProfileError) as exc:
         error = str(exc)
-    rows = run_checks(config_path, config, error)
+    rows = run_checks(config_path, config, error, broken_profiles=broken)
     if as_json:
         click.echo(json.dumps([{"check": r.name, "status": r.status, "message": r.message, "fix": r.fix}
                                for r in rows], ensure_ascii=False, indent=2))

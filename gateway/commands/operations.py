@@ -5,17 +5,16 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from drivers import DriverError, Profile, ProfileError, load_profiles
+from drivers import DriverError, Profile, ProfileError, load_profile_set
 from local_store import StoreError
 from sync import SyncError
 
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.logs import configure_logging, under_journald
 from gateway.notify import Notifier, WatchdogFeeder, watchdog_interval_s
 from gateway.paths import PROFILES_DIR
@@ -32,11 +31,21 @@ class ConfigProblem(click.ClickException):
     exit_code = 2
 
 
-def load_or_exit(config: Path | None, data_dir: Path | None):  # type: ignore[no-untyped-def]
+def load_config_and_profiles(config: Path | None, data_dir: Path | None) -> tuple[GatewayConfig, dict[str, Profile]]:
+    """The config and the profiles that loaded; a meter whose profile file is broken is disabled with the
+    error as its alarm (``GatewayConfig.disabled_meters``), the other meters run.
+
+    :raises ConfigError: the config cannot be used (a meter naming a profile that does not exist included).
+    :raises ProfileError: the profile directory is missing.
+    """
+    found = load_profile_set(PROFILES_DIR)
+    return load_config(config, found.profiles, data_dir, broken_profiles=found.broken), dict(found.profiles)
+
+
+def load_or_exit(config: Path | None, data_dir: Path | None) -> tuple[GatewayConfig, dict[str, Profile]]:
     """The config and profiles, or exit 2 with the config error's message."""
     try:
-        profiles = load_profiles(PROFILES_DIR)
-        return load_config(config, profiles, data_dir), profiles
+        return load_config_and_profiles(config, data_dir)
     except (ConfigError, ProfileError) as exc:
         raise ConfigProblem(str(exc)) from exc
 
@@ -81,7 +90,7 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
             if reload_requested.is_set():
                 reload_requested.clear()
                 notifier.reloading()
-                reload_config(gateway, config_path, data_dir, profiles)
+                reload_config(gateway, config_path, data_dir)
                 notifier.ready(f"polling {len(gateway.config.meters)} meter(s)")
             feeder.tick()   # pings only if every bus loop and the store writer came round since the last ping
     finally:
@@ -89,9 +98,9 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
         gateway.stop()
 
 
-def reload_config(gateway: Gateway, config_path: Path | None, data_dir: Path | None,
-                  profiles: Mapping[str, Profile]) -> bool:
-    """SIGHUP: re-read the config file and apply it; keep the running config when it fails. Logged and audited."""
+def reload_config(gateway: Gateway, config_path: Path | None, data_dir: Path | None) -> bool:
+    """SIGHUP: re-read the config file and the profile files and apply them; keep the running config when it
+    fails. A broken profile file disables only the meters that use it. Logged and audited."""
     import hashlib
 
     from gateway.daemon import ReloadError
@@ -99,9 +108,9 @@ def reload_config(gateway: Gateway, config_path: Path | None, data_dir: Path | N
     old = gateway.config
     where = str(config_path or "the embedded default config")
     try:
-        new = load_config(config_path, profiles, data_dir)
-        gateway.reload(new)
-    except (ConfigError, ReloadError) as exc:
+        new, profiles = load_config_and_profiles(config_path, data_dir)
+        gateway.reload(new, profiles)
+    except (ConfigError, ProfileError, ReloadError) as exc:
         log.error("config reload from %s refused, the running config stays: %s", where, exc)
         gateway.audit("config.reload_failed", where, {"error": str(exc)})
         return False

@@ -7,6 +7,7 @@ word order, scale or data type fails here.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +170,21 @@ def test_broken_identification_table(tmp_path: Path) -> None:
         load_profile(path)
     assert str(error.value) == (f"{path}: [identification]: use vendor_name and product_code, both non-empty "
                                 "strings, as the meter answers them to Read Device Identification (FC 43/14)")
+
+
+def test_one_broken_file_does_not_hide_the_others(tmp_path: Path) -> None:
+    """The daemon loads the good profiles and disables only the meters of a broken file; the commissioning
+    commands (``load_profiles``) still stop at the broken file with the same message."""
+    from drivers import ProfileError, load_profile_set
+
+    shutil.copy(PROFILE_DIR / "eastron-sdm630.toml", tmp_path)
+    broken = tmp_path / "custom-map.toml"
+    broken.write_text('id = "custom-map"\nmanufacturer = "M"\nmodel = "X"\n[[points]]\nname = "v"\naddress = 0\n'
+                      'data_type = "float"\nquantity = "voltage"\nunit = "V"\n')
+    message = (f'{broken}: points[0].data_type = "float": use one of u16, i16, bcd16, u32, i32, f32, bcd32, u64, '
+               "i64, f64")
+    found = load_profile_set(tmp_path)
+    assert (list(found.profiles), dict(found.broken)) == (["eastron-sdm630"], {"custom-map": message})
+    with pytest.raises(ProfileError) as error:
+        load_profiles(tmp_path)
+    assert str(error.value) == message

@@ -152,3 +152,23 @@ def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
     path.write_bytes(b"\xef\xbb\xbf" + DEMO.encode())
     assert load_config(path, PROFILES).gateway_id == "demo-gateway"
+
+
+def test_a_meter_whose_profile_file_is_broken_is_kept_disabled_with_the_reason(tmp_path: Path) -> None:
+    """STYLE.md: a broken meter entry disables that meter with an alarm; the rest of the config loads. The
+    meter's point is not checked against a profile that did not load."""
+    error = "/profiles/generic-heat-meter.toml: no [[points]]; add at least one point"
+    profiles = {k: v for k, v in PROFILES.items() if k != "generic-heat-meter"}
+    path = tmp_path / "gw.toml"
+    path.write_text(DEMO.replace('activity = "steam"', 'activity = "steam"\npoint = "heat_energy"', 1))
+    config = load_config(path, profiles, broken_profiles={"generic-heat-meter": error})
+    assert [(m.id, m.enabled) for m in config.meters] == [("main-incomer", True), ("boiler-gas", True),
+                                                          ("steam-header", False)]
+    assert config.profile_errors == (("generic-heat-meter", error),)
+    assert config.disabled_meters() == {"steam-header": (
+        f"profile generic-heat-meter did not load, so the meter is not polled: {error}; "
+        "then reload the config (systemctl reload carbon-gateway)")}
+    with pytest.raises(ConfigError) as unknown:   # without the broken file it is an unknown profile, as before
+        load_config(path, profiles)
+    assert str(unknown.value) == (f'{path}: meters[2].profile = "generic-heat-meter": unknown profile; use one of '
+                                  f'{", ".join(sorted(profiles))}')

@@ -281,3 +281,17 @@ def test_a_repeated_error_is_logged_once_and_counted(caplog: pytest.LogCaptureFi
         ("ERROR", "meter m1: CRC error"),
         ("INFO", "meter m1 works again (the error was seen 1 time(s))"),
     ]
+
+
+def test_a_gateway_without_meters_warns_once_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """It starts (its simulated bus has nothing to serve) and says why nothing is stored."""
+    caplog.set_level(logging.WARNING, logger="gateway.daemon")
+    gw = Gateway(fast_demo(tmp_path / "data", meters=(), sources=()))
+    gw.start()
+    try:
+        assert [(r.levelname, r.getMessage()) for r in caplog.records if "meters" in r.getMessage()] == [(
+            "WARNING", "no meters configured: nothing is polled and no readings are stored; add a [[meters]] table "
+                       "per meter (bus, device_id, profile; `carbon-gateway scan` finds them, docs/configuration.md), "
+                       "then reload the gateway (systemctl reload carbon-gateway)")]
+    finally:
+        gw.stop()

@@ -15,7 +15,7 @@ from gateway.cli import main
 from gateway.clock import ClockState
 from gateway.config import GatewayConfig, load_config
 from gateway.doctor import (
-    Check, check_broker, check_clock, check_data_dir, check_keys, check_serial_ports, check_store,
+    Check, check_broker, check_clock, check_config, check_data_dir, check_keys, check_serial_ports, check_store,
 )
 from gateway.paths import DEFAULT_CONFIG, PROFILES_DIR
 from local_store import audit, open_store
@@ -134,3 +134,16 @@ def test_doctor_command_reports_each_line_and_fails_with_status_1(tmp_path: Path
     assert [r["check"] for r in rows] == ["config", "clock", "data directory", "disk space", "broker", "signing key",
                                           "audit key", "backup key", "store"]
     assert result.exit_code == (1 if any(r["status"] == "FAIL" for r in rows) else 0)
+
+
+def test_a_config_without_meters_is_a_warning_with_the_fix(tmp_path: Path) -> None:
+    demo = DEFAULT_CONFIG.read_text()
+    text = demo[:demo.index("\n[[meters]]\n")] + demo[demo.index("\n[emissions]\n"):]
+    path = tmp_path / "gw.toml"
+    path.write_text(text)
+    config = load_config(path, PROFILES, data_dir_override=tmp_path / "data")
+    assert check_config(path, None, config) == [
+        Check("config", "OK", f"{path}: 1 bus(es), 0 meter(s)"),
+        Check("meters", "WARN", "no meters configured: nothing is polled and no readings are stored",
+              "add a [[meters]] table per meter (bus, device_id, profile; `carbon-gateway scan` finds them, "
+              "docs/configuration.md), then reload the gateway (systemctl reload carbon-gateway)")]

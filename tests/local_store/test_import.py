@@ -256,3 +256,48 @@ heat-export,heat_export,2025-01-01,2025-02-01,100,GJ
     assert by_source["heat-export"]["tco2e"] == pytest.approx(-100 * 0.11, abs=1e-5)
     assert {(r["scope"], r["iso_category"]) for r in report["by_source"] if r["source"] in ("boiler-1", "genset")} \
         == {(1, 1)}
+
+
+def test_a_quoted_field_with_a_line_break_is_one_field_and_later_lines_keep_their_numbers(tmp_path: Path) -> None:
+    """A spreadsheet cell with Alt+Enter: the CSV quotes it across two lines. The lines were split before CSV
+    parsing, so a row after it was reported with the wrong line number (and a line break inside a field,
+    e.g. a form feed, split the row into two with wrong field counts)."""
+    csv = write(tmp_path, "cells.csv", """
+source,activity,start,end,amount,unit
+"boiler-1
+",natural_gas,2025-01-01,2026-01-01,250000,m3
+forklifts,diesel,2025-01-01,2025-07-01,twelve,L
+"office,electricity,2025-03-01,2025-04-01,84000,kWh
+""")
+    with open_store(tmp_path / "gateway.db") as store:
+        with pytest.raises(DataImportError) as exc:
+            import_csv(store, csv, tz=CST)
+        assert exc.value.errors == [
+            "line 4 (forklifts, 2025-01-01..2025-07-01): amount = 'twelve': not a number; write it like 250000 or 1234.5",
+            "line 5: 1 fields, expected 6 (source,activity,start,end,amount,unit); a quoted field runs on past the "
+            'end of the line: check that every opening " is closed']
+        assert counts(store) == (0, 0, 0, 0)
+        fixed = write(tmp_path, "fixed.csv", csv.read_text().replace("twelve", "12000").replace('"office', "office"))
+        result = import_csv(store, fixed, tz=CST)
+        assert (result.rows, result.sources) == (3, ("boiler-1", "forklifts", "office"))
+
+
+def test_a_form_feed_inside_a_field_is_not_a_line_break(tmp_path: Path) -> None:
+    """str.splitlines also splits at form feeds and Unicode line separators, which CSV does not: the row was
+    reported as two rows with wrong field counts."""
+    csv = write(tmp_path, "r.csv", 'source,timestamp,register,value,unit\n'
+                                   'm1,2025-03-01T00:00:00+08:00,energy_import,1\x0c,kWh\n'
+                                   'm1,2025-03-01T00:15:00+08:00,voltage,230,V\n')
+    with open_store(tmp_path / "gateway.db") as store, pytest.raises(DataImportError) as exc:
+        import_csv(store, csv)
+    assert exc.value.errors == [
+        "line 3 (m1, 2025-03-01T00:15:00+08:00): register = 'voltage': use one of energy_import, energy_export, "
+        "gas_volume, heat_energy, steam_mass (cumulative registers)"]
+
+
+def test_a_field_the_csv_module_cannot_read_names_its_line(tmp_path: Path) -> None:
+    csv = write(tmp_path, "huge.csv", "source,activity,start,end,amount,unit\n" + '"' + "x" * 200_000 + '"\n')
+    with open_store(tmp_path / "gateway.db") as store, pytest.raises(DataImportError) as exc:
+        import_csv(store, csv)
+    assert exc.value.errors == ["line 2: cannot read the CSV (field larger than field limit (131072)): check the "
+                                "quotes on this line; nothing was imported"]
