@@ -97,7 +97,7 @@ def test_a_broken_profile_disables_its_meter_with_an_alarm_and_the_rest_runs(
         _, _, metrics = _get(gw, "/metrics", token=TOKEN)
         assert f'carbon_gateway_profile_broken{{profile="{BROKEN}"}} 1' in metrics.splitlines()
         _, _, page = _get(gw, "/")      # the demo's public dashboard shows the meter's state and error text
-        assert f"disabled {escape(_reason(directory))}" in page
+        assert f"not polled {escape(_reason(directory))}" in page
 
         # The technician fixes the file; a reload (SIGHUP re-reads the profiles) polls the meter again.
         shutil.copy(PROFILES_DIR / f"{BROKEN}.toml", directory)

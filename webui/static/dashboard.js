@@ -31,7 +31,7 @@
       if (!card) continue;
       card.className = "meter state-" + m.state;
       const state = card.querySelector(".state");
-      const label = { ok: labels.labelOk, failing: labels.labelFailing, unknown: labels.labelUnknown }[m.state] || m.state;
+      const label = { ok: labels.labelOk, failing: labels.labelFailing, unknown: labels.labelUnknown, disabled: labels.labelDisabled }[m.state] || m.state;
       state.textContent = label + " " + (m.error || "");
       for (const key of ["requests", "timeouts", "exceptions"]) card.querySelector(".counters ." + key).textContent = m[key];
       const table = card.querySelector("table");
