@@ -5,7 +5,9 @@ Passwords are hashed with scrypt (werkzeug). A session row holds only a SHA-256 
 browser keeps in its cookie, so a copy of the database cannot be used to take over a session.
 Failed logins are counted per user name, known or not (a stranger learns nothing from the delay):
 after :data:`FREE_FAILURES` failures every further attempt waits twice as long, up to
-:data:`MAX_LOCK_S`. Callers write the audit entry for each change inside the same transaction.
+:data:`MAX_LOCK_S`. They are also counted per client address, more leniently
+(:data:`ADDRESS_FREE_FAILURES`, since technicians may share one), so trying one password against many
+names is slowed too. Callers write the audit entry for each change inside the same transaction.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from local_store.errors import StoreError
 Role = Literal["admin", "technician", "viewer"]
 ROLES: tuple[Role, ...] = ("admin", "technician", "viewer")
 MIN_PASSWORD_LENGTH = 10
-FREE_FAILURES = 3          # attempts before delays start
+FREE_FAILURES = 3          # attempts before delays start, per user name
+ADDRESS_FREE_FAILURES = 10  # ... per client address (password spraying across names)
 MAX_LOCK_S = 900.0         # the longest wait between attempts (15 min)
 _DUMMY_HASH = generate_password_hash("not a password", method="scrypt")
 
@@ -158,29 +161,38 @@ def delete_user(db: sqlite_utils.Database, name: str) -> None:
         db.execute("DELETE FROM web_sessions WHERE user = ?", (name,))
 
 
-def lock_wait_s(failures: int) -> float:
+def lock_wait_s(failures: int, free: int = FREE_FAILURES) -> float:
     """Seconds to wait after ``failures`` failed attempts in a row: 0, 0, 0, 1, 2, 4, ... 900."""
-    return 0.0 if failures < FREE_FAILURES else min(MAX_LOCK_S, 2.0 ** (failures - FREE_FAILURES))
+    return 0.0 if failures < free else min(MAX_LOCK_S, 2.0 ** (failures - free))
 
 
-def authenticate(db: sqlite_utils.Database, name: str, password: str, now: float | None = None) -> User:
-    """Check a login. :raises UserError: ``locked`` (with ``wait_s``) or ``bad_login`` (name or password)."""
+def authenticate(db: sqlite_utils.Database, name: str, password: str, now: float | None = None,
+                 client: str | None = None) -> User:
+    """Check a login. :raises UserError: ``locked`` (with ``wait_s``) or ``bad_login`` (name or password).
+
+    :param client: the client's address, counted as well (its key starts with "@", which no user name has).
+    """
     now = time.time() if now is None else now
-    key = name.strip().lower()[:64]
-    row = db.execute("SELECT failures, locked_until FROM web_login_failures WHERE name = ?", (key,)).fetchone()
-    if row is not None and row[1] > now:
-        raise UserError("locked", f"too many failed logins: try again in {row[1] - now:.0f} s", row[1] - now)
+    counters = {name.strip().lower()[:64]: FREE_FAILURES}
+    if client:
+        counters["@" + client[:64]] = ADDRESS_FREE_FAILURES
+    rows = {key: db.execute("SELECT failures, locked_until FROM web_login_failures WHERE name = ?",
+                            (key,)).fetchone() for key in counters}
+    wait_s = max((row[1] - now for row in rows.values() if row is not None), default=0.0)
+    if wait_s > 0:
+        raise UserError("locked", f"too many failed logins: try again in {wait_s:.0f} s", wait_s)
     found = db.execute("SELECT password_hash FROM web_users WHERE name = ?", (name.strip(),)).fetchone()
     # Hash even for unknown names, so the reply time does not tell which names exist.
     ok = check_password_hash(found[0] if found else _DUMMY_HASH, password) and found is not None
     with write_transaction(db):
-        if ok:
-            db.execute("DELETE FROM web_login_failures WHERE name = ?", (key,))
-        else:
-            failures = (row[0] if row else 0) + 1
+        for key, free in counters.items():
+            if ok:
+                db.execute("DELETE FROM web_login_failures WHERE name = ?", (key,))
+                continue
+            failures = (rows[key][0] if rows[key] else 0) + 1
             db.execute("INSERT INTO web_login_failures (name, failures, locked_until) VALUES (?,?,?)"
                        " ON CONFLICT (name) DO UPDATE SET failures = excluded.failures,"
-                       " locked_until = excluded.locked_until", (key, failures, now + lock_wait_s(failures)))
+                       " locked_until = excluded.locked_until", (key, failures, now + lock_wait_s(failures, free)))
     if not ok:
         raise UserError("bad_login", "wrong user name or password")
     user = get_user(db, name.strip())

@@ -193,7 +193,7 @@ def login() -> Any:
     if form.validate_on_submit():
         name = form.name.data.strip()
         try:
-            user = users.authenticate(db(), name, form.password.data)
+            user = users.authenticate(db(), name, form.password.data, client=request.remote_addr)
         except users.UserError as exc:
             log_entry("-", "login.failed", f"user {name[:64]}", reason=exc.code)
             error = user_error_text(exc)

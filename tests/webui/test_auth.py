@@ -79,6 +79,21 @@ def test_failed_logins_are_delayed_progressively(app, gateway) -> None:
     assert "Too many failed logins" in page.get_data(as_text=True)
 
 
+def test_one_password_tried_against_many_names_is_slowed_per_address(app, gateway) -> None:
+    set_up_admin(app.test_client())
+    sprayer = app.test_client()
+    for i in range(users.ADDRESS_FREE_FAILURES):        # every name fails once only: no name is throttled
+        page = post(sprayer, "/login", {"name": f"guess{i}", "password": "Winter2026!"})
+        assert "Wrong user name or password." in page.get_data(as_text=True)
+    page = post(sprayer, "/login", {"name": "admin", "password": PASSWORDS["admin"]})
+    assert "Too many failed logins: try again in 1 s." in page.get_data(as_text=True)
+    # the same account from another address is not locked out by the sprayer
+    colleague = app.test_client()
+    response = post(colleague, "/login", {"name": "admin", "password": PASSWORDS["admin"]},
+                    environ_base={"REMOTE_ADDR": "127.0.0.2"})
+    assert response.status_code == 302
+
+
 def test_idle_and_absolute_timeouts_end_the_session(gateway) -> None:
     app = create_app({"TESTING": True, "SESSION_IDLE_S": 0.5}, runtime=gateway)
     client = app.test_client()
