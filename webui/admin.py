@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, send_file, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
@@ -25,7 +25,7 @@ from local_store.db import write_transaction
 from sync import SyncError
 from sync.keys import ensure_gateway_key, key_id, load_public
 from sync.mqtt import Link
-from webui.auth import NAME_RE, db, new_password_field, options, record, requires, user_error_text
+from webui.auth import NAME_RE, db, new_password_field, options, record, requires, runtime, user_error_text
 from webui.configedit import ApplyError, apply_data, current_data
 
 bp = Blueprint("admin", __name__)
@@ -160,7 +160,7 @@ def _clock_sync() -> str:
 @bp.get("/system")
 @requires("view")
 def system() -> Any:
-    rt = current_app.extensions["gateway_runtime"]
+    rt = runtime()
     data_dir = rt.config.data_dir
     disk = shutil.disk_usage(data_dir)
     try:
@@ -202,7 +202,7 @@ def _key_fingerprints(rt: Any) -> tuple[str, str]:
 
 
 def _cloud_page(form: CloudForm, error: str = "", test_result: dict | None = None, status: int = 200) -> Any:
-    rt = current_app.extensions["gateway_runtime"]
+    rt = runtime()
     gateway, receiver = _key_fingerprints(rt)
     return render_template("cloud.html", form=form, error=error, test_result=test_result, gateway_key=gateway,
                            receiver_key=receiver, gateway_id=rt.config.gateway_id, status=rt.sync_status()), status
@@ -211,7 +211,7 @@ def _cloud_page(form: CloudForm, error: str = "", test_result: dict | None = Non
 @bp.route("/cloud", methods=["GET", "POST"])
 @requires("settings")
 def cloud() -> Any:
-    rt = current_app.extensions["gateway_runtime"]
+    rt = runtime()
     data = current_data(rt)
     sync = data.setdefault("sync", {})
     form = CloudForm(data=None if request.method == "POST" else {
@@ -243,7 +243,7 @@ def cloud() -> Any:
 @bp.post("/cloud/test")
 @requires("settings")
 def cloud_test() -> Any:
-    rt = current_app.extensions["gateway_runtime"]
+    rt = runtime()
     if not FlaskForm().validate_on_submit():
         abort(400)
     broker = rt.config.sync.broker
@@ -269,7 +269,7 @@ class RestoreForm(FlaskForm):
 
 
 def _backup_page(form: RestoreForm, error: str = "", status: int = 200) -> Any:
-    rt = current_app.extensions["gateway_runtime"]
+    rt = runtime()
     config = rt.config
     try:
         key = backup.key_id(backup.load_backup_key(config.backup_key))
@@ -291,7 +291,7 @@ def backup_page() -> Any:
 @bp.post("/backup/now")
 @requires("backup")
 def backup_now() -> Any:
-    rt = current_app.extensions["gateway_runtime"]
+    rt = runtime()
     if not FlaskForm().validate_on_submit():
         abort(400)
     record("backup.request", "store")
@@ -306,7 +306,7 @@ def backup_now() -> Any:
 @bp.get("/backup/files/<name>")
 @requires("backup")
 def backup_download(name: str) -> Any:
-    config = current_app.extensions["gateway_runtime"].config
+    config = runtime().config
     found = {p.name: p for p in backup.list_backups(config.backup_dir)}   # only names the library lists
     if name not in found:
         abort(404)
@@ -317,7 +317,7 @@ def backup_download(name: str) -> Any:
 @bp.post("/backup/restore")
 @requires("backup")
 def backup_restore() -> Any:
-    config = current_app.extensions["gateway_runtime"].config
+    config = runtime().config
     form = RestoreForm()
     if not form.validate_on_submit():
         return _backup_page(form, status=400)

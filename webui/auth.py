@@ -71,11 +71,16 @@ def can(permission: str) -> bool:
     return g.get("user") is not None and g.user.role in PERMISSIONS[permission]
 
 
+def runtime() -> Any:
+    """The running :class:`gateway.daemon.Gateway` (None when the app was made without one)."""
+    return current_app.extensions["gateway_runtime"]
+
+
 def db() -> Any:
-    runtime = current_app.extensions["gateway_runtime"]
-    if runtime is None or runtime.store is None:
+    rt = runtime()
+    if rt is None or rt.store is None:
         abort(503)
-    return runtime.store.db
+    return rt.store.db
 
 
 def actor() -> str:
@@ -102,8 +107,8 @@ def load_user() -> Any:
     endpoint = request.endpoint or ""
     if endpoint == "static" or endpoint.split(".")[0] in PUBLIC_BLUEPRINTS:
         return None   # no store needed, no session: answers even while the gateway is not running
-    runtime = current_app.extensions["gateway_runtime"]
-    if runtime is None or runtime.store is None:
+    rt = runtime()
+    if rt is None or rt.store is None:
         abort(503)
     name = session.get("user")
     if name:
@@ -111,7 +116,7 @@ def load_user() -> Any:
         if g.user is None:       # deleted meanwhile
             session.clear()
     g.first_boot = g.user is None and not users.has_users(db())
-    if g.user is None and endpoint in PUBLIC_VIEWS and runtime.config.web.public_dashboard:
+    if g.user is None and endpoint in PUBLIC_VIEWS and rt.config.web.public_dashboard:
         g.public_view = True
         return None
     if g.user is None and not is_public(endpoint):

@@ -19,7 +19,7 @@ from wtforms.validators import InputRequired, Length, NumberRange, Optional, Reg
 from drivers import BusPoller, DriverError
 from drivers.scan import parse_units, scan_bus
 from gateway.config import ACTIVITIES
-from webui.auth import options, record, requires
+from webui.auth import options, record, requires, runtime
 from webui.configedit import ApplyError, apply_data, apply_text, current_data
 
 bp = Blueprint("commissioning", __name__)
@@ -35,10 +35,6 @@ ACTIVITY_LABELS = {
     "lpg": _l("LPG"), "fuel_oil": _l("fuel oil"), "heat": _l("purchased heat"), "heat_export": _l("exported heat"),
     "steam": _l("purchased steam"), "none": _l("none (not counted)"),
 }
-
-
-def runtime() -> Any:
-    return current_app.extensions["gateway_runtime"]
 
 
 # -- buses ---------------------------------------------------------------------------------------------------

@@ -10,15 +10,11 @@ from flask import Blueprint, current_app, jsonify, redirect, render_template, re
 from flask_babel import get_locale
 from markupsafe import Markup
 
-from webui.auth import requires
+from webui.auth import requires, runtime
 
 bp = Blueprint("dashboard", __name__)
 
 LANGUAGES = ("en", "zh_Hans_CN")
-
-
-def runtime() -> Any:
-    return current_app.extensions["gateway_runtime"]
 
 
 def status(rt: Any) -> dict:

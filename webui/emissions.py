@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
@@ -22,17 +22,13 @@ from local_store import FactorError, ReportError
 from local_store.factors import default_factor_files, describe, load_library
 from local_store.reports import BY_CHOICES, build_report, render_csv, render_html
 from local_store.units import ACTIVITIES as FACTOR_ACTIVITIES
-from webui.auth import options, record, requires
+from webui.auth import options, record, requires, runtime
 from webui.configedit import ApplyError, apply_data, current_data, write_atomically
 
 bp = Blueprint("emissions", __name__)
 
 SCOPE_COLORS = {"scope_1": "#c0504d", "scope_2": "#4f81bd"}
 SOURCE_COLOR = "#2e7d4f"
-
-
-def runtime() -> Any:
-    return current_app.extensions["gateway_runtime"]
 
 
 def _bars(labels: list[str], series: dict[str, list[float]], colors: dict[str, str], title: str,
