@@ -173,14 +173,11 @@ class SyncService:
             alarm = (f"disk budget exceeded: {disk / 1e6:.1f} MB used of {budget / 1e6:.1f} MB after pruning "
                      f"{self._pruned} synced raw readings; {readings + pending} unsynced readings are kept "
                      f"(never deleted): restore the link to the receiver or raise sync.disk_budget_mb")
-            if alarm.split(";")[0].split(" after ")[0] != self._status_alarm_head():
+            previous = getattr(self, "_status", None)     # not set yet while __init__ builds the first status
+            if previous is None or not previous.alarm:    # logged when it starts; the status carries it meanwhile
                 log.error(alarm)
         return SyncStatus(self.settings.enabled, bool(link and link.connected.is_set()), batches, readings + pending,
                           outbox.last_ack_at(db), error, alarm, disk, outbox.synced_through(db), self._pruned)
-
-    def _status_alarm_head(self) -> str:
-        status = getattr(self, "_status", None)
-        return status.alarm.split(";")[0].split(" after ")[0] if status is not None else ""
 
     def synced_through(self) -> int:
         """Readings with ids up to this are committed at the receiver: raw data that retention may prune."""

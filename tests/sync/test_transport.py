@@ -238,18 +238,21 @@ def test_receiver_survives_garbage_on_the_wire_and_a_rejected_batch_waits_in_the
     assert stats["gw-1"]["rejections"]["unknown_gateway"] >= 1
 
 
-def test_disk_budget_alarm_keeps_unsynced_data(parts) -> None:
+def test_disk_budget_alarm_keeps_unsynced_data(parts, caplog) -> None:
     store, gateway, _ = parts
     store.insert_readings(_readings(500))
     service = SyncService(replace(gateway, disk_budget_bytes=10_000), store)
     service.tick()
+    store.insert_readings(_readings(300))           # the store grows while the alarm stands: logged once only
+    service.tick()
     status = service.status()
     assert status.disk_bytes > 10_000
     assert status.alarm == (f"disk budget exceeded: {status.disk_bytes / 1e6:.1f} MB used of 0.0 MB after pruning 0 "
-                            "synced raw readings; 500 unsynced readings are kept (never deleted): restore the link to "
+                            "synced raw readings; 800 unsynced readings are kept (never deleted): restore the link to "
                             "the receiver or raise sync.disk_budget_mb")
-    assert (status.backlog_readings, status.synced_through, status.pruned_readings) == (500, 0, 0)
-    assert len(store.readings_after(0, 1000)) == 500
+    assert (status.backlog_readings, status.synced_through, status.pruned_readings) == (800, 0, 0)
+    assert len(store.readings_after(0, 1000)) == 800
+    assert [r.levelname for r in caplog.records if "disk budget exceeded" in r.getMessage()] == ["ERROR"]
     assert SyncService(replace(gateway, disk_budget_bytes=10**9), store).status().alarm == ""
 
 
