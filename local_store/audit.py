@@ -35,6 +35,8 @@ from typing import Any
 
 import sqlite_utils
 
+from local_store.keyfiles import create_key_file
+
 GENESIS = "0" * 64
 _HEAD_KEY = "audit_head"
 SEALED = "h1:"
@@ -59,18 +61,10 @@ def ensure_key(key_path: Path, db: sqlite_utils.Database) -> AuditKey:
     """The audit key at ``key_path``; made (0600) on first use, sealing from the next entry of ``db``."""
     key_path = Path(key_path)
     if not key_path.exists():
-        key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         head = db.execute("SELECT value FROM store_meta WHERE key = ?", (_HEAD_KEY,)).fetchone()
         sealed_from = (int(json.loads(head[0])[0]) if head else 0) + 1
         content = json.dumps({"key": base64.b64encode(os.urandom(32)).decode(), "sealed_from": sealed_from})
-        try:
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return load_key(key_path)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        create_key_file(key_path, content + "\n")
     return load_key(key_path)
 
 

@@ -40,6 +40,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from local_store.errors import StoreError
+from local_store.keyfiles import create_key_file
 
 MAGIC = b"CARBONGW-BACKUP\n"
 FORMAT_VERSION = 1
@@ -81,15 +82,7 @@ class RestoreResult:
 def ensure_backup_key(key_path: Path) -> bytes:
     """The backup key at ``key_path``, generated (0600) on first use."""
     if not key_path.exists():
-        key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return load_backup_key(key_path)  # another process made it a moment ago
-        with os.fdopen(fd, "w") as handle:
-            handle.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        create_key_file(key_path, base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
     return load_backup_key(key_path)
 
 
