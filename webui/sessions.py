@@ -2,7 +2,7 @@
 
 Logout deletes the row, so a copied cookie is worthless afterwards; login gets a new id (no session
 fixation); a session ends after ``SESSION_IDLE_S`` without a request or ``SESSION_ABSOLUTE_S`` after it
-began. Storage lives in :mod:`local_store.users`; this module only adapts it to Flask.
+began. Storage lives in the store behind :class:`gateway.runtime.Runtime`; this module only adapts it to Flask.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from flask import Flask, Request, Response, request
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
-from local_store import users
+from gateway.runtime import Runtime, Session
 
 COOKIE_NAME = "cg_session"
 #: requests a page makes by itself (the dashboard's refresh every 2 s): they do not show that someone is
@@ -36,18 +36,17 @@ class ServerSession(CallbackDict, SessionMixin):  # type: ignore[type-arg]
         self.ended = False        # logout: the row deleted, the cookie cleared
 
 
-def _db(app: Flask) -> Any:
-    runtime = app.extensions.get("gateway_runtime")
-    store = getattr(runtime, "store", None)
-    return store.db if store is not None else None
+def _runtime(app: Flask) -> Runtime | None:
+    runtime: Runtime | None = app.extensions.get("gateway_runtime")
+    return runtime if runtime is not None and runtime.running else None
 
 
 class SqliteSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> ServerSession:
-        db = _db(app)
+        runtime = _runtime(app)
         sid = request.cookies.get(COOKIE_NAME, "")
-        if db is not None and sid:
-            found = users.load_session(db, sid, app.config["SESSION_IDLE_S"], app.config["SESSION_ABSOLUTE_S"])
+        if runtime is not None and sid:
+            found = runtime.load_session(sid, app.config["SESSION_IDLE_S"], app.config["SESSION_ABSOLUTE_S"])
             if found is not None:
                 return ServerSession(found.data, found.id, found.last_seen, found.created_at)
             if request.method == "GET":
@@ -57,13 +56,13 @@ class SqliteSessionInterface(SessionInterface):
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, ServerSession)
-        db = _db(app)
-        if db is None:
+        runtime = _runtime(app)
+        if runtime is None:
             return
         secure = app.config.get("SESSION_COOKIE_SECURE", False)
         if session.ended:
             if session.sid:
-                users.end_session(db, session.sid)
+                runtime.end_session(session.sid)
             response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="Strict", secure=secure)
             return
         data = dict(session)
@@ -71,11 +70,11 @@ class SqliteSessionInterface(SessionInterface):
             if not data and session.sid is None:
                 return        # nothing to keep: no row, no cookie
             if session.sid:
-                users.end_session(db, session.sid)
-            new = users.new_session(db, data.get("user"), data)
+                runtime.end_session(session.sid)
+            new = runtime.new_session(data.get("user"), data)
             response.set_cookie(COOKIE_NAME, new.id, path="/", httponly=True, samesite="Strict", secure=secure)
             return
         if not session.modified and request.endpoint in BACKGROUND_ENDPOINTS:
             return
-        stored = users.Session(session.sid, data.get("user"), data, session.created_at, session.last_seen)
-        users.save_session(db, stored, changed=session.modified)
+        stored = Session(session.sid, data.get("user"), data, session.created_at, session.last_seen)
+        runtime.save_session(stored, changed=session.modified)
