@@ -226,19 +226,19 @@ class BusPoller:
         missed: BusError | None = None
         try:
             readings, missed = self._read(meter.id, meter.device_id, self.profiles[meter.profile], meter.ratios)
-        except BusError as exc:
-            readings, missed = [], exc
+        except BusError as failure:
+            readings, missed = [], failure
         if missed is not None:
             # The blocks read before a missed reply are kept (issue 13); the rest of the cycle is skipped.
-            exc = missed
+            error = str(missed)
             self._failures[meter.id] += 1
             backoff = min(meter.poll_interval_s * 2 ** (self._failures[meter.id] - 1), MAX_BACKOFF_S)
             self._next_due[meter.id] = now + backoff
             stats = self._stats[meter.id]
-            if stats["last_error"] != str(exc):  # log the first of identical errors only, until a success
+            if stats["last_error"] != error:  # log the first of identical errors only, until a success
                 log.error("meter %s (bus %s, device %d): %s; retrying in %.0f s",
-                          meter.id, self.bus.name, meter.device_id, exc, backoff)
-            stats.update(state="failing", last_error=str(exc))
+                          meter.id, self.bus.name, meter.device_id, error, backoff)
+            stats.update(state="failing", last_error=error)
             return readings
         if self._failures[meter.id]:
             log.info("meter %s answers again", meter.id)
@@ -382,8 +382,8 @@ class BusPoller:
             if blocks and learn:
                 self._limits[key] = limits
         if not blocks:
-            req, exc = refused[0]
-            raise BusError(f"refuses every register of profile {profile.id} ({exc}): is it the right profile?")
+            raise BusError(f"refuses every register of profile {profile.id} ({refused[0][1]}): "
+                           "is it the right profile?")
         timestamp = time.time()
         readings = []
         done: set[str] = set()
