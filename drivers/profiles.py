@@ -18,13 +18,14 @@ from drivers.errors import ProfileError, not_utf8
 from drivers.model import MAX_REGISTERS_PER_READ, REGISTER_COUNT, Point, Profile, Quantity, Signature
 
 _POINT_KEYS = {"name", "address", "data_type", "quantity", "unit", "table", "word_order", "byte_order",
-               "scale", "scale_register", "nan_values", "description"}
+               "scale", "scale_register", "nan_values", "description", "secondary"}
 _CHOICES = {
     "data_type": tuple(REGISTER_COUNT),
     "table": ("holding", "input"),
     "word_order": ("big", "little"),
     "byte_order": ("big", "little"),
     "quantity": tuple(q.value for q in Quantity),
+    "secondary": ("none", "current", "voltage", "both"),
 }
 
 
@@ -67,6 +68,7 @@ def _point(raw: dict[str, Any], where: str) -> Point:
         unit=str(raw["unit"]), table=raw.get("table", "holding"), word_order=raw.get("word_order", "big"),
         byte_order=raw.get("byte_order", "big"), scale=float(scale), scale_register=scale_register,
         nan_values=tuple(nan_values), description=str(raw.get("description", "")),
+        secondary=raw.get("secondary", "none"),
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from drivers import BusConfig, MeterConfig, Profile, SerialSettings
+from drivers import BusConfig, MeterConfig, Profile, SerialSettings, parse_ratio
 from drivers.errors import not_utf8
 from local_store import EmissionSettings, SourceSettings
 from local_store.backup import KEY_FILE as BACKUP_KEY_FILE
@@ -212,9 +212,20 @@ _RULE_KEYS: dict[str, tuple[float, float, str]] = {
 }
 
 
+def _ratio(r: _Reader, key: str) -> float | None:
+    """``ct_ratio``/``pt_ratio``: "100/5" or a number; None when the key is absent (issue 13)."""
+    if key not in r.table:
+        return None
+    try:
+        return parse_ratio(r.table[key], key)
+    except ValueError as exc:
+        raise r.fail(key, str(exc)) from None
+
+
 def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSettings | None]:
     r = _Reader(origin, raw, f"meters[{index}]", {"id", "bus", "device_id", "profile", "poll_interval_s", "enabled",
-                                                   "description", "activity", "point", "rollover_at", *_RULE_KEYS})
+                                                   "description", "activity", "point", "rollover_at", "ct_ratio", "pt_ratio",
+                                                   *_RULE_KEYS})
     device_id = r.get("device_id", int, fix="set the meter's Modbus unit id (1-247)")
     if not 1 <= device_id <= 247:
         raise r.fail("device_id", "use a Modbus unit id from 1 to 247")
@@ -222,7 +233,8 @@ def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSetti
                         bus=r.get("bus", str, fix="name the bus the meter is wired to"), device_id=device_id,
                         profile=r.get("profile", str, fix="name a profile from config/profiles/"),
                         poll_interval_s=r.number("poll_interval_s", 5.0, 0.2, 86400, " s"),
-                        enabled=r.get("enabled", bool, True), description=r.get("description", str, ""))
+                        enabled=r.get("enabled", bool, True), description=r.get("description", str, ""),
+                        ct_ratio=_ratio(r, "ct_ratio"), pt_ratio=_ratio(r, "pt_ratio"))
     activity = r.choice("activity", ACTIVITIES, "none")
     if activity == "none":
         return meter, None

@@ -172,6 +172,18 @@ def pty_pair(tmp_path: Path) -> Iterator[PtyPair]:
         yield pair
 
 
+@pytest.fixture(scope="session")
+def libmodbus_slave(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The independent Modbus slave (libmodbus, tests/independent_slave/slave.c) built once per session; run it
+    with ``tests.independent_slave.IndependentSlave(libmodbus_slave, registers, workdir=tmp_path)``."""
+    from tests.independent_slave import SlaveError, build_slave
+
+    try:
+        return build_slave(tmp_path_factory.mktemp("libmodbus-slave"))
+    except SlaveError as exc:
+        pytest.fail(str(exc))
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves threads running (pymodbus ``system_health_check`` in spirit)."""
