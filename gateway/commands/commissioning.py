@@ -14,7 +14,7 @@ from drivers import (BusConfig, DriverError, Profile, Ratios, Reading, Simulated
 from drivers.model import SerialSettings
 from drivers.simulator import FAULTS
 
-from gateway.paths import PROFILES_DIR
+from gateway.paths import PROFILE_DIRS
 
 
 class _Seconds(click.FloatRange):
@@ -73,7 +73,7 @@ def host_port(value: str, param_hint: str = "--tcp", example: str = "192.168.1.5
 
 def _profiles() -> dict[str, Profile]:
     try:
-        return load_profiles(PROFILES_DIR)
+        return load_profiles(PROFILE_DIRS)
     except DriverError as exc:
         raise click.ClickException(str(exc)) from exc
 
