@@ -497,7 +497,7 @@ class Runtime:
     def render_report(report: dict[str, Any], fmt: Literal["html", "csv", "json"]) -> tuple[str, str]:
         """The report as (body, MIME type)."""
         if fmt == "json":
-            return json.dumps(report, ensure_ascii=False, indent=2), "application/json"
+            return json.dumps(report, ensure_ascii=False, indent=2, allow_nan=False), "application/json"
         if fmt == "csv":
             return render_csv(report), "text/csv"
         return render_html(report), "text/html"
