@@ -2,8 +2,9 @@
 
 Every import is read from the syntax tree (deferred imports inside functions and ``TYPE_CHECKING`` blocks
 count too: they are arrows all the same). The layers, bottom to top: ``drivers`` -> ``local_store`` ->
-``sync`` -> ``gateway`` (the core: config, daemon, runtime, ...) -> ``webui`` -> ``cli`` (``gateway.cli`` and
-``gateway.commands``, which assemble the daemon and hand it its web server). Arrows point down only.
+``sync`` -> ``gateway`` (the core: config, daemon, runtime, ...) -> ``webui`` -> ``cli`` (``gateway.cli``,
+``gateway.__main__`` and ``gateway.commands``, which assemble the daemon and hand it its web server). Arrows
+point down only.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _imports(name: str, path: Path) -> set[str]:
 
 
 def _layer(module: str) -> str:
-    if module in ("gateway.cli", "gateway.commands") or module.startswith("gateway.commands."):
+    if module in ("gateway.cli", "gateway.__main__", "gateway.commands") or module.startswith("gateway.commands."):
         return "cli"
     return module.split(".")[0]
 
