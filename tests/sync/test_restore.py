@@ -49,18 +49,24 @@ def _run_until_synced(settings: SyncSettings, store_path: Path) -> None:
         store.close()
 
 
-def test_issue16_restore_into_a_fresh_data_dir_keeps_exactly_once_and_the_audit_log(tmp_path: Path,
-                                                                                    mqtt_broker) -> None:
+def _gateway_and_receiver(tmp_path: Path, port: int) -> tuple[SyncSettings, Receiver]:
+    """Sync settings of gateway gw-1 and a started receiver that trusts it, on the broker at ``port``."""
     gw_keys, rx_keys, trusted = tmp_path / "gw-keys", tmp_path / "rx-keys", tmp_path / "trusted"
     ensure_gateway_key(gw_keys)
     ensure_receiver_key(rx_keys)
     trusted.mkdir()
     shutil.copy(gw_keys / GATEWAY_PUB, trusted / "gw-1.pub")
-    broker = BrokerSettings(port=mqtt_broker.port, backoff_min_s=0.2)
+    broker = BrokerSettings(port=port, backoff_min_s=0.2)
     settings = SyncSettings("gw-1", gw_keys, rx_keys / RECEIVER_PUB, broker, batch_max_readings=70,
                             batch_max_age_s=0.0, ack_timeout_s=5.0, tick_s=0.05)
     receiver = Receiver(ReceiverSettings(tmp_path / "receiver.db", rx_keys, trusted, broker))
     receiver.start()
+    return settings, receiver
+
+
+def test_issue16_restore_into_a_fresh_data_dir_keeps_exactly_once_and_the_audit_log(tmp_path: Path,
+                                                                                    mqtt_broker) -> None:
+    settings, receiver = _gateway_and_receiver(tmp_path, mqtt_broker.port)
     runner = CliRunner()
     old_dir, new_dir = tmp_path / "old-disk", tmp_path / "new-disk"
     store_path = old_dir / "gateway.db"
@@ -119,16 +125,7 @@ def test_issue16_restore_into_a_fresh_data_dir_keeps_exactly_once_and_the_audit_
 
 def test_issue16_a_store_copied_by_hand_raises_the_conflict_alarm_and_new_stream_recovers(tmp_path: Path,
                                                                                           mqtt_broker) -> None:
-    gw_keys, rx_keys, trusted = tmp_path / "gw-keys", tmp_path / "rx-keys", tmp_path / "trusted"
-    ensure_gateway_key(gw_keys)
-    ensure_receiver_key(rx_keys)
-    trusted.mkdir()
-    shutil.copy(gw_keys / GATEWAY_PUB, trusted / "gw-1.pub")
-    broker = BrokerSettings(port=mqtt_broker.port, backoff_min_s=0.2)
-    settings = SyncSettings("gw-1", gw_keys, rx_keys / RECEIVER_PUB, broker, batch_max_readings=70,
-                            batch_max_age_s=0.0, ack_timeout_s=5.0, tick_s=0.05)
-    receiver = Receiver(ReceiverSettings(tmp_path / "receiver.db", rx_keys, trusted, broker))
-    receiver.start()
+    settings, receiver = _gateway_and_receiver(tmp_path, mqtt_broker.port)
     original, copy = tmp_path / "a" / "gateway.db", tmp_path / "b" / "gateway.db"
     first, on_original, on_copy = (_readings(100, 1_795_000_000.0), _readings(50, 1_795_001_000.0),
                                    _readings(60, 1_795_002_000.0))
