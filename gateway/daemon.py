@@ -254,7 +254,11 @@ class Gateway:
 
     def _start_web(self) -> None:
         if self.web_factory is None:
-            log.warning("[web] enabled = true, but this gateway was started without a web server (headless)")
+            # The daemon never imports the web UI (issue 12): whoever starts it hands the server over, as
+            # `carbon-gateway run` does (gateway.web_factory = lambda: webui.serve_gateway(Runtime(gateway)));
+            # tests use tests.conftest.with_web(gateway).
+            log.warning("[web] enabled = true, but this gateway was started without a web server (web_factory "
+                        "is not set): running headless")
             return
         server, url = self.web_factory()
         self._web_server = server
