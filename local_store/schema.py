@@ -168,6 +168,27 @@ def m004_web_users(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migrations()
+def m005_sync_outbox(db: sqlite_utils.Database) -> None:
+    """The sync outbox (sealed batches until acknowledged) and sync state (sequence, cursor, hash chain).
+
+    ``sync/outbox.py`` created these itself before (``IF NOT EXISTS`` keeps stores that already have them).
+    """
+    db.executescript("""
+    CREATE TABLE IF NOT EXISTS sync_outbox (
+        seq INTEGER PRIMARY KEY,
+        first_reading_id INTEGER NOT NULL,
+        last_reading_id INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        message BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        sent_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """)
+
+
 def apply_migrations(db: sqlite_utils.Database, path: Path) -> None:
     """Apply the pending migrations (call inside a write transaction).
 

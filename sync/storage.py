@@ -1,12 +1,14 @@
 """The receiver's database: a SQLite file by default, PostgreSQL when given a ``postgresql://`` URL.
 
 Both speak the same few statements; this module hides the placeholder style, the schema types and the
-transaction API, so ``receiver.py`` has one code path.
+transaction API, so ``receiver.py`` has one code path. The schema is the receiver's own migration set
+(:data:`MIGRATIONS`, recorded in ``receiver_migrations``), apart from the gateway store's.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +36,15 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 """
 
+#: The receiver's migrations in order, ``(name, statements)``; ``{real}``, ``{serial}`` and ``{blob}`` are the
+#: backend's types. A released migration is never edited: a change is a new entry at the end. The first one
+#: keeps ``IF NOT EXISTS``, so databases made before the migration set existed are adopted as they are.
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("r001_initial", _TABLES),
+)
+
+_MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS receiver_migrations (name TEXT PRIMARY KEY, applied_at {real} NOT NULL)"
+
 
 class ReceiverDbError(SyncError):
     """The receiver's database cannot be opened."""
@@ -54,10 +65,8 @@ class ReceiverDb:
                 self._conn: Any = psycopg.connect(str(target), autocommit=True)
             except psycopg.Error as exc:
                 raise ReceiverDbError(f"cannot connect to the receiver database: {exc}".strip()) from exc
-            schema = _TABLES.format(real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY", blob="BYTEA")
-            with self._conn.transaction():
-                for statement in filter(str.strip, schema.split(";")):
-                    self._conn.execute(statement)
+            self._types = {"real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA"}
+            self._migrate(str(target).split("@")[-1])
         else:
             path = Path(target)
             try:
@@ -79,9 +88,36 @@ class ReceiverDb:
                                           "changed: pass --database or --data-dir naming the receiver's own file")
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = FULL")
-                self._conn.executescript(_TABLES.format(real="REAL", serial="INTEGER PRIMARY KEY", blob="BLOB"))
+                self._types = {"real": "REAL", "serial": "INTEGER PRIMARY KEY", "blob": "BLOB"}
+                self._migrate(str(path))
             except sqlite3.Error as exc:
                 raise ReceiverDbError(f"{path}: cannot open the receiver database ({exc})") from exc
+
+    def _migrate(self, place: str) -> None:
+        """Apply the receiver's pending migrations, each in its own transaction.
+
+        :raises ReceiverDbError: the database has migrations this version does not know (a newer receiver).
+        """
+        self.execute(_MIGRATIONS_TABLE.format(**self._types))
+        known = [name for name, _ in MIGRATIONS]
+        applied = {row[0] for row in self.query("SELECT name FROM receiver_migrations")}
+        unknown = applied - set(known)
+        if unknown:
+            self.close()
+            raise ReceiverDbError(f"{place}: the receiver database has migrations this version does not know "
+                                  f"({', '.join(sorted(unknown))}): upgrade carbon-gateway on the receiver")
+        for name, statements in MIGRATIONS:
+            if name in applied:
+                continue
+            with self.transaction():
+                for statement in filter(str.strip, statements.format(**self._types).split(";")):
+                    self.execute(statement)
+                self.execute("INSERT INTO receiver_migrations (name, applied_at) VALUES (?, ?)"
+                             " ON CONFLICT (name) DO NOTHING", (name, time.time()))
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the receiver migrations applied to this database, in order."""
+        return [row[0] for row in self.query("SELECT name FROM receiver_migrations ORDER BY name")]
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.is_postgres else sql
