@@ -474,11 +474,19 @@ class Store:
                                " AND superseded_at IS NULL AND start_ts < ? AND end_ts > ? LIMIT 1",
                                (source_id, activity, end, start)).fetchone() is not None
 
-    def reading_origin(self, meter_id: str, point: str, timestamp: float) -> str | None:
-        """The origin (poll, import:<file>) of a stored reading of the series at that timestamp, if any."""
-        row = self.db.execute("SELECT origin FROM readings WHERE meter_id = ? AND point = ? AND timestamp = ? LIMIT 1",
-                              (meter_id, point, timestamp)).fetchone()
-        return None if row is None else str(row[0])
+    def stored_reading(self, meter_id: str, point: str, timestamp: float) -> tuple[str, float | None, str] | None:
+        """(origin, value, unit) of a stored reading of the series at that timestamp, if there is one."""
+        row = self.db.execute("SELECT origin, value, unit FROM readings WHERE meter_id = ? AND point = ?"
+                              " AND timestamp = ? LIMIT 1", (meter_id, point, timestamp)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def activity_stored(self, source_id: str, activity: str, start: float, end: float, amount_original: float,
+                        unit_original: str) -> bool:
+        """Whether exactly this activity data row (as written in its file) was imported before."""
+        return self.db.execute("SELECT 1 FROM activity_data WHERE source_id = ? AND activity = ? AND start_ts = ?"
+                               " AND end_ts = ? AND amount_original = ? AND unit_original = ? LIMIT 1",
+                               (source_id, activity, int(start), int(end), amount_original,
+                                unit_original)).fetchone() is not None
 
     def current_tco2e(self, source_ids: Sequence[str]) -> float:
         """Sum of the current (not superseded) emissions of these sources, tCO2e."""

@@ -80,9 +80,11 @@ class SourceSettings:
         return f"{self.meter_id}-export" if self.activity.endswith("_export") else self.meter_id
 
     def rules(self) -> pp.CumulativeRules:
+        # The activity's plausibility bound: a step no meter of the kind reaches is never consumption.
         return pp.CumulativeRules(rollover_at=self.rollover_at, max_gap_s=self.max_gap_s,
                                   long_gap_s=self.long_gap_s, frozen_after_s=self.frozen_after_s,
-                                  max_rate_per_h=self.max_rate_per_h)
+                                  max_rate_per_h=self.max_rate_per_h,
+                                  bound_per_h=get_activity(self.activity).max_rate_per_h)
 
 
 
@@ -214,7 +216,7 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
                         " AND value IS NOT NULL AND timestamp >= 946684800", (s.meter_id, point, window)).fetchone()[0]
     lo = before if before is not None else window
     rows = db.execute(
-        "SELECT id, timestamp, value, unit, status, flags FROM readings WHERE meter_id = ? AND point = ?"
+        "SELECT id, timestamp, value, unit, status, flags, origin FROM readings WHERE meter_id = ? AND point = ?"
         " AND timestamp >= ?" + until_sql + " ORDER BY id",
         (s.meter_id, point, lo) + (() if until is None else (until,))).fetchall()
     if not rows:
@@ -232,7 +234,8 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
         mask = np.array([r[3] == unit for r in rows])
         v[mask] *= mult
     canonical_unit = get_activity(s.activity).unit
-    clean = pp.clean_cumulative(t, v, s.rules(), now=time.time() + 60)
+    polled = np.array([r[6] == "poll" for r in rows], dtype=bool)     # imported: time order only
+    clean = pp.clean_cumulative(t, v, s.rules(), now=time.time() + 60, polled=polled)
     first_kept = clean.t[0] if len(clean.t) else None
     if first_kept is None:
         replace_from = None

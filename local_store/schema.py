@@ -189,6 +189,17 @@ def m005_sync_outbox(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migrations()
+def m006_sync_stream(db: sqlite_utils.Database) -> None:
+    """The sync stream each outbox batch was sealed in (issue 16; ``''`` is the first stream).
+
+    ``sync/outbox.py`` added the column itself for a while: a store that has it already keeps it.
+    """
+    columns = {row[1] for row in db.execute("PRAGMA table_info(sync_outbox)").fetchall()}
+    if "stream" not in columns:
+        db.execute("ALTER TABLE sync_outbox ADD COLUMN stream TEXT NOT NULL DEFAULT ''")
+
+
 def apply_migrations(db: sqlite_utils.Database, path: Path) -> None:
     """Apply the pending migrations (call inside a write transaction).
 

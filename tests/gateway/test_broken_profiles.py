@@ -18,7 +18,7 @@ from drivers import ProfileSet, load_profile_set
 from gateway.cli import main
 from gateway.daemon import Gateway
 from gateway.paths import DEFAULT_CONFIG, PROFILES_DIR
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, wait_until, with_web
 from tests.gateway.conftest import fast_demo
 from tests.gateway.test_health import TOKEN, _get
 
@@ -77,7 +77,7 @@ def test_a_broken_profile_disables_its_meter_with_an_alarm_and_the_rest_runs(
     assert [(m.id, m.enabled) for m in config.meters] == [("main-incomer", True), ("boiler-gas", True),
                                                           ("steam-header", False)]
     caplog.set_level(logging.ERROR, logger="gateway.daemon")
-    gw = Gateway(config, found.profiles)
+    gw = with_web(Gateway(config, found.profiles))
     gw.start()
     try:
         wait_until(lambda: _stored(gw, "main-incomer") and _stored(gw, "boiler-gas"), timeout_s=15,
@@ -125,8 +125,8 @@ def test_run_and_doctor_with_a_broken_profile_file(tmp_path: Path, monkeypatch: 
     import gateway.paths
 
     directory = _profile_dir(tmp_path)
-    monkeypatch.setattr(operations, "PROFILES_DIR", directory)
-    monkeypatch.setattr(gateway.paths, "PROFILES_DIR", directory)
+    monkeypatch.setattr(operations, "PROFILE_DIRS", (directory,))
+    monkeypatch.setattr(gateway.paths, "PROFILE_DIRS", (directory,))
     config, profiles = operations.load_or_exit(None, tmp_path / "data")   # `run` starts instead of exiting 2
     assert config.disabled_meters() == {"steam-header": _reason(directory)} and BROKEN not in profiles
 
