@@ -26,6 +26,7 @@ from sync import SyncError
 from sync.keys import ensure_gateway_key, key_id, load_public
 from sync.mqtt import Link
 from webui.auth import NAME_RE, db, new_password_field, options, record, requires, runtime, user_error_text
+from webui.confirm import ConfirmField, confirmation_page
 from webui.configedit import ApplyError, apply_data, current_data
 
 bp = Blueprint("admin", __name__)
@@ -116,6 +117,11 @@ def user_delete(name: str) -> Any:
     user = _known(name)
     if not FlaskForm().validate_on_submit():
         abort(400)
+    page = confirmation_page(_("Delete user %(name)s?", name=name),
+                             _("The account and its sessions end at once; its audit entries are kept."),
+                             url_for("admin.user_list"))
+    if page is not None:
+        return page
     try:
         with write_transaction(db()):
             users.delete_user(db(), name)
@@ -266,6 +272,7 @@ def cloud_test() -> Any:
 # -- backup ---------------------------------------------------------------------------------------------------
 class RestoreForm(FlaskForm):
     file = FileField(_l("Backup file (.cgbak)"), validators=[FileRequired(_l("Choose a file."))])
+    confirm = ConfirmField(_l("I understand that the gateway's store is replaced by this backup at the next restart."))
 
 
 def _backup_page(form: RestoreForm, error: str = "", status: int = 200) -> Any:
