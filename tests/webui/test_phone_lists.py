@@ -34,17 +34,23 @@ LAYOUT = """(table) => {
 }"""
 
 
-@pytest.mark.parametrize("language", ["en", "zh"])
-def test_every_list_page_fits_a_390px_phone(browser, base_url, language: str) -> None:  # noqa: F811
-    context = browser.new_context(viewport=PHONE_390, device_scale_factor=1)
+def _admin_page(browser, base_url: str, javascript: bool = True):  # type: ignore[no-untyped-def] # noqa: F811
+    """A 390 px phone page, logged in as the administrator chosen at first boot."""
+    context = browser.new_context(viewport=PHONE_390, device_scale_factor=1, java_script_enabled=javascript)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
-    page.goto(base_url + "/")
+    page.goto(base_url + "/setup")
     page.fill("#name", "admin")
     page.fill("#password", PASSWORDS["admin"])
     page.fill("#confirm", PASSWORDS["admin"])
     page.click("#setup-form button[type=submit]")
     page.wait_for_url(base_url + "/")
+    return context, page
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_every_list_page_fits_a_390px_phone(browser, base_url, language: str) -> None:  # noqa: F811
+    context, page = _admin_page(browser, base_url)
     page.goto(base_url + "/lang/" + {"en": "en", "zh": "zh_Hans_CN"}[language])
     assert page.locator("html").get_attribute("lang") == {"en": "en", "zh": "zh-CN"}[language]
     page.goto(base_url + "/backup")
@@ -65,14 +71,7 @@ def test_every_list_page_fits_a_390px_phone(browser, base_url, language: str) ->
 
 
 def test_delete_asks_first_without_javascript(browser, base_url, field_gateway) -> None:  # noqa: F811
-    context = browser.new_context(viewport=PHONE_390, java_script_enabled=False)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(base_url + "/setup")
-    page.fill("#name", "admin")
-    page.fill("#password", PASSWORDS["admin"])
-    page.fill("#confirm", PASSWORDS["admin"])
-    page.click("#setup-form button[type=submit]")
+    context, page = _admin_page(browser, base_url, javascript=False)
     page.goto(base_url + "/meters")
     page.click("#meter-list tr[data-meter='boiler-gas'] button.danger")
     assert page.inner_text("#confirm-question") == "Delete meter boiler-gas?"
