@@ -95,7 +95,7 @@ class Gateway:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = hold_store_lock(config.database)     # a restore never replaces the file under us
-        restored_over = apply_staged_restore(config.database)
+        restored_over = apply_staged_restore(config.database, config.audit_key)
         self.store = open_store(config.database, config.emissions)
         # Seal audit entries (the web UI's too: it writes through this process) with a key outside the file.
         audit.use_key(config.database, audit.ensure_key(config.audit_key, self.store.db))
@@ -433,14 +433,17 @@ class Gateway:
         age = time.monotonic() - self.last_store_ok if self.last_store_ok else None
         sync = self.sync_status()
         disabled = self.config.disabled_meters()
+        sync_alarm = sync.alarm if sync else ""
+        healthy = age is not None and age < 60 and not self.store_error and not disabled and not sync_alarm
         return {
-            "status": "ok" if age is not None and age < 60 and not self.store_error and not disabled else "degraded",
+            "status": "ok" if healthy else "degraded",
             "last_store_age_s": age,
             "store_error": self.store_error,
             "readings_held_in_memory": self.held_readings(),
             "readings_dropped": self.readings_dropped,
             "sync_backlog_readings": sync.backlog_readings if sync else None,
             "sync_connected": sync.connected if sync else None,
+            "sync_alarm": sync_alarm,             # disk budget exceeded, or a sync conflict: with the fix
             "clock_synchronized": self.clock_synchronized,
             "backup_error": self.backup_error,
             "restart_needed": self.restart_needed,
