@@ -154,3 +154,24 @@ def test_a_config_built_in_code_is_not_overwritten_by_an_edit(admin, gateway) ->
                                            "timeout_s": "1"}))
     assert "Not applied: the running config was not read from a TOML file, so it cannot be edited here" in page
     assert [b.name for b in gateway.config.buses] == ["demo-bus"]
+
+
+def test_issue15_a_scan_stopped_at_its_time_limit_continues_from_the_first_unit_not_asked(field_gateway) -> None:
+    # a limit of 0 s stops the scan before it asks its first unit id: nothing is lost, all of 5-8 remains
+    client = create_app({"TESTING": True, "SCAN_TIMEOUT_S": 0.0}, runtime=Runtime(field_gateway)).test_client()
+    set_up_admin(client)
+    job_url = post(client, "/scan", {"bus": "line-2", "units": "5-8"}).location
+    page = wait_until(lambda: "scanning…" not in (t := text(client.get(job_url))) and t, timeout_s=30,
+                      message="scan stopped")
+    assert "The scan stopped at its time limit before unit 5; what it found is kept below." in page
+    assert "Continue from unit 5" in page and 'href="/scan?bus=line-2"' in page, "never a dead end"
+    client.application.config["SCAN_TIMEOUT_S"] = 120.0
+    job_id = job_url.rsplit("/", 1)[1]
+    more_url = post(client, f"/scan/{job_id}/continue", form_url=job_url).location
+    assert more_url != job_url
+    page = wait_until(lambda: "scanning…" not in (t := text(client.get(more_url))) and t, timeout_s=30,
+                      message="the continued scan finished")
+    assert "4 of 4 unit ids asked" in page and 'data-unit="7"' in page and "Continue from" not in page
+    # stopping a finished scan changes nothing; an unknown job is a 404
+    assert post(client, f"/scan/{job_id}/cancel", form_url=job_url).status_code == 302
+    assert post(client, "/scan/nope/cancel", form_url=job_url).status_code == 404
