@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Literal
 
 from local_store.errors import ReportError
+from local_store.factors import Factor, applies_to, vintage_note
 
 if TYPE_CHECKING:
     from local_store.db import Store
@@ -129,6 +130,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
         raise ReportError(f"market-based total for {start}..{end}: {market['note']}")
     breakdown = _breakdown(by, by_key, by_source, by_scope)
     factors = _factors_used(db, p, refs)
+    vintage_flags = _vintage_flags(db, p, factors)
     share_measured = weighted_measured / weighted_all if weighted_all else 1.0
     return {
         "period": {"from": start.isoformat(), "to": end.isoformat(), "end_exclusive": True,
@@ -148,6 +150,8 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
         "by": by,
         "breakdown": breakdown,
         "factors": factors,
+        "vintage_rule": store.settings.vintage_rule,
+        "vintage_flags": vintage_flags,
         "data_quality": {
             "share_measured": _r(share_measured, 4),
             "share_estimated": _r(1.0 - share_measured, 4),
@@ -197,19 +201,53 @@ def _breakdown(by: str, by_key: dict[str, dict], by_source: list[dict], by_scope
     return [{key: (_r(val) if isinstance(val, float) else val) for key, val in by_key[k].items()} for k in sorted(by_key)]
 
 
+_FACTOR_COLS = ("id", "version", "activity", "parameter", "value", "unit", "region", "year", "valid_from",
+                "valid_to", "source")
+
+
+def stored_factor(db, ref: str) -> dict | None:
+    """The factor row an emission row's reference ``id/year@version`` names (kept even after the file changed)."""
+    head, _, version = ref.rpartition("@")
+    fid, _, year = head.rpartition("/")
+    if not (version.isdigit() and year.isdigit()):
+        return None
+    row = db.execute(f"SELECT {', '.join(_FACTOR_COLS)} FROM factors WHERE id = ? AND year = ? AND version = ?"
+                     " ORDER BY valid_from LIMIT 1", (fid, int(year), int(version))).fetchone()
+    return None if row is None else {"ref": ref, **dict(zip(_FACTOR_COLS, row))}
+
+
 def _factors_used(db, p: dict, refs: set[str]) -> list[dict]:
-    out = []
-    s_date = datetime.fromtimestamp(p["s"], timezone.utc).date().isoformat()
-    e_date = (datetime.fromtimestamp(p["e"], timezone.utc).date() + timedelta(days=1)).isoformat()
-    for ref in sorted(refs):
-        fid, _, version = ref.rpartition("@")
-        for row in db.execute("SELECT id, version, activity, parameter, value, unit, region, year, valid_from, valid_to,"
-                              " source FROM factors WHERE id = ? AND version = ? AND valid_from < ?"
-                              " AND (valid_to IS NULL OR valid_to > ?) ORDER BY valid_from",
-                              (fid, int(version), e_date, s_date)):
-            out.append(dict(zip(("id", "version", "activity", "parameter", "value", "unit", "region", "year",
-                                 "valid_from", "valid_to", "source"), row)))
-    return out
+    """Exactly the factor rows the period's emission rows name (issue 14: no factor that was not applied)."""
+    return [f for f in (stored_factor(db, ref) for ref in sorted(refs)) if f is not None]
+
+
+def _vintage_flags(db, p: dict, factors: list[dict]) -> list[dict]:
+    """Figures computed with a factor whose validity does not cover their activity time: the vintage rule
+    ``latest_published`` used an older vintage provisionally (issue 14)."""
+    by_ref = {f["ref"]: f for f in factors}
+    spans: dict[str, list[float]] = {}
+    for refs, lo, hi in db.execute("SELECT factor_refs, MIN(MAX(start_ts, :s)), MAX(MIN(end_ts, :e)) FROM emissions"
+                                   " WHERE superseded_at IS NULL AND start_ts < :e AND end_ts > :s"
+                                   " GROUP BY factor_refs", p):
+        for ref in refs.split(","):
+            span = spans.setdefault(ref, [lo, hi])
+            span[0], span[1] = min(span[0], lo), max(span[1], hi)
+    flags = []
+    for ref, (lo, hi) in sorted(spans.items()):
+        f = by_ref.get(ref)
+        if f is None:
+            continue
+        factor = Factor(id=f["id"], version=f["version"], activity=f["activity"], parameter=f["parameter"],
+                        value=f["value"], unit=f["unit"], region=f["region"], year=f["year"],
+                        valid_from=date.fromisoformat(f["valid_from"]),
+                        valid_to=date.fromisoformat(f["valid_to"]) if f["valid_to"] else None, source=f["source"],
+                        file="")
+        note = vintage_note(factor, lo, hi)
+        if note is not None:
+            flags.append({"factor": ref, "vintage": f["year"], "valid": applies_to(factor),
+                          "activity_from": datetime.fromtimestamp(lo, timezone.utc).isoformat(),
+                          "activity_to": datetime.fromtimestamp(hi, timezone.utc).isoformat(), "note": note})
+    return flags
 
 
 def _reading_counts(db, s: float, e: float) -> dict[str, int]:
@@ -240,7 +278,8 @@ def _market_based(store: Store, s: float, e: float, electricity_mwh: float, elec
     covered = min(claimed, electricity_mwh)
     scale = covered / claimed if claimed else 0.0
     instrument_t = sum(r[2] * r[3] for r in rows) * scale
-    residual = store.library.select("electricity", "residual_mix", store.settings.region, s)
+    residual = store.library.select("electricity", "residual_mix", store.settings.region, s,
+                                    store.settings.vintage_rule)
     detail: dict = {"electricity_mwh": _r(electricity_mwh), "covered_by_instruments_mwh": _r(covered),
                     "instruments": [{"kind": r[0], "reference": r[1], "mwh_in_period": _r(r[2]),
                                      "factor_t_per_mwh": r[3]} for r in rows]}
@@ -249,8 +288,12 @@ def _market_based(store: Store, s: float, e: float, electricity_mwh: float, elec
                           f"(parameter = \"residual_mix\") to a custom factor file")
         return None, detail
     residual_t = (electricity_mwh - covered) * residual.value_si
-    detail["residual_mix_factor"] = {"id": residual.id, "version": residual.version, "value": residual.value,
-                                     "unit": residual.unit, "source": residual.source}
+    detail["residual_mix_factor"] = {"ref": residual.ref, "id": residual.id, "version": residual.version,
+                                     "vintage": residual.year, "value": residual.value, "unit": residual.unit,
+                                     "valid": applies_to(residual), "source": residual.source}
+    note = vintage_note(residual, s, e)
+    if note is not None:
+        detail["residual_mix_vintage_note"] = note
     detail["electricity_tco2e"] = _r(instrument_t + residual_t)
     return location_total - electricity_loc_t + instrument_t + residual_t, detail
 
@@ -430,9 +473,13 @@ def render_html(report: dict) -> str:
     src = table(["Source", "Activity", "Consumption", "Unit", "Energy (GJ)", "tCO2e", "Scope", "Measured share"],
                 [[r["source"], r["activity"], r["consumption"], r["unit"], r["energy_gj"], r["tco2e"], r["scope"],
                   f"{r['share_measured']:.1%}"] for r in report["by_source"]])
-    fac = table(["Factor", "Version", "Parameter", "Value", "Unit", "Valid from", "Source"],
-                [[f["id"], f["version"], f["parameter"], f["value"], f["unit"], f["valid_from"], f["source"]]
-                 for f in report["factors"]])
+    fac = table(["Factor", "Vintage", "Version", "Parameter", "Value", "Unit", "Valid for activity", "Source"],
+                [[f["id"], f["year"], f["version"], f["parameter"], f["value"], f["unit"],
+                  f"{f['valid_from']} – {f['valid_to'] or ''}", f["source"]] for f in report["factors"]])
+    flags = report.get("vintage_flags") or []
+    vintage = ("<p class=\"flag\"><b>Provisional factor vintages</b> (vintage rule "
+               f"{escape(str(report.get('vintage_rule')))}):</p><ul>"
+               + "".join(f"<li>{escape(f['note'])}</li>" for f in flags) + "</ul>") if flags else ""
     cat = table(["ISO 14064-1 category", "tCO2e"], [[k, v] for k, v in report["by_iso_category"].items()])
     dq = report["data_quality"]
     market = report["market_based_tco2e"]
@@ -471,6 +518,7 @@ Generated {escape(report['generated_at'])}.</p>
 {cat}
 <h2>Emission factors used</h2>
 {fac}
+{vintage}
 <h2>Data quality</h2>
 <p>{dq['intervals']} interval rows, {dq['intervals_estimated']} estimated, {dq['intervals_invalid']} invalid;
 readings: {', '.join(f'{k} {v}' for k, v in dq['readings'].items())}.</p>
