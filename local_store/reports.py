@@ -125,7 +125,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
             electricity_mwh += amount
             electricity_loc_t += co2e
 
-    market_total, market = _market_based(store, s, e, electricity_mwh, electricity_loc_t, total)
+    market_total, market = _market_based(store, s, e, electricity_mwh, electricity_loc_t, total, tz)
     if method == "market" and market_total is None:
         raise ReportError(f"market-based total for {start}..{end}: {market['note']}")
     breakdown = _breakdown(by, by_key, by_source, by_scope)
@@ -268,12 +268,12 @@ def _reading_counts(db, s: float, e: float) -> dict[str, int]:
 
 
 def _market_based(store: Store, s: float, e: float, electricity_mwh: float, electricity_loc_t: float,
-                  location_total: float) -> tuple[float | None, dict]:
+                  location_total: float, tz: tzinfo) -> tuple[float | None, dict]:
     """Market-based electricity: instruments first (their own factor), the rest at the residual mix."""
     db = store.db
     rows = db.execute(
-        f"SELECT kind, reference, mwh * {_OVERLAP.replace(':e', ':e').replace(':s', ':s')} AS mwh_in, factor_t_per_mwh"
-        f" FROM instruments WHERE start_ts < :e AND end_ts > :s", {"s": s, "e": e}).fetchall()
+        f"SELECT kind, reference, mwh * {_OVERLAP} AS mwh_in, factor_t_per_mwh, start_ts, end_ts, mwh"
+        f" FROM instruments WHERE start_ts < :e AND end_ts > :s ORDER BY start_ts, reference", {"s": s, "e": e}).fetchall()
     claimed = sum(r[2] for r in rows)
     covered = min(claimed, electricity_mwh)
     scale = covered / claimed if claimed else 0.0
@@ -282,12 +282,17 @@ def _market_based(store: Store, s: float, e: float, electricity_mwh: float, elec
                                     store.settings.vintage_rule)
     detail: dict = {"electricity_mwh": _r(electricity_mwh), "covered_by_instruments_mwh": _r(covered),
                     "instruments": [{"kind": r[0], "reference": r[1], "mwh_in_period": _r(r[2]),
-                                     "factor_t_per_mwh": r[3]} for r in rows]}
+                                     "factor_t_per_mwh": r[3], "tco2e_in_period": _r(r[2] * r[3] * scale),
+                                     "start": datetime.fromtimestamp(r[4], tz).date().isoformat(),
+                                     "end": datetime.fromtimestamp(r[5], tz).date().isoformat(), "mwh": _r(r[6])}
+                                    for r in rows]}
     if residual is None:
         detail["note"] = (f"no residual-mix factor for region {store.settings.region!r} at the period start: add one "
                           f"(parameter = \"residual_mix\") to a custom factor file")
         return None, detail
     residual_t = (electricity_mwh - covered) * residual.value_si
+    detail["residual_mwh"] = _r(electricity_mwh - covered)
+    detail["residual_tco2e"] = _r(residual_t)
     detail["residual_mix_factor"] = {"ref": residual.ref, "id": residual.id, "version": residual.version,
                                      "vintage": residual.year, "value": residual.value, "unit": residual.unit,
                                      "valid": applies_to(residual), "source": residual.source}
@@ -476,6 +481,16 @@ def render_html(report: dict) -> str:
     fac = table(["Factor", "Vintage", "Version", "Parameter", "Value", "Unit", "Valid for activity", "Source"],
                 [[f["id"], f["year"], f["version"], f["parameter"], f["value"], f["unit"],
                   f"{f['valid_from']} – {f['valid_to'] or ''}", f["source"]] for f in report["factors"]])
+    mb = report.get("market_based") or {}
+    inst = table(["Instrument", "Kind", "Valid", "MWh", "MWh in period", "tCO2/MWh", "tCO2e"],
+                 [[i["reference"], i["kind"], f"{i.get('start', '')} – {i.get('end', '')}", i.get("mwh", ""),
+                   i["mwh_in_period"], i["factor_t_per_mwh"], i.get("tco2e_in_period", "")]
+                  for i in mb.get("instruments", [])]) if mb.get("instruments") else "<p>No contractual instruments.</p>"
+    rf = mb.get("residual_mix_factor")
+    residual = (f"<p>Residual mix: {escape(str(mb.get('residual_mwh', '')))} MWh × {rf['value']} {escape(rf['unit'])} "
+                f"({escape(rf['ref'])}, vintage {rf['vintage']}; {escape(rf['source'])}) = "
+                f"{escape(str(mb.get('residual_tco2e', '')))} tCO2e</p>") if rf else (
+                f"<p>{escape(mb.get('note', ''))}</p>" if mb.get("note") else "")
     flags = report.get("vintage_flags") or []
     vintage = ("<p class=\"flag\"><b>Provisional factor vintages</b> (vintage rule "
                f"{escape(str(report.get('vintage_rule')))}):</p><ul>"
@@ -514,6 +529,10 @@ Generated {escape(report['generated_at'])}.</p>
 {scope_chart}
 <h2>By source</h2>
 {src}
+<h2>Market-based electricity</h2>
+<p>Electricity {escape(str(mb.get('electricity_mwh', '')))} MWh, of which {escape(str(mb.get('covered_by_instruments_mwh', '')))} MWh covered by contractual instruments.</p>
+{inst}
+{residual}
 <h2>ISO 14064-1 categories</h2>
 {cat}
 <h2>Emission factors used</h2>

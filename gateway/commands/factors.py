@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from gateway.paths import DEFAULT_DATA_DIR
-from local_store import StoreError, audit, open_store
+from gateway.commands.reporting import audit_cli
+from local_store import StoreError, open_store
 from local_store.emissions import EmissionSettings
 from local_store.errors import FactorError
 from local_store.factors import (VINTAGE_RULES, Factor, FactorLibrary, add_factor, applies_to, default_factor_files,
@@ -149,14 +150,9 @@ def add(id_: str, activity: str, parameter: str, value: float, unit: str, region
     db_path = (data_dir or DEFAULT_DATA_DIR) / "gateway.db"
     if db_path.exists():
         with open_store(db_path) as store:
-            key = (data_dir or DEFAULT_DATA_DIR) / "keys" / "audit.key"
-            audit.use_key(db_path, audit.ensure_key(key, store.db))
-            try:
-                audit.record(store.db, "cli", "factors.add", f"factor {f.ref}",
-                             {"entry": {k: (v.isoformat() if isinstance(v, date) else v) for k, v in entry.items()},
-                              "file": str(target)})
-            finally:
-                audit.use_key(db_path, None)
+            audit_cli(store, data_dir, "factors.add", f"factor {f.ref}",
+                      {"entry": {k: (v.isoformat() if isinstance(v, date) else v) for k, v in entry.items()},
+                       "file": str(target)})
     click.echo(f"added {f.ref} ({f.value:g} {f.unit}, valid {applies_to(f)}) to {target}; the gateway reads it when "
                f"the file is listed in [emissions] factor_files (the web UI's factor page adds it there), and "
                f"recalculates the figures it changes, keeping the old rows")
