@@ -128,8 +128,10 @@ def test_unknown_header(tmp_path: Path) -> None:
     with open_store(tmp_path / "gateway.db") as store, pytest.raises(DataImportError) as exc:
         import_csv(store, csv)
     assert exc.value.errors == ["line 1: header 'meter,when,kwh' is not recognised: use "
-                                "'source,activity,start,end,amount,unit' for activity data or "
-                                "'source,timestamp,register,value,unit' for meter readings"]
+                                "'source,activity,start,end,amount,unit' for activity data, "
+                                "'source,timestamp,register,value,unit' for meter readings or "
+                                "'instrument,kind,start,end,amount,unit,emission_factor' for contractual instruments "
+                                "(green certificates, green power, PPAs)"]
 
 
 def test_meter_readings_go_through_preprocessing(tmp_path: Path) -> None:
