@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from local_store.errors import ReportError
 from local_store.factors import Factor, applies_to, vintage_note
+from local_store.units import ACTIVITIES
 
 if TYPE_CHECKING:
     from local_store.db import Store
@@ -91,8 +92,11 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
             acc[i] += x or 0
         refs.update(x for x in frefs.split(",") if x)
         if k:
-            row = by_key.setdefault(k, {"key": k, "tco2e": 0.0, "scope_1": 0.0, "scope_2": 0.0})
-            row[f"scope_{scope}"] += nums[5]
+            row = by_key.setdefault(k, {"key": k, "tco2e": 0.0, "scope_1": 0.0, "scope_2": 0.0, "exported_tco2e": 0.0})
+            if ACTIVITIES[act].export:       # scopes are gross (GHG Protocol); the net total deducts exports
+                row["exported_tco2e"] -= nums[5]
+            else:
+                row[f"scope_{scope}"] += nums[5]
             row["tco2e"] += nums[5]
     per_source = [(*key, *vals) for key, vals in sorted(merged.items())]
 
@@ -104,14 +108,18 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
     weighted_measured = weighted_all = 0.0
     intervals = estimated = invalid = 0
     electricity_mwh = electricity_loc_t = 0.0
+    exported: dict[str, float] = {}
     for (src, act, unit, scope, cat, amount, gj, co2, ch4, n2o, co2e, amount_measured, count, n_est, n_inv) in per_source:
         share = (amount_measured / amount) if amount else 1.0
         by_source.append({"source": src, "activity": act, "consumption": _r(amount), "unit": unit,
                           "energy_gj": _r(gj), "co2_t": _r(co2), "ch4_t": _r(ch4, 9), "n2o_t": _r(n2o, 9),
                           "tco2e": _r(co2e), "scope": scope, "iso_category": cat,
                           "share_measured": _r(share, 4)})
-        by_scope[f"scope_{scope}"] += co2e
-        by_cat[cat] += co2e
+        if ACTIVITIES[act].export:
+            exported[act] = exported.get(act, 0.0) - co2e
+        else:
+            by_scope[f"scope_{scope}"] += co2e
+            by_cat[cat] += co2e
         by_gas["co2_t"] += co2
         by_gas["ch4_t"] += ch4
         by_gas["n2o_t"] += n2o
@@ -128,6 +136,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
     market_total, market = _market_based(store, s, e, electricity_mwh, electricity_loc_t, total, tz)
     if method == "market" and market_total is None:
         raise ReportError(f"market-based total for {start}..{end}: {market['note']}")
+    conventions = _conventions(by_scope, by_cat, exported, total, electricity_loc_t, market, per_source)
     breakdown = _breakdown(by, by_key, by_source, by_scope)
     factors = _factors_used(db, p, refs)
     vintage_flags = _vintage_flags(db, p, factors)
@@ -143,6 +152,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
         "location_based_tco2e": _r(total),
         "market_based_tco2e": None if market_total is None else _r(market_total),
         "market_based": market,
+        "conventions": conventions,
         "by_scope": {k: _r(v) for k, v in by_scope.items()},
         "by_iso_category": {ISO_CATEGORY_NAMES[k]: _r(v) for k, v in by_cat.items()},
         "by_gas": {k: _r(v, 9) for k, v in by_gas.items()},
@@ -185,6 +195,50 @@ def _grouped(db, p: dict, key_fmt: str | None) -> list[tuple]:
                 f" SUM(ch4_t), SUM(n2o_t), SUM(co2e_t), SUM(amount_measured), SUM(rows), SUM(rows_estimated),"
                 f" SUM(rows_invalid) FROM emissions_hourly WHERE hour_ts >= :s AND hour_ts < :e{group}")
     return db.execute(sql, p).fetchall()
+
+
+GBT_32150 = "GB/T 32150-2015 and the national enterprise GHG accounting guidelines"
+GHG_PROTOCOL = "GHG Protocol Corporate Standard and Scope 2 Guidance; ISO 14064-1:2018"
+
+
+def _conventions(by_scope: dict, by_cat: dict, exported: dict[str, float], net_total: float,
+                 electricity_loc_t: float, market: dict, per_source: list[tuple]) -> dict:
+    """The two accounting conventions side by side, each under the name of the standard it follows (issue 14).
+
+    GB/T 32150 counts *net* purchased electricity and heat (purchased minus exported); the GHG Protocol and
+    ISO 14064-1 count *gross* imported energy in Scope 2 / Category 2 and never deduct exports there, so the
+    exports stand on their own lines.
+    """
+    def summed(activities: tuple[str, ...]) -> float:
+        return sum(row[10] for row in per_source if row[1] in activities)
+
+    elec_export = exported.get("electricity_export", 0.0)
+    heat_export = exported.get("heat_export", 0.0)
+    scope2 = by_scope["scope_2"]
+    market_electricity = market.get("electricity_tco2e")
+    return {
+        "gb_t_32150": {
+            "standard": GBT_32150,
+            "basis": "net purchased electricity and heat: purchased minus exported",
+            "direct_emissions_tco2e": _r(by_scope["scope_1"]),
+            "net_purchased_electricity_tco2e": _r(summed(("electricity",)) - elec_export),
+            "net_purchased_heat_tco2e": _r(summed(("heat", "steam")) - heat_export),
+            "total_tco2e": _r(net_total),
+        },
+        "ghg_protocol_iso_14064_1": {
+            "standard": GHG_PROTOCOL,
+            "basis": "gross imported energy; exported energy is not deducted and is reported on its own lines",
+            "scope_1_tco2e": _r(by_scope["scope_1"]),
+            "scope_2_location_based_tco2e": _r(scope2),
+            "scope_2_market_based_tco2e": None if market_electricity is None else
+            _r(scope2 - electricity_loc_t + market_electricity),
+            "iso_14064_1_category_1_tco2e": _r(by_cat[1]),
+            "iso_14064_1_category_2_tco2e": _r(by_cat[2]),
+            "exported_electricity_tco2e": _r(elec_export),
+            "exported_heat_tco2e": _r(heat_export),
+            "total_location_based_tco2e": _r(by_scope["scope_1"] + scope2),
+        },
+    }
 
 
 def _offset_text(offset_s: int) -> str:
@@ -391,8 +445,8 @@ def consumption(store: Store, source_id: str, start: float, end: float, resoluti
 _CSV_COLUMNS = {
     "source": ["source", "activity", "consumption", "unit", "energy_gj", "co2_t", "ch4_t", "n2o_t", "tco2e",
                "scope", "iso_category", "share_measured"],
-    "day": ["key", "tco2e", "scope_1", "scope_2"],
-    "month": ["key", "tco2e", "scope_1", "scope_2"],
+    "day": ["key", "tco2e", "scope_1", "scope_2", "exported_tco2e"],
+    "month": ["key", "tco2e", "scope_1", "scope_2", "exported_tco2e"],
     "scope": ["key", "tco2e"],
 }
 
@@ -413,7 +467,27 @@ def render_csv(report: dict) -> str:
     total = {"source": "TOTAL", "key": "TOTAL", "tco2e": report["total_tco2e"],
              "scope_1": report["by_scope"]["scope_1"], "scope_2": report["by_scope"]["scope_2"]}
     w.writerow([total.get(c, "") for c in cols])
+    for label, value in convention_lines(report):
+        w.writerow([{"source": label, "key": label, "tco2e": value}.get(c, "") for c in cols])
     return buf.getvalue()
+
+
+def convention_lines(report: dict) -> list[tuple[str, float | None]]:
+    """The two conventions as labelled lines (CSV rows, HTML table), each naming its standard."""
+    g, p = report["conventions"]["gb_t_32150"], report["conventions"]["ghg_protocol_iso_14064_1"]
+    return [
+        ("GB/T 32150: direct emissions", g["direct_emissions_tco2e"]),
+        ("GB/T 32150: net purchased electricity (purchased - exported)", g["net_purchased_electricity_tco2e"]),
+        ("GB/T 32150: net purchased heat (purchased - exported)", g["net_purchased_heat_tco2e"]),
+        ("GB/T 32150: total (net)", g["total_tco2e"]),
+        ("GHG Protocol: Scope 1", p["scope_1_tco2e"]),
+        ("GHG Protocol: Scope 2 location-based (gross imports)", p["scope_2_location_based_tco2e"]),
+        ("GHG Protocol: Scope 2 market-based (gross imports)", p["scope_2_market_based_tco2e"]),
+        ("ISO 14064-1: Category 1 direct", p["iso_14064_1_category_1_tco2e"]),
+        ("ISO 14064-1: Category 2 imported energy (gross)", p["iso_14064_1_category_2_tco2e"]),
+        ("GHG Protocol / ISO 14064-1: exported electricity (not deducted)", p["exported_electricity_tco2e"]),
+        ("GHG Protocol / ISO 14064-1: exported heat (not deducted)", p["exported_heat_tco2e"]),
+    ]
 
 
 def _bar_chart_svg(title: str, labels: list[str], series: dict[str, list[float]], colors: dict[str, str]) -> str:
@@ -496,6 +570,7 @@ def render_html(report: dict) -> str:
                f"{escape(str(report.get('vintage_rule')))}):</p><ul>"
                + "".join(f"<li>{escape(f['note'])}</li>" for f in flags) + "</ul>") if flags else ""
     cat = table(["ISO 14064-1 category", "tCO2e"], [[k, v] for k, v in report["by_iso_category"].items()])
+    conv = table(["Figure (standard)", "tCO2e"], [[k, "n/a" if v is None else v] for k, v in convention_lines(report)])
     dq = report["data_quality"]
     market = report["market_based_tco2e"]
     p = report["period"]
@@ -533,8 +608,12 @@ Generated {escape(report['generated_at'])}.</p>
 <p>Electricity {escape(str(mb.get('electricity_mwh', '')))} MWh, of which {escape(str(mb.get('covered_by_instruments_mwh', '')))} MWh covered by contractual instruments.</p>
 {inst}
 {residual}
-<h2>ISO 14064-1 categories</h2>
+<h2>ISO 14064-1 categories (gross imported energy)</h2>
 {cat}
+<h2>Two accounting conventions</h2>
+<p>{escape(GBT_32150)}: net purchased electricity and heat (exports deducted). {escape(GHG_PROTOCOL)}: gross
+imported energy, exports on their own lines and never deducted.</p>
+{conv}
 <h2>Emission factors used</h2>
 {fac}
 {vintage}

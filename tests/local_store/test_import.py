@@ -254,14 +254,27 @@ heat-export,heat_export,2025-01-01,2025-02-01,100,GJ
     ch4 = (gas_gj * 1 + diesel_gj * 3) / 1e6
     n2o = (gas_gj * 0.1 + diesel_gj * 0.6) / 1e6
     scope1 = gas_co2 + diesel_co2 + 28 * ch4 + 265 * n2o
-    scope2 = (500 - 20) * 0.5306 + (1000 - 100) * 0.11
+    # Issue 14: Scope 2 / ISO Category 2 are gross imports (GHG Protocol, ISO 14064-1): 500 MWh x 0.5306 + 1000 GJ
+    # x 0.11 = 265.3 + 110 = 375.3 t; the exports (20 x 0.5306 = 10.612 t, 100 x 0.11 = 11 t) stand on their own
+    # lines; GB/T 32150's net figure deducts them: 375.3 - 10.612 - 11 = 353.688 t.
+    scope2 = 500 * 0.5306 + 1000 * 0.11
+    net2 = (500 - 20) * 0.5306 + (1000 - 100) * 0.11
     assert report["by_scope"] == {"scope_1": pytest.approx(scope1, abs=1e-5), "scope_2": pytest.approx(scope2, abs=1e-5)}
     assert report["by_iso_category"] == {
         "Category 1: direct GHG emissions and removals": pytest.approx(scope1, abs=1e-5),
         "Category 2: indirect GHG emissions from imported energy": pytest.approx(scope2, abs=1e-5)}
+    gbt, ghg = report["conventions"]["gb_t_32150"], report["conventions"]["ghg_protocol_iso_14064_1"]
+    assert gbt["standard"].startswith("GB/T 32150-2015") and ghg["standard"].startswith("GHG Protocol")
+    assert gbt["net_purchased_electricity_tco2e"] == pytest.approx(480 * 0.5306, abs=1e-5)
+    assert gbt["net_purchased_heat_tco2e"] == pytest.approx(900 * 0.11, abs=1e-5)
+    assert gbt["total_tco2e"] == pytest.approx(scope1 + net2, abs=1e-5)
+    assert ghg["scope_2_location_based_tco2e"] == pytest.approx(scope2, abs=1e-5)
+    assert ghg["iso_14064_1_category_2_tco2e"] == pytest.approx(scope2, abs=1e-5)
+    assert (ghg["exported_electricity_tco2e"], ghg["exported_heat_tco2e"]) == (pytest.approx(10.612), pytest.approx(11.0))
+    assert ghg["total_location_based_tco2e"] == pytest.approx(scope1 + scope2, abs=1e-5)
     assert report["by_gas"]["ch4_t"] == pytest.approx(ch4, abs=1e-8)
     assert report["by_gas"]["n2o_t"] == pytest.approx(n2o, abs=1e-8)
-    assert report["total_tco2e"] == pytest.approx(scope1 + scope2, abs=1e-5)
+    assert report["total_tco2e"] == pytest.approx(scope1 + net2, abs=1e-5)       # the GB/T 32150 net total
     by_source = {r["source"]: r for r in report["by_source"]}
     assert by_source["pv-export"]["tco2e"] == pytest.approx(-20 * 0.5306, abs=1e-5)
     assert by_source["heat-export"]["tco2e"] == pytest.approx(-100 * 0.11, abs=1e-5)

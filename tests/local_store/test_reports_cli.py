@@ -85,7 +85,8 @@ def test_cli_report_json_csv_html(tmp_path: Path) -> None:
     res = runner.invoke(main, args + ["--format", "csv", "--by", "day"])
     assert res.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(res.output)))
-    assert [r["key"] for r in rows] == ["2026-03-10", "TOTAL"]
+    assert [r["key"] for r in rows][:2] == ["2026-03-10", "TOTAL"]
+    assert rows[2]["key"] == "GB/T 32150: direct emissions"      # then both conventions, labelled
     assert float(rows[0]["scope_2"]) == pytest.approx(24 * 0.5306)
 
     out = tmp_path / "report.html"
