@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.conftest import REPO, Wheelhouse, base_python, clean_env, free_port, wait_until
+from tests.conftest import REPO, interrupt, Wheelhouse, base_python, clean_env, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 SERVICE_USER = "nobody"
@@ -263,12 +263,7 @@ def simulator(wheelhouse: Wheelhouse, installed: Installed) -> Iterator[int]:
     try:
         yield port
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        interrupt(process)
 
 
 def test_the_installed_daemon_under_the_units_restrictions(installed: Installed, simulator: int,
