@@ -16,20 +16,15 @@ from wtforms.validators import InputRequired, Length, NumberRange, Optional, Reg
 
 from gateway.runtime import ACTIVITIES, ApplyError, Change, DriverError, parse_units
 from webui.auth import actor, options, record, requires, runtime
+from webui.confirm import confirmation_page
+from webui.labels import ACTIVITY_LABELS, TRANSPORT_LABELS
 
 bp = Blueprint("commissioning", __name__)
 log = logging.getLogger(__name__)
 
 ID_RE = Regexp(r"^[A-Za-z0-9_.\-]{1,40}$", message=_l("Use 1-40 letters, digits, '-', '_' or '.'."))
-TRANSPORTS = [("tcp", _l("Modbus TCP")), ("rtu", _l("Modbus RTU (serial)")),
-              ("rtu_over_tcp", _l("RTU over TCP (serial device server)"))]
+TRANSPORTS = list(TRANSPORT_LABELS.items())
 BAUDRATES = [(str(b), str(b)) for b in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)]
-ACTIVITY_LABELS = {
-    "electricity": _l("purchased electricity"), "electricity_export": _l("exported electricity"),
-    "natural_gas": _l("natural gas"), "raw_coal": _l("raw coal"), "diesel": _l("diesel"), "gasoline": _l("gasoline"),
-    "lpg": _l("LPG"), "fuel_oil": _l("fuel oil"), "heat": _l("purchased heat"), "heat_export": _l("exported heat"),
-    "steam": _l("purchased steam"), "none": _l("none (not counted)"),
-}
 
 
 # -- buses ---------------------------------------------------------------------------------------------------
@@ -155,6 +150,10 @@ def bus_delete(name: str) -> Any:
     if any(m.get("bus") == name for m in data.get("meters", [])):
         flash(_("Bus %(name)s still has meters: move or delete them first.", name=name), "error")
         return redirect(url_for("commissioning.buses"))
+    page = confirmation_page(_("Delete bus %(name)s?", name=name),
+                             _("The gateway stops using this line at once."), url_for("commissioning.buses"))
+    if page is not None:
+        return page
     items.pop(index)
     error = _apply(data, "bus.delete", f"bus {name}", old=old)
     flash(error or _("Bus %(name)s was deleted.", name=name), "error" if error else "ok")
@@ -234,6 +233,11 @@ def meter_delete(meter_id: str) -> Any:
     data, items, index, old = _entry("meters", "id", meter_id)
     if not FlaskForm().validate_on_submit():
         abort(400)
+    page = confirmation_page(_("Delete meter %(id)s?", id=meter_id),
+                             _("Polling stops at once; the readings and emissions already stored are kept."),
+                             url_for("commissioning.meters"))
+    if page is not None:
+        return page
     items.pop(index)
     error = _apply(data, "meter.delete", f"meter {meter_id}", old=old)
     flash(error or _("Meter %(id)s was deleted; its stored readings are kept.", id=meter_id), "error" if error else "ok")
@@ -311,7 +315,7 @@ def scan_status(job_id: str) -> Any:
     if job is None:
         abort(404)
     configured = {(m.bus, m.device_id) for m in runtime().config.meters}
-    return render_template("scan.html", job=job, configured=configured, activity_labels=ACTIVITY_LABELS)
+    return render_template("scan.html", job=job, configured=configured)
 
 
 @bp.post("/scan/<job_id>/cancel")

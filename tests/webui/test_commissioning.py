@@ -92,7 +92,11 @@ def test_bus_edit_delete_and_messages(admin, gateway, tmp_path) -> None:
     assert [b.name for b in gateway.config.buses] == ["demo-bus", "tcp-1"]
     response = post(admin, "/buses/demo-bus/delete", form_url="/buses")
     assert "Bus demo-bus still has meters: move or delete them first." in text(admin.get(response.location))
-    response = post(admin, "/buses/tcp-1/delete", form_url="/buses")
+    # one tap asks first (issue 15); nothing is deleted until the second, confirmed post
+    asked = post(admin, "/buses/tcp-1/delete", form_url="/buses")
+    assert asked.status_code == 200 and "Delete bus tcp-1?" in text(asked)
+    assert [b.name for b in gateway.config.buses] == ["demo-bus", "tcp-1"]
+    response = post(admin, "/buses/tcp-1/delete", {"confirm": "yes"}, form_url="/buses")
     assert "Bus tcp-1 was deleted." in text(admin.get(response.location))
     assert [b.name for b in gateway.config.buses] == ["demo-bus"]
     assert "tcp-1" not in (tmp_path / "gateway.toml").read_text()
@@ -106,7 +110,10 @@ def test_edit_and_delete_a_meter_and_the_change_survives_a_restart(admin, gatewa
     assert response.status_code == 302, text(response)
     meter = next(m for m in gateway.config.meters if m.id == "boiler-gas")
     assert meter.poll_interval_s == 3 and meter.description == "Boiler 1" and not meter.enabled
-    assert post(admin, "/meters/main-incomer/delete", form_url="/meters").status_code == 302
+    asked = post(admin, "/meters/main-incomer/delete", form_url="/meters")
+    assert asked.status_code == 200 and "readings and emissions already stored are kept" in text(asked)
+    assert len(gateway.config.meters) == 2
+    assert post(admin, "/meters/main-incomer/delete", {"confirm": "yes"}, form_url="/meters").status_code == 302
     assert [m.id for m in gateway.config.meters] == ["boiler-gas"]
     # the file the gateway was started with holds the change, so a restart keeps it
     restarted = start_gateway(tmp_path / "gateway.toml", tmp_path / "data2")
