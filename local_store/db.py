@@ -192,7 +192,7 @@ class Store:
     def latest_readings(self) -> list[StoredReading]:
         """The newest reading per (meter, point), by timestamp."""
         db = self.db
-        polls = db.execute("SELECT p.id, p.series, p.timestamp, p.n, p.vals, p.bad, p.origin FROM series s"
+        polls = db.execute("SELECT p.id, p.series, p.timestamp, p.n, p.vals, p.bad, p.origin FROM series_latest s"
                            " JOIN polls p ON p.id = s.last_id ORDER BY p.id").fetchall()
         newest: dict[tuple[str, str], tuple] = {}
         for row in rd.expand(db, polls, with_status=True):
@@ -271,9 +271,15 @@ class Store:
                                   " ('meter', 'imported') AND enabled = 1 GROUP BY meter_id").fetchall())
         # Future timestamps (a clock jump) must not move the cutoff forward: only plausible ones count.
         plausible_until = time.time() + pp.CumulativeRules().clock_jump_s
-        for series, meter_id in db.execute("SELECT id, meter_id FROM series").fetchall():
-            newest = db.execute("SELECT MAX(timestamp) FROM polls WHERE series = ? AND timestamp <= ?",
-                                (series, plausible_until)).fetchone()[0]
+        all_series = db.execute("SELECT id, meter_id FROM series").fetchall()
+        newest_of: dict[str, float] = {}      # per meter: its live polls and its imports are one history
+        for series, meter_id in all_series:
+            newest = db.execute("SELECT timestamp FROM polls WHERE series = ? AND timestamp <= ? ORDER BY timestamp"
+                                " DESC LIMIT 1", (series, plausible_until)).fetchone()
+            if newest is not None:
+                newest_of[meter_id] = max(newest_of.get(meter_id, newest[0]), newest[0])
+        for series, meter_id in all_series:
+            newest = newest_of.get(meter_id)
             if newest is None:
                 continue
             cutoff = newest - keep_s if older_than_ts is None else min(newest - keep_s, older_than_ts)

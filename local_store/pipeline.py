@@ -228,7 +228,7 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
         if row is not None and (before is None or row[0] > before):
             before = row[0]
     lo = before if before is not None else window
-    rows = []
+    rows: list[tuple] = []
     for sid, idx in layouts:
         unit = db.execute("SELECT unit FROM series_points WHERE series = ? AND idx = ?", (sid, idx)).fetchone()[0]
         rows.extend((r[0], r[1], r[2], unit, r[3]) for r in db.execute(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,9 +38,12 @@ CREATE TABLE series (
     meter_id TEXT NOT NULL,
     n INTEGER NOT NULL,                        -- values per poll
     layout TEXT NOT NULL,                      -- JSON [[point, unit, quantity], ...] in the poll's value order
-    last_id INTEGER NOT NULL DEFAULT 0,        -- its newest poll by time (the dashboard's latest values)
-    last_ts REAL NOT NULL DEFAULT -1e300,
     UNIQUE (meter_id, layout)
+);
+CREATE TABLE series_latest (                   -- small rows, so a commit rewrites one page, not one per series
+    series INTEGER PRIMARY KEY,
+    last_id INTEGER NOT NULL,                  -- its newest poll by time (the dashboard's latest values)
+    last_ts REAL NOT NULL
 );
 CREATE TABLE series_points (
     series INTEGER NOT NULL, idx INTEGER NOT NULL, point TEXT NOT NULL, unit TEXT NOT NULL, quantity TEXT NOT NULL,
@@ -136,7 +140,7 @@ class SeriesCache:
         row = db.execute("SELECT id FROM series WHERE meter_id = ? AND layout = ?", (meter_id, blob)).fetchone()
         if row is None:
             cur = db.execute("INSERT INTO series (meter_id, n, layout) VALUES (?, ?, ?)", (meter_id, len(layout), blob))
-            sid = int(cur.lastrowid)
+            sid = int(cur.lastrowid or 0)
             db.conn.executemany("INSERT INTO series_points (series, idx, point, unit, quantity) VALUES (?,?,?,?,?)",
                                 [(sid, i, p, u, q) for i, (p, u, q) in enumerate(layout)])
         else:
@@ -175,8 +179,10 @@ def insert_polls(db: sqlite_utils.Database, cache: SeriesCache, polls: Sequence[
         next_id += n
         count += n
     db.conn.executemany("INSERT INTO polls (id, series, timestamp, n, vals, bad, origin) VALUES (?,?,?,?,?,?,?)", rows)
-    db.conn.executemany("UPDATE series SET last_id = ?, last_ts = ? WHERE id = ? AND last_ts <= ?",
-                        [(pid, ts, sid, ts) for sid, (ts, pid) in newest.items()])
+    db.conn.executemany("INSERT INTO series_latest (series, last_id, last_ts) VALUES (?, ?, ?) ON CONFLICT (series)"
+                        " DO UPDATE SET last_id = excluded.last_id, last_ts = excluded.last_ts"
+                        " WHERE excluded.last_ts >= series_latest.last_ts",
+                        [(sid, pid, ts) for sid, (ts, pid) in newest.items()])
     return count
 
 
@@ -297,3 +303,21 @@ def reading_counts(db: sqlite_utils.Database, start: float, end: float) -> dict[
     counts["measured"] = processed - flagged
     counts["unprocessed"] = total - processed
     return counts
+
+
+def highest_reading_id(conn: sqlite3.Connection) -> int:
+    """The highest reading id a store file ever handed out (deleted ones included), packed or v0.1."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'polls'").fetchone():
+        top = conn.execute("SELECT COALESCE(MAX(id + n - 1), 0) FROM polls").fetchone()[0]
+        floor = conn.execute("SELECT value FROM store_meta WHERE key = 'next_reading_id'").fetchone()
+        return max(int(top), int(floor[0]) - 1 if floor else 0)
+    allocated = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'readings'").fetchone()[0]
+    highest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0]
+    return max(int(allocated), int(highest))
+
+
+def reading_count(conn: sqlite3.Connection) -> int:
+    """Readings stored in a store file, packed or v0.1."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'polls'").fetchone():
+        return int(conn.execute("SELECT COALESCE(SUM(n), 0) FROM polls").fetchone()[0])
+    return int(conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0])

@@ -255,8 +255,9 @@ def m007_packed_readings(db: sqlite_utils.Database) -> None:
     db.conn.executemany("INSERT INTO processed_points (meter_id, point, through_id) VALUES (?, ?, ?)",
                         [(m, p, i) for (m, p), i in processed.items()])
     # The newest poll per series, for the dashboard.
-    db.execute("UPDATE series SET (last_id, last_ts) = (SELECT p.id, p.timestamp FROM polls p WHERE p.series ="
-               " series.id ORDER BY p.timestamp DESC, p.id DESC LIMIT 1)")
+    db.execute("INSERT INTO series_latest (series, last_id, last_ts) SELECT s.id, p.id, p.timestamp FROM series s"
+               " JOIN polls p ON p.id = (SELECT id FROM polls WHERE series = s.id ORDER BY timestamp DESC, id DESC"
+               " LIMIT 1)")
     # Ids are never reused: the next reading id is past every id v0.1 handed out (deleted ones too).
     next_id = max(int(floor[0]) if floor else 0, last_id) + 1
     db.execute("INSERT INTO store_meta (key, value) VALUES ('next_reading_id', ?) ON CONFLICT (key) DO UPDATE"
