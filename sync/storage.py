@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS streams (
 CREATE TABLE IF NOT EXISTS rejections (
     id {serial}, at {real} NOT NULL, gateway_id TEXT, seq BIGINT, reason TEXT NOT NULL, detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rejection_counts (
+    gateway_id TEXT NOT NULL, reason TEXT NOT NULL, count BIGINT NOT NULL, PRIMARY KEY (gateway_id, reason)
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     id {serial}, at {real} NOT NULL, gateway_id TEXT NOT NULL, seq BIGINT NOT NULL, message {blob} NOT NULL
 );
@@ -75,6 +78,8 @@ class ReceiverDb:
             except ImportError as exc:
                 raise ReceiverDbError("PostgreSQL needs psycopg: pip install 'carbon-edge-gateway[postgres]'") from exc
             self.integrity_errors: tuple[type[Exception], ...] = (psycopg.IntegrityError,)
+            # The server went away (restart, failover, network): reconnect, the batch is not lost.
+            self.connection_errors: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
             try:
                 self._conn: Any = psycopg.connect(str(target), autocommit=True)
             except psycopg.Error as exc:
@@ -97,6 +102,7 @@ class ReceiverDb:
                 raise ReceiverDbError(f"{path.parent}: cannot create the directory ({exc.strerror}): check "
                                       "--data-dir / --database") from exc
             self.integrity_errors = (sqlite3.IntegrityError,)
+            self.connection_errors = (sqlite3.OperationalError,)   # disk I/O error, file gone, locked too long
             try:
                 # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction takes the write
                 # lock up front and two receivers on one file cannot both read "absent" and then collide.
@@ -117,6 +123,16 @@ class ReceiverDb:
                 self._conn.executescript(schema)
             except sqlite3.Error as exc:
                 raise ReceiverDbError(f"{path}: cannot open the receiver database ({exc})") from exc
+
+        self._seed_rejection_counts()
+
+    def _seed_rejection_counts(self) -> None:
+        """A database from before ``rejection_counts`` keeps its totals (rejection rows are now capped)."""
+        if self.query("SELECT 1 FROM rejection_counts LIMIT 1") or not self.query("SELECT 1 FROM rejections LIMIT 1"):
+            return
+        with self.transaction():
+            self.execute("INSERT INTO rejection_counts (gateway_id, reason, count) SELECT COALESCE(gateway_id, '?'), "
+                         "reason, COUNT(*) FROM rejections GROUP BY COALESCE(gateway_id, '?'), reason")
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.is_postgres else sql
