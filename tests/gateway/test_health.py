@@ -15,7 +15,7 @@ from drivers import load_profiles
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.paths import PROFILES_DIR
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, wait_until, with_web
 from tests.gateway.conftest import fast_demo
 
 TOKEN = "0123456789abcdef0123"
@@ -25,7 +25,8 @@ SAMPLE = re.compile(r'^carbon_gateway_[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})?
 @pytest.fixture
 def gateway(tmp_path: Path):
     config = fast_demo(tmp_path / "data")
-    gw = Gateway(replace(config, web=replace(config.web, enabled=True, port=free_port(), metrics_token=TOKEN)))
+    gw = with_web(Gateway(replace(config, web=replace(config.web, enabled=True, port=free_port(),
+                                                      metrics_token=TOKEN))))
     gw.start()
     try:
         wait_until(lambda: gw.health()["status"] == "ok", timeout_s=15, message="a healthy gateway")
@@ -114,8 +115,8 @@ def test_issue16_healthz_is_degraded_while_the_sync_alarm_is_on(tmp_path: Path) 
     config = fast_demo(tmp_path / "data")
     demo_sync = load_config(None, load_profiles(PROFILES_DIR), data_dir_override=tmp_path / "data").sync
     sync = replace(demo_sync, broker=replace(demo_sync.broker, port=free_port()), disk_budget_bytes=1, tick_s=0.1)
-    gw = Gateway(replace(config, sync=sync, demo_receiver_key=True,
-                         web=replace(config.web, enabled=True, port=free_port(), metrics_token=TOKEN)))
+    gw = with_web(Gateway(replace(config, sync=sync, demo_receiver_key=True,
+                                  web=replace(config.web, enabled=True, port=free_port(), metrics_token=TOKEN))))
     gw.start()
     try:
         wait_until(lambda: gw.health()["sync_alarm"], timeout_s=20, message="the disk budget alarm")
