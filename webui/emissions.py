@@ -14,6 +14,7 @@ from wtforms import BooleanField, DateField, FloatField, IntegerField, SelectFie
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
 from gateway.runtime import BY_CHOICES, FACTOR_ACTIVITIES, ApplyError, Change, ChartText, FactorError, ReportError
+from webui.labels import ACTIVITY_LABELS
 from webui.auth import actor, options, requires, runtime
 
 bp = Blueprint("emissions", __name__)
@@ -43,7 +44,7 @@ class ChoiceForm(FlaskForm):
 class CustomFactorForm(FlaskForm):
     id = StringField(_l("Factor id"), validators=[InputRequired(), Regexp(
         r"^[A-Za-z0-9_.\-]{1,80}$", message=_l("Use 1-80 letters, digits, '-', '_' or '.'."))])
-    activity = SelectField(_l("Activity"), choices=options([(a, a) for a in FACTOR_ACTIVITIES]))
+    activity = SelectField(_l("Activity"), choices=options([(a, ACTIVITY_LABELS.get(a, a)) for a in FACTOR_ACTIVITIES]))
     parameter = SelectField(_l("Parameter"), choices=options([
         ("ef", _l("emission factor")), ("ncv", _l("net calorific value")), ("carbon_content", _l("carbon content")),
         ("oxidation", _l("oxidation rate")), ("residual_mix", _l("residual mix")), ("ch4", "CH4"), ("n2o", "N2O")]))
