@@ -83,8 +83,13 @@ def _r003_rejection_counts(db: ReceiverDb) -> None:
     from before keeps its totals."""
     _statements(db, """CREATE TABLE IF NOT EXISTS rejection_counts (
         gateway_id TEXT NOT NULL, reason TEXT NOT NULL, count BIGINT NOT NULL, PRIMARY KEY (gateway_id, reason))""")
-    db.execute("INSERT INTO rejection_counts (gateway_id, reason, count) SELECT COALESCE(gateway_id, '?'), reason, "
-               "COUNT(*) FROM rejections GROUP BY COALESCE(gateway_id, '?'), reason")
+    totals: dict[tuple[str, str], int] = {}
+    for gateway_id, reason, count in db.query("SELECT gateway_id, reason, COUNT(*) FROM rejections GROUP BY 1, 2"):
+        key = (gateway_id or "?", reason)     # "?": too broken to name its gateway
+        totals[key] = totals.get(key, 0) + int(count)
+    for (gateway_id, reason), count in totals.items():
+        db.execute("INSERT INTO rejection_counts (gateway_id, reason, count) VALUES (?, ?, ?)",
+                   (gateway_id, reason, count))
 
 
 #: The receiver's migrations in order. A released migration is never edited: a change is a new entry at the
