@@ -3,6 +3,7 @@
 A bundle is ``carbon-gateway-<version>-<platform>.tar`` holding::
 
     wheels/*.whl          the project wheel and every dependency wheel for the platform
+    systemd/              install.sh and carbon-gateway.service of the release (a box needs no checkout)
     MANIFEST.json         {"name", "version", "platform", "python", "files": {path: sha256}}
     MANIFEST.json.sig     Ed25519 signature over the MANIFEST.json bytes, by the release key
 
@@ -140,9 +141,10 @@ def new_release_key(path: Path) -> Path:
 
 
 def write_bundle(out: Path, wheels: Iterable[Path], version: str, platform: str, key: Ed25519PrivateKey,
-                 extra: Mapping[str, object] | None = None) -> Path:
-    """Write the signed tar ``out`` holding ``wheels``."""
+                 extra: Mapping[str, object] | None = None, systemd: Iterable[Path] = ()) -> Path:
+    """Write the signed tar ``out`` holding ``wheels`` (and the install script and unit, under systemd/)."""
     files = {f"wheels/{w.name}": w for w in sorted(wheels, key=lambda p: p.name)}
+    files.update({f"systemd/{f.name}": f for f in systemd})
     manifest = {"name": PROJECT, "version": version, "platform": platform,
                 "files": {name: sha256_file(path) for name, path in files.items()}, **(extra or {})}
     manifest_bytes = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
@@ -233,8 +235,9 @@ def verify_bundle(bundle: Path, trusted: Sequence[Ed25519PublicKey], into: Path)
         into.mkdir(parents=True, exist_ok=True)
         for name, expected in sorted(listed.items()):
             member = members.get(name)
-            if member is None or not member.isfile() or not name.startswith("wheels/") or "/" in name[7:] \
-                    or name.startswith("/") or ".." in name:
+            folder, _, file_name = name.partition("/")
+            if member is None or not member.isfile() or folder not in ("wheels", "systemd") or "/" in file_name \
+                    or not file_name or file_name.startswith("."):
                 raise BundleError(f"{bundle}: refused, tampered: {name} is missing or not a plain file")
             data = _read_member(tar, member)
             if hashlib.sha256(data).hexdigest() != expected:
@@ -291,7 +294,9 @@ def release(source: Path, key_path: Path, out_dir: Path, platforms: Sequence[str
             extra = {"python": python_version, "dependencies": "included" if with_dependencies else
                      "not included: install with --find-links to a directory holding them"}
             out = out_dir / f"carbon-gateway-{version}-{platform}.tar"
-            bundles.append(write_bundle(out, sorted(wheels.glob("*.whl")), version, platform, key, extra))
+            bundles.append(write_bundle(out, sorted(wheels.glob("*.whl")), version, platform, key, extra,
+                                        systemd=[source / "systemd" / "install.sh",
+                                                 source / "systemd" / "carbon-gateway.service"]))
     return bundles
 
 

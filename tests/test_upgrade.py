@@ -109,6 +109,7 @@ def test_a_release_bundle_lists_and_signs_every_file(bundles: Bundles, tmp_path:
             "sqlite_utils", "paho_mqtt", "cheroot", "apscheduler", "tomli_w", "wtforms", "flask_wtf"} <= wheels
     assert manifest["version"] == "1.0.0" and manifest["platform"] == PLATFORM
     assert manifest["dependencies"] == "included"
+    assert {"systemd/install.sh", "systemd/carbon-gateway.service"} <= set(names)   # a box needs no checkout
     # the private key is not in it, and the public key verifies it
     assert b"PRIVATE KEY" not in bundles.first.read_bytes()
     assert verify_bundle(bundles.first, [load_private_key(bundles.key).public_key()], tmp_path / "u").version == "1.0.0"
