@@ -640,8 +640,12 @@ class Runtime:
         broker = self.config.sync.broker
         link = Link(broker, client_id=f"{self.config.gateway_id}-test-{secrets.token_hex(3)}")
         link.start()
+        deadline = time.monotonic() + timeout_s
+        ok = False
         try:
-            ok = link.connected.wait(timeout_s)
+            # a refused connection or an unknown host is known at once: say so instead of waiting out the timeout
+            while not ok and not link.last_error and time.monotonic() < deadline:
+                ok = link.connected.wait(0.05)
         finally:
             link.stop()
         where = f"{broker.host}:{broker.port}"
