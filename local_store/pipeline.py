@@ -17,6 +17,7 @@ import numpy as np
 import sqlite_utils
 
 from drivers.model import Quantity
+from local_store import audit
 from local_store import preprocess as pp
 from local_store.connections import write_transaction
 from local_store.emission_rows import recalculate, write_interval_emissions
@@ -269,6 +270,8 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
         ends = iv.start + interval
         complete = (ends <= last_t).astype(int)
         status_txt = np.array(pp.STATUS_NAMES)[iv.status]
+        closed = frozenset(r[0] for r in db.execute("SELECT start_ts FROM intervals WHERE source_id = ? AND start_ts >= ?"
+                                                    " AND complete = 1", (s.id, replace_from)))
         db.execute("DELETE FROM intervals WHERE source_id = ? AND start_ts >= ?", (s.id, replace_from))
         db.conn.executemany(
             "INSERT INTO intervals (source_id, start_ts, end_ts, amount, unit, status, measured_fraction, flags,"
@@ -276,8 +279,15 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
             zip([s.id] * len(iv), iv.start.tolist(), ends.tolist(), iv.amount.tolist(), [canonical_unit] * len(iv),
                 status_txt.tolist(), iv.measured_fraction.tolist(), iv.reasons.tolist(), iv.covered_s.tolist(),
                 complete.tolist()))
-        n_emis = write_interval_emissions(db, library, store.settings, s.id, s.activity, iv.start, ends, iv.amount,
-                                                status_txt, iv.measured_fraction, replace_from)
+        n_emis, superseded = write_interval_emissions(db, library, store.settings, s.id, s.activity, iv.start, ends,
+                                                      iv.amount, status_txt, iv.measured_fraction, replace_from,
+                                                      closed)
+        if superseded:
+            audit.record(db, "gateway", "emissions.supersede", f"source {s.id}", {
+                "why": "readings arrived for closed intervals (late data or a backfill); the intervals were "
+                       "reprocessed", "from": _fmt_ts(replace_from), "rows_superseded": superseded,
+                "superseded_at": db.execute("SELECT MAX(superseded_at) FROM emissions WHERE source_id = ?",
+                                            (s.id,)).fetchone()[0]})
     db.execute("UPDATE sources SET processed_reading_id = ? WHERE id = ?", (int(max_id), s.id))
     return (1, len(rows), len(iv), n_emis)
 
@@ -294,6 +304,13 @@ def maybe_recalculate(store: Store, db: sqlite_utils.Database, library: FactorLi
         db.execute("INSERT INTO store_meta (key, value) VALUES ('factor_fingerprint', ?)"
                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (fp,))
         save_settings(db, store.settings)
+        if n:
+            s = store.settings
+            audit.record(db, "gateway", "emissions.recalculate", "all sources", {
+                "why": "the factor library or the emission settings changed", "rows_superseded": n,
+                "factor_files": list(library.files), "region": s.region, "gwp": s.gwp,
+                "include_ch4_n2o": s.include_ch4_n2o, "vintage_rule": s.vintage_rule,
+                "superseded_at": db.execute("SELECT MAX(superseded_at) FROM emissions").fetchone()[0]})
     return n
 
 
