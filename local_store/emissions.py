@@ -53,6 +53,7 @@ class EmissionSettings:
     factor_files: tuple[str, ...] = ()
     interval_s: int = 900
     vintage_rule: VintageRule = "latest_published"
+    timezone: str = ""            # [site] timezone (IANA name): days and months of reports; "" = the host's
 
 
 @dataclass

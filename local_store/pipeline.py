@@ -7,6 +7,7 @@ Each source is processed in its own write transaction; emission rows are written
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -226,7 +227,8 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
     t = np.array([r[1] for r in rows], dtype=np.float64)
     v = np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float64)
     units = {r[3] for r in rows if r[2] is not None}
-    for unit in units:
+    rules = s.rules()
+    for unit in sorted(units):
         try:
             mult = factor_to_canonical(s.activity, unit, s.steam_enthalpy_kj_per_kg)
         except UnitError as exc:
@@ -234,9 +236,12 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
                                   f"{_fmt_ts(float(t.min()))}: fix the profile's unit or the source's activity") from None
         mask = np.array([r[3] == unit for r in rows])
         v[mask] *= mult
+        if s.rollover_at:
+            # rollover_at is the register's own wrap value (e.g. 65536 kWh); the rules see canonical values.
+            rules = dataclasses.replace(rules, rollover_at=s.rollover_at * mult)
     canonical_unit = get_activity(s.activity).unit
     polled = np.array([r[6] == "poll" for r in rows], dtype=bool)     # imported: time order only
-    clean = pp.clean_cumulative(t, v, s.rules(), now=time.time() + 60, polled=polled)
+    clean = pp.clean_cumulative(t, v, rules, now=time.time() + 60, polled=polled)
     first_kept = clean.t[0] if len(clean.t) else None
     if first_kept is None:
         replace_from = None
