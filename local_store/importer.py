@@ -25,6 +25,7 @@ from local_store.emissions import compute
 from local_store.errors import DataImportError, FactorError, UnitError
 from local_store.reports import site_tz
 from local_store.units import ACTIVITIES, MAX_REGISTER_VALUE, factor_to_canonical
+from local_store.units import builtin_activities
 from local_store.units import activity as get_activity
 
 ACTIVITY_HEADER = ["source", "activity", "start", "end", "amount", "unit"]
@@ -191,6 +192,10 @@ class _ActivityRow:
 
 
 def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> ImportResult:
+    try:
+        store.library      # loads the factor files, which may declare activities ([[activities]])
+    except FactorError as exc:
+        raise DataImportError(str(path), [str(exc)]) from None
     errors: list[str] = []
     good: list[_ActivityRow] = []
     for n, fields in _records(rows, ACTIVITY_HEADER, errors):
@@ -199,7 +204,7 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
         if not source:
             problems.append("source is empty: name the meter or installation, e.g. boiler-1")
         if act not in ACTIVITIES:
-            problems.append(f"activity = {act!r}: use one of {', '.join(sorted(ACTIVITIES))}")
+            problems.append(f"activity = {act!r}: use one of {', '.join(builtin_activities())}")
         try:
             start = _parse_when(start_s, tz, need_offset=False)
         except ValueError as exc:

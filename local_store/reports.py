@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo
 from local_store.charts import bar_chart_svg
 from local_store.errors import ReportError
 from local_store.factors import Factor, applies_to, vintage_note
-from local_store.units import ACTIVITIES
 
 if TYPE_CHECKING:
     from local_store.db import Store
@@ -102,7 +101,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
         refs.update(x for x in frefs.split(",") if x)
         if k:
             row = by_key.setdefault(k, {"key": k, "tco2e": 0.0, "scope_1": 0.0, "scope_2": 0.0, "exported_tco2e": 0.0})
-            if ACTIVITIES[act].export:       # scopes are gross (GHG Protocol); the net total deducts exports
+            if act.endswith("_export"):       # scopes are gross (GHG Protocol); the net total deducts exports
                 row["exported_tco2e"] -= nums[5]
             else:
                 row[f"scope_{scope}"] += nums[5]
@@ -124,7 +123,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
                           "energy_gj": _r(gj), "co2_t": _r(co2), "ch4_t": _r(ch4, 9), "n2o_t": _r(n2o, 9),
                           "tco2e": _r(co2e), "scope": scope, "iso_category": cat,
                           "share_measured": _r(share, 4)})
-        if ACTIVITIES[act].export:
+        if act.endswith("_export"):
             exported[act] = exported.get(act, 0.0) - co2e
         else:
             by_scope[f"scope_{scope}"] += co2e
