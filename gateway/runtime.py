@@ -36,12 +36,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import sqlite_utils
 import tomli_w
 
 from drivers import DriverError, Profile, Reading
 from drivers.model import Quantity
 from drivers.scan import ScanResult, parse_units, scan_bus
-from local_store import FactorError, ReportError, audit, users
+from local_store import FactorError, NoReportDataError, ReportError, Store, audit, users
 from local_store import backup as backups
 from local_store.audit import AuditEntry, AuditVerification
 from local_store.backup import BackupError, RestoreResult
@@ -64,7 +65,7 @@ __all__ = [
     "ACTIVITIES", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
     "AuditVerification", "BackupError", "BackupFile", "BackupView", "BrokerTest", "Change", "ChartText", "ClockState",
     "DriverError", "EmissionCharts", "EmissionsSummary", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
-    "MeterStatus", "Reading", "ReportError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",
+    "MeterStatus", "Reading", "ReportError", "NoReportDataError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",
     "Session", "SyncStatus", "SystemInfo", "User", "UserError", "parse_units", "suggested_activity",
 ]
 
@@ -779,13 +780,13 @@ class Runtime:
             work.finish("failed", f"{type(exc).__name__}: {exc}")
 
     # -- internals ---------------------------------------------------------------------------------------
-    def _store(self) -> Any:
+    def _store(self) -> Store:
         store = self._gw.store
         if store is None:
             raise ApplyError("the gateway is not running")
         return store
 
-    def _db(self) -> Any:
+    def _db(self) -> sqlite_utils.Database:
         return self._store().db
 
 
