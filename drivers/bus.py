@@ -382,8 +382,9 @@ class BusPoller:
             if blocks and learn:
                 self._limits[key] = limits
         if not blocks:
-            raise BusError(f"refuses every register of profile {profile.id} ({refused[0][1]}): "
-                           "is it the right profile?")
+            # it answered, with a refusal: a RefusedError, so a shell says "check the profile", not "no answer"
+            raise RefusedError(f"refuses every register of profile {profile.id} ({refused[0][1]}): "
+                               "is it the right profile?", refused[0][1].code)
         timestamp = time.time()
         readings = []
         done: set[str] = set()
