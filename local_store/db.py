@@ -442,6 +442,12 @@ class Store:
                            " ON CONFLICT (id) DO UPDATE SET enabled = 1",
                            (s.id, s.activity, s.meter_id, s.point, json.dumps(asdict(s), sort_keys=True),
                             description, now))
+                if s.rollover_at is not None:
+                    # A file that declares the register's wrap value sets it; a changed value reprocesses the source.
+                    db.execute("UPDATE sources SET settings = json_set(settings, '$.rollover_at', ?),"
+                               " processed_reading_id = CASE WHEN json_extract(settings, '$.rollover_at') IS ? THEN"
+                               " processed_reading_id ELSE 0 END WHERE id = ? AND kind = 'imported'",
+                               (s.rollover_at, s.rollover_at, s.id))
 
     def add_activity_data(self, rows: Sequence[ActivityData], origin: str, description: str) -> None:
         """Store imported activity data rows and declare their sources (manual), in one transaction."""

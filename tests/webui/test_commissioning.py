@@ -175,3 +175,12 @@ def test_issue15_a_scan_stopped_at_its_time_limit_continues_from_the_first_unit_
     # stopping a finished scan changes nothing; an unknown job is a 404
     assert post(client, f"/scan/{job_id}/cancel", form_url=job_url).status_code == 302
     assert post(client, "/scan/nope/cancel", form_url=job_url).status_code == 404
+
+
+def test_test_read_of_a_unit_that_refuses_says_it_answered(admin2) -> None:
+    """Issue 15: "No answer from unit 44: exception code 4" sent technicians to the wiring. Unit 7 is an
+    SDM630; read as an Acrel ADL400 every range it is asked for is outside its map, so it answers with
+    exception 2 (illegal data address) — it is there, the profile is wrong."""
+    page = text(post(admin2, "/test-read", {"bus": "line-2", "device_id": "7", "profile": "acrel-adl400"}))
+    assert "Unit 7 answered but refused the read (" in page and "check the profile and the unit id." in page
+    assert "No answer from unit 7" not in page
