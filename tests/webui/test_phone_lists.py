@@ -97,3 +97,18 @@ def test_the_bus_form_shows_only_the_chosen_transports_fields(browser, base_url)
     page.select_option("#transport", "rtu_over_tcp")
     assert page.is_visible("#host") and not page.is_visible("#serial_port")
     context.close()
+
+
+@pytest.mark.parametrize("viewport", [PHONE_390, {"width": 1280, "height": 900}])
+def test_the_dashboards_bus_card_shows_every_column(browser, base_url, viewport) -> None:  # noqa: F811
+    """Issue 15: at 1280 px the bus card cut its Errors column off."""
+    context, page = _admin_page(browser, base_url)
+    page.set_viewport_size(viewport)
+    page.goto(base_url + "/")
+    page.wait_for_selector("#bus-health tr[data-bus]")
+    clipped = page.evaluate("""() => [...document.querySelectorAll('#bus-health th, #bus-health td')]
+        .filter(c => { const wrap = c.closest('.table-wrap').getBoundingClientRect(), r = c.getBoundingClientRect();
+                       return r.right > wrap.right + 1 || c.scrollWidth > c.clientWidth + 1; })
+        .map(c => c.textContent)""")
+    assert clipped == []
+    context.close()
