@@ -69,6 +69,8 @@ def test_a_ct_ratio_stores_and_reports_primary_energy(tmp_path: Path, dtsu666: S
             return [r for r in gateway.store.readings_after(0, 10_000) if r.point == "energy_import"]
         wait_until(lambda: len(energies()) >= 4, timeout_s=60, message="four stored energy readings")
         live = {v["point"]: v["value"] for v in gateway.meter_status()[0].values}
+        # A test read of the configured meter (the web UI's) is primary too.
+        tested = {r.point: r for r in gateway.test_read("lv", 1, "chint-dtsu666")}
         stored = energies()
         gateway.store.process()
         today = date.today()
@@ -83,6 +85,8 @@ def test_a_ct_ratio_stores_and_reports_primary_energy(tmp_path: Path, dtsu666: S
         secondary = dtsu666.expected(1, "energy_import", reading.timestamp)
         assert reading.value == pytest.approx(20 * secondary, abs=20 * 0.05), reading
         assert secondary > 10_000   # so a secondary value could never pass for the primary one
+    secondary = dtsu666.expected(1, "energy_import", tested["energy_import"].timestamp)
+    assert tested["energy_import"].value == pytest.approx(20 * secondary, abs=20 * 0.05)
     # Live values are primary too: voltage (no PT) as read, current x 20.
     assert 220 < live["voltage_l1"] < 240
     assert live["current_l1"] == pytest.approx(20 * dtsu666.expected(1, "current_l1", time.time()), rel=0.3)
