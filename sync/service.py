@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,14 +124,32 @@ class SyncService:
 
     # -- the sync thread ---------------------------------------------------------------------------
     def _run(self) -> None:
+        failing = ""     # the error of the current episode: logged once at ERROR, not every tick (issue 16)
         while not self._stop.is_set():
             try:
                 self.tick()
             except Exception as exc:  # noqa: BLE001 - keep syncing; the error is shown in status
-                log.exception("sync tick failed")
-                self._status = SyncStatus(True, False, 0, 0, None, f"sync failed: {exc}")
+                error = f"sync failed: {exc}"
+                if not failing:
+                    log.error("%s (e.g. the disk is full); unsynced data is kept and sync retries every tick", error)
+                    log.debug("sync tick failed", exc_info=True)
+                failing = error
+                self._status = self._status_despite(error)
+            else:
+                if failing:
+                    log.info("sync works again")
+                failing = ""
             self._wake.wait(self.settings.tick_s)
             self._wake.clear()
+
+    def _status_despite(self, error: str) -> SyncStatus:
+        """The status while a tick fails (a full disk refuses writes): what can still be read, not zeros."""
+        try:
+            status = self._current_status()
+        except Exception:  # noqa: BLE001 - the store cannot even be read: keep the last known figures
+            status = self._status
+        link = self._link
+        return replace(status, connected=bool(link and link.connected.is_set()), last_error=error)
 
     def tick(self, force: bool = False) -> None:
         """Apply acknowledgements, keep within the disk budget, fill the outbox, publish what is due."""
@@ -201,19 +219,49 @@ class SyncService:
         """Readings with ids up to this are committed at the receiver: raw data that retention may prune."""
         return outbox.synced_through(self.store.db)
 
+    def _keys(self) -> tuple[Any, Any] | None:
+        """(receiver public key, gateway signing key), or None with ``_key_error`` saying why."""
+        if self.settings.receiver_public_key is None:
+            return None
+        try:
+            keys = load_public(self.settings.receiver_public_key), ensure_gateway_key(self.settings.keys_dir)
+        except KeyFileError as exc:
+            self._key_error = str(exc)
+            return None
+        self._key_error = ""
+        return keys
+
+    def reseal_backlog(self) -> tuple[int, int]:
+        """Seal the batches that never left the gateway (cut small during an outage, every
+        ``batch_max_age_s``) again as batches of up to ``batch_max_readings``: fewer, larger messages
+        when the link returns (issue 16). Only the tail of never-published batches of the current stream
+        is resealed, under the same sequence numbers and chain; a batch that was ever published is kept
+        as it is. Returns (batches before, batches after)."""
+        keys = self._keys()
+        if keys is None:
+            return 0, 0
+        receiver, signer = keys
+        before, upto = outbox.unseal_unsent_tail(self.store.db, self.settings.batch_max_readings)
+        if not before:
+            return 0, 0
+        after = 0
+        while outbox.cursor(self.store.db) < upto and outbox.make_batch(
+                self.store, self.settings.gateway_id, self.settings.batch_max_readings, receiver, signer) is not None:
+            after += 1
+        log.info("link back: re-sealed %d unsent batches as %d (up to %d readings each)", before, after,
+                 self.settings.batch_max_readings)
+        return before, after
+
     def fill(self, force: bool = False) -> int:
         """Seal full (or old enough) batches; returns how many were made."""
         if self.settings.receiver_public_key is None:
             self._key_error = ("no receiver public key configured (sync.receiver_public_key); readings wait "
                                "unbatched on disk")
             return 0
-        try:
-            receiver = load_public(self.settings.receiver_public_key)
-            signer = ensure_gateway_key(self.settings.keys_dir)
-        except KeyFileError as exc:
-            self._key_error = str(exc)
+        keys = self._keys()
+        if keys is None:
             return 0
-        self._key_error = ""
+        receiver, signer = keys
         made = 0
         while not self._stop.is_set():
             pending, oldest = outbox.pending_readings(self.store)
@@ -251,6 +299,7 @@ class SyncService:
             # A new session: what was in flight on the old one may be gone (no persistent session),
             # so send it again now rather than after ack_timeout_s; the receiver deduplicates.
             self._sessions_seen = link.connects
+            self.reseal_backlog()        # before anything of the backlog is published in this session
             outbox.forget_in_flight(db)
         now = time.time()
         slots = outbox.window(db, self.settings.max_inflight)
