@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from drivers.model import Quantity
 from local_store.errors import UnitError
 
 Scope = Literal[1, 2]
@@ -24,20 +25,33 @@ class Activity:
     scope: Scope
     iso_category: int         # ISO 14064-1:2018 clause 5.2.4: 1 direct, 2 imported energy
     export: bool = False      # exported energy is subtracted (net purchase, national guidelines)
+    #: quantities a meter point may measure to carry this activity when a source names no point, in order
+    #: of preference (a steam meter may total heat in GJ or mass in t; heat first: no enthalpy is assumed)
+    quantities: tuple[Quantity, ...] = ()
+    label: str = ""           # what a person reads (web UI, reports), English ...
+    label_zh: str = ""        # ... and Chinese
 
 
+#: The one list of activities (issue 12): the config's [[meters]] activity, the web forms, factor files and
+#: CSV import all take their choices from here.
 ACTIVITIES: dict[str, Activity] = {a.name: a for a in (
-    Activity("electricity", "MWh", "electricity", 2, 2),
-    Activity("electricity_export", "MWh", "electricity", 2, 2, export=True),
-    Activity("heat", "GJ", "heat", 2, 2),
-    Activity("steam", "GJ", "heat", 2, 2),
-    Activity("heat_export", "GJ", "heat", 2, 2, export=True),
-    Activity("natural_gas", "m3", "fuel", 1, 1),
-    Activity("raw_coal", "t", "fuel", 1, 1),
-    Activity("diesel", "t", "fuel", 1, 1),
-    Activity("gasoline", "t", "fuel", 1, 1),
-    Activity("lpg", "t", "fuel", 1, 1),
-    Activity("fuel_oil", "t", "fuel", 1, 1),
+    Activity("electricity", "MWh", "electricity", 2, 2, quantities=(Quantity.ENERGY_IMPORT,),
+             label="purchased electricity", label_zh="外购电力"),
+    Activity("electricity_export", "MWh", "electricity", 2, 2, export=True, quantities=(Quantity.ENERGY_EXPORT,),
+             label="exported electricity", label_zh="输出电力"),
+    Activity("natural_gas", "m3", "fuel", 1, 1, quantities=(Quantity.GAS_VOLUME,),
+             label="natural gas", label_zh="天然气"),
+    Activity("raw_coal", "t", "fuel", 1, 1, quantities=(Quantity.OTHER,), label="raw coal", label_zh="原煤"),
+    Activity("diesel", "t", "fuel", 1, 1, quantities=(Quantity.OTHER,), label="diesel", label_zh="柴油"),
+    Activity("gasoline", "t", "fuel", 1, 1, quantities=(Quantity.OTHER,), label="gasoline", label_zh="汽油"),
+    Activity("lpg", "t", "fuel", 1, 1, quantities=(Quantity.OTHER,), label="LPG", label_zh="液化石油气"),
+    Activity("fuel_oil", "t", "fuel", 1, 1, quantities=(Quantity.OTHER,), label="fuel oil", label_zh="燃料油"),
+    Activity("heat", "GJ", "heat", 2, 2, quantities=(Quantity.HEAT_ENERGY,),
+             label="purchased heat", label_zh="外购热力"),
+    Activity("heat_export", "GJ", "heat", 2, 2, export=True, quantities=(Quantity.HEAT_ENERGY,),
+             label="exported heat", label_zh="输出热力"),
+    Activity("steam", "GJ", "heat", 2, 2, quantities=(Quantity.HEAT_ENERGY, Quantity.STEAM_MASS),
+             label="purchased steam", label_zh="外购蒸汽"),
 )}
 
 # Multipliers to the canonical unit, per dimension. Units are matched case-sensitively after

@@ -18,7 +18,7 @@ from wtforms.validators import InputRequired, Length, NumberRange, Optional, Reg
 
 from drivers import BusPoller, DriverError
 from drivers.scan import parse_units, scan_bus
-from gateway.config import ACTIVITIES
+from gateway.config import ACTIVITY_IDS as ACTIVITIES
 from webui.auth import options, record, requires, runtime
 from webui.configedit import ApplyError, apply_data, apply_text, current_data
 
