@@ -102,7 +102,7 @@ class Rule:
             return tuple(value)
         if kind is str:
             if not isinstance(value, str):
-                raise FieldError(self.missing or self.fix or "use a string")
+                raise FieldError(self.fix or "use a string")
             if value == "" and self.nonempty:
                 raise FieldError(self.missing or "use a non-empty string")
             if self.choices and value not in self.values():
