@@ -172,7 +172,8 @@ def _bus(t: _Table) -> tuple[BusConfig, bool]:
 
 def _meter(t: _Table) -> tuple[MeterConfig, SourceSettings | None]:
     meter = MeterConfig(id=t["id"], bus=t["bus"], device_id=t["device_id"], profile=t["profile"],
-                        poll_interval_s=t["poll_interval_s"], enabled=t["enabled"], description=t["description"])
+                        poll_interval_s=t["poll_interval_s"], enabled=t["enabled"], description=t["description"],
+                        ct_ratio=t["ct_ratio"], pt_ratio=t["pt_ratio"])
     activity = t["activity"]
     if activity == "none":
         return meter, None

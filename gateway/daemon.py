@@ -27,7 +27,7 @@ from sync.keys import ensure_receiver_key
 from gateway.clock import UNSYNCHRONISED_REASON, ClockState, clock_state
 from gateway.config import NO_METERS, NO_METERS_FIX, GatewayConfig
 from gateway.logs import RepeatedError
-from gateway.paths import PROFILES_DIR
+from gateway.paths import PROFILE_DIRS
 from gateway.scheduling import SteadyScheduler
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Gateway:
                  clock_probe: Callable[[], ClockState] = clock_state) -> None:
         self.config = config
         self._clock_probe = clock_probe
-        self._profiles = dict(profiles if profiles is not None else load_profile_set(PROFILES_DIR).profiles)
+        self._profiles = dict(profiles if profiles is not None else load_profile_set(PROFILE_DIRS).profiles)
         self.store: Store | None = None
         self.sync: SyncService | None = None
         self._simulators: list[SimulatorServer] = []

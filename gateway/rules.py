@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from drivers import parse_ratio
 from local_store.units import ACTIVITIES
 
 #: a key that must be given (no default)
@@ -77,6 +78,8 @@ class Rule:
     label_zh: str = ""
     help: str = ""
     form_fix: tuple[str, str] | None = None
+    #: a parser for a value with its own notation (a ratio written "100/5"); raises ValueError with the fix
+    parse: Callable[[Any], Any] | None = None
 
     @property
     def required(self) -> bool:
@@ -92,6 +95,11 @@ class Rule:
     def check(self, value: Any) -> Any:
         """The value as the config means it (an int for a whole number); :raises FieldError: with the fix."""
         kind = self.type
+        if self.parse is not None:
+            try:
+                return self.parse(value)
+            except ValueError as exc:
+                raise FieldError(str(exc)) from None
         if kind is bool:
             if not isinstance(value, bool):
                 raise FieldError(self.fix or "use true or false")
@@ -205,6 +213,10 @@ METER = _rules(
          help="what the meter measures for emissions"),
     Rule("point", str, None, nonempty=True, label="Point", label_zh="测点",
          help="which profile point carries the activity"),
+    Rule("ct_ratio", float, None, parse=lambda v: parse_ratio(v, "ct_ratio"), label="CT ratio", label_zh="电流互感器变比",
+         help='the current transformers\' ratio, "100/5" or a number; secondary-side values are multiplied by it'),
+    Rule("pt_ratio", float, None, parse=lambda v: parse_ratio(v, "pt_ratio"), label="PT ratio", label_zh="电压互感器变比",
+         help='the voltage transformers\' ratio, "10000/100" or a number'),
     Rule("rollover_at", float, None, 1, 1e18, label="Register wraps at", label_zh="寄存器回绕值"),
     Rule("max_gap_s", float, None, 60, 86_400, unit=" s", label="Interpolate gaps up to (s)", label_zh="插补间隙上限（秒）"),
     Rule("long_gap_s", float, None, 60, 864_000, unit=" s", label="Long gap from (s)", label_zh="长间隙（秒）"),

@@ -13,7 +13,7 @@ from drivers import BusConfig, DriverError, Profile, SimulatedDevice, SimulatorS
 from drivers.model import SerialSettings
 from drivers.simulator import FAULTS
 
-from gateway.paths import PROFILES_DIR
+from gateway.paths import PROFILE_DIRS
 
 
 class _Seconds(click.FloatRange):
@@ -42,7 +42,7 @@ def host_port(value: str, param_hint: str = "--tcp", example: str = "192.168.1.5
 
 def _profiles() -> dict[str, Profile]:
     try:
-        return load_profiles(PROFILES_DIR)
+        return load_profiles(PROFILE_DIRS)
     except DriverError as exc:
         raise click.ClickException(str(exc)) from exc
 
