@@ -331,5 +331,6 @@ def click_option(rule: Rule, *names: str, default: Any = REQUIRED, help: str = "
                 self.fail(f"{value!r}: {exc}", param, ctx)
 
     value = rule.default if default is REQUIRED else default
+    described = f"{rule.help[:1].upper()}{rule.help[1:]}." if rule.help else f"{rule.label}."
     return click.option(*names, type=_Checked(), default=value, show_default=value is not None,
-                        help=help or rule.help or rule.label, **kwargs)
+                        help=help or described, **kwargs)

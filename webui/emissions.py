@@ -24,6 +24,7 @@ from local_store.reports import BY_CHOICES, build_report, render_csv, render_htm
 from local_store.units import ACTIVITIES as FACTOR_ACTIVITIES
 from webui.auth import options, record, requires, runtime
 from webui.configedit import ApplyError, apply_data, current_data, write_atomically
+from webui.fields import words
 
 bp = Blueprint("emissions", __name__)
 
@@ -133,7 +134,8 @@ class ChoiceForm(FlaskForm):
 class CustomFactorForm(FlaskForm):
     id = StringField(_l("Factor id"), validators=[InputRequired(), Regexp(
         r"^[A-Za-z0-9_.\-]{1,80}$", message=_l("Use 1-80 letters, digits, '-', '_' or '.'."))])
-    activity = SelectField(_l("Activity"), choices=options([(a, a) for a in sorted(FACTOR_ACTIVITIES)]))
+    activity = SelectField(_l("Activity"), choices=options([(a.name, words(a.label, a.label_zh))
+                                                            for a in FACTOR_ACTIVITIES.values()]))
     parameter = SelectField(_l("Parameter"), choices=options([
         ("ef", _l("emission factor")), ("ncv", _l("net calorific value")), ("carbon_content", _l("carbon content")),
         ("oxidation", _l("oxidation rate")), ("residual_mix", _l("residual mix")), ("ch4", "CH4"), ("n2o", "N2O")]))

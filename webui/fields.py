@@ -48,11 +48,12 @@ def field(rule: Rule, required: bool | None = None, extra: Sequence[Any] = (),
     text = label(rule)
     default = None if rule.default is None or rule.required else rule.default
     if rule.type is bool:
-        return BooleanField(text, default=default, **kwargs)
+        return BooleanField(text, **{"default": default, **kwargs})
     if rule.choices or select is not None:
         options = choices(rule) if select is None else [SelectChoice(v, t) for v, t in select]
-        return SelectField(text, choices=options, default=None if default is None else str(default),
-                           validators=[InputRequired(), *extra], **kwargs)
+        return SelectField(text, choices=options, validators=[InputRequired(), *extra],
+                           **{"default": None if default is None else str(default), **kwargs})
+    kwargs.setdefault("default", default)
     presence: list[Any] = [InputRequired(words("Enter a whole number." if rule.type is int else "Enter a number.",
                                                "请输入整数。" if rule.type is int else "请输入数字。")
                                          if rule.type in (int, float) else None)] if required else [Optional()]
@@ -61,12 +62,12 @@ def field(rule: Rule, required: bool | None = None, extra: Sequence[Any] = (),
         numbers = [NumberRange(low, high, _fix(rule, f"Use a value from {low:g} to {high:g}.",
                                                f"请使用 {low:g} 到 {high:g} 之间的值。"))] if low is not None else []
         if rule.type is int:
-            return IntegerField(text, default=default, validators=[*presence, *numbers, *extra], **kwargs)
+            return IntegerField(text, validators=[*presence, *numbers, *extra], **kwargs)
         kwargs.setdefault("render_kw", {"inputmode": "decimal"})
-        return FloatField(text, default=default, validators=[*presence, *numbers, *extra], **kwargs)
+        return FloatField(text, validators=[*presence, *numbers, *extra], **kwargs)
     checks: list[Any] = []
     if rule.pattern:
         checks.append(Regexp(f"^(?:{rule.pattern})$", message=_fix(rule, "Use another value.", "请使用其他值。")))
     if rule.max_length is not None:
         checks.append(Length(max=rule.max_length))
-    return StringField(text, default=default, validators=[*presence, *checks, *extra], **kwargs)
+    return StringField(text, validators=[*presence, *checks, *extra], **kwargs)

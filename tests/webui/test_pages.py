@@ -9,9 +9,11 @@ import re
 import time
 
 from local_store import audit
+from sync.keys import ensure_receiver_key
 from tests.conftest import wait_until
 from tests.webui.conftest import PASSWORDS, ROLES, add_users, csrf_token, login, post
 from webui import create_app
+from webui.configedit import apply_text
 
 
 def text(response) -> str:  # type: ignore[no-untyped-def]
@@ -77,6 +79,12 @@ def test_cloud_settings_test_connection_and_fingerprint(admin, gateway, mqtt_bro
     page = text(admin.get("/cloud"))
     fingerprint = re.search(r'id="gateway-fingerprint"><code>([0-9a-f]{16})</code>', page)
     assert fingerprint
+    form = {"enabled": "y", "broker_host": "127.0.0.1", "broker_port": str(mqtt_broker.port), "topic_prefix": "carbon"}
+    refused = text(post(admin, "/cloud", form))     # sync without the platform's key would never send anything
+    assert "Not applied: web UI: sync.receiver_public_key is missing: with sync.enabled = true" in refused
+    ensure_receiver_key(gateway.config.keys_dir)     # the platform's key pair, as `carbon-gateway keys --receiver`
+    apply_text(gateway, gateway.config.text.replace(
+        "[sync]\n", f'[sync]\nreceiver_public_key = "{gateway.config.keys_dir / "receiver-sealing.pub"}"\n', 1))
     response = post(admin, "/cloud", {"enabled": "y", "broker_host": "127.0.0.1", "broker_port": str(mqtt_broker.port),
                                       "topic_prefix": "carbon", "password": "s3cret"})
     assert response.status_code == 302, text(response)
