@@ -65,6 +65,8 @@ class GatewayConfig:
     text: str = field(default="", repr=False, compare=False)
     #: (profile id, message) of each profile file that did not load; the meters naming one are disabled
     profile_errors: tuple[tuple[str, str], ...] = ()
+    #: (meter id, message) of each meter whose profile reads secondary-side values with no ratio set (issue 13)
+    ratio_warnings: tuple[tuple[str, str], ...] = ()
 
     def meters_using(self, profile: str) -> list[str]:
         """Ids of the meters that name ``profile``."""
@@ -100,6 +102,23 @@ class GatewayConfig:
 NO_METERS = "no meters configured: nothing is polled and no readings are stored"
 NO_METERS_FIX = ("add a [[meters]] table per meter (bus, device_id, profile; `carbon-gateway scan` finds them, "
                  "docs/configuration.md), then reload the gateway (systemctl reload carbon-gateway)")
+
+
+def ratio_warning(meter: MeterConfig, profile: Profile) -> str | None:
+    """The flag of a meter whose profile reads secondary-side values while its ratio is not set explicitly
+    (the gateway cannot read it from the device), with the fix; None when nothing is missing."""
+    needed = profile.secondary_side
+    # pt_ratio defaults to 1 (low voltage, no PT): a meter with current transformers is flagged for ct_ratio only.
+    if "current" in needed:
+        missing = "ct_ratio" if meter.ct_ratio is None else None
+    else:
+        missing = "pt_ratio" if "voltage" in needed and meter.pt_ratio is None else None
+    if missing is None:
+        return None
+    example = 'ct_ratio = "100/5"' if missing == "ct_ratio" else 'pt_ratio = "10000/100"'
+    return (f"{profile.id} reports secondary-side values and the transformer ratio cannot be read from the "
+            f"meter: set {missing} in its [[meters]] entry, e.g. {example} (1 for a direct connection); "
+            "until then values are stored as read, unscaled")
 
 
 def disabled_reason(profile: str, error: str) -> str:
@@ -298,11 +317,38 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
             simulated.add(bus.name)
     meters: list[MeterConfig] = []
     sources: list[SourceSettings] = []
+<<<<<<< HEAD
     checks = _MeterChecks(origin, buses, profiles, broken)
     for index, raw in enumerate(_tables(origin, data, "meters")):
         t = _Table(origin, raw, f"meters[{index}]", METER)
         meter, source = _meter(t)
         meters.append(checks.check(t, meter, source))
+=======
+    ratio_warnings: list[tuple[str, str]] = []
+    for index, raw in enumerate(_tables(origin, data, "meters")):
+        meter, source = _meter(origin, index, raw)
+        where = f"{origin}: meters[{index}]"
+        if meter.id in {m.id for m in meters}:
+            raise ConfigError(f'{where}.id = "{meter.id}": used twice; meter ids must be unique')
+        if meter.bus not in {b.name for b in buses}:
+            raise ConfigError(f'{where}.bus = "{meter.bus}": no such bus; use one of '
+                              f'{", ".join(b.name for b in buses) or "(none: add a [[buses]] table)"}')
+        if meter.profile in broken:
+            meter = replace(meter, enabled=False)    # an alarm, not a stop: GatewayConfig.disabled_meters()
+        elif meter.profile not in profiles:
+            raise ConfigError(f'{where}.profile = "{meter.profile}": unknown profile; use one of '
+                              f'{", ".join(sorted(profiles))}')
+        names = [p.name for p in profiles[meter.profile].points] if meter.profile in profiles else []
+        if source is not None and source.point is not None and names and source.point not in names:
+            raise ConfigError(f'{where}.point = "{source.point}": profile {meter.profile} has no such point; '
+                              f'use one of {", ".join(names)}')
+        if any(m.bus == meter.bus and m.device_id == meter.device_id for m in meters):
+            raise ConfigError(f"{where}.device_id = {meter.device_id}: another meter on bus {meter.bus} "
+                              "has the same unit id; each device on a bus needs its own")
+        meters.append(meter)
+        if meter.profile in profiles and (warning := ratio_warning(meter, profiles[meter.profile])):
+            ratio_warnings.append((meter.id, warning))
+>>>>>>> main
         if source is not None:
             sources.append(source)
 
@@ -368,7 +414,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
     return GatewayConfig(gateway_id=gateway_id, data_dir=data_dir, buses=tuple(buses), meters=tuple(meters),
                          sources=tuple(sources), emissions=emissions, sync=sync, web=web,
                          simulated_buses=frozenset(simulated), demo_receiver_key=demo_key, backup=backup,
-                         profile_errors=tuple(sorted(broken.items())))
+                         profile_errors=tuple(sorted(broken.items())), ratio_warnings=tuple(ratio_warnings))
 
 
 def check_web_port(config: GatewayConfig) -> None:

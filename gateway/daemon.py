@@ -48,6 +48,7 @@ class MeterStatus:
     profile: str
     stats: MeterStats
     values: tuple[dict, ...]     # latest stored value per point: point, value, unit, timestamp, quality
+    warning: str = ""            # a configuration flag, e.g. a secondary-side meter with no CT ratio set
 
 
 class Gateway:
@@ -402,8 +403,9 @@ class Gateway:
             stats.update(poller.stats())
         for meter_id, reason in self.config.disabled_meters().items():   # the alarm: why it is not polled
             stats[meter_id] = replace(stats.get(meter_id, MeterStats()), state="disabled", last_error=reason)
+        warnings = dict(self.config.ratio_warnings)
         return [MeterStatus(m.id, m.bus, m.device_id, m.profile, stats.get(m.id, MeterStats()),
-                            tuple(latest.get(m.id, ()))) for m in self.config.meters]
+                            tuple(latest.get(m.id, ())), warnings.get(m.id, "")) for m in self.config.meters]
 
     def sync_status(self) -> SyncStatus | None:
         return self.sync.status() if self.sync is not None else None

@@ -14,7 +14,7 @@ from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import SelectField, StringField
-from wtforms.validators import InputRequired, Length, Regexp, ValidationError
+from wtforms.validators import InputRequired, Length, Optional, Regexp, ValidationError
 
 from drivers import BusPoller, DriverError
 from drivers.scan import parse_units, scan_bus
@@ -165,6 +165,10 @@ class MeterForm(FlaskForm):
     profile = field(METER["profile"], render_kw={"list": "profiles", "autocomplete": "off"})
     poll_interval_s = field(METER["poll_interval_s"], required=True)
     activity = field(METER["activity"])
+    # Instrument-transformer ratios (issue 13), written as on the rating plate ("100/5": text, not a number
+    # field); the config rule (gateway.rules, drivers.parse_ratio) says what is wrong.
+    ct_ratio = StringField(_l("CT ratio, e.g. 100/5 (1: direct)"), validators=[Optional(), Length(max=40)])
+    pt_ratio = StringField(_l("PT ratio, e.g. 10000/100 (empty: none)"), validators=[Optional(), Length(max=40)])
     enabled = field(METER["enabled"])
 
     def validate_profile(self, field: Any) -> None:
@@ -200,6 +204,12 @@ def meter_edit(meter_id: str | None) -> Any:
                          device_id=form.device_id.data, profile=form.profile.data,
                          poll_interval_s=float(form.poll_interval_s.data), activity=form.activity.data,
                          enabled=bool(form.enabled.data))
+            for key in ("ct_ratio", "pt_ratio"):
+                text = (getattr(form, key).data or "").strip()
+                if text:
+                    table[key] = text
+                else:
+                    table.pop(key, None)
             error = _put(data, items, index, table, "meter", table["id"])
             if not error:
                 flash(_("Meter %(id)s was saved and is being polled.", id=table["id"]), "ok")
