@@ -317,38 +317,15 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
             simulated.add(bus.name)
     meters: list[MeterConfig] = []
     sources: list[SourceSettings] = []
-<<<<<<< HEAD
+    ratio_warnings: list[tuple[str, str]] = []
     checks = _MeterChecks(origin, buses, profiles, broken)
     for index, raw in enumerate(_tables(origin, data, "meters")):
         t = _Table(origin, raw, f"meters[{index}]", METER)
         meter, source = _meter(t)
-        meters.append(checks.check(t, meter, source))
-=======
-    ratio_warnings: list[tuple[str, str]] = []
-    for index, raw in enumerate(_tables(origin, data, "meters")):
-        meter, source = _meter(origin, index, raw)
-        where = f"{origin}: meters[{index}]"
-        if meter.id in {m.id for m in meters}:
-            raise ConfigError(f'{where}.id = "{meter.id}": used twice; meter ids must be unique')
-        if meter.bus not in {b.name for b in buses}:
-            raise ConfigError(f'{where}.bus = "{meter.bus}": no such bus; use one of '
-                              f'{", ".join(b.name for b in buses) or "(none: add a [[buses]] table)"}')
-        if meter.profile in broken:
-            meter = replace(meter, enabled=False)    # an alarm, not a stop: GatewayConfig.disabled_meters()
-        elif meter.profile not in profiles:
-            raise ConfigError(f'{where}.profile = "{meter.profile}": unknown profile; use one of '
-                              f'{", ".join(sorted(profiles))}')
-        names = [p.name for p in profiles[meter.profile].points] if meter.profile in profiles else []
-        if source is not None and source.point is not None and names and source.point not in names:
-            raise ConfigError(f'{where}.point = "{source.point}": profile {meter.profile} has no such point; '
-                              f'use one of {", ".join(names)}')
-        if any(m.bus == meter.bus and m.device_id == meter.device_id for m in meters):
-            raise ConfigError(f"{where}.device_id = {meter.device_id}: another meter on bus {meter.bus} "
-                              "has the same unit id; each device on a bus needs its own")
+        meter = checks.check(t, meter, source)
         meters.append(meter)
         if meter.profile in profiles and (warning := ratio_warning(meter, profiles[meter.profile])):
             ratio_warnings.append((meter.id, warning))
->>>>>>> main
         if source is not None:
             sources.append(source)
 

@@ -10,7 +10,7 @@ import threading
 import click
 
 from drivers import (BusConfig, DriverError, Profile, Ratios, Reading, SimulatedDevice, SimulatorServer, load_profiles,
-                     parse_ratio, read_meter)
+                     read_meter)
 from drivers.model import SerialSettings
 from drivers.simulator import FAULTS
 
@@ -28,30 +28,12 @@ class _Seconds(click.FloatRange):
         return seconds
 
 
-<<<<<<< HEAD
-# The bus and meter options are checked by the config's rules (gateway/rules.py): the range a [[buses]]
-# table accepts is the range --baud and --timeout accept, with the same message.
-_PORT = BUS["port"]
-=======
-class _Ratio(click.ParamType):
-    """A transformer ratio as on the rating plate: ``100/5``, ``20`` (``drivers.parse_ratio``)."""
-
-    name = "RATIO"
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_ratio(value, "ct_ratio" if param is not None and param.name == "ct" else "pt_ratio")
-        except ValueError as exc:
-            self.fail(f"{value!r}: {exc}", param, ctx)
-
-
 def _ratio_options(command):  # type: ignore[no-untyped-def]
-    """--ct and --pt: values the profile marks secondary-side are shown primary (issue 13)."""
-    command = click.option("--pt", "pt", type=_Ratio(), default=1.0, show_default=True,
+    """--ct and --pt, checked by the [[meters]] ct_ratio/pt_ratio rules: values the profile marks secondary-side
+    are shown primary (issue 13)."""
+    command = click_option(METER["pt_ratio"], "--pt", "pt", default=1.0,
                            help="Voltage transformer ratio, e.g. 10000/100 (values shown primary).")(command)
-    return click.option("--ct", "ct", type=_Ratio(), default=1.0, show_default=True,
+    return click_option(METER["ct_ratio"], "--ct", "ct", default=1.0,
                         help="Current transformer ratio, e.g. 100/5 (values shown primary).")(command)
 
 
@@ -63,10 +45,9 @@ def all_energy_invalid(readings: list[Reading]) -> str | None:
     return "every energy point is invalid (" + "; ".join(f"{r.point}: {r.reason}" for r in counters) + ")"
 
 
-#: The ranges a [[buses]] table accepts (gateway/config.py); 0 baud or a negative timeout is a typo.
-_BAUD = click.IntRange(300, 115200)
-_TIMEOUT = _Seconds(0.05, 30)
->>>>>>> main
+# The bus and meter options are checked by the config's rules (gateway/rules.py): the range a [[buses]]
+# table accepts is the range --baud and --timeout accept, with the same message.
+_PORT = BUS["port"]
 
 
 def host_port(value: str, param_hint: str = "--tcp", example: str = "192.168.1.50:502") -> tuple[str, int]:
@@ -105,19 +86,13 @@ def _profile(profile_id: str) -> Profile:
 @click_option(BUS["timeout_s"], "--timeout", "timeout_s", help="Reply timeout in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.option("--raw", is_flag=True, help="Show the raw registers in hex beside each value (spot a wrong byte order).")
-<<<<<<< HEAD
-def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, parity: str, stopbits: int, unit_id: int, profile_id: str,
-         timeout_s: float, as_json: bool, raw: bool) -> None:
-    """One-shot test read of one meter: every point of its profile with value and unit."""
-=======
 @_ratio_options
-def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, parity: str, stopbits: str, unit_id: int, profile_id: str,
+def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, parity: str, stopbits: int, unit_id: int, profile_id: str,
          timeout_s: float, as_json: bool, raw: bool, ct: float, pt: float) -> None:
     """One-shot test read of one meter: every point of its profile with value and unit.
 
     Values are primary: points the profile marks secondary-side are multiplied by --ct/--pt. Exits 1 when
     every energy point is invalid."""
->>>>>>> main
     if bool(tcp) == bool(serial):
         raise click.UsageError("give exactly one of --tcp HOST:PORT or --serial DEVICE")
     profile = _profile(profile_id)
