@@ -248,7 +248,7 @@ SYNC = _rules(
     Rule("tls", bool, False, label="TLS", label_zh="TLS"),
     Rule("ca_file", str, None, nonempty=True, path=True, label="CA file", label_zh="CA 证书文件"),
     Rule("client_cert", str, None, nonempty=True, path=True, label="Client certificate", label_zh="客户端证书"),
-    Rule("client_key", str, None, nonempty=True, path=True, secret=True, label="Client key", label_zh="客户端私钥"),
+    Rule("client_key", str, None, nonempty=True, path=True, label="Client key", label_zh="客户端私钥"),
     Rule("username", str, None, label="User name", label_zh="用户名"),
     Rule("password", str, None, secret=True, label="Password", label_zh="密码"),
     Rule("topic_prefix", str, "carbon", nonempty=True, pattern=r"[^#+\x00]+",
@@ -273,7 +273,7 @@ WEB = _rules(
     Rule("port", int, 8080, 1, 65535, label="Port", label_zh="端口"),
     Rule("tls", bool, None, label="HTTPS", label_zh="HTTPS"),
     Rule("cert_file", str, None, nonempty=True, path=True, label="Certificate", label_zh="证书"),
-    Rule("key_file", str, None, nonempty=True, path=True, secret=True, label="Certificate key", label_zh="证书私钥"),
+    Rule("key_file", str, None, nonempty=True, path=True, label="Certificate key", label_zh="证书私钥"),
     Rule("metrics_token", str, None, secret=True, label="Metrics token", label_zh="指标令牌"),
     Rule("public_dashboard", bool, False, label="Dashboard without login", label_zh="免登录仪表盘"),
 )
@@ -320,7 +320,7 @@ def click_option(rule: Rule, *names: str, default: Any = REQUIRED, help: str = "
             if not isinstance(value, str):
                 return value
             typed: Any = value
-            if rule.type in (int, float):
+            if rule.type in (int, float) and rule.parse is None:
                 try:
                     typed = float(value)
                 except ValueError:
