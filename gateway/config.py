@@ -22,14 +22,14 @@ from local_store.backup import KEY_FILE as BACKUP_KEY_FILE
 from local_store.backup import BackupSettings
 from local_store.errors import FactorError
 from local_store.factors import default_factor_files, load_library
-from local_store.units import ACTIVITIES
+from local_store.units import ACTIVITIES as ACTIVITY_KINDS
 from sync import BrokerSettings, SyncSettings
 
 from gateway.paths import DEFAULT_CONFIG, DEFAULT_DATA_DIR
 from gateway.rules import BACKUP, BUS, EMISSIONS, GATEWAY, METER, SECTIONS, SOURCE_RULE_KEYS, SYNC, WEB, FieldError, Rule
 
 #: the activities a meter may carry, "none" included (from the emission library's list, local_store.units)
-ACTIVITY_IDS = tuple(c.value for c in METER["activity"].choices)
+ACTIVITIES = tuple(c.value for c in METER["activity"].choices)
 
 
 class ConfigError(Exception):
@@ -257,7 +257,7 @@ class _MeterChecks:
             if source.point is not None and names and source.point not in names:
                 raise ConfigError(f'{where}.point = "{source.point}": profile {meter.profile} has no such point; '
                                   f'use one of {shown}')
-            wanted = ACTIVITIES[source.activity].quantities
+            wanted = ACTIVITY_KINDS[source.activity].quantities
             if source.point is None and names and not any(q in wanted for q in names.values()):
                 # found only at the first preprocessing run otherwise (issue 12: 9 s after start)
                 raise ConfigError(
@@ -331,7 +331,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
 
     e = _Table(origin, data.get("emissions", {}), "emissions", EMISSIONS)
     emissions = EmissionSettings(region=e["region"], method=e["method"], include_ch4_n2o=e["include_ch4_n2o"],
-                                 gwp=e["gwp"], factor_files=e["factor_files"])
+                                 gwp=e["gwp"], factor_files=e["factor_files"],
+                                 vintage_rule=e["vintage_rule"])
     _check_factors(e, emissions)
 
     def _path(value: str | None) -> Path | None:

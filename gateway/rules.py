@@ -239,6 +239,11 @@ EMISSIONS = _rules(
          label="Global warming potentials", label_zh="全球变暖潜势"),
     Rule("factor_files", list, (), fix='use a list of file names, e.g. factor_files = ["plant.toml"]',
          label="Own factor files", label_zh="自定义排放因子文件"),
+    Rule("vintage_rule", str, "latest_published",
+         choices=(Choice("latest_published", "latest published factor", "最新发布的因子"),
+                  Choice("same_year", "factor of the same year", "同年因子")),
+         label="Factor vintage", label_zh="因子年份规则",
+         help="which vintage of a factor applies to a period (docs/models.md)"),
 )
 
 SYNC = _rules(

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 
 from drivers.errors import not_utf8
 from drivers.model import Quantity, Reading
-from local_store.db import SourceSettings, Store, write_transaction
+from local_store.db import ActivityData, SourceSettings, Store
 from local_store.emissions import compute
 from local_store.errors import DataImportError, FactorError, UnitError
 from local_store.reports import local_tz
@@ -29,6 +27,11 @@ from local_store.units import activity as get_activity
 
 ACTIVITY_HEADER = ["source", "activity", "start", "end", "amount", "unit"]
 READINGS_HEADER = ["source", "timestamp", "register", "value", "unit"]
+INSTRUMENTS_HEADER = ["instrument", "kind", "start", "end", "amount", "unit", "emission_factor"]
+INSTRUMENT_KINDS = ("certificate", "green_power", "ppa")
+_INSTRUMENT_UNITS = {"MWh": 1.0, "kWh": 1e-3}
+#: No electricity is generated at more than this (lignite units emit about 1.2 tCO2/MWh).
+MAX_INSTRUMENT_FACTOR_T_PER_MWH = 2.0
 
 #: Cumulative registers a readings file may carry, and the activity each measures.
 REGISTER_ACTIVITY = {
@@ -45,7 +48,7 @@ class ImportResult:
     """What an import wrote."""
 
     path: str
-    kind: str              # "activity" or "readings"
+    kind: str              # "activity", "readings" or "instruments"
     rows: int
     sources: tuple[str, ...]
     emission_rows: int
@@ -54,7 +57,7 @@ class ImportResult:
     already_stored: int = 0    # rows identical to data stored before (a re-import), skipped
 
     def summary(self) -> str:
-        what = "activity rows" if self.kind == "activity" else "meter readings"
+        what = {"activity": "activity rows", "readings": "meter readings", "instruments": "instruments"}[self.kind]
         skipped = []
         if self.repeated:
             skipped.append(f"{self.repeated} repeated {'row' if self.repeated == 1 else 'rows'} of the file")
@@ -64,6 +67,9 @@ class ImportResult:
         if not self.rows:
             return (f"{self.path}: nothing to import, every row is already stored{note}: "
                     f"the store was not changed")
+        if self.kind == "instruments":
+            return (f"{self.path}: imported {self.rows} instruments ({', '.join(self.sources)}){note}; "
+                    f"market-based reports count them")
         return (f"{self.path}: imported {self.rows} {what} for {', '.join(self.sources)}; "
                 f"{self.emission_rows} emission rows, {self.tco2e:.6g} tCO2e{note}")
 
@@ -161,9 +167,12 @@ def import_csv(store: Store, path: Path, tz: tzinfo | None = None) -> ImportResu
         return _import_activity(store, path, rows[1:], tz)
     if header == READINGS_HEADER:
         return _import_readings(store, path, rows[1:])
+    if header == INSTRUMENTS_HEADER:
+        return _import_instruments(store, path, rows[1:], tz)
     raise DataImportError(str(path), [
         f"line 1: header {','.join(header)!r} is not recognised: use {','.join(ACTIVITY_HEADER)!r} for activity "
-        f"data or {','.join(READINGS_HEADER)!r} for meter readings"])
+        f"data, {','.join(READINGS_HEADER)!r} for meter readings or {','.join(INSTRUMENTS_HEADER)!r} for "
+        f"contractual instruments (green certificates, green power, PPAs)"])
 
 
 @dataclass(frozen=True)
@@ -230,7 +239,6 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
 
     # Exact repeats (in the file, or identical to a row imported before: a re-import) are skipped and
     # counted; everything else that overlaps would count twice and is refused below.
-    db = store.db
     repeated = already = 0
     fresh: list[_ActivityRow] = []
     keys: set[tuple] = set()
@@ -238,8 +246,7 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
         key = (r.source, r.activity, int(r.start), int(r.end), r.amount_original, r.unit_original)
         if key in keys:
             repeated += 1
-        elif db.execute("SELECT 1 FROM activity_data WHERE source_id = ? AND activity = ? AND start_ts = ? AND end_ts = ?"
-                        " AND amount_original = ? AND unit_original = ? LIMIT 1", key).fetchone():
+        elif store.activity_stored(*key):
             already += 1
         else:
             fresh.append(r)
@@ -252,14 +259,11 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
     # Overlaps with data already imported, and between rows of this file, would count twice.
     seen: list[_ActivityRow] = []
     for r in good:
-        clash = db.execute("SELECT origin, row FROM activity_data WHERE source_id = ? AND activity = ? AND start_ts < ?"
-                           " AND end_ts > ? LIMIT 1", (r.source, r.activity, r.end, r.start)).fetchone()
+        clash = store.activity_overlap(r.source, r.activity, r.start, r.end)
         if clash:
             errors.append(f"line {r.line}: {r.source} {r.activity} {_day(r.start, tz)}..{_day(r.end, tz)} overlaps data "
                           f"already imported from {clash[0]} line {clash[1]}: remove the row or the earlier import")
-        metered = db.execute("SELECT 1 FROM emissions WHERE source_id = ? AND origin = 'interval' AND activity = ?"
-                             " AND superseded_at IS NULL AND start_ts < ? AND end_ts > ? LIMIT 1",
-                             (r.source, r.activity, r.end, r.start)).fetchone()
+        metered = store.metered_overlap(r.source, r.activity, r.start, r.end)
         if clash is None and metered:
             errors.append(f"line {r.line}: {r.source} {r.activity} {_day(r.start, tz)}..{_day(r.end, tz)} overlaps "
                           f"metered data of the same source: use another source name or drop the row")
@@ -295,34 +299,18 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
     if not good:
         raise DataImportError(str(path), ["the file has a header but no data rows: add rows below the header"])
 
-    now = time.time()
-    origin = f"import:{path.name}"
     n_emis = 0
     tco2e = 0.0
-    with write_transaction(db):
-        store._maybe_recalculate(db, store.library)
-        for r in good:
-            db.execute("INSERT INTO activity_data (source_id, activity, start_ts, end_ts, amount, unit, amount_original,"
-                       " unit_original, origin, row) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (r.source, r.activity, int(r.start), int(r.end), r.amount, get_activity(r.activity).unit,
-                        r.amount_original, r.unit_original, origin, r.line))
-            db.execute("INSERT INTO sources (id, kind, activity, description, enabled, updated_at)"
-                       " VALUES (?, 'manual', ?, ?, 1, ?) ON CONFLICT (id) DO NOTHING",
-                       (r.source, r.activity, f"imported from {path.name}", now))
+    with store.transaction():
+        store.recalculate_if_changed()
+        store.add_activity_data([ActivityData(r.source, r.activity, r.start, r.end, r.amount, r.amount_original,
+                                              r.unit_original, r.line) for r in good],
+                                f"import:{path.name}", f"imported from {path.name}")
         for act, (sel, res) in results.items():
-            act_def = get_activity(act)
-            db.conn.executemany(
-                "INSERT INTO emissions (source_id, activity, origin, start_ts, end_ts, amount, unit, energy_gj, co2_t,"
-                " ch4_t, n2o_t, co2e_t, scope, iso_category, factor_id, factor_version, factor_refs, gwp, region,"
-                " status, measured_fraction, calculated_at) VALUES (?,?,'activity',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
-                " 'measured',1.0,?)",
-                [(p[0].source, act, int(p[1]), int(p[2]), p[3], act_def.unit, float(res.energy_gj[k]), float(res.co2_t[k]),
-                  float(res.ch4_t[k]), float(res.n2o_t[k]), float(res.co2e_t[k]), act_def.scope, act_def.iso_category,
-                  res.factor_id[k], res.factor_version[k], res.factor_refs[k], store.settings.gwp,
-                  store.settings.region, now) for k, p in enumerate(sel)])
-            n_emis += len(sel)
+            n_emis += store.add_activity_emissions([p[0].source for p in sel], act, np.array([p[1] for p in sel]),
+                                                   np.array([p[2] for p in sel]), np.array([p[3] for p in sel]), res)
             tco2e += float(res.co2e_t.sum())
-        store._record_factors(db, store.library)
+        store.record_factors()
     return ImportResult(str(path), "activity", len(good), tuple(sorted({r.source for r in good})), n_emis, tco2e,
                         repeated=repeated, already_stored=already)
 
@@ -432,15 +420,14 @@ def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult
     new: list[_ReadingRow] = []
     for rs in series.values():
         for r in rs:
-            row = store.db.execute("SELECT origin, value, unit FROM readings WHERE meter_id = ? AND point = ?"
-                                   " AND timestamp = ? LIMIT 1", (r.source, r.register, r.ts)).fetchone()
-            if row is None:
+            stored = store.stored_reading(r.source, r.register, r.ts)
+            if stored is None:
                 new.append(r)
-            elif (row[1], row[2]) == (r.value, r.unit):
+            elif (stored[1], stored[2]) == (r.value, r.unit):
                 already += 1
             else:
-                errors.append(f"{_at(r.line, r.source, r.ts_text)}: already stored with another value ({row[1]} "
-                              f"{row[2]}, origin {row[0]}): remove the row, or correct the earlier data first")
+                errors.append(f"{_at(r.line, r.source, r.ts_text)}: already stored with another value ({stored[1]} "
+                              f"{stored[2]}, origin {stored[0]}): remove the row, or correct the earlier data first")
     if errors:
         raise DataImportError(str(path), errors)
     if not new:
@@ -463,27 +450,127 @@ def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult
         raise DataImportError(str(path), errors)
 
     readings = [Reading(r.source, r.register, r.ts, r.value, r.unit, Quantity(r.register)) for r in new]
-    db = store.db
     totals = [0, 0]
-    with write_transaction(db):
-        store._maybe_recalculate(db, store.library)
-        now = time.time()
-        for s in settings:
-            db.execute("INSERT INTO sources (id, kind, activity, meter_id, point, settings, description, enabled,"
-                       " processed_reading_id, updated_at) VALUES (?, 'imported', ?, ?, ?, ?, ?, 1, 0, ?)"
-                       " ON CONFLICT (id) DO UPDATE SET enabled = 1",
-                       (s.id, s.activity, s.meter_id, s.point, json.dumps(asdict(s), sort_keys=True),
-                        f"imported from {path.name}", now))
+    with store.transaction():
+        store.recalculate_if_changed()
+        store.add_imported_sources(settings, f"imported from {path.name}")
         store.insert_readings(readings, origin=f"import:{path.name}")
         for s in settings:
-            blob = db.execute("SELECT settings FROM sources WHERE id = ?", (s.id,)).fetchone()[0]
-            current = SourceSettings(**json.loads(blob))
+            current = store.source_settings(s.id) or s
             try:
-                _, _, _, n_emis = store._process_source(db, store.library, current, None)
+                totals[0] += store.process_source(current).emission_rows
             except Exception as exc:   # rolls back the whole import; re-raised as a row-less error
                 raise DataImportError(str(path), [f"source {s.id}: {exc}"]) from exc
-            totals[0] += n_emis
-        tco2e = db.execute("SELECT COALESCE(SUM(co2e_t), 0) FROM emissions WHERE superseded_at IS NULL AND source_id IN"
-                           " (SELECT value FROM json_each(?))", (json.dumps([s.id for s in settings]),)).fetchone()[0]
+        tco2e = store.current_tco2e([s.id for s in settings])
     return ImportResult(str(path), "readings", len(readings), tuple(s.id for s in settings), totals[0], float(tco2e),
                         repeated=repeated, already_stored=already)
+
+
+def _import_instruments(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> ImportResult:
+    """Contractual instruments for the market-based method (docs/import.md, "Contractual instruments").
+
+    An instrument is claimed once: its reference identifies it, an identical row (in the file or stored
+    before) is skipped and counted, the same reference with other data is refused.
+    """
+    errors: list[str] = []
+    parsed: list[tuple[int, str, str, float, float, float, float, str, str, str]] = []
+    seen: dict[str, tuple] = {}
+    repeated = already = 0
+    for n, fields in _records(rows, INSTRUMENTS_HEADER, errors):
+        ref, kind, start_s, end_s, amount_s, unit, factor_s = fields
+        problems = []
+        if not ref:
+            problems.append("instrument is empty: give the certificate or contract number, e.g. GEC-2025-000123")
+        if kind not in INSTRUMENT_KINDS:
+            problems.append(f"kind = {kind!r}: use one of {', '.join(INSTRUMENT_KINDS)}")
+        try:
+            start = _parse_when(start_s, tz, need_offset=False)
+        except ValueError as exc:
+            problems.append(f"start = {start_s!r}: {exc}; use a date like 2025-01-01")
+            start = None
+        try:
+            end = _parse_when(end_s, tz, need_offset=False)
+        except ValueError as exc:
+            problems.append(f"end = {end_s!r}: {exc}; use a date like 2026-01-01")
+            end = None
+        if start is not None and end is not None and end <= start:
+            problems.append(f"end {end_s} is not after start {start_s}: the end is exclusive, "
+                            f"e.g. 2025-01-01,2026-01-01 is the year 2025")
+        mult = _INSTRUMENT_UNITS.get(unit)
+        if mult is None:
+            problems.append(f"unit = {unit!r}: use MWh or kWh")
+        mwh = None
+        try:
+            amount = _number(amount_s)
+            if amount < 0:
+                problems.append(f"amount = {amount_s!r}: must be >= 0")
+            elif mult is not None:
+                mwh = amount * mult
+                bound = get_activity("electricity").max_rate_per_h
+                if start is not None and end is not None and end > start and mwh > bound * (end - start) / 3600:
+                    problems.append(f"amount = {amount_s!r} {unit} is more than {bound:g} MWh per hour over the "
+                                    "period, more than any site consumes: check the amount and the unit")
+        except ValueError:
+            problems.append(f"amount = {amount_s!r}: not a number; write it like 1200 or 1200.5")
+        try:
+            factor = _number(factor_s)
+            if not 0 <= factor <= MAX_INSTRUMENT_FACTOR_T_PER_MWH:
+                problems.append(f"emission_factor = {factor_s!r}: use tCO2/MWh from 0 (renewable) to "
+                                f"{MAX_INSTRUMENT_FACTOR_T_PER_MWH:g}")
+        except ValueError:
+            problems.append(f"emission_factor = {factor_s!r}: not a number; write it in tCO2/MWh, 0 for renewables")
+            factor = None
+        if problems:
+            errors.extend(f"{_at(n, ref, f'{start_s}..{end_s}')}: {p}" for p in problems)
+            continue
+        assert start is not None and end is not None and mwh is not None and factor is not None
+        key = (kind, int(start), int(end), mwh, factor)
+        if ref in seen:
+            if seen[ref][1:] == key:
+                repeated += 1
+            else:
+                errors.append(f"{_at(n, ref, f'{start_s}..{end_s}')}: instrument {ref} is also on line {seen[ref][0]} "
+                              "with other data: an instrument is claimed once; remove the wrong row")
+            continue
+        seen[ref] = (n, *key)
+        stored = store.db.execute("SELECT kind, start_ts, end_ts, mwh, factor_t_per_mwh FROM instruments"
+                                  " WHERE reference = ?", (ref,)).fetchone()
+        if stored is not None:
+            if tuple(stored) == key:
+                already += 1
+            else:
+                errors.append(f"{_at(n, ref, f'{start_s}..{end_s}')}: instrument {ref} is already stored with other "
+                              f"data ({stored[0]}, {stored[3]:g} MWh): an instrument is claimed once; use another "
+                              "reference or correct the stored one")
+            continue
+        parsed.append((n, ref, kind, start, end, mwh, factor, unit, start_s, end_s))
+    if not errors and not parsed and not (repeated or already):
+        errors.append("the file has a header but no data rows: add rows below the header")
+    if errors:
+        raise DataImportError(str(path), errors)
+    if parsed:
+        with write_transaction(store.db):
+            store.db.conn.executemany(
+                "INSERT INTO instruments (kind, source_id, start_ts, end_ts, mwh, factor_t_per_mwh, reference)"
+                " VALUES (?, NULL, ?, ?, ?, ?, ?)",
+                [(kind, int(start), int(end), mwh, factor, ref) for _, ref, kind, start, end, mwh, factor, *_ in parsed])
+    return ImportResult(str(path), "instruments", len(parsed), tuple(sorted(r[1] for r in parsed)), 0, 0.0,
+                        repeated=repeated, already_stored=already)
+
+
+def list_instruments(store: Store, start: float | None = None, end: float | None = None) -> list[dict]:
+    """Stored instruments overlapping [start, end) (all when None), oldest first."""
+    lo = -math.inf if start is None else start
+    hi = math.inf if end is None else end
+    rows = store.db.execute("SELECT reference, kind, start_ts, end_ts, mwh, factor_t_per_mwh, source_id FROM instruments"
+                            " ORDER BY start_ts, reference").fetchall()
+    return [{"instrument": r[0], "kind": r[1], "start_ts": r[2], "end_ts": r[3], "mwh": r[4],
+             "emission_factor_t_per_mwh": r[5], "source": r[6]} for r in rows if r[2] < hi and r[3] > lo]
+
+
+def add_instrument(store: Store, fields: list[str], tz: tzinfo | None = None, place: str = "command line") -> ImportResult:
+    """One instrument given as the CSV's fields (``INSTRUMENTS_HEADER`` order), checked like an imported row.
+
+    :raises DataImportError: naming every problem; nothing was written.
+    """
+    return _import_instruments(store, Path(place), [_Row(1, list(fields))], tz or local_tz())

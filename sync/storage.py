@@ -1,30 +1,40 @@
 """The receiver's database: a SQLite file by default, PostgreSQL when given a ``postgresql://`` URL.
 
 Both speak the same few statements; this module hides the placeholder style, the schema types and the
-transaction API, so ``receiver.py`` has one code path.
+transaction API, so ``receiver.py`` has one code path. The schema is the receiver's own migration set
+(:data:`MIGRATIONS`, recorded in ``receiver_migrations``), apart from the gateway store's.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sync.errors import SyncError
 
+# ``stream`` (issue 16): a gateway's sync stream; "" is its first, a restore starts another. A batch is
+# (gateway, stream, seq); a reading is (gateway, stream it was first written in, reading id).
 _TABLES = """
 CREATE TABLE IF NOT EXISTS batches (
     gateway_id TEXT NOT NULL, seq BIGINT NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL,
-    count INTEGER NOT NULL, received_at {real} NOT NULL, chain_ok INTEGER NOT NULL,
-    PRIMARY KEY (gateway_id, seq)
+    count INTEGER NOT NULL, received_at {real} NOT NULL, chain_ok INTEGER NOT NULL, stream TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (gateway_id, stream, seq)
 );
 CREATE TABLE IF NOT EXISTS readings (
     gateway_id TEXT NOT NULL, reading_id BIGINT NOT NULL, seq BIGINT NOT NULL,
     meter_id TEXT NOT NULL, point TEXT NOT NULL, timestamp {real} NOT NULL, value {real},
     unit TEXT NOT NULL, quantity TEXT NOT NULL, quality TEXT NOT NULL, reason TEXT NOT NULL,
-    PRIMARY KEY (gateway_id, reading_id)
+    stream TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (gateway_id, stream, reading_id)
+);
+CREATE TABLE IF NOT EXISTS streams (
+    gateway_id TEXT NOT NULL, stream TEXT NOT NULL, parent TEXT, first_seq BIGINT NOT NULL,
+    first_reading_id BIGINT NOT NULL, first_seen {real} NOT NULL,
+    PRIMARY KEY (gateway_id, stream)
 );
 CREATE TABLE IF NOT EXISTS rejections (
     id {serial}, at {real} NOT NULL, gateway_id TEXT, seq BIGINT, reason TEXT NOT NULL, detail TEXT NOT NULL
@@ -33,6 +43,47 @@ CREATE TABLE IF NOT EXISTS quarantine (
     id {serial}, at {real} NOT NULL, gateway_id TEXT NOT NULL, seq BIGINT NOT NULL, message {blob} NOT NULL
 );
 """
+
+
+# A receiver database made before sync streams (issue 16) is rebuilt once with the stream column in
+# the primary keys; its rows belong to stream "".
+_ADD_STREAM = """
+ALTER TABLE batches RENAME TO batches_before_streams;
+ALTER TABLE readings RENAME TO readings_before_streams;
+{tables};
+INSERT INTO batches (gateway_id, seq, hash, prev_hash, count, received_at, chain_ok, stream)
+    SELECT gateway_id, seq, hash, prev_hash, count, received_at, chain_ok, '' FROM batches_before_streams;
+INSERT INTO readings (gateway_id, reading_id, seq, meter_id, point, timestamp, value, unit, quantity, quality,
+                      reason, stream)
+    SELECT gateway_id, reading_id, seq, meter_id, point, timestamp, value, unit, quantity, quality, reason, ''
+    FROM readings_before_streams;
+DROP TABLE batches_before_streams;
+DROP TABLE readings_before_streams
+"""
+
+
+def _statements(db: ReceiverDb, script: str) -> None:
+    for statement in filter(str.strip, script.format(tables=_TABLES, **db.types).format(**db.types).split(";")):
+        db.execute(statement)
+
+
+def _r001_tables(db: ReceiverDb) -> None:
+    """The tables (``IF NOT EXISTS``: a database made before the migration set keeps its tables and rows)."""
+    _statements(db, _TABLES)
+
+
+def _r002_sync_streams(db: ReceiverDb) -> None:
+    """A database made before sync streams is rebuilt with the stream column in the primary keys."""
+    if "stream" not in db.columns("batches"):
+        _statements(db, _ADD_STREAM)
+
+
+#: The receiver's migrations in order. A released migration is never edited: a change is a new entry at the
+#: end. Each runs once per database, inside the transaction that records it in ``receiver_migrations``.
+MIGRATIONS: tuple[tuple[str, Callable[[ReceiverDb], None]], ...] = (
+    ("r001_tables", _r001_tables),
+    ("r002_sync_streams", _r002_sync_streams),
+)
 
 
 class ReceiverDbError(SyncError):
@@ -54,10 +105,8 @@ class ReceiverDb:
                 self._conn: Any = psycopg.connect(str(target), autocommit=True)
             except psycopg.Error as exc:
                 raise ReceiverDbError(f"cannot connect to the receiver database: {exc}".strip()) from exc
-            schema = _TABLES.format(real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY", blob="BYTEA")
-            with self._conn.transaction():
-                for statement in filter(str.strip, schema.split(";")):
-                    self._conn.execute(statement)
+            self.types = {"real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA"}
+            self._migrate(str(target).split("@")[-1])
         else:
             path = Path(target)
             try:
@@ -79,9 +128,45 @@ class ReceiverDb:
                                           "changed: pass --database or --data-dir naming the receiver's own file")
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = FULL")
-                self._conn.executescript(_TABLES.format(real="REAL", serial="INTEGER PRIMARY KEY", blob="BLOB"))
+                self.types = {"real": "REAL", "serial": "INTEGER PRIMARY KEY", "blob": "BLOB"}
+                self._migrate(str(path))
             except sqlite3.Error as exc:
                 raise ReceiverDbError(f"{path}: cannot open the receiver database ({exc})") from exc
+
+    def _migrate(self, place: str) -> None:
+        """Apply the receiver's pending migrations, in one transaction.
+
+        :raises ReceiverDbError: the database has migrations this version does not know (a newer receiver).
+        """
+        known = [name for name, _ in MIGRATIONS]
+        with self.transaction():
+            if self.is_postgres:
+                self.execute("SELECT pg_advisory_xact_lock(7216016)")   # receivers starting together
+            self.execute("CREATE TABLE IF NOT EXISTS receiver_migrations (name TEXT PRIMARY KEY, applied_at {real} "
+                         "NOT NULL)".format(**self.types))
+            applied = {row[0] for row in self.query("SELECT name FROM receiver_migrations")}
+            unknown = applied - set(known)
+            if not unknown:
+                for name, step in MIGRATIONS:
+                    if name not in applied:
+                        step(self)
+                        self.execute("INSERT INTO receiver_migrations (name, applied_at) VALUES (?, ?)",
+                                     (name, time.time()))
+        if unknown:
+            self.close()
+            raise ReceiverDbError(f"{place}: the receiver database has migrations this version does not know "
+                                  f"({', '.join(sorted(unknown))}): upgrade carbon-gateway on the receiver")
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the receiver migrations applied to this database, in order."""
+        return [row[0] for row in self.query("SELECT name FROM receiver_migrations ORDER BY name")]
+
+    def columns(self, table: str) -> set[str]:
+        """Column names of ``table`` (empty: no such table)."""
+        if self.is_postgres:
+            return {row[0] for row in self.query("SELECT column_name FROM information_schema.columns WHERE "
+                                                 "table_name = ? AND table_schema = current_schema()", (table,))}
+        return {row[1] for row in self.query(f"PRAGMA table_info({table})")}
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.is_postgres else sql

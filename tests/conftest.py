@@ -51,6 +51,16 @@ def foreign_database(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def with_web(gateway):  # type: ignore[no-untyped-def]
+    """Hand ``gateway`` its web server the way ``carbon-gateway run`` does (the daemon never imports webui)."""
+    from gateway.runtime import Runtime
+    from webui import serve_gateway
+
+    runtime = Runtime(gateway)
+    gateway.web_factory = lambda: serve_gateway(runtime)
+    return gateway
+
+
 def wait_until(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.05,
                message: str = "condition") -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
@@ -242,3 +252,13 @@ def clean_env(**extra: str) -> dict[str, str]:
            if k not in {"PYTHONPATH", "VIRTUAL_ENV", "CARBON_GATEWAY_CONFIG_DIR", "CARBON_GATEWAY_DATA_DIR",
                         "CARBON_GATEWAY_SITE_PROFILES", "PYTHONHOME"}}
     return {**env, **extra}
+
+
+def interrupt(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Ctrl-C a command-line process and wait for it; killed if it does not stop within ``timeout_s``."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)

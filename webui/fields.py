@@ -11,7 +11,7 @@ from wtforms import BooleanField, Field, FloatField, IntegerField, SelectField, 
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp
 
-from gateway.rules import Rule
+from gateway.runtime import Rule
 
 
 def _chinese() -> bool:

@@ -1,4 +1,4 @@
-"""The technician's walk in headless Chromium (Debian's), against waitress and a running gateway.
+"""The technician's walk in headless Chromium (Debian's), against cheroot and a running gateway.
 
 Set the admin password, log in, scan a simulated bus, add the meter found, test-read it, see its live
 value on the dashboard, switch the language; screenshots at phone and desktop widths go to
@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.webui.conftest import PASSWORDS
+from gateway.runtime import Runtime
 from webui import create_app, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -30,13 +31,12 @@ TIMEOUT_MS = 20_000
 
 @pytest.fixture
 def base_url(field_gateway) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    app = create_app(runtime=field_gateway)
+    app = create_app(runtime=Runtime(field_gateway))
     port = free_port()
     server = serve(app, "127.0.0.1", port)
     thread = threading.Thread(target=server.run, name="test-web", daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{port}"
-    server.task_dispatcher.shutdown(timeout=5)   # workers first: they write to the trigger close() closes
     server.close()
     thread.join(timeout=10)
 
@@ -104,6 +104,7 @@ def test_technician_commissions_a_meter_from_a_phone(browser, base_url, field_ga
     page.click("#scan-results tr[data-unit='7'] a.button")
     page.wait_for_selector("#meter-form")
     assert page.input_value("#device_id") == "7" and page.input_value("#profile") == "eastron-sdm630"
+    assert page.input_value("#activity") == "electricity", "the profile's activity comes pre-filled (issue 15)"
     page.fill("#id", "line2-meter")
     page.select_option("#activity", "electricity")
     page.fill("#poll_interval_s", "1")
@@ -148,6 +149,10 @@ def test_technician_commissions_a_meter_from_a_phone(browser, base_url, field_ga
     _shot(page, "desktop-emissions")
     page.set_viewport_size(PHONE)
     assert _fits(page), page.evaluate(WIDEST)
+    # issue 15: chart text was 8 px on a phone; the chart module's text is at least ~11 px at 360 px wide
+    smallest = page.evaluate("Math.min(...[...document.querySelectorAll('svg.chart text')]"
+                             ".map(t => t.getBoundingClientRect().height))")
+    assert 10.5 <= smallest < 40, smallest     # (< 40: there is text to measure)
     _shot(page, "phone-emissions")
     page.goto(base_url + "/meters")
     _shot(page, "desktop-meters")

@@ -8,12 +8,12 @@ import json
 import re
 import time
 
+from gateway.runtime import Actor, Runtime
 from local_store import audit
 from sync.keys import ensure_receiver_key
 from tests.conftest import wait_until
 from tests.webui.conftest import PASSWORDS, ROLES, add_users, csrf_token, login, post
 from webui import create_app
-from webui.configedit import apply_text
 
 
 def text(response) -> str:  # type: ignore[no-untyped-def]
@@ -76,15 +76,24 @@ def test_factor_choice_and_a_custom_factor(admin, gateway) -> None:
 
 
 def test_cloud_settings_test_connection_and_fingerprint(admin, gateway, mqtt_broker) -> None:
+    keys_dir = gateway.config.keys_dir
+    page = text(admin.get("/cloud"))
+    # issue 12: a GET never creates a key; the administrator makes it with a POST (or sync does when it starts)
+    assert "not made yet" in page and not (keys_dir / "gateway-signing.key").exists()
+    assert post(admin, "/cloud/key", form_url="/cloud").status_code == 302
+    assert (keys_dir / "gateway-signing.key").exists()
     page = text(admin.get("/cloud"))
     fingerprint = re.search(r'id="gateway-fingerprint"><code>([0-9a-f]{16})</code>', page)
     assert fingerprint
+    assert [e.target for e in audit.entries(gateway.store.db) if e.action == "keys.create"] == ["gateway signing key"]
+    assert post(admin, "/cloud/key", form_url="/cloud").status_code == 302          # made once: nothing new
+    assert len([e for e in audit.entries(gateway.store.db) if e.action == "keys.create"]) == 1
     form = {"enabled": "y", "broker_host": "127.0.0.1", "broker_port": str(mqtt_broker.port), "topic_prefix": "carbon"}
     refused = text(post(admin, "/cloud", form))     # sync without the platform's key would never send anything
     assert "Not applied: web UI: sync.receiver_public_key is missing: with sync.enabled = true" in refused
-    ensure_receiver_key(gateway.config.keys_dir)     # the platform's key pair, as `carbon-gateway keys --receiver`
-    apply_text(gateway, gateway.config.text.replace(
-        "[sync]\n", f'[sync]\nreceiver_public_key = "{gateway.config.keys_dir / "receiver-sealing.pub"}"\n', 1))
+    ensure_receiver_key(keys_dir)                    # the platform's key pair, as `carbon-gateway keys --receiver`
+    Runtime(gateway).apply_text(gateway.config.text.replace(
+        "[sync]\n", f'[sync]\nreceiver_public_key = "{keys_dir / "receiver-sealing.pub"}"\n', 1), Actor("test"))
     response = post(admin, "/cloud", {"enabled": "y", "broker_host": "127.0.0.1", "broker_port": str(mqtt_broker.port),
                                       "topic_prefix": "carbon", "password": "s3cret"})
     assert response.status_code == 302, text(response)
@@ -123,7 +132,9 @@ def test_users_roles_and_the_last_admin(admin, app, gateway) -> None:
     assert viewer.get("/").location.startswith("/login"), "a reset password ends the user's sessions"
     response = post(admin, "/users/tech/role", {"role": "admin"}, form_url="/users")
     assert "tech is now admin." in text(admin.get(response.location))
-    response = post(admin, "/users/tech/delete", form_url="/users")
+    asked = post(admin, "/users/tech/delete", form_url="/users")
+    assert asked.status_code == 200 and "Delete user tech?" in text(asked)
+    response = post(admin, "/users/tech/delete", {"confirm": "yes"}, form_url="/users")
     assert "User tech was deleted." in text(admin.get(response.location))
     assert post(admin, "/users/ghost/delete", form_url="/users").status_code == 404
     actions = [e.action for e in audit.entries(gateway.store.db)]
@@ -144,7 +155,7 @@ def test_own_password_audit_page_and_system(admin, app, gateway) -> None:
     gateway.store.db.conn.commit()
     assert "The audit log was tampered with:" in text(admin.get("/audit"))
     page = text(admin.get("/system"))
-    assert 'id="version">0.1.0<' in page and "Disk free" in page and 'id="clock-sync">' in page
+    assert 'id="version">0.1.0<' in page and "Disk free" in page and 'id="clock-sync"' in page
 
 
 def test_backup_now_download_and_a_staged_restore(admin, gateway) -> None:
@@ -157,13 +168,18 @@ def test_backup_now_download_and_a_staged_restore(admin, gateway) -> None:
     download = admin.get(f"/backup/files/{name}")
     assert download.status_code == 200 and download.data == (gateway.config.backup_dir / name).read_bytes()
     assert admin.get("/backup/files/..%2Fgateway.db").status_code == 404
-    response = post(admin, "/backup/restore", {"file": (io.BytesIO(download.data), name)}, form_url="/backup",
+    # restore replaces the store: the form refuses until the box is ticked (issue 15), and stages nothing
+    unticked = post(admin, "/backup/restore", {"file": (io.BytesIO(download.data), name)}, form_url="/backup",
                     content_type="multipart/form-data")
+    assert unticked.status_code == 400 and "Tick the box to confirm." in text(unticked)
+    assert not list(gateway.config.database.parent.glob("*.restore-pending"))
+    response = post(admin, "/backup/restore", {"file": (io.BytesIO(download.data), name), "confirm": "y"},
+                    form_url="/backup", content_type="multipart/form-data")
     assert response.status_code == 302, text(response)
     page = text(admin.get(response.location))
     assert "was checked and will replace the store when the gateway restarts" in page
     assert "A checked backup waits to replace the store: restart the gateway to apply it." in page
-    refused = post(admin, "/backup/restore", {"file": (io.BytesIO(b"not a backup" * 100), "x.cgbak")},
+    refused = post(admin, "/backup/restore", {"file": (io.BytesIO(b"not a backup" * 100), "x.cgbak"), "confirm": "y"},
                    form_url="/backup", content_type="multipart/form-data")
     assert refused.status_code == 400 and "Not restored:" in text(refused)
     actions = [e.action for e in audit.entries(gateway.store.db)]
