@@ -549,8 +549,8 @@ def _import_instruments(store: Store, path: Path, rows: list[_Row], tz: tzinfo) 
     if errors:
         raise DataImportError(str(path), errors)
     if parsed:
-        with write_transaction(store.db):
-            store.db.conn.executemany(
+        with store.transaction() as db:
+            db.conn.executemany(
                 "INSERT INTO instruments (kind, source_id, start_ts, end_ts, mwh, factor_t_per_mwh, reference)"
                 " VALUES (?, NULL, ?, ?, ?, ?, ?)",
                 [(kind, int(start), int(end), mwh, factor, ref) for _, ref, kind, start, end, mwh, factor, *_ in parsed])

@@ -13,7 +13,7 @@ from markupsafe import Markup
 from wtforms import BooleanField, DateField, FloatField, IntegerField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
-from gateway.runtime import BY_CHOICES, FACTOR_ACTIVITIES, ApplyError, Change, ChartText, FactorError, ReportError
+from gateway.runtime import BY_CHOICES, FACTOR_ACTIVITIES, ApplyError, Change, ChartText, FactorError, NoReportDataError, ReportError
 from webui.labels import ACTIVITY_LABELS
 from webui.auth import actor, options, requires, runtime
 
@@ -157,6 +157,15 @@ def reports() -> Any:
     if request.args and form.validate():
         try:
             report = runtime().report(form.start.data, form.end.data, by=form.by.data)
+        except NoReportDataError as exc:
+            # the library's text speaks to the CLI (--from/--to, the database path): word it for this form
+            if exc.held is None:
+                error = _("No emissions are stored yet: they appear once meters with an activity have been "
+                          "polled for a while, or after an import.")
+            else:
+                error = _("No emissions from %(start)s until %(end)s. The gateway holds emissions from %(first)s "
+                          "to %(last)s: choose dates in that range.", start=form.start.data, end=form.end.data,
+                          first=exc.held[0], last=exc.held[1])
         except ReportError as exc:
             error = _("No report: %(reason)s", reason=str(exc))
         else:
