@@ -192,7 +192,8 @@ def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_t
             raise ValueError(f"'{bauds}': baud rates run {baud_rule.range_text().removesuffix(' baud')}, e.g. 9600,19200")
         parity_list = [p.strip().upper() for p in parities.split(",")] if serial else ["N"]
         if any(p not in parity_rule.values() for p in parity_list):
-            raise ValueError(f"'{parities}': parity is {', '.join(parity_rule.values())}, e.g. N,E")
+            *others, last = parity_rule.values()
+            raise ValueError(f"'{parities}': parity is {', '.join(others)} or {last}, e.g. N,E")
     except ValueError as exc:
         raise click.BadParameter(str(exc).replace("invalid literal for int() with base 10", "not a number"),
                                  param_hint="--units/--bauds") from exc
