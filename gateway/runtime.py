@@ -36,12 +36,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import sqlite_utils
 import tomli_w
 
 from drivers import DriverError, Profile, Reading
 from drivers.model import Quantity
 from drivers.scan import ScanResult, parse_units, scan_bus
-from local_store import FactorError, NoReportDataError, ReportError, audit, users
+from local_store import FactorError, NoReportDataError, ReportError, Store, audit, users
 from local_store import backup as backups
 from local_store.audit import AuditEntry, AuditVerification
 from local_store.backup import BackupError, RestoreResult
@@ -640,8 +641,12 @@ class Runtime:
         broker = self.config.sync.broker
         link = Link(broker, client_id=f"{self.config.gateway_id}-test-{secrets.token_hex(3)}")
         link.start()
+        deadline = time.monotonic() + timeout_s
+        ok = False
         try:
-            ok = link.connected.wait(timeout_s)
+            # a refused connection or an unknown host is known at once: say so instead of waiting out the timeout
+            while not ok and not link.last_error and time.monotonic() < deadline:
+                ok = link.connected.wait(0.05)
         finally:
             link.stop()
         where = f"{broker.host}:{broker.port}"
@@ -780,13 +785,13 @@ class Runtime:
             work.finish("failed", f"{type(exc).__name__}: {exc}")
 
     # -- internals ---------------------------------------------------------------------------------------
-    def _store(self) -> Any:
+    def _store(self) -> Store:
         store = self._gw.store
         if store is None:
             raise ApplyError("the gateway is not running")
         return store
 
-    def _db(self) -> Any:
+    def _db(self) -> sqlite_utils.Database:
         return self._store().db
 
 

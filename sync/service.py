@@ -292,8 +292,10 @@ class SyncService:
                 self._conflict = error
             else:
                 # The batch stays in the outbox and is resent: a receiver that learns our key recovers it.
-                error = (f"receiver rejected batch {ack.get('seq')}: {ack.get('reason')}; it stays in the outbox "
-                         "(check that the receiver trusts this gateway's current key)")
+                # Receivers ack a refusal only after checking our signature (issue 16), so it is not our key.
+                hint = ("the receiver does not hold the key it was sealed to: check sync.receiver_public_key"
+                        if ack.get("reason") == "unknown_key" else "see the receiver's log for why")
+                error = f"receiver rejected batch {ack.get('seq')}: {ack.get('reason')}; it stays in the outbox ({hint})"
                 if error != self._rejected:
                     log.error(error)
                 self._rejected = error
