@@ -26,7 +26,8 @@ from local_store.units import ACTIVITIES as ACTIVITY_KINDS
 from sync import BrokerSettings, SyncSettings
 
 from gateway.paths import DEFAULT_CONFIG, DEFAULT_DATA_DIR
-from gateway.rules import BACKUP, BUS, EMISSIONS, GATEWAY, METER, SECTIONS, SOURCE_RULE_KEYS, SYNC, WEB, FieldError, Rule
+from gateway.rules import (BACKUP, BUS, EMISSIONS, GATEWAY, METER, SECTIONS, SITE, SOURCE_RULE_KEYS, SYNC, WEB,
+                           FieldError, Rule)
 
 #: the activities a meter may carry, "none" included (from the emission library's list, local_store.units)
 ACTIVITIES = tuple(c.value for c in METER["activity"].choices)
@@ -332,7 +333,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
     e = _Table(origin, data.get("emissions", {}), "emissions", EMISSIONS)
     emissions = EmissionSettings(region=e["region"], method=e["method"], include_ch4_n2o=e["include_ch4_n2o"],
                                  gwp=e["gwp"], factor_files=e["factor_files"],
-                                 vintage_rule=e["vintage_rule"])
+                                 vintage_rule=e["vintage_rule"],
+                                 timezone=_Table(origin, data.get("site", {}), "site", SITE)["timezone"])
     _check_factors(e, emissions)
 
     def _path(value: str | None) -> Path | None:

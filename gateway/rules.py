@@ -246,6 +246,25 @@ EMISSIONS = _rules(
          help="which vintage of a factor applies to a period (docs/models.md)"),
 )
 
+def _timezone(name: Any) -> str:
+    """An IANA time zone name, or "" (the system's)."""
+    if not isinstance(name, str):
+        raise ValueError('use an IANA time zone name, e.g. "Asia/Shanghai"')
+    if name:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError('use an IANA time zone name, e.g. "Asia/Shanghai"') from None
+    return name
+
+
+SITE = _rules(
+    Rule("timezone", str, "", parse=_timezone, label="Time zone", label_zh="时区",
+         help="the IANA zone that defines days and months for reports and imports"),
+)
+
 SYNC = _rules(
     Rule("enabled", bool, True, label="Sync to the platform", label_zh="同步到平台"),
     Rule("broker_host", str, "127.0.0.1", nonempty=True, label="Broker host", label_zh="代理主机"),
@@ -293,8 +312,8 @@ BACKUP = _rules(
 
 #: top-level table -> its rules; ``buses`` and ``meters`` are lists of tables
 SECTIONS: Mapping[str, Mapping[str, Rule]] = {
-    "gateway": GATEWAY, "buses": BUS, "meters": METER, "emissions": EMISSIONS, "sync": SYNC, "web": WEB,
-    "backup": BACKUP,
+    "gateway": GATEWAY, "buses": BUS, "meters": METER, "emissions": EMISSIONS, "site": SITE, "sync": SYNC,
+    "web": WEB, "backup": BACKUP,
 }
 LIST_SECTIONS = ("buses", "meters")
 

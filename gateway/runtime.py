@@ -39,7 +39,7 @@ from typing import IO, Any, Literal
 import sqlite_utils
 import tomli_w
 
-from drivers import DriverError, Profile, Reading
+from drivers import DriverError, ExceptionResponseError, Profile, Reading
 from drivers.model import Quantity
 from drivers.scan import ScanResult, parse_units, scan_bus
 from local_store import FactorError, NoReportDataError, ReportError, Store, audit, users
@@ -65,7 +65,7 @@ from gateway.rules import BAUDRATES, BUS, METER, Rule
 __all__ = [
     "ACTIVITIES", "BAUDRATES", "BUS", "METER", "Rule", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
     "AuditVerification", "BackupError", "BackupFile", "BackupView", "BrokerTest", "Change", "ChartText", "ClockState",
-    "DriverError", "EmissionCharts", "EmissionsSummary", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
+    "DriverError", "ExceptionResponseError", "EmissionCharts", "EmissionsSummary", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
     "MeterStatus", "Reading", "ReportError", "NoReportDataError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",
     "Session", "SyncStatus", "SystemInfo", "User", "UserError", "parse_units", "suggested_activity",
 ]
