@@ -150,7 +150,7 @@ HOST_FORM_FIX = ("Use a host name or IP address.", "请填写主机名或 IP 地
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 #: "none": a meter that is only monitored, not counted
-ACTIVITY_CHOICES = tuple(Choice(a.name, a.label, a.label_zh) for a in ACTIVITIES.values()) + (
+ACTIVITY_CHOICES = tuple(Choice(a.name, a.label, a.label_zh) for a in ACTIVITIES.values() if not a.custom) + (
     Choice("none", "none (not counted)", "无（不计入）"),)
 
 GATEWAY = _rules(
