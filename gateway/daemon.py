@@ -24,7 +24,7 @@ from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Read
 from drivers import load_profile_set
 from local_store import Store, StoreError, audit, open_store
 from local_store.backup import StoreLock, apply_staged_restore, create_backup, hold_store_lock, prune_backups
-from local_store.reports import emissions_summary
+from local_store.reports import EmissionsSummary, emissions_summary
 from local_store.reserve import DiskReserve, is_disk_full
 from sync import SyncService, SyncStatus
 from sync.keys import ensure_receiver_key
@@ -500,7 +500,7 @@ class Gateway:
     def sync_status(self) -> SyncStatus | None:
         return self.sync.status() if self.sync is not None else None
 
-    def emissions_summary(self) -> Any:
+    def emissions_summary(self) -> EmissionsSummary | None:
         return emissions_summary(self.store) if self.store is not None else None
 
     def bus_poller(self, bus_name: str) -> BusPoller:
