@@ -62,6 +62,9 @@ class MeterStats:
     crc_errors: int = 0                 # replies whose CRC did not match (noise, termination, two masters)
     framing_errors: int = 0             # replies cut short, garbage, or not matching the request
     request_latency_ms: float | None = None  # request -> reply, moving average over good replies
+    polls: int = 0                      # read cycles started
+    late_polls: int = 0                 # started more than half an interval after they were due
+    skipped_polls: int = 0              # whole intervals that passed without a poll (the bus was busy)
 
 
 def _serial_char_s(bus: BusConfig) -> float:
@@ -223,6 +226,18 @@ class BusPoller:
 
     def _poll_meter(self, meter: MeterConfig, now: float) -> list[Reading]:
         started = time.monotonic()
+        # Polls keep their rhythm (due, due + interval, ...); one that starts more than half an interval
+        # after it was due is late, and every whole interval that passed without a poll is a skipped one.
+        due, interval = self._next_due[meter.id], meter.poll_interval_s
+        stats = self._stats[meter.id]
+        stats["polls"] += 1
+        missed = 0
+        if due > 0:
+            lag = now - due
+            missed = int(lag // interval) if lag >= interval else 0
+            stats["late_polls"] += lag > 0.5 * interval
+            stats["skipped_polls"] += missed
+        next_due = due + (missed + 1) * interval if due > 0 and self._failures[meter.id] == 0 else now + interval
         missed: BusError | None = None
         try:
             readings, missed = self._read(meter.id, meter.device_id, self.profiles[meter.profile], meter.ratios)
@@ -243,7 +258,7 @@ class BusPoller:
         if self._failures[meter.id]:
             log.info("meter %s answers again", meter.id)
         self._failures[meter.id] = 0
-        self._next_due[meter.id] = now + meter.poll_interval_s
+        self._next_due[meter.id] = next_due
         self._stats[meter.id].update(state="ok", last_error="", last_ok_at=time.time(),
                                      latency_ms=(time.monotonic() - started) * 1000)
         return readings
