@@ -231,13 +231,14 @@ class BusPoller:
         due, interval = self._next_due[meter.id], meter.poll_interval_s
         stats = self._stats[meter.id]
         stats["polls"] += 1
-        missed = 0
+        slots_missed = 0
         if due > 0:
             lag = now - due
-            missed = int(lag // interval) if lag >= interval else 0
+            slots_missed = int(lag // interval) if lag >= interval else 0
             stats["late_polls"] += lag > 0.5 * interval
-            stats["skipped_polls"] += missed
-        next_due = due + (missed + 1) * interval if due > 0 and self._failures[meter.id] == 0 else now + interval
+            stats["skipped_polls"] += slots_missed
+        next_due = (due + (slots_missed + 1) * interval if due > 0 and self._failures[meter.id] == 0
+                    else now + interval)
         missed: BusError | None = None
         try:
             readings, missed = self._read(meter.id, meter.device_id, self.profiles[meter.profile], meter.ratios)
