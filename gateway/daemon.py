@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Ratios, Reading, SimulatedDevice, SimulatorServer
-from drivers import load_profile_set
+from drivers import MeterConfig, load_profile_set
 from local_store import Store, StoreError, audit, open_store
 from local_store.backup import StoreLock, apply_staged_restore, create_backup, hold_store_lock, prune_backups
 from local_store.reports import EmissionsSummary, emissions_summary
