@@ -28,7 +28,7 @@ from pymodbus.framer import FramerRTU
 
 from drivers.decode import make_decoder
 from drivers.errors import BusError, DecodeError, DriverError, ExceptionResponseError, RefusedError
-from drivers.model import BusConfig, MeterConfig, Point, Profile, Reading
+from drivers.model import BusConfig, MeterConfig, Point, Profile, Ratios, Reading
 from drivers.planner import BusCost, DeviceLimits, ReadRequest, plan_reads, split_request
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ MAX_BACKOFF_S = 300.0
 REFUSED_RANGE_CODES = {2: "illegal data address", 3: "illegal data value"}
 EXCEPTION_NAMES = {1: "illegal function", **REFUSED_RANGE_CODES, 4: "device failure", 5: "acknowledge",
                    6: "device busy", 10: "gateway path unavailable", 11: "gateway target did not respond"}
+#: Exception codes a Modbus TCP gateway (serial device server) sends for a unit id nobody answers behind it.
+GATEWAY_CODES = {10, 11}
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,9 @@ class BusPoller:
         self._decoders: dict[tuple[str, str], tuple[Point, Callable[[Sequence[int]], float]]] = {}
         self._next_due = {m.id: 0.0 for m in self.meters}
         self._failures = {m.id: 0 for m in self.meters}
-        self._limits: dict[int, DeviceLimits] = {}
+        # What each device refused, per (device id, profile id): a test read or scan with another profile
+        # learns nothing the live meter's plan uses (issue 13).
+        self._limits: dict[tuple[int, str], DeviceLimits] = {}
         self._plans: dict[tuple[int, str], tuple[DeviceLimits, Profile, list[tuple[ReadRequest, tuple]]]] = {}
         self._last_request_end = 0.0
         # RTU: a frame ends after 3.5 silent characters; at more than 19200 baud the standard fixes 1.75 ms.
@@ -178,22 +182,24 @@ class BusPoller:
     def stats(self) -> dict[str, MeterStats]:
         return {meter_id: MeterStats(**fields) for meter_id, fields in self._stats.items()}
 
-    def limits(self) -> dict[int, DeviceLimits]:
-        """What each device id was seen to refuse (the read planner plans around it)."""
+    def limits(self) -> dict[tuple[int, str], DeviceLimits]:
+        """What each device was seen to refuse, by (device id, profile id) (the read planner plans around it)."""
         return dict(self._limits)
 
     def plan(self, device_id: int, profile: Profile) -> list[ReadRequest]:
         """The requests the next read of ``profile`` at ``device_id`` will send."""
         return [req for req, _ in self._prepared_plan(device_id, profile)]
 
-    def _prepared_plan(self, device_id: int, profile: Profile) -> list[tuple[ReadRequest, tuple]]:
-        limits = self._limits.get(device_id, DeviceLimits())
+    def _prepared_plan(self, device_id: int, profile: Profile, keep: bool = True) -> list[tuple[ReadRequest, tuple]]:
+        """The plan for ``profile`` at ``device_id`` with what was learned; cached only when ``keep``."""
+        limits = self._limits.get((device_id, profile.id), DeviceLimits())
         cached = self._plans.get((device_id, profile.id))
         # A profile edited and reloaded under the same id is a different object: plan it afresh.
         if cached is None or cached[0] != limits or cached[1] is not profile:
             plan = plan_reads(profile, self.bus.max_gap_registers, cost=self.cost, limits=limits)
             cached = (limits, profile, [(req, self._prepare(profile, req)) for req in plan])
-            self._plans[(device_id, profile.id)] = cached
+            if keep:
+                self._plans[(device_id, profile.id)] = cached
         return cached[2]
 
     def _prepare(self, profile: Profile, req: ReadRequest) -> tuple:
@@ -217,18 +223,23 @@ class BusPoller:
 
     def _poll_meter(self, meter: MeterConfig, now: float) -> list[Reading]:
         started = time.monotonic()
+        missed: BusError | None = None
         try:
-            readings = self._read(meter.id, meter.device_id, self.profiles[meter.profile])
-        except BusError as exc:
+            readings, missed = self._read(meter.id, meter.device_id, self.profiles[meter.profile], meter.ratios)
+        except BusError as failure:
+            readings, missed = [], failure
+        if missed is not None:
+            # The blocks read before a missed reply are kept (issue 13); the rest of the cycle is skipped.
+            error = str(missed)
             self._failures[meter.id] += 1
             backoff = min(meter.poll_interval_s * 2 ** (self._failures[meter.id] - 1), MAX_BACKOFF_S)
             self._next_due[meter.id] = now + backoff
             stats = self._stats[meter.id]
-            if stats["last_error"] != str(exc):  # log the first of identical errors only, until a success
+            if stats["last_error"] != error:  # log the first of identical errors only, until a success
                 log.error("meter %s (bus %s, device %d): %s; retrying in %.0f s",
-                          meter.id, self.bus.name, meter.device_id, exc, backoff)
-            stats.update(state="failing", last_error=str(exc))
-            return []
+                          meter.id, self.bus.name, meter.device_id, error, backoff)
+            stats.update(state="failing", last_error=error)
+            return readings
         if self._failures[meter.id]:
             log.info("meter %s answers again", meter.id)
         self._failures[meter.id] = 0
@@ -257,10 +268,20 @@ class BusPoller:
             remaining = self._last_request_end + self._pause_s - time.monotonic()
             if remaining > 0:
                 time.sleep(remaining)
+        socket = getattr(self._client, "socket", None)
+        if socket is None:
+            return
         if self._serial:
-            socket = getattr(self._client, "socket", None)
-            if socket is not None:
-                socket.reset_input_buffer()  # a late reply to an earlier request must not pass for this one
+            socket.reset_input_buffer()  # a late reply to an earlier request must not pass for this one
+        elif self._rtu:  # RTU over TCP: the same, on the device server's socket
+            socket.setblocking(False)
+            try:
+                while socket.recv(4096):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self._client.close()  # the device server dropped the connection: reconnect on the next request
 
     def _classify_failure(self, device_id: int, req: ReadRequest) -> tuple[str, str]:
         """(stats counter, message) for a request that got no valid reply, from the bytes that did arrive."""
@@ -296,8 +317,10 @@ class BusPoller:
         except (ModbusException, ValueError, IndexError, struct.error) as exc:
             counter, message = self._classify_failure(device_id, req)
             self._count(meter_id, **{counter: 1})
-            if self.bus.transport != "rtu":
+            if self.bus.transport == "tcp":
                 self._client.close()  # a TCP stream with half a frame in it cannot be resynchronised
+            # RTU over TCP keeps its connection: the device server passes bytes, a late or broken reply is
+            # drained before the next request (_before_request), and reconnecting costs every meter behind it.
             raise BusError(message) from exc
         finally:
             self._last_request_end = time.monotonic()
@@ -311,6 +334,9 @@ class BusPoller:
             code = int(getattr(response, "exception_code", 0))
             name = EXCEPTION_NAMES.get(code, "unknown")
             message = f"exception code {code} ({name}) for {_span(req)}"
+            if code in GATEWAY_CODES:
+                message = (f"no unit {device_id} answers behind the gateway ({message}): check the unit id, and the "
+                           "serial line, baud rate and parity between the gateway and the meter")
             raise (RefusedError if code in REFUSED_RANGE_CODES else ExceptionResponseError)(message, code)
         if len(response.registers) != req.count:
             self._count(meter_id, framing_errors=1)
@@ -320,34 +346,50 @@ class BusPoller:
             stats["request_latency_ms"] = latency_ms if average is None else 0.8 * average + 0.2 * latency_ms
         return list(response.registers)
 
-    def _read(self, meter_id: str, device_id: int, profile: Profile) -> list[Reading]:
-        """Run the plan; a refused range is split (and remembered), a missed reply ends the read."""
+    def _read(self, meter_id: str, device_id: int, profile: Profile, ratios: Ratios = Ratios(),
+              learn: bool = True) -> tuple[list[Reading], BusError | None]:
+        """Run the plan; a refused range is split, a missed reply ends the read. Returns the readings (primary:
+        secondary-side points are multiplied by ``ratios``) and the missed reply, if any, which left the points
+        not yet read invalid. What the device refused is remembered for (device, profile) only when ``learn``:
+        a test read or scan runs on its own and leaves the live plan as it was (issue 13).
+
+        :raises BusError: nothing was read (no reply, or every register refused).
+        """
         blocks: list[Block] = []
         refused: list[tuple[ReadRequest, RefusedError]] = []
+        missed: BusError | None = None
+        key = (device_id, profile.id)
         with self._lock:
-            known = device_id in self._limits
-            limits = self._limits.get(device_id, DeviceLimits())
-            # Until the device has accepted a read, refused ranges are put aside rather than split: a device
-            # that is not this model (scan tries every profile) refuses everything, and splitting each range
-            # down to single points would cost twice as many requests for nothing.
-            deferred, limits = self._run(meter_id, device_id, profile, self._prepared_plan(device_id, profile),
-                                         blocks, refused, limits, may_defer=not known)
-            if deferred and (blocks or self._accepts_a_point(meter_id, device_id, deferred[0][0])):
-                refused.clear()
-                _, limits = self._run(meter_id, device_id, profile, deferred, blocks, refused, limits,
-                                      may_defer=False)
+            known = key in self._limits
+            limits = self._limits.get(key, DeviceLimits())
+            plan = self._prepared_plan(device_id, profile, keep=learn)
+            try:
+                # Until the device has accepted a read, refused ranges are put aside rather than split: a device
+                # that is not this model (scan tries every profile) refuses everything, and splitting each range
+                # down to single points would cost twice as many requests for nothing.
+                deferred, limits = self._run(meter_id, device_id, profile, plan, blocks, refused, limits,
+                                             may_defer=not known)
+                if deferred and (blocks or self._accepts_a_point(meter_id, device_id, deferred[0][0])):
+                    refused.clear()
+                    _, limits = self._run(meter_id, device_id, profile, deferred, blocks, refused, limits,
+                                          may_defer=False)
+            except BusError as exc:
+                if not blocks:
+                    raise
+                missed = exc
             # Remember what the device refused only if it accepted something: a device that refuses all is
-            # the wrong model (or the wrong unit id), and its limits would mislead the next profile tried.
-            if blocks:
-                self._limits[device_id] = limits
-        reordered = bool(refused) or [e for _, e, _ in blocks] != [e for _, e in self._plans[(device_id, profile.id)][2]]
+            # the wrong model (or the wrong unit id), and its limits would mislead the next read.
+            if blocks and learn:
+                self._limits[key] = limits
         if not blocks:
-            req, exc = refused[0]
-            raise BusError(f"refuses every register of profile {profile.id} ({exc}): is it the right profile?")
+            raise BusError(f"refuses every register of profile {profile.id} ({refused[0][1]}): "
+                           "is it the right profile?")
         timestamp = time.time()
         readings = []
+        done: set[str] = set()
         for _, entries, registers in blocks:
             for point, offset, count, decoder, scale_offset in entries:
+                done.add(point.name)
                 raw = tuple(registers[offset:offset + count])
                 try:
                     value = decoder(raw)
@@ -359,14 +401,21 @@ class BusPoller:
                     readings.append(Reading(meter_id, point.name, timestamp, None, point.unit, point.quantity,
                                             "invalid", f"device {device_id} register {point.address}: {exc}", raw))
                     continue
+                if point.secondary != "none":
+                    value *= ratios.factor(point.secondary)
                 readings.append(Reading(meter_id, point.name, timestamp, value, point.unit, point.quantity, raw=raw))
-        if reordered:  # plans run in address order; refused and split ranges come back out of it
+        not_read = [(p, str(exc)) for req, exc in refused for p in req.points]
+        if missed is not None:
+            refused_names = {p.name for p, _ in not_read}
+            not_read += [(p, f"not read this cycle: {missed}") for p in profile.points
+                         if p.name not in done and p.name not in refused_names]
+        if not_read or [e for _, e, _ in blocks] != [e for _, e in plan]:
+            # plans run in address order; refused, split and skipped ranges come back out of it
             readings += [Reading(meter_id, p.name, timestamp, None, p.unit, p.quantity, "invalid",
-                                 f"device {device_id} register {p.address}: {exc}")
-                         for req, exc in refused for p in req.points]
+                                 f"device {device_id} register {p.address}: {reason}") for p, reason in not_read]
             rank = {p.name: i for i, p in enumerate(sorted(profile.points, key=lambda p: (p.table, p.address)))}
             readings.sort(key=lambda r: rank[r.point])
-        return readings
+        return readings, missed
 
     def _run(self, meter_id: str, device_id: int, profile: Profile, plan: Sequence[tuple[ReadRequest, tuple]],
              blocks: list[Block], refused: list[tuple[ReadRequest, RefusedError]],
@@ -384,7 +433,7 @@ class BusPoller:
                     deferred.append((req, entries))
                     refused.append((req, exc))
                     continue
-                split = split_request(req, limits)
+                split = split_request(req, limits, exc.code)
                 if split is None:
                     refused.append((req, exc))
                     continue
@@ -407,12 +456,16 @@ class BusPoller:
             return False
         return True
 
-    def read_once(self, device_id: int, profile: Profile, meter_id: str = "test-read") -> list[Reading]:
-        """One read of every point of ``profile`` at ``device_id``, through this bus's owner.
+    def read_once(self, device_id: int, profile: Profile, meter_id: str = "test-read",
+                  ratios: Ratios = Ratios()) -> list[Reading]:
+        """One read of every point of ``profile`` at ``device_id``, through this bus's owner, as a transaction
+        of its own: it waits for the request in flight, holds the bus until it is done, and uses but never
+        changes what the live meters' plans learned (a wrong profile tried here cannot stop a live meter).
+        Points not read because a reply was missed half-way read ``invalid`` with the reason.
 
         :raises BusError: the device did not answer or refused every request.
         """
-        return self._read(meter_id, device_id, profile)
+        return self._read(meter_id, device_id, profile, ratios, learn=False)[0]
 
     def open(self) -> None:
         """Open the bus now (it opens on the first request otherwise).
@@ -460,12 +513,12 @@ class BusPoller:
             self._client.close()
 
 
-def read_meter(bus: BusConfig, device_id: int, profile: Profile) -> list[Reading]:
-    """One-shot read of one meter (the ``read`` command); opens and closes the bus."""
+def read_meter(bus: BusConfig, device_id: int, profile: Profile, ratios: Ratios = Ratios()) -> list[Reading]:
+    """One-shot read of one meter (the ``read`` command), primary values by ``ratios``; opens and closes the bus."""
     if not 1 <= device_id <= 247:
         raise DriverError(f"unit id {device_id} is outside 1-247; use the meter's Modbus address")
     poller = BusPoller(bus, [], {})
     try:
-        return poller.read_once(device_id, profile)
+        return poller.read_once(device_id, profile, ratios=ratios)
     finally:
         poller.close()

@@ -7,6 +7,7 @@ Nothing here touches the network, SQLite or MQTT.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
@@ -16,6 +17,10 @@ RegisterTable = Literal["holding", "input"]
 Order = Literal["big", "little"]
 Transport = Literal["tcp", "rtu", "rtu_over_tcp"]
 Parity = Literal["N", "E", "O"]
+#: Which instrument-transformer ratios a point's value still lacks (issue 13): "current" (scaled by the CT
+#: ratio), "voltage" (the PT ratio), "both" (power and energy: CT x PT), or "none" (already primary, or not
+#: electrical).
+Secondary = Literal["none", "current", "voltage", "both"]
 
 #: 16-bit registers occupied by each data type.
 REGISTER_COUNT: dict[str, int] = {
@@ -79,6 +84,7 @@ class Point:
     scale_register: int | None = None  # address of a signed power-of-ten exponent (SunSpec style)
     nan_values: tuple[int, ...] = ()   # raw integers the meter uses for "not available"
     description: str = ""
+    secondary: Secondary = "none"      # secondary-side value: the meter's CT/PT ratios turn it into primary
 
     @property
     def count(self) -> int:
@@ -116,6 +122,57 @@ class Profile:
                 return p
         raise KeyError(name)
 
+    @property
+    def secondary_side(self) -> frozenset[str]:
+        """Which ratios the profile's values need ("current", "voltage"); empty when every value is primary."""
+        sides: set[str] = set()
+        for p in self.points:
+            if p.secondary in ("current", "both"):
+                sides.add("current")
+            if p.secondary in ("voltage", "both"):
+                sides.add("voltage")
+        return frozenset(sides)
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """A meter's instrument-transformer ratios: primary value = secondary value x ratio."""
+
+    ct: float = 1.0                 # current transformer, e.g. 100/5 A -> 20
+    pt: float = 1.0                 # voltage (potential) transformer, e.g. 10000/100 V -> 100
+
+    def factor(self, secondary: Secondary) -> float:
+        """What a value of a point marked ``secondary`` is multiplied by to be primary."""
+        if secondary == "current":
+            return self.ct
+        if secondary == "voltage":
+            return self.pt
+        if secondary == "both":
+            return self.ct * self.pt
+        return 1.0
+
+
+def parse_ratio(value: object, what: str = "ct_ratio") -> float:
+    """A transformer ratio written as ``"100/5"``, ``"20"`` or a number, as a positive float.
+
+    :raises ValueError: with the fix, e.g. for ``"100:5"``, ``0`` or ``"5/0"``.
+    """
+    example = '"100/5"' if what.startswith("ct") else '"10000/100"'
+    fix = f"write the ratio as primary/secondary, e.g. {example}, or as a number; 1 for a direct connection"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(fix)
+    try:
+        if isinstance(value, str):
+            primary, slash, secondary = value.strip().partition("/")
+            ratio = float(primary) / float(secondary) if slash else float(primary)
+        else:
+            ratio = float(value)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(fix) from None
+    if not (ratio > 0 and math.isfinite(ratio) and ratio <= 1e6):
+        raise ValueError(fix)
+    return ratio
+
 
 @dataclass(frozen=True)
 class SerialSettings:
@@ -150,6 +207,12 @@ class MeterConfig:
     poll_interval_s: float = 5.0
     enabled: bool = True
     description: str = ""
+    ct_ratio: float | None = None    # None: not set in the config (1 is used, and doctor flags the meter)
+    pt_ratio: float | None = None    # None: not set (1, a direct low-voltage connection)
+
+    @property
+    def ratios(self) -> Ratios:
+        return Ratios(self.ct_ratio or 1.0, self.pt_ratio or 1.0)
 
 
 Quality = Literal["ok", "invalid"]

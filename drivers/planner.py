@@ -7,9 +7,12 @@ when the hole is cheaper than a new request, within the device's read limit (at 
 configured ``max_gap``. Among plans of equal cost the one with fewer requests wins. The optimum is found
 exactly by dynamic programming over the points sorted by address (points of one meter number in the tens).
 
-Devices differ in what they accept: some answer "illegal data address" (exception 2) or "illegal data value"
-(3) to a read that bridges reserved registers or is longer than they like. :func:`split_request` cuts such a
-request in two, and :class:`DeviceLimits` remembers what the device refused, so the next plan avoids it.
+Devices differ in what they accept: some answer "illegal data address" (exception 2) to a read that bridges
+reserved registers, others "illegal data value" (3) to a read longer than they like. :func:`split_request`
+cuts such a request in two, and :class:`DeviceLimits` remembers what the device refused, so the next plan
+avoids it: exception 2 teaches a hole (a cut the next plan does not bridge), exception 3 a size (a shorter
+read limit). No plan holds a request over 125 registers, and a point is always read, alone if need be, however
+low a learned limit is (issue 13: a limit of 1 register once produced one 8228-register read).
 """
 
 from __future__ import annotations
@@ -129,8 +132,8 @@ def plan_reads(profile: Profile, max_gap: int = 10, max_count: int | None = None
                         or (span.address > end - 1 and (span.table, span.address) in limits.cuts)):
                     break
                 end = max(end, span.end)
-            if end - spans[i].address > limit:
-                break
+            if j > i and end - spans[i].address > limit:
+                break  # a span alone is always a request: a point cannot be read in pieces
             candidate = (best[i][0] + cost.request_chars(end - spans[i].address), best[i][1] + 1, i)
             if candidate[:2] < best[j + 1][:2]:
                 best[j + 1] = candidate
@@ -149,11 +152,14 @@ def _request(spans: Sequence[_Span]) -> ReadRequest:
     return ReadRequest(spans[0].table, start, end - start, tuple(s.point for s in spans if s.point is not None))
 
 
-def split_request(request: ReadRequest, limits: DeviceLimits) -> tuple[list[ReadRequest], DeviceLimits] | None:
-    """Cut a refused request in two and learn what to avoid next time; None if it cannot be cut.
+def split_request(request: ReadRequest, limits: DeviceLimits,
+                  code: int = 2) -> tuple[list[ReadRequest], DeviceLimits] | None:
+    """Cut a request refused with exception ``code`` in two and learn what to avoid; None if it cannot be cut.
 
-    A request that bridges a hole is cut at its widest hole (the device probably has no registers there);
-    a request without holes is cut in the middle and the device's read limit lowered to the longer half.
+    Exception 2 (illegal data address) teaches a hole: the request is cut at its widest hole (the device
+    probably has no registers there), or in the middle when it has none, and the cut is remembered. Exception 3
+    (illegal data value: the count) teaches a size: the request is cut in the middle and the read limit lowered
+    to the longer half, never below one point.
     """
     spans = _spans(request.points)
     if len(spans) < 2:
@@ -164,16 +170,24 @@ def split_request(request: ReadRequest, limits: DeviceLimits) -> tuple[list[Read
         if hole > widest and spans[k].address >= end:
             cut_at, widest = k, hole
         end = max(end, spans[k].end)
-    if widest > 0:
+    if code != 3 and widest > 0:
         learned = replace(limits, cuts=limits.cuts | {(spans[cut_at].table, spans[cut_at].address)})
-        halves = [_request(spans[:cut_at]), _request(spans[cut_at:])]
+        return [_request(spans[:cut_at]), _request(spans[cut_at:])], learned
+    middle = request.address + request.count // 2
+    # the first span starting at or after the middle that does not overlap its predecessors
+    end, cut_at = spans[0].end, 0
+    for k in range(1, len(spans)):
+        if spans[k].address >= end and (cut_at == 0 or spans[k].address <= middle):
+            cut_at = k
+        end = max(end, spans[k].end)
+    if cut_at == 0:
+        return None  # overlapping points only: nothing to cut between
+    halves = [_request(spans[:cut_at]), _request(spans[cut_at:])]
+    if code == 3:
+        longest_point = max(s.count for s in spans)
+        learned = replace(limits, max_count=max(longest_point, min(limits.max_count, max(h.count for h in halves))))
     else:
-        if cut_at == 0:
-            return None  # overlapping points only: nothing to cut between
-        middle = request.address + request.count // 2
-        cut_at = next((k for k in range(1, len(spans)) if spans[k].address >= middle), cut_at)
-        halves = [_request(spans[:cut_at]), _request(spans[cut_at:])]
-        learned = replace(limits, max_count=min(limits.max_count, max(h.count for h in halves)))
+        learned = replace(limits, cuts=limits.cuts | {(spans[cut_at].table, spans[cut_at].address)})
     return halves, learned
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +18,14 @@ from drivers.errors import ProfileError, not_utf8
 from drivers.model import MAX_REGISTERS_PER_READ, REGISTER_COUNT, Point, Profile, Quantity, Signature
 
 _POINT_KEYS = {"name", "address", "data_type", "quantity", "unit", "table", "word_order", "byte_order",
-               "scale", "scale_register", "nan_values", "description"}
+               "scale", "scale_register", "nan_values", "description", "secondary"}
 _CHOICES = {
     "data_type": tuple(REGISTER_COUNT),
     "table": ("holding", "input"),
     "word_order": ("big", "little"),
     "byte_order": ("big", "little"),
     "quantity": tuple(q.value for q in Quantity),
+    "secondary": ("none", "current", "voltage", "both"),
 }
 
 
@@ -67,6 +68,7 @@ def _point(raw: dict[str, Any], where: str) -> Point:
         unit=str(raw["unit"]), table=raw.get("table", "holding"), word_order=raw.get("word_order", "big"),
         byte_order=raw.get("byte_order", "big"), scale=float(scale), scale_register=scale_register,
         nan_values=tuple(nan_values), description=str(raw.get("description", "")),
+        secondary=raw.get("secondary", "none"),
     )
 
 
@@ -171,27 +173,33 @@ class ProfileSet:
     broken: Mapping[str, str]   # file stem (the id a meter names) -> the ProfileError message: file, point, fix
 
 
-def load_profile_set(directory: Path) -> ProfileSet:
+def load_profile_set(directory: Path | Sequence[Path]) -> ProfileSet:
     """Every profile file in ``directory``; one broken file does not hide the others (the daemon disables only
     the meters that use it).
 
-    :raises ProfileError: the directory itself is missing.
+    ``directory`` may be a sequence: the first (the shipped library) must exist, later ones (site profiles,
+    e.g. /etc/carbon-gateway/profiles) are read when present, and a later file wins over an earlier one with
+    the same name.
+
+    :raises ProfileError: the (first) directory itself is missing.
     """
-    if not directory.is_dir():
-        raise ProfileError(f"{directory}: profile directory not found")
+    directories = [directory] if isinstance(directory, Path) else list(directory)
+    if not directories[0].is_dir():
+        raise ProfileError(f"{directories[0]}: profile directory not found")
+    paths = {path.stem: path for d in directories if d.is_dir() for path in sorted(d.glob("*.toml"))}
     profiles: dict[str, Profile] = {}
     broken: dict[str, str] = {}
-    for path in sorted(directory.glob("*.toml")):
+    for stem in sorted(paths):
         try:
-            profile = load_profile(path)
+            profile = load_profile(paths[stem])
         except ProfileError as exc:
-            broken[path.stem] = str(exc)
+            broken[stem] = str(exc)
         else:
             profiles[profile.id] = profile
     return ProfileSet(profiles, broken)
 
 
-def load_profiles(directory: Path) -> dict[str, Profile]:
+def load_profiles(directory: Path | Sequence[Path]) -> dict[str, Profile]:
     """All profiles in ``directory`` by id, for the commissioning commands, which show a broken file at once.
 
     :raises ProfileError: the directory is missing, or the first broken file (in name order).

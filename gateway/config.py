@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from drivers import BusConfig, MeterConfig, Profile, SerialSettings
+from drivers import BusConfig, MeterConfig, Profile, SerialSettings, parse_ratio
 from drivers.errors import not_utf8
 from local_store import EmissionSettings, SourceSettings
 from local_store.backup import KEY_FILE as BACKUP_KEY_FILE
@@ -61,6 +61,8 @@ class GatewayConfig:
     text: str = field(default="", repr=False, compare=False)
     #: (profile id, message) of each profile file that did not load; the meters naming one are disabled
     profile_errors: tuple[tuple[str, str], ...] = ()
+    #: (meter id, message) of each meter whose profile reads secondary-side values with no ratio set (issue 13)
+    ratio_warnings: tuple[tuple[str, str], ...] = ()
 
     def meters_using(self, profile: str) -> list[str]:
         """Ids of the meters that name ``profile``."""
@@ -96,6 +98,23 @@ class GatewayConfig:
 NO_METERS = "no meters configured: nothing is polled and no readings are stored"
 NO_METERS_FIX = ("add a [[meters]] table per meter (bus, device_id, profile; `carbon-gateway scan` finds them, "
                  "docs/configuration.md), then reload the gateway (systemctl reload carbon-gateway)")
+
+
+def ratio_warning(meter: MeterConfig, profile: Profile) -> str | None:
+    """The flag of a meter whose profile reads secondary-side values while its ratio is not set explicitly
+    (the gateway cannot read it from the device), with the fix; None when nothing is missing."""
+    needed = profile.secondary_side
+    # pt_ratio defaults to 1 (low voltage, no PT): a meter with current transformers is flagged for ct_ratio only.
+    if "current" in needed:
+        missing = "ct_ratio" if meter.ct_ratio is None else None
+    else:
+        missing = "pt_ratio" if "voltage" in needed and meter.pt_ratio is None else None
+    if missing is None:
+        return None
+    example = 'ct_ratio = "100/5"' if missing == "ct_ratio" else 'pt_ratio = "10000/100"'
+    return (f"{profile.id} reports secondary-side values and the transformer ratio cannot be read from the "
+            f"meter: set {missing} in its [[meters]] entry, e.g. {example} (1 for a direct connection); "
+            "until then values are stored as read, unscaled")
 
 
 def disabled_reason(profile: str, error: str) -> str:
@@ -212,9 +231,20 @@ _RULE_KEYS: dict[str, tuple[float, float, str]] = {
 }
 
 
+def _ratio(r: _Reader, key: str) -> float | None:
+    """``ct_ratio``/``pt_ratio``: "100/5" or a number; None when the key is absent (issue 13)."""
+    if key not in r.table:
+        return None
+    try:
+        return parse_ratio(r.table[key], key)
+    except ValueError as exc:
+        raise r.fail(key, str(exc)) from None
+
+
 def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSettings | None]:
     r = _Reader(origin, raw, f"meters[{index}]", {"id", "bus", "device_id", "profile", "poll_interval_s", "enabled",
-                                                   "description", "activity", "point", "rollover_at", *_RULE_KEYS})
+                                                   "description", "activity", "point", "rollover_at", "ct_ratio", "pt_ratio",
+                                                   *_RULE_KEYS})
     device_id = r.get("device_id", int, fix="set the meter's Modbus unit id (1-247)")
     if not 1 <= device_id <= 247:
         raise r.fail("device_id", "use a Modbus unit id from 1 to 247")
@@ -222,7 +252,8 @@ def _meter(origin: str, index: int, raw: dict) -> tuple[MeterConfig, SourceSetti
                         bus=r.get("bus", str, fix="name the bus the meter is wired to"), device_id=device_id,
                         profile=r.get("profile", str, fix="name a profile from config/profiles/"),
                         poll_interval_s=r.number("poll_interval_s", 5.0, 0.2, 86400, " s"),
-                        enabled=r.get("enabled", bool, True), description=r.get("description", str, ""))
+                        enabled=r.get("enabled", bool, True), description=r.get("description", str, ""),
+                        ct_ratio=_ratio(r, "ct_ratio"), pt_ratio=_ratio(r, "pt_ratio"))
     activity = r.choice("activity", ACTIVITIES, "none")
     if activity == "none":
         return meter, None
@@ -296,6 +327,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
             simulated.add(bus.name)
     meters: list[MeterConfig] = []
     sources: list[SourceSettings] = []
+    ratio_warnings: list[tuple[str, str]] = []
     for index, raw in enumerate(_tables(origin, data, "meters")):
         meter, source = _meter(origin, index, raw)
         where = f"{origin}: meters[{index}]"
@@ -317,6 +349,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
             raise ConfigError(f"{where}.device_id = {meter.device_id}: another meter on bus {meter.bus} "
                               "has the same unit id; each device on a bus needs its own")
         meters.append(meter)
+        if meter.profile in profiles and (warning := ratio_warning(meter, profiles[meter.profile])):
+            ratio_warnings.append((meter.id, warning))
         if source is not None:
             sources.append(source)
 
@@ -391,7 +425,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
     return GatewayConfig(gateway_id=gateway_id, data_dir=data_dir, buses=tuple(buses), meters=tuple(meters),
                          sources=tuple(sources), emissions=emissions, sync=sync, web=web,
                          simulated_buses=frozenset(simulated), demo_receiver_key=demo_key, backup=backup,
-                         profile_errors=tuple(sorted(broken.items())))
+                         profile_errors=tuple(sorted(broken.items())), ratio_warnings=tuple(ratio_warnings))
 
 
 def load_config(path: Path | None, profiles: Mapping[str, Profile], data_dir_override: Path | None = None,

@@ -27,7 +27,7 @@ from sync.keys import ensure_receiver_key
 from gateway.clock import UNSYNCHRONISED_REASON, ClockState, clock_state
 from gateway.config import NO_METERS, NO_METERS_FIX, GatewayConfig
 from gateway.logs import RepeatedError
-from gateway.paths import PROFILES_DIR
+from gateway.paths import PROFILE_DIRS
 from gateway.scheduling import SteadyScheduler
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class MeterStatus:
     profile: str
     stats: MeterStats
     values: tuple[dict, ...]     # latest stored value per point: point, value, unit, timestamp, quality
+    warning: str = ""            # a configuration flag, e.g. a secondary-side meter with no CT ratio set
 
 
 class Gateway:
@@ -57,7 +58,7 @@ class Gateway:
                  clock_probe: Callable[[], ClockState] = clock_state) -> None:
         self.config = config
         self._clock_probe = clock_probe
-        self._profiles = dict(profiles if profiles is not None else load_profile_set(PROFILES_DIR).profiles)
+        self._profiles = dict(profiles if profiles is not None else load_profile_set(PROFILE_DIRS).profiles)
         self.store: Store | None = None
         self.sync: SyncService | None = None
         self._simulators: list[SimulatorServer] = []
@@ -402,8 +403,9 @@ class Gateway:
             stats.update(poller.stats())
         for meter_id, reason in self.config.disabled_meters().items():   # the alarm: why it is not polled
             stats[meter_id] = replace(stats.get(meter_id, MeterStats()), state="disabled", last_error=reason)
+        warnings = dict(self.config.ratio_warnings)
         return [MeterStatus(m.id, m.bus, m.device_id, m.profile, stats.get(m.id, MeterStats()),
-                            tuple(latest.get(m.id, ()))) for m in self.config.meters]
+                            tuple(latest.get(m.id, ())), warnings.get(m.id, "")) for m in self.config.meters]
 
     def sync_status(self) -> SyncStatus | None:
         return self.sync.status() if self.sync is not None else None

@@ -45,6 +45,10 @@ def check_config(path: Path | None, error: str | None, config: GatewayConfig | N
     rows = [_ok("config", f"{where}: {len(config.buses)} bus(es), {len(config.meters)} meter(s)")]
     if not config.meters:
         rows.append(Check("meters", "WARN", NO_METERS, NO_METERS_FIX))
+    for meter_id, warning in config.ratio_warnings:   # stored values would be secondary-side (issue 13)
+        rows.append(Check(f"meter {meter_id}", "WARN", warning,
+                          "the CT ratio is on the transformers' rating plate (e.g. 100/5 A); write it into the config, "
+                          "then reload the gateway (systemctl reload carbon-gateway)"))
     return rows
 
 

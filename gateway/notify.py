@@ -1,4 +1,4 @@
-"""The only place that speaks the systemd notify protocol (via the sdnotify package).
+"""The only place that speaks the systemd notify protocol (sd_notify(3): one datagram to $NOTIFY_SOCKET).
 
 READY=1 is sent once polling has started; WATCHDOG=1 only when every bus loop and the store writer have
 come round since the previous ping (``Gateway.progress``), so systemd restarts a gateway whose poll loop
@@ -11,33 +11,38 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
-
-import sdnotify
 
 log = logging.getLogger(__name__)
 
 
 class Notifier:
+    """Sends state lines to systemd. The protocol is a datagram on a Unix socket, so no package is needed
+    (the sdnotify package this replaced ships no wheel, which an offline release bundle needs)."""
+
     def __init__(self) -> None:
-        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
-        self._notifier: sdnotify.SystemdNotifier | None = None
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        self.enabled = bool(address)
+        # "@name" is a socket in the abstract namespace (a leading NUL byte on the wire).
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        self._socket: socket.socket | None = None
         self._failed = False
         if self.enabled:
             try:
-                self._notifier = sdnotify.SystemdNotifier(debug=True)
+                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             except OSError as exc:
-                log.error("systemd notify socket %s: %s; running without notify", os.environ["NOTIFY_SOCKET"], exc)
+                log.error("systemd notify socket %s: %s; running without notify", address, exc)
                 self.enabled = False
             else:
                 # A datagram send blocks while the receiver's queue is full; never stall the main loop on it.
-                self._notifier.socket.settimeout(1.0)
+                self._socket.settimeout(1.0)
 
     def _send(self, state: str) -> None:
-        if self._notifier is None:
+        if self._socket is None:
             return
         try:
-            self._notifier.notify(state)
+            self._socket.sendto(state.encode(), self._address)
             self._failed = False
         except OSError as exc:
             if not self._failed:  # log once until it works again

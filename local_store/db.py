@@ -1,284 +1,48 @@
-"""The local SQLite store: schema and migrations, raw readings, sources, processing.
+"""The store: the ``Store`` object that owns ``gateway.db`` (raw readings, sources, pruning) and
+``open_store``.
 
-One file in WAL mode. Each thread gets its own connection (``Store.db``), because sqlite3
-connections must not run transactions from two threads at once; WAL lets readers (web UI, sync)
-proceed while the writer commits. ``synchronous=FULL``: a reading acknowledged by a meter and
-committed here survives a power cut (with WAL, NORMAL may lose the last commits); batching many
-readings per transaction keeps the fsync cost small. See docs/models.md, "Store".
+The rest of the store lives beside it, one responsibility per module:
+
+- ``local_store.schema``: every migration (the outbox's and sync state's too), foreign-file check;
+- ``local_store.connections``: connections and the one write-transaction helper (``BEGIN IMMEDIATE``);
+- ``local_store.pipeline``: sources and processing (raw readings -> intervals -> emissions);
+- ``local_store.emission_rows``: the one place that writes emission rows and the hourly rollup.
+
+The names callers used from here are re-exported.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, tzinfo
 from pathlib import Path
 
 import numpy as np
 import sqlite_utils
-from sqlite_utils.migrations import Migrations
 
 from drivers.model import Quantity, Reading
+from local_store import pipeline
 from local_store import preprocess as pp
-from local_store.emissions import EmissionSettings, compute
-from local_store.errors import FactorError, ProcessingError, SchemaError, StoreError, UnitError
+from local_store.connections import connect, write_transaction
+from local_store.emission_rows import recalculate, refresh_hourly
+from local_store.emissions import EmissionSettings
+from local_store.errors import SchemaError, StoreError, UnitError
 from local_store.factors import FactorLibrary, default_factor_files, load_library
+from local_store.pipeline import DEFAULT_QUANTITIES, ProcessResult, SourceSettings, save_settings
+from local_store.schema import apply_migrations, migrations, refuse_foreign, schema_version
 from local_store.units import activity as get_activity
-from local_store.units import factor_to_canonical
 
-
-
-@contextlib.contextmanager
-def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """Like ``Database.atomic()`` but takes the write lock at BEGIN (``BEGIN IMMEDIATE``).
-
-    A deferred transaction that reads first and writes later fails at once with SQLITE_BUSY when
-    another connection (the daemon, a CLI report) committed in between; taking the lock up front
-    makes it wait for ``busy_timeout`` instead. Nested use becomes a savepoint.
-    """
-    if db.conn.in_transaction:
-        with db.atomic():
-            yield db
-        return
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.rollback()
-        raise
-    else:
-        try:
-            db.conn.execute("COMMIT")
-        except BaseException:
-            db.rollback()
-            raise
-migrations = Migrations("local_store")
-
-#: Quantities that may carry an activity when a source names no point, in order of preference
-#: (a steam meter may total heat in GJ or mass in t; heat is preferred because no enthalpy is assumed).
-DEFAULT_QUANTITIES: dict[str, tuple[Quantity, ...]] = {
-    "electricity": (Quantity.ENERGY_IMPORT,),
-    "electricity_export": (Quantity.ENERGY_EXPORT,),
-    "natural_gas": (Quantity.GAS_VOLUME,),
-    "heat": (Quantity.HEAT_ENERGY,),
-    "heat_export": (Quantity.HEAT_ENERGY,),
-    "steam": (Quantity.HEAT_ENERGY, Quantity.STEAM_MASS),
-    "raw_coal": (Quantity.OTHER,),
-    "diesel": (Quantity.OTHER,),
-    "gasoline": (Quantity.OTHER,),
-    "lpg": (Quantity.OTHER,),
-    "fuel_oil": (Quantity.OTHER,),
-}
-
-
-@migrations()
-def m001_initial(db: sqlite_utils.Database) -> None:
-    db.executescript("""
-    CREATE TABLE readings (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,      -- AUTOINCREMENT: ids never reused after pruning
-        meter_id TEXT NOT NULL,
-        point TEXT NOT NULL,
-        timestamp REAL NOT NULL,                   -- UTC epoch seconds
-        value REAL,                                -- NULL when quality = 'invalid'
-        unit TEXT NOT NULL,
-        quantity TEXT NOT NULL,
-        quality TEXT NOT NULL DEFAULT 'ok',        -- from the driver: ok | invalid
-        reason TEXT NOT NULL DEFAULT '',
-        origin TEXT NOT NULL DEFAULT 'poll',       -- poll | import:<file>
-        status TEXT,                               -- preprocessing: measured | estimated | invalid
-        flags INTEGER NOT NULL DEFAULT 0           -- preprocessing reasons (preprocess.Reason bits)
-    );
-    CREATE INDEX readings_series_ts ON readings(meter_id, point, timestamp);
-    CREATE INDEX readings_series_id ON readings(meter_id, point, id);
-    CREATE TABLE latest_readings (
-        meter_id TEXT NOT NULL, point TEXT NOT NULL, reading_id INTEGER NOT NULL,
-        timestamp REAL NOT NULL, value REAL, unit TEXT NOT NULL, quantity TEXT NOT NULL,
-        quality TEXT NOT NULL, reason TEXT NOT NULL,
-        PRIMARY KEY (meter_id, point)
-    );
-    CREATE TABLE sources (
-        id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,                        -- meter | manual
-        activity TEXT NOT NULL,
-        meter_id TEXT, point TEXT, quantity TEXT,
-        settings TEXT NOT NULL DEFAULT '{}',       -- JSON of SourceSettings
-        description TEXT NOT NULL DEFAULT '',
-        enabled INTEGER NOT NULL DEFAULT 1,
-        processed_reading_id INTEGER NOT NULL DEFAULT 0,
-        updated_at REAL NOT NULL
-    );
-    CREATE TABLE intervals (
-        source_id TEXT NOT NULL,
-        start_ts INTEGER NOT NULL,
-        end_ts INTEGER NOT NULL,
-        amount REAL NOT NULL,                      -- canonical unit of the activity
-        unit TEXT NOT NULL,
-        status TEXT NOT NULL,                      -- measured | estimated | invalid
-        measured_fraction REAL NOT NULL,
-        flags INTEGER NOT NULL DEFAULT 0,
-        covered_s REAL NOT NULL,                   -- seconds between first and last reading inside
-        complete INTEGER NOT NULL,                 -- 0 for the still-open interval
-        PRIMARY KEY (source_id, start_ts)
-    ) WITHOUT ROWID;
-    CREATE TABLE activity_data (
-        id INTEGER PRIMARY KEY,
-        source_id TEXT NOT NULL, activity TEXT NOT NULL,
-        start_ts INTEGER NOT NULL, end_ts INTEGER NOT NULL,
-        amount REAL NOT NULL, unit TEXT NOT NULL,
-        amount_original REAL NOT NULL, unit_original TEXT NOT NULL,
-        origin TEXT NOT NULL, row INTEGER
-    );
-    CREATE TABLE factors (
-        id TEXT NOT NULL, version INTEGER NOT NULL, valid_from TEXT NOT NULL, valid_to TEXT,
-        activity TEXT NOT NULL, parameter TEXT NOT NULL, value REAL NOT NULL, unit TEXT NOT NULL,
-        region TEXT NOT NULL, year INTEGER NOT NULL, source TEXT NOT NULL, file TEXT NOT NULL,
-        priority INTEGER NOT NULL, first_loaded_at REAL NOT NULL,
-        PRIMARY KEY (id, version, valid_from)
-    );
-    CREATE TABLE emissions (
-        id INTEGER PRIMARY KEY,
-        source_id TEXT NOT NULL, activity TEXT NOT NULL,
-        origin TEXT NOT NULL,                      -- interval | activity
-        start_ts INTEGER NOT NULL, end_ts INTEGER NOT NULL,
-        amount REAL NOT NULL, unit TEXT NOT NULL, energy_gj REAL NOT NULL,
-        co2_t REAL NOT NULL, ch4_t REAL NOT NULL, n2o_t REAL NOT NULL, co2e_t REAL NOT NULL,
-        scope INTEGER NOT NULL, iso_category INTEGER NOT NULL,
-        factor_id TEXT NOT NULL, factor_version INTEGER NOT NULL, factor_refs TEXT NOT NULL,
-        gwp TEXT NOT NULL, region TEXT NOT NULL,
-        status TEXT NOT NULL, measured_fraction REAL NOT NULL,
-        calculated_at REAL NOT NULL,
-        superseded_at REAL                         -- set when a factor change replaced this row
-    );
-    CREATE INDEX emissions_current ON emissions(start_ts, source_id) WHERE superseded_at IS NULL;
-    CREATE INDEX emissions_source ON emissions(source_id, origin, start_ts);
-    CREATE TABLE instruments (
-        id INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL,                        -- certificate | ppa | green_power
-        source_id TEXT,                            -- NULL: all electricity of the site
-        start_ts INTEGER NOT NULL, end_ts INTEGER NOT NULL,
-        mwh REAL NOT NULL, factor_t_per_mwh REAL NOT NULL,
-        reference TEXT NOT NULL DEFAULT ''
-    );
-    CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """)
-
-
-_HOURLY_SELECT = """
-    SELECT source_id, activity, unit, scope, iso_category, factor_refs, (start_ts / 3600) * 3600 AS hour_ts,
-           SUM(amount), SUM(energy_gj), SUM(co2_t), SUM(ch4_t), SUM(n2o_t), SUM(co2e_t),
-           SUM(amount * measured_fraction), COUNT(*), SUM(status != 'measured'), SUM(status = 'invalid')
-    FROM emissions WHERE origin = 'interval' AND superseded_at IS NULL"""
-_HOURLY_GROUP = " GROUP BY source_id, activity, factor_refs, hour_ts"
-
-
-@migrations()
-def m002_hourly_rollup(db: sqlite_utils.Database) -> None:
-    """Hourly sums of current interval emissions, so a year's report reads 1/4 of the rows.
-
-    Also a partial index on readings that are not plainly measured, for the report's reading counts.
-    """
-    db.executescript("""
-    CREATE TABLE emissions_hourly (
-        source_id TEXT NOT NULL, activity TEXT NOT NULL, unit TEXT NOT NULL, scope INTEGER NOT NULL,
-        iso_category INTEGER NOT NULL, factor_refs TEXT NOT NULL, hour_ts INTEGER NOT NULL,
-        amount REAL NOT NULL, energy_gj REAL NOT NULL, co2_t REAL NOT NULL, ch4_t REAL NOT NULL,
-        n2o_t REAL NOT NULL, co2e_t REAL NOT NULL, amount_measured REAL NOT NULL,
-        rows INTEGER NOT NULL, rows_estimated INTEGER NOT NULL, rows_invalid INTEGER NOT NULL,
-        PRIMARY KEY (source_id, activity, factor_refs, hour_ts)
-    );
-    CREATE INDEX emissions_hourly_ts ON emissions_hourly(hour_ts);
-    CREATE INDEX readings_flagged ON readings(meter_id, point, timestamp, status) WHERE status IS NOT 'measured';
-    """)
-    db.execute("INSERT INTO emissions_hourly" + _HOURLY_SELECT + _HOURLY_GROUP)
-
-
-@migrations()
-def m003_audit_log(db: sqlite_utils.Database) -> None:
-    """The hash-chained audit log (``local_store/audit.py``); its head lives in ``store_meta``."""
-    db.executescript("""
-    CREATE TABLE audit_log (
-        id INTEGER PRIMARY KEY,                    -- contiguous from 1: a gap means a deleted entry
-        ts REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
-        detail TEXT NOT NULL,                      -- canonical JSON
-        prev_hash TEXT NOT NULL, hash TEXT NOT NULL
-    );
-    CREATE INDEX audit_log_action ON audit_log(action);
-    """)
-
-
-@migrations()
-def m004_web_users(db: sqlite_utils.Database) -> None:
-    """Web UI users, server-side sessions and login throttling (``local_store/users.py``)."""
-    db.executescript("""
-    CREATE TABLE web_users (
-        name TEXT PRIMARY KEY, password_hash TEXT NOT NULL,
-        role TEXT NOT NULL CHECK (role IN ('admin', 'technician', 'viewer')),
-        created_at REAL NOT NULL, password_changed_at REAL NOT NULL
-    );
-    CREATE TABLE web_sessions (
-        id_hash TEXT PRIMARY KEY,                  -- SHA-256 of the cookie's random id, never the id itself
-        user TEXT,                                 -- NULL before login (holds the CSRF token and language)
-        data TEXT NOT NULL, created_at REAL NOT NULL, last_seen REAL NOT NULL
-    );
-    CREATE INDEX web_sessions_user ON web_sessions(user);
-    CREATE TABLE web_login_failures (
-        name TEXT PRIMARY KEY,                     -- per user name, known or not (no account enumeration)
-        failures INTEGER NOT NULL, locked_until REAL NOT NULL
-    );
-    CREATE TABLE web_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """)
-
-
-def refresh_hourly(db: sqlite_utils.Database, source_id: str, from_ts: float | None = None) -> None:
-    """Recompute the hourly rollup of one source from ``from_ts`` (floored to the hour) on."""
-    hour = 0 if from_ts is None else int(from_ts // 3600) * 3600
-    db.execute("DELETE FROM emissions_hourly WHERE source_id = ? AND hour_ts >= ?", (source_id, hour))
-    db.execute("INSERT INTO emissions_hourly" + _HOURLY_SELECT + " AND source_id = ? AND start_ts >= ?" + _HOURLY_GROUP,
-               (source_id, hour))
-
-
-@dataclass(frozen=True)
-class SourceSettings:
-    """Which activity a meter point measures; ``gateway.config`` builds one per ``[[meters]]`` entry.
-
-    :param meter_id: the meter (``MeterConfig.id``).
-    :param activity: electricity, electricity_export, natural_gas, steam, heat, heat_export, ...
-    :param point: the profile point to use; None picks the meter's point of the activity's default
-        quantity (energy_import for electricity, gas_volume for natural_gas, heat_energy for heat
-        and steam) and fails if there are several.
-    :param source_id: name in reports; default the meter id (``<meter>-export`` for exports).
-    :param rollover_at: the register's wrap value, if known (see ``preprocess.CumulativeRules``).
-    :param steam_enthalpy_kj_per_kg: for steam metered in t.
-    """
-
-    meter_id: str
-    activity: str
-    point: str | None = None
-    source_id: str | None = None
-    description: str = ""
-    rollover_at: float | None = None
-    max_gap_s: float = 1800.0
-    long_gap_s: float = 86_400.0
-    frozen_after_s: float | None = 86_400.0
-    max_rate_per_h: float | None = None
-    steam_enthalpy_kj_per_kg: float = 2763.0
-
-    @property
-    def id(self) -> str:
-        if self.source_id:
-            return self.source_id
-        return f"{self.meter_id}-export" if self.activity.endswith("_export") else self.meter_id
-
-    def rules(self) -> pp.CumulativeRules:
-        return pp.CumulativeRules(rollover_at=self.rollover_at, max_gap_s=self.max_gap_s,
-                                  long_gap_s=self.long_gap_s, frozen_after_s=self.frozen_after_s,
-                                  max_rate_per_h=self.max_rate_per_h)
+__all__ = [
+    "Store", "open_store", "StoredReading", "PruneResult", "SourceSettings", "ProcessResult", "Instrument",
+    "add_instruments", "write_transaction", "migrations", "schema_version", "recalculate", "refresh_hourly",
+    "DEFAULT_QUANTITIES",
+]
 
 
 @dataclass(frozen=True)
@@ -296,17 +60,6 @@ class StoredReading:
     reason: str
     status: str | None = None
 
-
-@dataclass(frozen=True)
-class ProcessResult:
-    """What one :meth:`Store.process` call did."""
-
-    sources: int
-    readings: int
-    intervals: int
-    emission_rows: int
-    recalculated_rows: int = 0
-    errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -338,7 +91,7 @@ class Store:
         """This thread's connection to the store file."""
         db = getattr(self._local, "db", None)
         if db is None:
-            db = _connect(self.path)
+            db = connect(self.path)
             self._local.db = db
             with self._lock:
                 self._conns.append(db)
@@ -537,11 +290,7 @@ class Store:
                                (s.activity, s.meter_id, s.point, quantity, blob, s.description, now, s.id))
             db.execute("UPDATE sources SET enabled = 0 WHERE kind = 'meter' AND id NOT IN (SELECT value FROM json_each(?))",
                        (json.dumps(list(seen)),))
-            self._save_settings(db)
-
-    def _save_settings(self, db: sqlite_utils.Database) -> None:
-        db.execute("INSERT INTO store_meta (key, value) VALUES ('emission_settings', ?)"
-                   " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (json.dumps(asdict(self.settings)),))
+            save_settings(db, self.settings)
 
     def sources(self) -> list[dict]:
         """Configured sources (meters and manual), as plain rows for the web UI and reports."""
@@ -559,26 +308,7 @@ class Store:
     def reload_factors(self) -> None:
         """Forget the cached library; the next :meth:`process` re-reads the files and recalculates."""
         self._library = None
-
-    def _record_factors(self, db: sqlite_utils.Database, library: FactorLibrary) -> None:
-        """Keep every factor version ever used, so old emission rows stay traceable."""
-        now = time.time()
-        for f in library.factors:
-            row = db.execute("SELECT value, unit, valid_to FROM factors WHERE id = ? AND version = ? AND valid_from = ?",
-                             (f.id, f.version, f.valid_from.isoformat())).fetchone()
-            valid_to = f.valid_to.isoformat() if f.valid_to else None
-            if row is None:
-                db.execute("INSERT INTO factors (id, version, valid_from, valid_to, activity, parameter, value, unit,"
-                           " region, year, source, file, priority, first_loaded_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                           (f.id, f.version, f.valid_from.isoformat(), valid_to, f.activity, f.parameter, f.value,
-                            f.unit, f.region, f.year, f.source, f.file, f.priority, now))
-            elif (row[0], row[1], row[2]) != (f.value, f.unit, valid_to):
-                raise FactorError(
-                    f"{f.file}: factor {f.id!r} version {f.version} (valid from {f.valid_from}) changed from "
-                    f"{row[0]} {row[1]} to {f.value} {f.unit} without a new version: set version = {f.version + 1} "
-                    f"on the entry (or the file's [library] version) so the old results stay traceable")
-
-    # -- processing ------------------------------------------------------------------------------
+    # -- processing (local_store.pipeline) ---------------------------------------------------------
     def process(self, until: float | None = None) -> ProcessResult:
         """Preprocess new readings into interval consumption and compute their emissions.
 
@@ -589,28 +319,17 @@ class Store:
 
         :param until: only use readings timestamped up to this epoch second (backfill, tests).
         """
-        db = self.db
-        library = self.library
-        with self._lock:
-            recalculated = self._maybe_recalculate(db, library)
-            totals = [0, 0, 0, 0]
-            errors: list[str] = []
-            rows = db.execute("SELECT id, settings FROM sources WHERE kind IN ('meter', 'imported') AND enabled = 1"
-                              " ORDER BY id").fetchall()
-            for source_id, blob in rows:
-                settings = SourceSettings(**json.loads(blob))
-                try:
-                    with write_transaction(db):
-                        n = self._process_source(db, library, settings, until)
-                except (ProcessingError, FactorError, UnitError) as exc:
-                    errors.append(str(exc))
-                    continue
-                for i, k in enumerate(n):
-                    totals[i] += k
-        result = ProcessResult(totals[0], totals[1], totals[2], totals[3], recalculated, tuple(errors))
-        if errors:
-            raise ProcessingError("; ".join(errors))
-        return result
+        return pipeline.process(self, until)
+
+    def _record_factors(self, db: sqlite_utils.Database, library: FactorLibrary) -> None:
+        pipeline.record_factors(db, library)
+
+    def _maybe_recalculate(self, db: sqlite_utils.Database, library: FactorLibrary) -> int:
+        return pipeline.maybe_recalculate(self, db, library)
+
+    def _process_source(self, db: sqlite_utils.Database, library: FactorLibrary, s: SourceSettings,
+                        until: float | None) -> tuple[int, int, int, int]:
+        return pipeline.process_source(self, db, library, s, until)
 
     def instant_means(self, meter_id: str, point: str, start: float, end: float,
                       rules: pp.InstantRules = pp.InstantRules(), interval_s: int | None = None) -> list[dict]:
@@ -627,212 +346,6 @@ class Store:
         starts, means, counts = pp.resample_mean(kt, kv, interval_s)
         return [{"start": int(a), "mean": float(m), "count": int(c)} for a, m, c in zip(starts, means, counts) if c]
 
-    def _series_point(self, db: sqlite_utils.Database, s: SourceSettings) -> str | None:
-        if s.point is not None:
-            return s.point
-        for q in DEFAULT_QUANTITIES[s.activity]:
-            quantity = q.value
-            points = [r[0] for r in db.execute("SELECT point FROM latest_readings WHERE meter_id = ? AND quantity = ?",
-                                               (s.meter_id, quantity))]
-            if len(points) > 1:
-                raise ProcessingError(f"meter {s.meter_id}: several points measure {quantity} "
-                                      f"({', '.join(sorted(points))}): set point = \"<one of them>\" for this "
-                                      f"meter's {s.activity} source")
-            if points:
-                return points[0]
-        others = [r[0] for r in db.execute("SELECT point FROM latest_readings WHERE meter_id = ? ORDER BY point",
-                                           (s.meter_id,))]
-        if others:
-            # The meter is polled but none of its points fits the activity: a config error, say so.
-            wanted = " or ".join(q.value for q in DEFAULT_QUANTITIES[s.activity])
-            raise ProcessingError(f"meter {s.meter_id}: no point measures {wanted} for its {s.activity} source "
-                                  f"(points: {', '.join(others)}): set point = \"<one of them>\" or fix the activity")
-        return None
-
-    def _process_source(self, db: sqlite_utils.Database, library: FactorLibrary, s: SourceSettings,
-                        until: float | None) -> tuple[int, int, int, int]:
-        point = self._series_point(db, s)
-        if point is None:
-            return (0, 0, 0, 0)
-        cursor = db.execute("SELECT processed_reading_id FROM sources WHERE id = ?", (s.id,)).fetchone()[0]
-        until_sql = "" if until is None else " AND timestamp <= ?"
-        params: tuple = (s.meter_id, point, cursor) + (() if until is None else (until,))
-        # Readings stamped before 2000 (an RTC that lost power) cannot be placed in time: they are
-        # marked invalid below but still move the cursor.
-        t_min, max_id = db.execute(
-            "SELECT MIN(CASE WHEN timestamp >= 946684800 THEN timestamp END), MAX(id) FROM readings"
-            " WHERE meter_id = ? AND point = ? AND id > ?" + until_sql, params).fetchone()
-        if max_id is None:
-            return (0, 0, 0, 0)
-        if t_min is None:
-            db.execute("UPDATE readings SET status = 'invalid', flags = ? WHERE meter_id = ? AND point = ? AND id > ?"
-                       " AND id <= ?", (int(pp.Reason.CLOCK_JUMP), s.meter_id, point, cursor, int(max_id)))
-            db.execute("UPDATE sources SET processed_reading_id = ? WHERE id = ?", (int(max_id), s.id))
-            return (0, 0, 0, 0)
-        interval = self.settings.interval_s
-        context = max(self.context_s, (s.frozen_after_s or 0) + interval)
-        window = math.floor(t_min / interval) * interval - context
-        before = db.execute("SELECT MAX(timestamp) FROM readings WHERE meter_id = ? AND point = ? AND timestamp < ?"
-                            " AND value IS NOT NULL AND timestamp >= 946684800", (s.meter_id, point, window)).fetchone()[0]
-        lo = before if before is not None else window
-        rows = db.execute(
-            "SELECT id, timestamp, value, unit, status, flags FROM readings WHERE meter_id = ? AND point = ?"
-            " AND timestamp >= ?" + until_sql + " ORDER BY id",
-            (s.meter_id, point, lo) + (() if until is None else (until,))).fetchall()
-        if not rows:
-            return (0, 0, 0, 0)
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        t = np.array([r[1] for r in rows], dtype=np.float64)
-        v = np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float64)
-        units = {r[3] for r in rows if r[2] is not None}
-        for unit in units:
-            try:
-                mult = factor_to_canonical(s.activity, unit, s.steam_enthalpy_kj_per_kg)
-            except UnitError as exc:
-                raise ProcessingError(f"source {s.id} (meter {s.meter_id}, point {point}): {exc}; readings from "
-                                      f"{_fmt_ts(float(t.min()))}: fix the profile's unit or the source's activity") from None
-            mask = np.array([r[3] == unit for r in rows])
-            v[mask] *= mult
-        canonical_unit = get_activity(s.activity).unit
-        clean = pp.clean_cumulative(t, v, s.rules(), now=time.time() + 60)
-        first_kept = clean.t[0] if len(clean.t) else None
-        if first_kept is None:
-            replace_from = None
-        elif before is None and db.execute("SELECT 1 FROM readings WHERE meter_id = ? AND point = ? AND timestamp < ?"
-                                           " AND value IS NOT NULL AND timestamp >= 946684800 LIMIT 1",
-                                           (s.meter_id, point, first_kept)).fetchone() is None:
-            replace_from = math.floor(first_kept / interval) * interval      # the series starts here
-        else:
-            replace_from = math.ceil(first_kept / interval) * interval       # earlier intervals keep their value
-        iv = pp.to_intervals(clean, interval, start=replace_from)
-
-        # Reading flags: new readings are marked measured in one statement, then only the rows whose
-        # status or flags differ (typically a handful) are updated one by one.
-        db.execute("UPDATE readings SET status = 'measured', flags = 0 WHERE meter_id = ? AND point = ? AND id > ?"
-                   " AND id <= ? AND timestamp >= ?" + until_sql,
-                   (s.meter_id, point, cursor, int(max_id), lo) + (() if until is None else (until,)))
-        db.execute("UPDATE readings SET status = 'invalid', flags = ? WHERE meter_id = ? AND point = ? AND id > ?"
-                   " AND id <= ? AND timestamp < 946684800", (int(pp.Reason.CLOCK_JUMP), s.meter_id, point, cursor,
-                                                               int(max_id)))
-        old_status = np.array([r[4] if r[0] <= cursor else "measured" for r in rows], dtype=object)
-        old_flags = np.array([r[5] if r[0] <= cursor else 0 for r in rows], dtype=np.int64)
-        status_names = np.array(pp.STATUS_NAMES, dtype=object)[clean.status]
-        diff = np.flatnonzero((old_status != status_names) | (old_flags != clean.reasons))
-        if len(diff):
-            db.conn.executemany("UPDATE readings SET status = ?, flags = ? WHERE id = ?",
-                                [(status_names[i], int(clean.reasons[i]), int(ids[i])) for i in diff])
-
-        n_emis = 0
-        if replace_from is not None and len(iv):
-            last_t = float(clean.t[-1])
-            ends = iv.start + interval
-            complete = (ends <= last_t).astype(int)
-            status_txt = np.array(pp.STATUS_NAMES)[iv.status]
-            db.execute("DELETE FROM intervals WHERE source_id = ? AND start_ts >= ?", (s.id, replace_from))
-            db.conn.executemany(
-                "INSERT INTO intervals (source_id, start_ts, end_ts, amount, unit, status, measured_fraction, flags,"
-                " covered_s, complete) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                zip([s.id] * len(iv), iv.start.tolist(), ends.tolist(), iv.amount.tolist(), [canonical_unit] * len(iv),
-                    status_txt.tolist(), iv.measured_fraction.tolist(), iv.reasons.tolist(), iv.covered_s.tolist(),
-                    complete.tolist()))
-            n_emis = self._write_interval_emissions(db, library, s.id, s.activity, iv.start, ends, iv.amount,
-                                                    status_txt, iv.measured_fraction, replace_from)
-        db.execute("UPDATE sources SET processed_reading_id = ? WHERE id = ?", (int(max_id), s.id))
-        return (1, len(rows), len(iv), n_emis)
-
-    def _write_interval_emissions(self, db: sqlite_utils.Database, library: FactorLibrary, source_id: str,
-                                  activity_name: str, start: np.ndarray, end: np.ndarray, amount: np.ndarray,
-                                  status: np.ndarray, measured_fraction: np.ndarray, replace_from: float) -> int:
-        act = get_activity(activity_name)
-        res = compute(activity_name, start, amount, library, self.settings, f"source {source_id}")
-        db.execute("DELETE FROM emissions WHERE source_id = ? AND origin = 'interval' AND start_ts >= ?"
-                   " AND superseded_at IS NULL", (source_id, replace_from))
-        now = time.time()
-        n = len(start)
-        db.conn.executemany(
-            "INSERT INTO emissions (source_id, activity, origin, start_ts, end_ts, amount, unit, energy_gj, co2_t, ch4_t,"
-            " n2o_t, co2e_t, scope, iso_category, factor_id, factor_version, factor_refs, gwp, region, status,"
-            " measured_fraction, calculated_at) VALUES (?,?,'interval',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            zip([source_id] * n, [activity_name] * n, np.asarray(start).tolist(), np.asarray(end).tolist(),
-                np.asarray(amount).tolist(), [act.unit] * n, res.energy_gj.tolist(), res.co2_t.tolist(),
-                res.ch4_t.tolist(), res.n2o_t.tolist(), res.co2e_t.tolist(), [act.scope] * n,
-                [act.iso_category] * n, res.factor_id, res.factor_version, res.factor_refs,
-                [self.settings.gwp] * n, [self.settings.region] * n, list(status), np.asarray(measured_fraction).tolist(),
-                [now] * n))
-        refresh_hourly(db, source_id, replace_from)
-        return n
-
-    def _fingerprint(self, library: FactorLibrary) -> str:
-        s = self.settings
-        return f"{library.fingerprint}|{s.region}|{s.include_ch4_n2o}|{s.gwp}"
-
-    def _maybe_recalculate(self, db: sqlite_utils.Database, library: FactorLibrary) -> int:
-        """Recalculate current emission rows when factors or settings changed; keep the old rows."""
-        fp = self._fingerprint(library)
-        row = db.execute("SELECT value FROM store_meta WHERE key = 'factor_fingerprint'").fetchone()
-        if row is not None and row[0] == fp:
-            return 0
-        with write_transaction(db):
-            self._record_factors(db, library)
-            n = recalculate(db, library, self.settings) if row is not None else 0
-            db.execute("INSERT INTO store_meta (key, value) VALUES ('factor_fingerprint', ?)"
-                       " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (fp,))
-            self._save_settings(db)
-        return n
-
-
-def recalculate(db: sqlite_utils.Database, library: FactorLibrary, settings: EmissionSettings) -> int:
-    """Recompute every current emission row; rows whose result changed are superseded, not deleted.
-
-    :returns: the number of rows replaced.
-    :raises FactorError: when the new factors leave a period uncovered (nothing is changed).
-    """
-    replaced = 0
-    now = time.time()
-    groups = db.execute("SELECT DISTINCT source_id, activity FROM emissions WHERE superseded_at IS NULL").fetchall()
-    for source_id, activity_name in groups:
-        rows = db.execute(
-            "SELECT id, start_ts, amount, co2e_t, factor_refs, region, gwp FROM emissions"
-            " WHERE superseded_at IS NULL AND source_id = ? AND activity = ? ORDER BY id",
-            (source_id, activity_name)).fetchall()
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        start = np.array([r[1] for r in rows], dtype=np.float64)
-        amount = np.array([r[2] for r in rows], dtype=np.float64)
-        res = compute(activity_name, start, amount, library, settings, f"source {source_id}")
-        old_co2e = np.array([r[3] for r in rows])
-        changed = ((np.abs(res.co2e_t - old_co2e) > 1e-12)
-                   | np.array([r[4] != ref for r, ref in zip(rows, res.factor_refs)])
-                   | np.array([r[5] != settings.region or r[6] != settings.gwp for r in rows]))
-        sel = np.flatnonzero(changed)
-        if not len(sel):
-            continue
-        chosen = [int(i) for i in ids[sel]]
-        db.conn.executemany("UPDATE emissions SET superseded_at = ? WHERE id = ?", [(now, i) for i in chosen])
-        db.conn.executemany(
-            "INSERT INTO emissions (source_id, activity, origin, start_ts, end_ts, amount, unit, energy_gj, co2_t, ch4_t,"
-            " n2o_t, co2e_t, scope, iso_category, factor_id, factor_version, factor_refs, gwp, region, status,"
-            " measured_fraction, calculated_at)"
-            " SELECT source_id, activity, origin, start_ts, end_ts, amount, unit, ?, ?, ?, ?, ?, scope, iso_category,"
-            " ?, ?, ?, ?, ?, status, measured_fraction, ? FROM emissions WHERE id = ?",
-            [(float(res.energy_gj[k]), float(res.co2_t[k]), float(res.ch4_t[k]), float(res.n2o_t[k]),
-              float(res.co2e_t[k]), res.factor_id[k], res.factor_version[k], res.factor_refs[k], settings.gwp,
-              settings.region, now, int(ids[k])) for k in sel])
-        replaced += len(sel)
-        refresh_hourly(db, source_id)
-    return replaced
-
-
-def _fmt_ts(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
-
-
-def _connect(path: Path) -> sqlite_utils.Database:
-    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
-    db = sqlite_utils.Database(conn)
-    db.execute("PRAGMA busy_timeout = 30000")
-    db.execute("PRAGMA synchronous = FULL")
-    db.execute("PRAGMA foreign_keys = ON")
-    return db
 
 
 def open_store(path: Path | str, settings: EmissionSettings | None = None) -> Store:
@@ -850,18 +363,12 @@ def open_store(path: Path | str, settings: EmissionSettings | None = None) -> St
     try:
         db = store.db
         if not migrations.applied(db):
-            _refuse_foreign(db, path)      # before enable_wal, which would already change the file
+            refuse_foreign(db, path)      # before enable_wal, which would already change the file
         db.enable_wal()
-        known = {m.name for m in migrations._migrations}
         # The lock is taken before looking at pending migrations, so the daemon and a CLI command
         # starting together cannot both apply the same migration.
         with store._lock, write_transaction(db):
-            unknown = {m.name for m in migrations.applied(db)} - known
-            if unknown:
-                raise SchemaError(f"{path}: schema has migrations this version does not know "
-                                  f"({', '.join(sorted(unknown))}): upgrade carbon-gateway, or restore a backup "
-                                  f"made by this version")
-            migrations.apply(db)
+            apply_migrations(db, path)
     except SchemaError:
         store.close()
         raise
@@ -878,18 +385,6 @@ def open_store(path: Path | str, settings: EmissionSettings | None = None) -> St
     return store
 
 
-def _refuse_foreign(db: sqlite_utils.Database, path: Path) -> None:
-    """A SQLite file with tables but none of our migrations belongs to another program: never migrate it."""
-    foreign = sorted(t for t in db.table_names() if t != migrations.migrations_table)
-    if foreign:
-        raise SchemaError(f"{path}: a SQLite database of another program (tables {', '.join(foreign[:5])}), "
-                          f"not a gateway store; nothing was changed: pass --data-dir pointing at the gateway's "
-                          f"state directory, or move the file away")
-
-
-def schema_version(db: sqlite_utils.Database) -> int:
-    """Number of ``local_store`` migrations applied to this file."""
-    return len(migrations.applied(db))
 
 
 @dataclass(frozen=True)

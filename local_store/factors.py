@@ -27,9 +27,19 @@ from drivers.errors import not_utf8
 from local_store.errors import FactorError
 from local_store.units import ACTIVITIES
 
-#: The shipped library; CARBON_GATEWAY_CONFIG_DIR overrides it like gateway.paths does.
-DEFAULT_FACTORS_DIR = Path(os.environ.get(
-    "CARBON_GATEWAY_CONFIG_DIR", Path(__file__).resolve().parent.parent / "config")) / "factors"
+
+def _shipped_factors_dir() -> Path:
+    """The shipped library, found as gateway/paths.py finds the shipped config (this library does not import
+    the gateway): CARBON_GATEWAY_CONFIG_DIR, else the installed wheel's ``gateway/shipped/factors`` beside this
+    package, else the checkout's ``config/factors``."""
+    override = os.environ.get("CARBON_GATEWAY_CONFIG_DIR")
+    if override:
+        return Path(override) / "factors"
+    packaged = Path(__file__).resolve().parent.parent / "gateway" / "shipped" / "factors"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "config" / "factors"
+
+
+DEFAULT_FACTORS_DIR = _shipped_factors_dir()
 
 # parameter -> accepted units and the multiplier to the unit the model computes with.
 _PARAMETER_UNITS: dict[str, dict[str, float]] = {

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from local_store.db import SourceSettings, Store, write_transaction
 from local_store.emissions import compute
 from local_store.errors import DataImportError, FactorError, UnitError
 from local_store.reports import local_tz
-from local_store.units import ACTIVITIES, factor_to_canonical
+from local_store.units import ACTIVITIES, MAX_REGISTER_VALUE, factor_to_canonical
 from local_store.units import activity as get_activity
 
 ACTIVITY_HEADER = ["source", "activity", "start", "end", "amount", "unit"]
@@ -49,11 +50,22 @@ class ImportResult:
     sources: tuple[str, ...]
     emission_rows: int
     tco2e: float
+    repeated: int = 0          # exact repeats of a row of the same file, skipped
+    already_stored: int = 0    # rows identical to data stored before (a re-import), skipped
 
     def summary(self) -> str:
         what = "activity rows" if self.kind == "activity" else "meter readings"
+        skipped = []
+        if self.repeated:
+            skipped.append(f"{self.repeated} repeated {'row' if self.repeated == 1 else 'rows'} of the file")
+        if self.already_stored:
+            skipped.append(f"{self.already_stored} already stored")
+        note = f" (skipped: {', '.join(skipped)})" if skipped else ""
+        if not self.rows:
+            return (f"{self.path}: nothing to import, every row is already stored{note}: "
+                    f"the store was not changed")
         return (f"{self.path}: imported {self.rows} {what} for {', '.join(self.sources)}; "
-                f"{self.emission_rows} emission rows, {self.tco2e:.6g} tCO2e")
+                f"{self.emission_rows} emission rows, {self.tco2e:.6g} tCO2e{note}")
 
 
 def _parse_when(text: str, tz: tzinfo, need_offset: bool) -> float:
@@ -207,10 +219,37 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
             errors.extend(f"{_at(n, source, f'{start_s}..{end_s}')}: {p}" for p in problems)
             continue
         assert start is not None and end is not None and amount is not None and mult is not None
-        good.append(_ActivityRow(n, source, act, start, end, amount * mult, amount, unit, f"{start_s}..{end_s}"))
+        row = _ActivityRow(n, source, act, start, end, amount * mult, amount, unit, f"{start_s}..{end_s}")
+        bound = ACTIVITIES[act].max_rate_per_h * (end - start) / 3600.0
+        if row.amount > bound:
+            errors.append(f"{_at(n, source, row.period)}: amount = {amount_s!r} {unit} is more than the "
+                          f"{ACTIVITIES[act].max_rate_per_h:g} {ACTIVITIES[act].unit} per hour no {act} installation "
+                          f"exceeds ({bound:.6g} {ACTIVITIES[act].unit} over the period): check the amount and the unit")
+            continue
+        good.append(row)
+
+    # Exact repeats (in the file, or identical to a row imported before: a re-import) are skipped and
+    # counted; everything else that overlaps would count twice and is refused below.
+    db = store.db
+    repeated = already = 0
+    fresh: list[_ActivityRow] = []
+    keys: set[tuple] = set()
+    for r in good:
+        key = (r.source, r.activity, int(r.start), int(r.end), r.amount_original, r.unit_original)
+        if key in keys:
+            repeated += 1
+        elif db.execute("SELECT 1 FROM activity_data WHERE source_id = ? AND activity = ? AND start_ts = ? AND end_ts = ?"
+                        " AND amount_original = ? AND unit_original = ? LIMIT 1", key).fetchone():
+            already += 1
+        else:
+            fresh.append(r)
+        keys.add(key)
+    if not errors and good and not fresh:
+        return ImportResult(str(path), "activity", 0, tuple(sorted({r.source for r in good})), 0, 0.0,
+                            repeated=repeated, already_stored=already)
+    good = fresh
 
     # Overlaps with data already imported, and between rows of this file, would count twice.
-    db = store.db
     seen: list[_ActivityRow] = []
     for r in good:
         clash = db.execute("SELECT origin, row FROM activity_data WHERE source_id = ? AND activity = ? AND start_ts < ?"
@@ -284,7 +323,8 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
             n_emis += len(sel)
             tco2e += float(res.co2e_t.sum())
         store._record_factors(db, store.library)
-    return ImportResult(str(path), "activity", len(good), tuple(sorted({r.source for r in good})), n_emis, tco2e)
+    return ImportResult(str(path), "activity", len(good), tuple(sorted({r.source for r in good})), n_emis, tco2e,
+                        repeated=repeated, already_stored=already)
 
 
 def _day(ts: float, tz: tzinfo) -> str:
@@ -302,11 +342,29 @@ def _day_pieces(start: float, end: float, tz: tzinfo) -> list[tuple[float, float
     return out
 
 
+@dataclass(frozen=True)
+class _ReadingRow:
+    line: int
+    source: str
+    register: str
+    ts: float
+    ts_text: str
+    value: float           # as written, in ``unit``
+    unit: str
+    canonical: float       # in the activity's canonical unit, for the plausibility bound
+
+
 def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult:
+    """Readings are checked, de-duplicated, put in time order per source and register, then stored.
+
+    The file's row order means nothing (exports are often newest first): only the timestamps order a
+    series. Exact repeats of a row (in the file or already stored) are skipped and counted; the same
+    timestamp with another value is refused naming both lines (issue 14).
+    """
     errors: list[str] = []
-    readings: list[Reading] = []
-    lines: list[tuple[int, str]] = []                     # each reading's line and timestamp as written
-    first_line: dict[tuple[str, str, float], int] = {}   # (source, register, timestamp) -> its first line
+    parsed: list[_ReadingRow] = []
+    first: dict[tuple[str, str, float], _ReadingRow] = {}   # (source, register, timestamp) -> its first row
+    repeated = 0
     for n, fields in _records(rows, READINGS_HEADER, errors):
         source, ts_s, register, value_s, unit = fields
         problems = []
@@ -324,38 +382,75 @@ def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult
             value = _number(value_s)
             if value < 0:
                 problems.append(f"value = {value_s!r}: a cumulative register is never negative")
+            elif value > MAX_REGISTER_VALUE:
+                problems.append(f"value = {value_s!r}: above {MAX_REGISTER_VALUE:g}, more than any meter register "
+                                "holds: check the column and the decimal separator")
         except ValueError:
             problems.append(f"value = {value_s!r}: not a number; write the register value like 123456.7")
             value = None
+        mult = None
         if activity is not None:
             try:
-                factor_to_canonical(activity, unit)
+                mult = factor_to_canonical(activity, unit)
             except UnitError as exc:
                 problems.append(str(exc))
-        if ts is not None and (source, register, ts) in first_line:
-            problems.append(f"the same source, register and timestamp as line {first_line[source, register, ts]}: "
-                            "a register has one value at a time; remove one of the rows")
         if problems:
             errors.extend(f"{_at(n, source, ts_s)}: {p}" for p in problems)
             continue
-        assert ts is not None and value is not None
-        first_line[source, register, ts] = n
-        readings.append(Reading(source, register, ts, value, unit, Quantity(register)))
-        lines.append((n, ts_s))
-    if not errors and not readings:
+        assert ts is not None and value is not None and mult is not None
+        row = _ReadingRow(n, source, register, ts, ts_s, value, unit, value * mult)
+        earlier = first.get((source, register, ts))
+        if earlier is None:
+            first[source, register, ts] = row
+            parsed.append(row)
+        elif (earlier.value, earlier.unit) == (value, unit):
+            repeated += 1           # an exact repeat, as meter exports often write: skip it
+        else:
+            errors.append(f"{_at(n, source, ts_s)}: the same source, register and timestamp as line {earlier.line} "
+                          f"with another value ({value_s} {unit} here, {earlier.value:g} {earlier.unit} there): "
+                          "a register has one value at a time; remove the wrong row")
+    if not errors and not parsed:
         errors.append("the file has a header but no data rows: add rows below the header")
-    for (n, ts_s), r in zip(lines, readings):   # an earlier import or the poller: the reading would be there twice
-        row = store.db.execute("SELECT origin FROM readings WHERE meter_id = ? AND point = ? AND timestamp = ? LIMIT 1",
-                               (r.meter_id, r.point, r.timestamp)).fetchone()
-        if row is not None:
-            errors.append(f"{_at(n, r.meter_id, ts_s)}: already stored (origin {row[0]}): "
-                          "remove the row or the earlier import")
+
+    # One series per source and register, in time order whatever the file's order.
+    series: dict[tuple[str, str], list[_ReadingRow]] = {}
+    for r in sorted(parsed, key=lambda r: (r.source, r.register, r.ts)):
+        series.setdefault((r.source, r.register), []).append(r)
+    for (_, register), rs in series.items():
+        act = get_activity(REGISTER_ACTIVITY[register])
+        for a, b in zip(rs, rs[1:]):
+            step, hours = b.canonical - a.canonical, (b.ts - a.ts) / 3600.0
+            if step > act.max_rate_per_h * hours:
+                errors.append(
+                    f"{_at(b.line, b.source, b.ts_text)}: the register rises by {step:.6g} {act.unit} in {hours:.4g} h "
+                    f"since line {a.line} ({a.ts_text}), more than the {act.max_rate_per_h:g} {act.unit} per hour "
+                    f"no {act.name} meter exceeds: check the value and the unit of both lines")
+
+    # Readings already stored (an earlier import of this file, or the poller): the same value is skipped,
+    # another value is refused, because it would be counted and synced twice.
+    already = 0
+    new: list[_ReadingRow] = []
+    for rs in series.values():
+        for r in rs:
+            row = store.db.execute("SELECT origin, value, unit FROM readings WHERE meter_id = ? AND point = ?"
+                                   " AND timestamp = ? LIMIT 1", (r.source, r.register, r.ts)).fetchone()
+            if row is None:
+                new.append(r)
+            elif (row[1], row[2]) == (r.value, r.unit):
+                already += 1
+            else:
+                errors.append(f"{_at(r.line, r.source, r.ts_text)}: already stored with another value ({row[1]} "
+                              f"{row[2]}, origin {row[0]}): remove the row, or correct the earlier data first")
+    if errors:
+        raise DataImportError(str(path), errors)
+    if not new:
+        return ImportResult(str(path), "readings", 0, tuple(sorted({r.source for r in parsed})), 0, 0.0,
+                            repeated=repeated, already_stored=already)
+
     # Each series needs factors over its whole time span.
-    series: dict[tuple[str, str], list[float]] = {}
-    for r in readings:
-        series.setdefault((r.meter_id, r.point), []).append(r.timestamp)
     settings = []
-    for (meter, register), stamps in sorted(series.items()):
+    for (meter, register) in sorted({(r.source, r.register) for r in new}):
+        stamps = [r.ts for r in series[meter, register]]
         activity = REGISTER_ACTIVITY[register]
         s = SourceSettings(meter_id=meter, activity=activity, point=register)
         grid = np.arange(math.floor(min(stamps) / 900) * 900, max(stamps) + 900, 900.0)
@@ -367,13 +462,12 @@ def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult
     if errors:
         raise DataImportError(str(path), errors)
 
+    readings = [Reading(r.source, r.register, r.ts, r.value, r.unit, Quantity(r.register)) for r in new]
     db = store.db
     totals = [0, 0]
     with write_transaction(db):
         store._maybe_recalculate(db, store.library)
         now = time.time()
-        import json
-        from dataclasses import asdict
         for s in settings:
             db.execute("INSERT INTO sources (id, kind, activity, meter_id, point, settings, description, enabled,"
                        " processed_reading_id, updated_at) VALUES (?, 'imported', ?, ?, ?, ?, ?, 1, 0, ?)"
@@ -391,4 +485,5 @@ def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult
             totals[0] += n_emis
         tco2e = db.execute("SELECT COALESCE(SUM(co2e_t), 0) FROM emissions WHERE superseded_at IS NULL AND source_id IN"
                            " (SELECT value FROM json_each(?))", (json.dumps([s.id for s in settings]),)).fetchone()[0]
-    return ImportResult(str(path), "readings", len(readings), tuple(s.id for s in settings), totals[0], float(tco2e))
+    return ImportResult(str(path), "readings", len(readings), tuple(s.id for s in settings), totals[0], float(tco2e),
+                        repeated=repeated, already_stored=already)

@@ -65,6 +65,9 @@ class CumulativeRules:
         clock jump and is dropped; smaller disorder is sorted out.
     :param max_rate_per_h: optional plausibility limit on consumption per hour; a step above it that
         does not come back is dropped as a spike.
+    :param bound_per_h: the activity's hard bound (``units.Activity.max_rate_per_h``): a step above it,
+        after every other rule, is no consumption at all (a misread or replaced register). It counts 0,
+        the reading after it is flagged ``spike`` and estimated, and its span estimated.
     """
 
     rollover_at: float | None = None
@@ -74,6 +77,7 @@ class CumulativeRules:
     frozen_after_s: float | None = 86_400.0
     clock_jump_s: float = 300.0
     max_rate_per_h: float | None = None
+    bound_per_h: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,19 +124,25 @@ class Intervals:
 
 
 def _order_and_timestamps(t: np.ndarray, valid: np.ndarray, clock_jump_s: float,
-                          now: float | None, reasons: np.ndarray) -> np.ndarray:
-    """Flag clock faults and duplicates; return the input indices of usable readings in time order."""
+                          now: float | None, reasons: np.ndarray, polled: np.ndarray | None = None) -> np.ndarray:
+    """Flag clock faults and duplicates; return the input indices of usable readings in time order.
+
+    :param polled: per reading, whether its arrival order means something (a live poll). Readings from a
+        file or a backfill arrive in any order; only the timestamps order them, so the arrival-order
+        clock-jump rule never applies to them (issue 14). None: all are polled.
+    """
     n = len(t)
     bad_time = ~np.isfinite(t) | (t < MIN_VALID_TS)
     if now is not None:
         bad_time |= t > now + clock_jump_s
     reasons[bad_time] |= Reason.CLOCK_JUMP
     ok = valid & ~bad_time
-    # In arrival order, a timestamp far behind the newest one seen is a clock jump (an RTC reset);
-    # a little behind is ordinary out-of-order delivery.
-    tt = np.where(ok, t, -np.inf)
+    live = ok if polled is None else ok & polled
+    # In arrival order, a timestamp far behind the newest polled one seen is a clock jump (an RTC
+    # reset); a little behind is ordinary out-of-order delivery.
+    tt = np.where(live, t, -np.inf)
     newest_before = np.maximum.accumulate(np.concatenate(([-np.inf], tt[:-1]))) if n else tt
-    behind = ok & (t < newest_before)
+    behind = live & (t < newest_before)
     jump = behind & (t < newest_before - clock_jump_s)
     reasons[behind & ~jump] |= Reason.OUT_OF_ORDER
     reasons[jump] |= Reason.CLOCK_JUMP
@@ -173,8 +183,10 @@ def _wrap_deltas(prev: np.ndarray, cur: np.ndarray, rules: CumulativeRules) -> t
 
 
 def clean_cumulative(t: np.ndarray, v: np.ndarray, rules: CumulativeRules = CumulativeRules(),
-                     now: float | None = None) -> CleanSeries:
+                     now: float | None = None, polled: np.ndarray | None = None) -> CleanSeries:
     """Clean a cumulative register given in arrival order (NaN value = invalid reading).
+
+    :param polled: which readings came from live polling (see :func:`_order_and_timestamps`); None: all.
 
     Energy is conserved: the corrected cumulative ``c`` rises by exactly the register's own rise
     between kept readings, plus the wrap-around at a rollover, plus the new register's value after a
@@ -186,7 +198,8 @@ def clean_cumulative(t: np.ndarray, v: np.ndarray, rules: CumulativeRules = Cumu
     reasons = np.zeros(n, dtype=np.int32)
     valid = np.isfinite(v)
     reasons[~valid] |= Reason.DECODE
-    idx = _order_and_timestamps(t, valid, rules.clock_jump_s, now, reasons)
+    idx = _order_and_timestamps(t, valid, rules.clock_jump_s, now, reasons,
+                                None if polled is None else np.asarray(polled, dtype=bool))
 
     # Single-reading spikes and dips (a reading that comes back) go first, so that a spike is not
     # mistaken for a rollover or a reset.
@@ -256,6 +269,12 @@ def clean_cumulative(t: np.ndarray, v: np.ndarray, rules: CumulativeRules = Cumu
         est_after[ni[reset]] = True         # consumption lost at a replacement is unknown
         reasons_after[ni[reset]] |= int(Reason.RESET)
         dt = np.diff(tt)
+        if rules.bound_per_h is not None:
+            over = d > rules.bound_per_h * np.maximum(dt, 1.0) / 3600.0
+            d[over] = 0.0
+            reasons[idx[1:][over]] |= Reason.SPIKE
+            est_after[:-1] |= over
+            reasons_after[:-1] |= np.where(over, int(Reason.SPIKE), 0).astype(np.int32)
         gap = dt > rules.max_gap_s
         est_after[:-1] |= gap
         reasons_after[:-1] |= np.where(gap, int(Reason.GAP), 0).astype(np.int32)
@@ -266,7 +285,7 @@ def clean_cumulative(t: np.ndarray, v: np.ndarray, rules: CumulativeRules = Cumu
     # reading after a reset is estimated because the consumption before it is assumed.
     status = np.full(n, INVALID, dtype=np.int8)
     status[idx] = MEASURED
-    status[idx[(reasons[idx] & Reason.RESET) != 0]] = ESTIMATED
+    status[idx[(reasons[idx] & (Reason.RESET | Reason.SPIKE)) != 0]] = ESTIMATED
     counts = {}
     for bit in Reason:
         n_bit = int(np.count_nonzero(reasons & bit)) if bit else 0

@@ -7,6 +7,7 @@ data and the still-open 15-minute interval both add up correctly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Literal
@@ -38,7 +39,15 @@ def _epoch(d: date, tz: tzinfo) -> float:
 
 
 def _r(x: float | None, digits: int = 6) -> float:
-    return round(float(x or 0.0), digits)
+    """A figure for a report, rounded; never NaN or infinite (that would not be JSON, issue 14).
+
+    :raises ReportError: for a non-finite figure (stored before the plausibility bounds existed).
+    """
+    v = float(x or 0.0)
+    if not math.isfinite(v):
+        raise ReportError(f"a stored figure is {v}: the store holds an implausible amount from before the "
+                          "plausibility bounds; find its day with `carbon-gateway report --by day` and re-import corrected data")
+    return round(v, digits)
 
 
 _FIRST_DAY, _LAST_DAY = date(1970, 1, 2), date(9998, 12, 31)

@@ -24,21 +24,33 @@ class Activity:
     scope: Scope
     iso_category: int         # ISO 14064-1:2018 clause 5.2.4: 1 direct, 2 imported energy
     export: bool = False      # exported energy is subtracted (net purchase, national guidelines)
+    #: Plausibility bound: the most of this activity, in ``unit`` per hour, that any one meter or
+    #: installation can consume (docs/models.md, "Plausibility bounds"). An imported amount or a
+    #: register step above it is refused; a polled step above it is flagged ``spike`` and dropped.
+    max_rate_per_h: float = 1e6
 
 
 ACTIVITIES: dict[str, Activity] = {a.name: a for a in (
-    Activity("electricity", "MWh", "electricity", 2, 2),
-    Activity("electricity_export", "MWh", "electricity", 2, 2, export=True),
-    Activity("heat", "GJ", "heat", 2, 2),
-    Activity("steam", "GJ", "heat", 2, 2),
-    Activity("heat_export", "GJ", "heat", 2, 2, export=True),
-    Activity("natural_gas", "m3", "fuel", 1, 1),
-    Activity("raw_coal", "t", "fuel", 1, 1),
-    Activity("diesel", "t", "fuel", 1, 1),
-    Activity("gasoline", "t", "fuel", 1, 1),
-    Activity("lpg", "t", "fuel", 1, 1),
-    Activity("fuel_oil", "t", "fuel", 1, 1),
+    # Bounds are a rate no meter of the kind can reach, not a site's normal load: 2 000 MWh/h is a
+    # 2 GW draw (more than the largest single industrial consumers); 10 000 GJ/h is 2.8 GW of heat;
+    # 500 000 m3/h of natural gas is about 5 GW; 1 000 t/h of coal or 200 t/h of a liquid fuel is
+    # more than a large power station burns.
+    Activity("electricity", "MWh", "electricity", 2, 2, max_rate_per_h=2000.0),
+    Activity("electricity_export", "MWh", "electricity", 2, 2, export=True, max_rate_per_h=2000.0),
+    Activity("heat", "GJ", "heat", 2, 2, max_rate_per_h=10_000.0),
+    Activity("steam", "GJ", "heat", 2, 2, max_rate_per_h=10_000.0),
+    Activity("heat_export", "GJ", "heat", 2, 2, export=True, max_rate_per_h=10_000.0),
+    Activity("natural_gas", "m3", "fuel", 1, 1, max_rate_per_h=500_000.0),
+    Activity("raw_coal", "t", "fuel", 1, 1, max_rate_per_h=1000.0),
+    Activity("diesel", "t", "fuel", 1, 1, max_rate_per_h=200.0),
+    Activity("gasoline", "t", "fuel", 1, 1, max_rate_per_h=200.0),
+    Activity("lpg", "t", "fuel", 1, 1, max_rate_per_h=200.0),
+    Activity("fuel_oil", "t", "fuel", 1, 1, max_rate_per_h=200.0),
 )}
+
+#: The largest register value accepted from a file or a meter, in the register's own unit: past 2**53
+#: (about 9e15) a float64 cannot hold a step of 1, so a larger value is a decoding error, not a reading.
+MAX_REGISTER_VALUE = 1e15
 
 # Multipliers to the canonical unit, per dimension. Units are matched case-sensitively after
 # trimming, with a few spellings accepted (Nm3 = m3 at standard conditions, as the guidelines use).

@@ -12,11 +12,14 @@ names is slowed too. Callers write the audit entry for each change inside the sa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
+import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import sqlite_utils
@@ -32,6 +35,10 @@ FREE_FAILURES = 3          # attempts before delays start, per user name
 ADDRESS_FREE_FAILURES = 10  # ... per client address (password spraying across names)
 MAX_LOCK_S = 900.0         # the longest wait between attempts (15 min)
 _DUMMY_HASH = generate_password_hash("not a password", method="scrypt")
+#: scrypt needs 32 MiB per check: two at a time bounds a burst of logins on a Raspberry Pi to 64 MiB
+MAX_PARALLEL_HASHES = 2
+HASH_QUEUE_WAIT_S = 10.0
+_hash_slots = threading.BoundedSemaphore(MAX_PARALLEL_HASHES)
 
 
 class UserError(StoreError):
@@ -105,7 +112,8 @@ def add_user(db: sqlite_utils.Database, name: str, password: str, role: str, now
     check_password(password)
     role = _check_role(role)
     now = time.time() if now is None else now
-    hashed = generate_password_hash(password, method="scrypt")
+    with _hash_slot():
+        hashed = generate_password_hash(password, method="scrypt")
     with write_transaction(db):
         if get_user(db, name) is not None:
             raise UserError("name_taken", f"user name {name!r} is taken: choose another")
@@ -141,7 +149,8 @@ def set_password(db: sqlite_utils.Database, name: str, password: str, now: float
     """New password; every session of that user ends (a stolen session dies with the old password)."""
     check_password(password)
     now = time.time() if now is None else now
-    hashed = generate_password_hash(password, method="scrypt")
+    with _hash_slot():
+        hashed = generate_password_hash(password, method="scrypt")
     with write_transaction(db):
         if get_user(db, name) is None:
             raise UserError("no_such_user", f"no user {name!r}")
@@ -166,35 +175,65 @@ def lock_wait_s(failures: int, free: int = FREE_FAILURES) -> float:
     return 0.0 if failures < free else min(MAX_LOCK_S, 2.0 ** (failures - free))
 
 
+@contextlib.contextmanager
+def _hash_slot() -> Iterator[None]:
+    """scrypt takes 32 MiB and most of a core: at most :data:`MAX_PARALLEL_HASHES` run at once.
+
+    :raises UserError: ``busy`` when no slot frees up within :data:`HASH_QUEUE_WAIT_S`.
+    """
+    if not _hash_slots.acquire(timeout=HASH_QUEUE_WAIT_S):
+        raise UserError("busy", "the gateway is busy checking other logins: try again in a few seconds", 5.0)
+    try:
+        yield
+    finally:
+        _hash_slots.release()
+
+
+def _lock_wait(db: sqlite_utils.Database, counters: dict[str, int], now: float) -> tuple[float, dict[str, Any]]:
+    rows = {key: db.execute("SELECT failures, locked_until FROM web_login_failures WHERE name = ?",
+                            (key,)).fetchone() for key in counters}
+    return max((row[1] - now for row in rows.values() if row is not None), default=0.0), rows
+
+
 def authenticate(db: sqlite_utils.Database, name: str, password: str, now: float | None = None,
                  client: str | None = None) -> User:
-    """Check a login. :raises UserError: ``locked`` (with ``wait_s``) or ``bad_login`` (name or password).
+    """Check a login. :raises UserError: ``locked`` (with ``wait_s``), ``busy`` or ``bad_login``.
+
+    The attempt is counted as a failure *before* the hash is checked, in the transaction that reads the
+    counters, and cleared on success: parallel guesses see each other and are throttled exactly as the
+    same guesses made one after another (issue 15).
 
     :param client: the client's address, counted as well (its key starts with "@", which no user name has).
     """
-    now = time.time() if now is None else now
+    fixed_now = now
     counters = {name.strip().lower()[:64]: FREE_FAILURES}
     if client:
         counters["@" + client[:64]] = ADDRESS_FREE_FAILURES
-    rows = {key: db.execute("SELECT failures, locked_until FROM web_login_failures WHERE name = ?",
-                            (key,)).fetchone() for key in counters}
-    wait_s = max((row[1] - now for row in rows.values() if row is not None), default=0.0)
-    if wait_s > 0:
-        raise UserError("locked", f"too many failed logins: try again in {wait_s:.0f} s", wait_s)
-    found = db.execute("SELECT password_hash FROM web_users WHERE name = ?", (name.strip(),)).fetchone()
-    # Hash even for unknown names, so the reply time does not tell which names exist.
-    ok = check_password_hash(found[0] if found else _DUMMY_HASH, password) and found is not None
-    with write_transaction(db):
-        for key, free in counters.items():
-            if ok:
-                db.execute("DELETE FROM web_login_failures WHERE name = ?", (key,))
-                continue
-            failures = (rows[key][0] if rows[key] else 0) + 1
-            db.execute("INSERT INTO web_login_failures (name, failures, locked_until) VALUES (?,?,?)"
-                       " ON CONFLICT (name) DO UPDATE SET failures = excluded.failures,"
-                       " locked_until = excluded.locked_until", (key, failures, now + lock_wait_s(failures, free)))
+
+    def refuse_if_locked(wait_s: float) -> None:
+        if wait_s > 0:
+            raise UserError("locked", f"too many failed logins: try again in {wait_s:.0f} s", wait_s)
+
+    # a locked account is refused at once, without queueing for a hash slot
+    refuse_if_locked(_lock_wait(db, counters, time.time() if fixed_now is None else fixed_now)[0])
+    with _hash_slot():
+        now = time.time() if fixed_now is None else fixed_now
+        with write_transaction(db):
+            wait_s, rows = _lock_wait(db, counters, now)
+            refuse_if_locked(wait_s)
+            for key, free in counters.items():
+                failures = (rows[key][0] if rows[key] else 0) + 1
+                db.execute("INSERT INTO web_login_failures (name, failures, locked_until) VALUES (?,?,?)"
+                           " ON CONFLICT (name) DO UPDATE SET failures = excluded.failures,"
+                           " locked_until = excluded.locked_until", (key, failures, now + lock_wait_s(failures, free)))
+        found = db.execute("SELECT password_hash FROM web_users WHERE name = ?", (name.strip(),)).fetchone()
+        # Hash even for unknown names, so the reply time does not tell which names exist.
+        ok = check_password_hash(found[0] if found else _DUMMY_HASH, password) and found is not None
     if not ok:
         raise UserError("bad_login", "wrong user name or password")
+    with write_transaction(db):
+        for key in counters:
+            db.execute("DELETE FROM web_login_failures WHERE name = ?", (key,))
     user = get_user(db, name.strip())
     assert user is not None
     return user

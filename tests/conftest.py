@@ -197,3 +197,48 @@ def no_leaked_threads() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"
+
+
+# --- the shipped package: built once per test session, installed without -e -------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Wheelhouse:
+    """The project wheel built from this tree and every dependency wheel for this machine, in one directory
+    (``pip install --no-index --find-links directory`` installs from it offline)."""
+
+    directory: Path
+    wheel: Path
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Wheelhouse:
+    from gateway.bundle import build_wheel, download_dependencies
+
+    directory = tmp_path_factory.mktemp("wheelhouse")
+    wheel = build_wheel(REPO, directory)
+    download_dependencies(wheel, directory)   # from pip's cache when it has them, else from PyPI
+    return Wheelhouse(directory, wheel)
+
+
+def base_python() -> str:
+    """The interpreter a box would use (Debian's /usr/bin/python3 when it is this Python's version)."""
+    import sys
+
+    debian = Path("/usr/bin/python3")
+    if debian.exists():
+        version = subprocess.run([str(debian), "-c", "import sys; print(sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=30).stdout.strip()
+        if version == str(tuple(sys.version_info[:2])):
+            return str(debian)
+    return sys.executable
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a user outside this checkout: no venv, no PYTHONPATH, no config override."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"PYTHONPATH", "VIRTUAL_ENV", "CARBON_GATEWAY_CONFIG_DIR", "CARBON_GATEWAY_DATA_DIR",
+                        "CARBON_GATEWAY_SITE_PROFILES", "PYTHONHOME"}}
+    return {**env, **extra}

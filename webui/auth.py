@@ -207,13 +207,23 @@ def login() -> Any:
             # expired sessions are deleted here rather than by a timer: logins are rare, rows are small
             users.purge_sessions(db(), current_app.config["SESSION_IDLE_S"], current_app.config["SESSION_ABSOLUTE_S"])
             _start_session(user.name)
-            target = request.args.get("next", "")
-            # only local paths: never an open redirect
-            if not target.startswith("/") or target.startswith("//") or "\\" in target:
-                target = url_for("dashboard.index")
-            return redirect(target)
+            return redirect(same_site_path(request.args.get("next", "")) or url_for("dashboard.index"))
     status = 200 if request.method == "GET" else 400 if form.errors else 401 if error else 200
     return render_template("login.html", form=form, error=error), status
+
+
+def same_site_path(target: str) -> str | None:
+    """``target`` if it is a path on this site, else None: never an open redirect, never a bad header.
+
+    Browsers drop tabs and line breaks from a URL and read a backslash as a slash, so ``/%09/host`` (a tab) is
+    ``//host``, another site; a line break in a Location header is refused by the WSGI server (a 500).
+    Any control character, white space or backslash therefore disqualifies the target.
+    """
+    if len(target) > 2000 or not target.startswith("/") or target.startswith("//"):
+        return None
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in target):
+        return None
+    return target
 
 
 @bp.post("/logout")
@@ -248,6 +258,7 @@ def user_error_text(exc: users.UserError) -> str:
     """The library's refusal in the user's language."""
     texts = {
         "bad_login": _("Wrong user name or password."),
+        "busy": _("The gateway is busy checking other logins: try again in a few seconds."),
         "locked": _("Too many failed logins: try again in %(s)d s.", s=max(1, round(exc.wait_s))),
         "name_taken": _("This user name is taken: choose another."),
         "already_set_up": _("The gateway already has an administrator: log in instead."),

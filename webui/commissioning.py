@@ -179,6 +179,9 @@ class MeterForm(FlaskForm):
     poll_interval_s = FloatField(_l("Poll every (s)"), default=5, render_kw={"inputmode": "decimal"}, validators=[
         InputRequired(_l("Enter a number.")), NumberRange(0.2, 86400, _l("Use a value from 0.2 to 86400."))])
     activity = SelectField(_l("Counts as"), choices=options([(a, ACTIVITY_LABELS[a]) for a in ACTIVITIES]), default="none")
+    # Instrument-transformer ratios (issue 13), written as on the rating plate; the config check says what is wrong.
+    ct_ratio = StringField(_l("CT ratio, e.g. 100/5 (1: direct)"), validators=[Optional(), Length(max=40)])
+    pt_ratio = StringField(_l("PT ratio, e.g. 10000/100 (empty: none)"), validators=[Optional(), Length(max=40)])
     enabled = BooleanField(_l("Poll this meter"), default=True)
 
     def validate_profile(self, field: Any) -> None:
@@ -214,6 +217,12 @@ def meter_edit(meter_id: str | None) -> Any:
                          device_id=form.device_id.data, profile=form.profile.data,
                          poll_interval_s=float(form.poll_interval_s.data), activity=form.activity.data,
                          enabled=bool(form.enabled.data))
+            for key in ("ct_ratio", "pt_ratio"):
+                text = (getattr(form, key).data or "").strip()
+                if text:
+                    table[key] = text
+                else:
+                    table.pop(key, None)
             error = _put(data, items, index, table, "meter", table["id"])
             if not error:
                 flash(_("Meter %(id)s was saved and is being polled.", id=table["id"]), "ok")

@@ -25,7 +25,7 @@ def status(rt: Any) -> dict:
     for m in rt.meter_status():
         meters.append({
             "id": m.meter_id, "bus": m.bus, "device_id": m.device_id, "profile": m.profile,
-            "state": m.stats.state, "error": m.stats.last_error,
+            "state": m.stats.state, "error": m.stats.last_error, "warning": m.warning,
             "requests": m.stats.requests, "timeouts": m.stats.timeouts, "exceptions": m.stats.exceptions,
             "points": [{**v, "age_s": round(now - v["timestamp"], 1)} for v in m.values],
         })

@@ -287,7 +287,7 @@ def reports() -> Any:
         else:
             name = f"emissions-{form.start.data}-{form.end.data}"
             if form.format.data == "json":
-                body, mime = json.dumps(report, ensure_ascii=False, indent=2), "application/json"
+                body, mime = json.dumps(report, ensure_ascii=False, indent=2, allow_nan=False), "application/json"
             elif form.format.data == "csv":
                 body, mime = render_csv(report), "text/csv"
             else:

@@ -1,5 +1,8 @@
 """Server-side sessions in the gateway's SQLite file: the cookie carries only a random id.
 
+Only a logged-in session has a row. Before login (the login page's CSRF token, the language, a flash
+message) the data travels in a cookie signed with the app's secret key, so anonymous requests write
+nothing to the store (issue 15: 2,000 GETs of /login wrote 2,000 rows).
 Logout deletes the row, so a copied cookie is worthless afterwards; login gets a new id (no session
 fixation); a session ends after ``SESSION_IDLE_S`` without a request or ``SESSION_ABSOLUTE_S`` after it
 began. Storage lives in :mod:`local_store.users`; this module only adapts it to Flask.
@@ -10,12 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Request, Response, request
-from flask.sessions import SessionInterface, SessionMixin
+from flask.sessions import SecureCookieSessionInterface, SessionInterface, SessionMixin
+from itsdangerous import BadSignature
 from werkzeug.datastructures import CallbackDict
 
 from local_store import users
 
 COOKIE_NAME = "cg_session"
+ANON_COOKIE_NAME = "cg_anon"
 #: requests a page makes by itself (the dashboard's refresh every 2 s): they do not show that someone is
 #: there, so they never extend the idle timeout; an open dashboard on an unattended phone still logs out
 BACKGROUND_ENDPOINTS = frozenset({"dashboard.api_status"})
@@ -34,6 +39,7 @@ class ServerSession(CallbackDict, SessionMixin):  # type: ignore[type-arg]
         self.modified = False
         self.regenerate = False   # login: a new id, the old row deleted
         self.ended = False        # logout: the row deleted, the cookie cleared
+        self.stale = False        # the browser sent an id the store no longer has: clear that cookie
 
 
 def _db(app: Flask) -> Any:
@@ -50,10 +56,29 @@ class SqliteSessionInterface(SessionInterface):
             found = users.load_session(db, sid, app.config["SESSION_IDLE_S"], app.config["SESSION_ABSOLUTE_S"])
             if found is not None:
                 return ServerSession(found.data, found.id, found.last_seen, found.created_at)
+            data = self._anonymous_data(app, request)
             if request.method == "GET":
                 # the id was known to the browser but is gone: say so once on the login page
-                return ServerSession({"expired": True})
-        return ServerSession()
+                data["expired"] = True
+            stale = ServerSession(data)
+            stale.stale = True
+            return stale
+        return ServerSession(self._anonymous_data(app, request))
+
+    @staticmethod
+    def _signer(app: Flask) -> Any:
+        return SecureCookieSessionInterface().get_signing_serializer(app)
+
+    def _anonymous_data(self, app: Flask, request: Request) -> dict[str, Any]:
+        cookie = request.cookies.get(ANON_COOKIE_NAME, "")
+        signer = self._signer(app)
+        if not cookie or signer is None or len(cookie) > 4096:
+            return {}
+        try:
+            data = signer.loads(cookie, max_age=app.config["SESSION_IDLE_S"])
+        except BadSignature:       # forged, or signed before the secret changed: start afresh
+            return {}
+        return data if isinstance(data, dict) and "user" not in data else {}
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, ServerSession)
@@ -61,21 +86,43 @@ class SqliteSessionInterface(SessionInterface):
         if db is None:
             return
         secure = app.config.get("SESSION_COOKIE_SECURE", False)
+        cookie = {"path": "/", "httponly": True, "samesite": "Strict", "secure": secure}
         if session.ended:
             if session.sid:
                 users.end_session(db, session.sid)
-            response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="Strict", secure=secure)
+            response.delete_cookie(COOKIE_NAME, **cookie)
+            response.delete_cookie(ANON_COOKIE_NAME, **cookie)
             return
         data = dict(session)
+        if not data.get("user"):
+            self._save_anonymous(app, session, data, response, db, cookie)
+            return
         if session.sid is None or session.regenerate:
-            if not data and session.sid is None:
-                return        # nothing to keep: no row, no cookie
             if session.sid:
                 users.end_session(db, session.sid)
-            new = users.new_session(db, data.get("user"), data)
-            response.set_cookie(COOKIE_NAME, new.id, path="/", httponly=True, samesite="Strict", secure=secure)
+            new = users.new_session(db, data["user"], data)
+            response.set_cookie(COOKIE_NAME, new.id, **cookie)
+            if request.cookies.get(ANON_COOKIE_NAME):
+                response.delete_cookie(ANON_COOKIE_NAME, **cookie)
             return
         if not session.modified and request.endpoint in BACKGROUND_ENDPOINTS:
             return
         stored = users.Session(session.sid, data.get("user"), data, session.created_at, session.last_seen)
         users.save_session(db, stored, changed=session.modified)
+
+    def _save_anonymous(self, app: Flask, session: ServerSession, data: dict[str, Any], response: Response,
+                        db: Any, cookie: dict[str, Any]) -> None:
+        """No row before login: a logged-in row whose user went away is ended, the rest is a signed cookie."""
+        if session.sid:
+            users.end_session(db, session.sid)
+        if session.sid or session.stale:
+            response.delete_cookie(COOKIE_NAME, **cookie)
+        had_cookie = bool(request.cookies.get(ANON_COOKIE_NAME))
+        if not data:
+            if had_cookie:
+                response.delete_cookie(ANON_COOKIE_NAME, **cookie)
+            return
+        if session.modified or not had_cookie or session.sid or session.stale:
+            signer = self._signer(app)
+            if signer is not None:
+                response.set_cookie(ANON_COOKIE_NAME, signer.dumps(data), **cookie)

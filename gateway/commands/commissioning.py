@@ -9,11 +9,12 @@ import threading
 
 import click
 
-from drivers import BusConfig, DriverError, Profile, SimulatedDevice, SimulatorServer, load_profiles, read_meter
+from drivers import (BusConfig, DriverError, Profile, Ratios, Reading, SimulatedDevice, SimulatorServer, load_profiles,
+                     parse_ratio, read_meter)
 from drivers.model import SerialSettings
 from drivers.simulator import FAULTS
 
-from gateway.paths import PROFILES_DIR
+from gateway.paths import PROFILE_DIRS
 
 
 class _Seconds(click.FloatRange):
@@ -24,6 +25,36 @@ class _Seconds(click.FloatRange):
         if not math.isfinite(seconds):
             self.fail(f"{value!r} is not a number of seconds; use e.g. 0.5", param, ctx)
         return seconds
+
+
+class _Ratio(click.ParamType):
+    """A transformer ratio as on the rating plate: ``100/5``, ``20`` (``drivers.parse_ratio``)."""
+
+    name = "RATIO"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_ratio(value, "ct_ratio" if param is not None and param.name == "ct" else "pt_ratio")
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc}", param, ctx)
+
+
+def _ratio_options(command):  # type: ignore[no-untyped-def]
+    """--ct and --pt: values the profile marks secondary-side are shown primary (issue 13)."""
+    command = click.option("--pt", "pt", type=_Ratio(), default=1.0, show_default=True,
+                           help="Voltage transformer ratio, e.g. 10000/100 (values shown primary).")(command)
+    return click.option("--ct", "ct", type=_Ratio(), default=1.0, show_default=True,
+                        help="Current transformer ratio, e.g. 100/5 (values shown primary).")(command)
+
+
+def all_energy_invalid(readings: list[Reading]) -> str | None:
+    """Why a read is no use for emissions: every cumulative (energy, volume, ...) point is invalid; else None."""
+    counters = [r for r in readings if r.quantity.cumulative]
+    if not counters or any(r.quality == "ok" for r in counters):
+        return None
+    return "every energy point is invalid (" + "; ".join(f"{r.point}: {r.reason}" for r in counters) + ")"
 
 
 #: The ranges a [[buses]] table accepts (gateway/config.py); 0 baud or a negative timeout is a typo.
@@ -42,7 +73,7 @@ def host_port(value: str, param_hint: str = "--tcp", example: str = "192.168.1.5
 
 def _profiles() -> dict[str, Profile]:
     try:
-        return load_profiles(PROFILES_DIR)
+        return load_profiles(PROFILE_DIRS)
     except DriverError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -67,9 +98,13 @@ def _profile(profile_id: str) -> Profile:
 @click.option("--timeout", "timeout_s", type=_TIMEOUT, default=1.0, show_default=True, help="Reply timeout in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.option("--raw", is_flag=True, help="Show the raw registers in hex beside each value (spot a wrong byte order).")
+@_ratio_options
 def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, parity: str, stopbits: str, unit_id: int, profile_id: str,
-         timeout_s: float, as_json: bool, raw: bool) -> None:
-    """One-shot test read of one meter: every point of its profile with value and unit."""
+         timeout_s: float, as_json: bool, raw: bool, ct: float, pt: float) -> None:
+    """One-shot test read of one meter: every point of its profile with value and unit.
+
+    Values are primary: points the profile marks secondary-side are multiplied by --ct/--pt. Exits 1 when
+    every energy point is invalid."""
     if bool(tcp) == bool(serial):
         raise click.UsageError("give exactly one of --tcp HOST:PORT or --serial DEVICE")
     profile = _profile(profile_id)
@@ -80,17 +115,21 @@ def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, par
         bus = BusConfig("cli", "rtu", serial=SerialSettings(serial or "", baud, parity, int(stopbits)),  # type: ignore[arg-type]
                         timeout_s=timeout_s)
     try:
-        readings = read_meter(bus, unit_id, profile)
+        readings = read_meter(bus, unit_id, profile, Ratios(ct, pt))
     except DriverError as exc:
         raise click.ClickException(f"unit {unit_id}: {exc}") from exc
     if as_json:
         click.echo(json.dumps([{"point": r.point, "value": r.value, "unit": r.unit, "quality": r.quality,
                                 "reason": r.reason, "raw": [f"{w:04x}" for w in r.raw]} for r in readings], indent=2))
-        return
-    for r in readings:
-        value = f"{r.value:.4f}" if r.value is not None else f"INVALID ({r.reason})"
-        extra = "  [" + " ".join(f"{w:04x}" for w in r.raw) + "]" if raw else ""
-        click.echo(f"{r.point:<24} {value:>16} {r.unit}{extra}")
+    else:
+        for r in readings:
+            value = f"{r.value:.4f}" if r.value is not None else f"INVALID ({r.reason})"
+            extra = "  [" + " ".join(f"{w:04x}" for w in r.raw) + "]" if raw else ""
+            click.echo(f"{r.point:<24} {value:>16} {r.unit}{extra}")
+    useless = all_energy_invalid(readings)
+    if useless:
+        raise click.ClickException(f"unit {unit_id}: {useless}: check the profile (`scan`) and the raw registers "
+                                   "(`read --raw`)")
 
 
 @click.command()

@@ -165,11 +165,11 @@ def doctor(config_path: Path | None, data_dir: Path | None, as_json: bool) -> No
 
     from gateway.config import ConfigError, load_config
     from gateway.doctor import run_checks
-    from gateway.paths import PROFILES_DIR
+    from gateway.paths import PROFILE_DIRS
 
     config, error, broken = None, None, {}
     try:
-        found = load_profile_set(PROFILES_DIR)
+        found = load_profile_set(PROFILE_DIRS)
         broken = dict(found.broken)
         config = load_config(config_path, found.profiles, data_dir, broken_profiles=broken)
     except (ConfigError, ProfileError) as exc:

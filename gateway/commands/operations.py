@@ -17,7 +17,7 @@ from sync import SyncError
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.logs import configure_logging, under_journald
 from gateway.notify import Notifier, WatchdogFeeder, watchdog_interval_s
-from gateway.paths import PROFILES_DIR
+from gateway.paths import PROFILE_DIRS
 
 if TYPE_CHECKING:
     from gateway.daemon import Gateway
@@ -38,7 +38,7 @@ def load_config_and_profiles(config: Path | None, data_dir: Path | None) -> tupl
     :raises ConfigError: the config cannot be used (a meter naming a profile that does not exist included).
     :raises ProfileError: the profile directory is missing.
     """
-    found = load_profile_set(PROFILES_DIR)
+    found = load_profile_set(PROFILE_DIRS)
     return load_config(config, found.profiles, data_dir, broken_profiles=found.broken), dict(found.profiles)
 
 

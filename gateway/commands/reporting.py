@@ -80,7 +80,7 @@ def report(start, end, by: str, fmt: str, method: str | None, output: Path | Non
     except sqlite3.Error as exc:
         raise click.ClickException(f"{path}: database error: {exc}: check the disk and the file's permissions") from None
     if fmt == "json":
-        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     elif fmt == "csv":
         text = r.render_csv(data)
     else:

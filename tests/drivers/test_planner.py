@@ -143,7 +143,7 @@ def test_a_device_refusing_long_reads_gets_shorter_ones(picky_devices) -> None:
     poller = BusPoller(bus, [MeterConfig("long", "t", 2, "test", 1.0)], {"test": LONG})
     try:
         assert len(poller.poll_due(0.0)) == 40
-        assert poller.limits()[2].max_count == 10
+        assert poller.limits()[(2, "test")].max_count == 10
         assert _ranges(poller.plan(2, LONG)) == [(0, 10), (10, 10), (20, 10), (30, 10)]
         exceptions = poller.stats()["long"].exceptions
         assert all(r.quality == "ok" for r in poller.poll_due(10.0))

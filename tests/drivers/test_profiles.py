@@ -124,7 +124,7 @@ def test_profile_values_are_plausible_for_its_quantities(profile_id: str) -> Non
      "points[0]: missing 'unit'; every point needs name, address, data_type, quantity and unit"),
     ('name = "v"\naddress = 0\ndata_type = "u16"\nquantity = "voltage"\nunit = "V"\nwordorder = "big"',
      "points[0].wordorder: unknown key; use one of address, byte_order, data_type, description, name, "
-     "nan_values, quantity, scale, scale_register, table, unit, word_order"),
+     "nan_values, quantity, scale, scale_register, secondary, table, unit, word_order"),
     # Bad-input sweep: these raised ValueError/TypeError or were accepted.
     ('name = "v"\naddress = 0\ndata_type = "u16"\nquantity = "voltage"\nunit = "V"\nnan_values = ["a"]',
      "points[0].nan_values = ['a']: use a list of the integers (0 to 65535 for u16) the meter sends for "

@@ -125,8 +125,8 @@ def test_run_and_doctor_with_a_broken_profile_file(tmp_path: Path, monkeypatch: 
     import gateway.paths
 
     directory = _profile_dir(tmp_path)
-    monkeypatch.setattr(operations, "PROFILES_DIR", directory)
-    monkeypatch.setattr(gateway.paths, "PROFILES_DIR", directory)
+    monkeypatch.setattr(operations, "PROFILE_DIRS", (directory,))
+    monkeypatch.setattr(gateway.paths, "PROFILE_DIRS", (directory,))
     config, profiles = operations.load_or_exit(None, tmp_path / "data")   # `run` starts instead of exiting 2
     assert config.disabled_meters() == {"steam-header": _reason(directory)} and BROKEN not in profiles
 

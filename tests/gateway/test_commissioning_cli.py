@@ -176,7 +176,7 @@ def test_a_broken_profile_file_is_named(tmp_path: Path, monkeypatch: pytest.Monk
     import gateway.commands.commissioning as commissioning
 
     (tmp_path / "broken.toml").write_text('id = "broken"\nmanufacturer =\n')
-    monkeypatch.setattr(commissioning, "PROFILES_DIR", tmp_path)
+    monkeypatch.setattr(commissioning, "PROFILE_DIRS", (tmp_path,))
     result = CliRunner().invoke(main, command)
     assert (result.exit_code, result.output) == (
         1, f"Error: {tmp_path / 'broken.toml'}: not valid TOML (Invalid value (at line 2, column 15)): fix that line "

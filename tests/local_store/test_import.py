@@ -95,14 +95,17 @@ office,electricity,2019-01-01,2019-02-01,1000,kWh
 
 
 def test_importing_the_same_period_twice_is_refused(tmp_path: Path) -> None:
+    """Another amount for a period already imported is refused; the identical row is a no-op (issue 14)."""
     csv = write(tmp_path, "a.csv", "source,activity,start,end,amount,unit\nb1,lpg,2025-01-01,2025-02-01,2,t\n")
+    other = write(tmp_path, "b.csv", "source,activity,start,end,amount,unit\nb1,lpg,2025-01-01,2025-02-01,3,t\n")
     with open_store(tmp_path / "gateway.db") as store:
         import_csv(store, csv, tz=CST)
         before = counts(store)
         with pytest.raises(DataImportError) as exc:
-            import_csv(store, csv, tz=CST)
+            import_csv(store, other, tz=CST)
         assert exc.value.errors == ["line 2: b1 lpg 2025-01-01..2025-02-01 overlaps data already imported from "
                                     "import:a.csv line 2: remove the row or the earlier import"]
+        assert import_csv(store, csv, tz=CST).already_stored == 1
         assert counts(store) == before
 
 
@@ -172,32 +175,38 @@ m1,2025-03-01T00:30:00+08:00,gas_volume,-4,kWh
 
 
 def test_the_same_reading_twice_is_refused(tmp_path: Path) -> None:
-    """Bad-input sweep: duplicate rows, and the same file imported again, were stored twice (and synced twice)."""
+    """Bad-input sweep: duplicate rows, and the same file imported again, were stored twice (and synced twice).
+
+    Issue 14: an exact repeat is skipped and counted, and a re-import is a no-op; another value is refused.
+    """
     dup = write(tmp_path, "dup.csv", """
 source,timestamp,register,value,unit
 m1,2025-03-01T00:00:00+08:00,energy_import,1,kWh
-m1,2025-02-28T16:00:00+00:00,energy_import,1,kWh
+m1,2025-02-28T16:00:00+00:00,energy_import,1.5,kWh
 """)
     reads = write(tmp_path, "reads.csv", """
 source,timestamp,register,value,unit
 m1,2025-03-01T00:00:00+08:00,energy_import,1,kWh
 m1,2025-03-01T01:00:00+08:00,energy_import,2,kWh
 """)
+    changed = write(tmp_path, "changed.csv", """
+source,timestamp,register,value,unit
+m1,2025-03-01T01:00:00+08:00,energy_import,2.5,kWh
+""")
     with open_store(tmp_path / "gateway.db") as store:
         with pytest.raises(DataImportError) as exc:
             import_csv(store, dup)
         assert exc.value.errors == [
-            "line 3 (m1, 2025-02-28T16:00:00+00:00): the same source, register and timestamp as line 2: a register "
-            "has one value at a time; remove one of the rows"]
+            "line 3 (m1, 2025-02-28T16:00:00+00:00): the same source, register and timestamp as line 2 with another "
+            "value (1.5 kWh here, 1 kWh there): a register has one value at a time; remove the wrong row"]
         import_csv(store, reads)
         before = counts(store)
+        assert import_csv(store, reads).already_stored == 2
         with pytest.raises(DataImportError) as exc:
-            import_csv(store, reads)
+            import_csv(store, changed)
         assert exc.value.errors == [
-            "line 2 (m1, 2025-03-01T00:00:00+08:00): already stored (origin import:reads.csv): remove the row or the "
-            "earlier import",
-            "line 3 (m1, 2025-03-01T01:00:00+08:00): already stored (origin import:reads.csv): remove the row or the "
-            "earlier import"]
+            "line 2 (m1, 2025-03-01T01:00:00+08:00): already stored with another value (2.0 kWh, origin "
+            "import:reads.csv): remove the row, or correct the earlier data first"]
         assert counts(store) == before
 
 
