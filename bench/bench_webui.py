@@ -4,7 +4,7 @@
 
 A real gateway runs 32 simulated meters (Eastron SDM630 profile, 10 points each, polled every 2 s on
 four simulated Modbus TCP buses) with its store writer and emissions jobs, and serves the web UI with
-waitress on 127.0.0.1 (the daemon's own server). ``--clients`` threads, each logged in with its own
+cheroot on 127.0.0.1 (the daemon's own server). ``--clients`` threads, each logged in with its own
 session and keep-alive connection, request ``--path`` back to back for ``--seconds``. Printed: requests,
 throughput and the latency percentiles; the target is a 95th percentile under 100 ms.
 """
@@ -29,6 +29,8 @@ from drivers import load_profiles  # noqa: E402
 from gateway.config import config_from_text  # noqa: E402
 from gateway.daemon import Gateway  # noqa: E402
 from gateway.paths import PROFILES_DIR  # noqa: E402
+from gateway.runtime import Runtime  # noqa: E402
+from webui import serve_gateway  # noqa: E402
 from local_store import users  # noqa: E402
 
 PASSWORD = "bench-password-1"
@@ -68,7 +70,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--path", default="/")
-    parser.add_argument("--threads", type=int, default=8, help="waitress worker threads")
+    parser.add_argument("--threads", type=int, default=8, help="web server worker threads")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,6 +81,8 @@ def main() -> None:
         port = free_port()
         cfg = config_from_text(config.replace("port = 0", f"port = {port}"), "bench", profiles, Path(tmp))
         gateway = Gateway(replace(cfg, web=replace(cfg.web, enabled=True)), profiles)
+        runtime = Runtime(gateway)
+        gateway.web_factory = lambda: serve_gateway(runtime)     # as `carbon-gateway run` does
         gateway.start()
         try:
             assert gateway.store is not None
@@ -90,7 +94,7 @@ def main() -> None:
                     break
                 time.sleep(0.5)
             print(f"{answering}/{args.meters} meters polled; {args.clients} clients on {args.path} "
-                  f"for {args.seconds:.0f} s (waitress, {args.threads} threads)")
+                  f"for {args.seconds:.0f} s (cheroot, {args.threads} threads)")
             connections = [login(port) for _ in range(args.clients)]
             latencies: list[list[float]] = [[] for _ in connections]
             errors = [0]

@@ -1,8 +1,12 @@
-"""The daemon: wires drivers -> local_store -> sync and serves the web UI.
+"""The daemon: wires drivers -> local_store -> sync, and runs the web server the CLI hands it.
 
 Threads: one per bus (owns the bus, polls on a monotonic schedule and queues readings), an APScheduler
 pool (store writer, preprocessing + emissions), the ``sync`` thread, and the web server. A meter that
 does not answer is reported and retried by its bus owner; it never stops the daemon.
+
+The daemon does not import the web UI (issue 12): the CLI builds the web server over
+:class:`gateway.runtime.Runtime` and hands it over as :attr:`Gateway.web_factory`, so there is no
+gateway <-> webui cycle and a headless gateway runs without Flask.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Reading, SimulatedDevice, SimulatorServer
 from drivers import load_profile_set
@@ -36,6 +40,18 @@ MAX_QUEUED_BATCHES = 10_000      # poll batches between two store-writer runs (a
 MAX_HELD_READINGS = 150_000      # readings kept in memory while the store refuses writes (~40 MB; MemoryMax=256M)
 
 
+class WebServer(Protocol):
+    """A bound web server: ``run()`` serves until ``close()``."""
+
+    def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: builds the bound web server and says its URL; called once by ``Gateway.start`` when ``[web] enabled``
+WebFactory = Callable[[], tuple[WebServer, str]]
+
+
 class ReloadError(Exception):
     """A new config was not applied; the message says why. The previous config keeps running."""
 
@@ -55,8 +71,9 @@ class Gateway:
     """The running gateway. ``start()`` returns once polling has started."""
 
     def __init__(self, config: GatewayConfig, profiles: Mapping[str, Profile] | None = None,
-                 clock_probe: Callable[[], ClockState] = clock_state) -> None:
+                 clock_probe: Callable[[], ClockState] = clock_state, web_factory: WebFactory | None = None) -> None:
         self.config = config
+        self.web_factory = web_factory         # the CLI's web server (gateway.runtime + webui); None: headless
         self._clock_probe = clock_probe
         self._profiles = dict(profiles if profiles is not None else load_profile_set(PROFILE_DIRS).profiles)
         self.store: Store | None = None
@@ -70,7 +87,7 @@ class Gateway:
         self.restart_needed = ""               # what a reload could not apply while running
         self._started_web = config.web
         self._scheduler: SteadyScheduler | None = None
-        self._web_server: Any = None
+        self._web_server: WebServer | None = None
         self._web_thread: threading.Thread | None = None
         self.last_store_ok = 0.0           # monotonic time of the last successful poll -> store cycle
         self.store_error = ""
@@ -87,6 +104,7 @@ class Gateway:
         self._process_log = RepeatedError(log, "preprocessing/emissions")
         self.last_backup: tuple[float, str] | None = None   # (epoch s, path) of the last scheduled backup
         self.clock_synchronized: bool | None = None          # None: cannot tell (see gateway.clock)
+        self.clock: ClockState | None = None                 # the last answer: System page, dashboard, /healthz
         self.backup_error = ""
         self._lock: StoreLock | None = None
 
@@ -95,7 +113,7 @@ class Gateway:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = hold_store_lock(config.database)     # a restore never replaces the file under us
-        restored_over = apply_staged_restore(config.database)
+        restored_over = apply_staged_restore(config.database, config.audit_key)
         self.store = open_store(config.database, config.emissions)
         # Seal audit entries (the web UI's too: it writes through this process) with a key outside the file.
         audit.use_key(config.database, audit.ensure_key(config.audit_key, self.store.db))
@@ -235,10 +253,16 @@ class Gateway:
         return replace(bus, host=simulator.host, port=simulator.port)
 
     def _start_web(self) -> None:
-        from webui import serve_gateway  # the web UI is optional for a headless gateway
-
-        self._web_server, url = serve_gateway(self)
-        self._web_thread = threading.Thread(target=self._web_server.run, name="web", daemon=True)
+        if self.web_factory is None:
+            # The daemon never imports the web UI (issue 12): whoever starts it hands the server over, as
+            # `carbon-gateway run` does (gateway.web_factory = lambda: webui.serve_gateway(Runtime(gateway)));
+            # tests use tests.conftest.with_web(gateway).
+            log.warning("[web] enabled = true, but this gateway was started without a web server (web_factory "
+                        "is not set): running headless")
+            return
+        server, url = self.web_factory()
+        self._web_server = server
+        self._web_thread = threading.Thread(target=server.run, name="web", daemon=True)
         self._web_thread.start()
         log.info("web UI on %s", url)
 
@@ -340,6 +364,7 @@ class Gateway:
         elif state.synchronized and self.clock_synchronized is False:
             log.info("the system clock is synchronised now (%s)", state.detail)
         self.clock_synchronized = state.synchronized
+        self.clock = state
         return state
 
     def retain(self, now: float | None = None) -> int:
@@ -378,16 +403,17 @@ class Gateway:
         self.audit("backup.create", path.name, {"path": str(path), "removed": [p.name for p in removed]})
         return path
 
-    def audit(self, action: str, target: str = "", detail: Mapping[str, Any] | None = None) -> None:
+    def audit(self, action: str, target: str = "", detail: Mapping[str, Any] | None = None,
+              actor: str = "daemon") -> None:
         """Record one of the daemon's own changes in the audit log; a failure is logged, never raised."""
         if self.store is None:
             return
         try:
-            audit.record(self.store.db, "daemon", action, target, detail)
+            audit.record(self.store.db, actor, action, target, detail)
         except Exception as exc:  # noqa: BLE001 - the audit must not stop the daemon; the log says why
             log.error("cannot write the audit entry %s %s: %s", action, target, exc)
 
-    # -- what the web UI reads (webui.runtime.Runtime) --------------------------------------------------
+    # -- what the service interface reads (gateway.runtime.Runtime) --------------------------------------------------
     def profiles(self) -> Mapping[str, Profile]:
         return self._profiles
 
@@ -433,14 +459,17 @@ class Gateway:
         age = time.monotonic() - self.last_store_ok if self.last_store_ok else None
         sync = self.sync_status()
         disabled = self.config.disabled_meters()
+        sync_alarm = sync.alarm if sync else ""
+        healthy = age is not None and age < 60 and not self.store_error and not disabled and not sync_alarm
         return {
-            "status": "ok" if age is not None and age < 60 and not self.store_error and not disabled else "degraded",
+            "status": "ok" if healthy else "degraded",
             "last_store_age_s": age,
             "store_error": self.store_error,
             "readings_held_in_memory": self.held_readings(),
             "readings_dropped": self.readings_dropped,
             "sync_backlog_readings": sync.backlog_readings if sync else None,
             "sync_connected": sync.connected if sync else None,
+            "sync_alarm": sync_alarm,             # disk budget exceeded, or a sync conflict: with the fix
             "clock_synchronized": self.clock_synchronized,
             "backup_error": self.backup_error,
             "restart_needed": self.restart_needed,

@@ -12,7 +12,12 @@ AES-256-GCM, so memory stays bounded on a small box. File layout (format 1)::
     meta len  4 bytes, meta: JSON (created_at, source file, schema migrations)
     chunks    4-byte length + ciphertext; AAD = SHA-256(header) || i || final flag
 
-The header is authenticated by every chunk, and the final flag makes a truncated file fail. A restore
+The header is authenticated by every chunk, and the final flag makes a truncated file fail. The meta
+also carries the audit key (``keys/audit.key``) sealed with the backup key (AES-256-GCM, its own nonce),
+so a restore into a fresh data directory puts back the key that ``audit verify`` needs (issue 16). A
+restore marks the restored file (``store_meta`` key ``restored``: a fresh id and the next reading id),
+so sync starts a new sync stream and never reuses a number that left the gateway after the backup. A
+restore
 decrypts into a temporary file beside the store, runs ``PRAGMA integrity_check``, checks that every
 migration in it is known to this version, and only then moves the live file aside and puts the
 restored one in its place, while no daemon holds the store lock (:func:`hold_store_lock`).
@@ -36,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import sqlite_utils
+
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -46,6 +53,9 @@ MAGIC = b"CARBONGW-BACKUP\n"
 FORMAT_VERSION = 1
 SUFFIX = ".cgbak"
 KEY_FILE = "backup.key"
+AUDIT_KEY_FILE = "audit.key"
+RESTORED_META_KEY = "restored"          # store_meta: {"id", "at", "backup_created_at", "next_reading_id"}
+_AUDIT_KEY_AAD = b"carbon-gateway backup: audit key"
 CHUNK_BYTES = 1 << 20
 _FIXED = struct.Struct(">16sH8s8sI")
 _NAME = re.compile(r"^gateway-(\d{6})-(\d{8}T\d{6}Z)" + re.escape(SUFFIX) + r"$")
@@ -76,6 +86,7 @@ class RestoreResult:
     audit_entries: int
     previous_copy: Path | None      # the replaced store, kept beside it (None when there was none)
     staged: bool = False            # True: waiting beside the store until the next start
+    audit_key: str = ""             # "restored", "kept" (the same key was in place), "supplied", or "" (none needed)
 
 
 # -- key ------------------------------------------------------------------------------------------
@@ -105,6 +116,28 @@ def load_backup_key(key_path: Path) -> bytes:
 
 def key_id(key: bytes) -> str:
     return hashlib.sha256(key).hexdigest()[:16]
+
+
+def _seal_audit_key(key: bytes, audit_key_path: Path) -> str | None:
+    """The audit key file's bytes sealed with the backup key (base64 of nonce || ciphertext), or None."""
+    try:
+        content = Path(audit_key_path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackupError(f"{audit_key_path}: cannot read the audit key to put it in the backup "
+                          f"({exc.strerror or exc}): check the keys directory's permissions") from exc
+    nonce = secrets.token_bytes(12)
+    return base64.b64encode(nonce + AESGCM(key).encrypt(nonce, content, _AUDIT_KEY_AAD)).decode()
+
+
+def _open_audit_key(key: bytes, sealed: object, backup_file: Path) -> bytes:
+    try:
+        blob = base64.b64decode(str(sealed), validate=True)
+        return AESGCM(key).decrypt(blob[:12], blob[12:], _AUDIT_KEY_AAD)
+    except (ValueError, InvalidTag) as exc:
+        raise BackupError(f"{backup_file}: the audit key inside is damaged; nothing was replaced: use another "
+                          f"backup") from exc
 
 
 # -- store lock -----------------------------------------------------------------------------------
@@ -197,10 +230,14 @@ def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
     yield pending + compressor.flush()
 
 
-def create_backup(store_path: Path, dest_dir: Path, key_path: Path, now: float | None = None) -> Path:
+def create_backup(store_path: Path, dest_dir: Path, key_path: Path, now: float | None = None,
+                  audit_key_path: Path | None = None) -> Path:
     """Write an encrypted, consistent backup of the store into ``dest_dir``; returns its path.
 
     Safe while the daemon writes. The key at ``key_path`` is created (0600) on first use.
+
+    :param audit_key_path: the audit key to carry, sealed with the backup key (default: ``audit.key``
+        beside ``key_path``, the gateway's keys directory); a missing file is simply not carried.
 
     :raises BackupError: the store is missing or damaged, or the destination cannot be written
         (naming the path and the OS error, e.g. a full disk).
@@ -228,8 +265,11 @@ def create_backup(store_path: Path, dest_dir: Path, key_path: Path, now: float |
         dest_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = _next_name(dest_dir, created_at)
         partial = path.with_name(path.name + ".partial")
-        header, nonce_prefix = _header(key, {"created_at": created_at, "source": store_path.name,
-                                             "migrations": list(migrations)})
+        meta = {"created_at": created_at, "source": store_path.name, "migrations": list(migrations)}
+        sealed_audit_key = _seal_audit_key(key, audit_key_path or key_path.with_name(AUDIT_KEY_FILE))
+        if sealed_audit_key is not None:
+            meta["audit_key"] = sealed_audit_key
+        header, nonce_prefix = _header(key, meta)
         aad_base = hashlib.sha256(header).digest()
         aes = AESGCM(key)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -382,7 +422,8 @@ def _check_database(path: Path, backup_file: Path) -> tuple[int, int]:
     return readings, audit_entries
 
 
-def _prepare(backup_file: Path, store_path: Path, key_path: Path) -> tuple[Path, dict, int, int]:
+def _prepare(backup_file: Path, store_path: Path, key_path: Path) -> tuple[Path, dict, int, int, bytes | None]:
+    """Decrypt and check; returns (temp file, meta, readings, audit entries, the audit key it carries)."""
     read_backup_info(backup_file)       # a foreign or newer file is refused before the key is needed
     key = load_backup_key(key_path)
     store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -390,6 +431,7 @@ def _prepare(backup_file: Path, store_path: Path, key_path: Path) -> tuple[Path,
     try:
         meta = _decrypt_to(backup_file, key, temp)
         readings, audit_entries = _check_database(temp, backup_file)
+        audit_key = _open_audit_key(key, meta["audit_key"], backup_file) if "audit_key" in meta else None
     except zlib.error as exc:
         temp.unlink(missing_ok=True)
         raise BackupError(f"{backup_file}: the data inside cannot be decompressed ({exc}); nothing was replaced") from exc
@@ -400,7 +442,93 @@ def _prepare(backup_file: Path, store_path: Path, key_path: Path) -> tuple[Path,
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    return temp, meta, readings, audit_entries
+    return temp, meta, readings, audit_entries, audit_key
+
+
+def _mark_restored(path: Path, backup_created_at: float) -> None:
+    """Record in the restored file that it is a restore: sync reads this and starts a new sync stream
+    whose readings begin at ``next_reading_id``, so no number that left the gateway after the backup is
+    reused (issue 16)."""
+    conn = sqlite3.connect(path)
+    try:
+        allocated = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'readings'").fetchone()[0]
+        highest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0]
+        marker = {"id": secrets.token_hex(8), "at": time.time(), "backup_created_at": backup_created_at,
+                  "next_reading_id": max(int(allocated), int(highest)) + 1}
+        with conn:
+            conn.execute("INSERT INTO store_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                         "value = excluded.value", (RESTORED_META_KEY, json.dumps(marker)))
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class RestoreMarker:
+    """What a restore wrote into the restored file (see :func:`restore_marker`)."""
+
+    id: str                  # fresh for every restore
+    at: float
+    backup_created_at: float
+    next_reading_id: int     # readings from this id on were written after the restore
+
+
+def restore_marker(db: sqlite_utils.Database) -> RestoreMarker | None:
+    """The last restore's marker in the store ``db``, or None if the file was never restored."""
+    row = db.execute("SELECT value FROM store_meta WHERE key = ?", (RESTORED_META_KEY,)).fetchone()
+    if not row:
+        return None
+    data = json.loads(row[0])
+    return RestoreMarker(str(data["id"]), float(data["at"]), float(data["backup_created_at"]),
+                         int(data["next_reading_id"]))
+
+
+def _has_sealed_audit_entries(path: Path) -> bool:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'audit_log'").fetchone():
+            return False
+        return conn.execute("SELECT 1 FROM audit_log WHERE hash LIKE 'h1:%' LIMIT 1").fetchone() is not None
+    finally:
+        conn.close()
+
+
+def _audit_key_to_install(temp: Path, carried: bytes | None, audit_key_path: Path, supplied: Path | None,
+                          backup_file: Path) -> tuple[bytes | None, str]:
+    """Which audit key the restored store needs at ``audit_key_path``: (bytes to write or None, outcome).
+
+    :raises BackupError: the backup does not carry its audit key (made by an older version), its entries
+        are sealed, and neither ``supplied`` nor an existing key file can provide it.
+    """
+    if supplied is not None:
+        try:
+            return Path(supplied).read_bytes(), "supplied"
+        except OSError as exc:
+            raise BackupError(f"{supplied}: cannot read the audit key ({exc.strerror or exc}); nothing was "
+                              f"replaced") from exc
+    if carried is not None:
+        return carried, "restored"
+    if not _has_sealed_audit_entries(temp):
+        return None, ""
+    if audit_key_path.exists():
+        return None, "kept"
+    raise BackupError(f"{backup_file}: this backup does not carry the audit key (made by an older version) and "
+                      f"{audit_key_path} does not exist, so `audit verify` could not check its sealed entries; "
+                      f"nothing was replaced: copy the old gateway's keys/{AUDIT_KEY_FILE} there, or pass it "
+                      f"with --audit-key")
+
+
+def _install_audit_key(content: bytes | None, audit_key_path: Path) -> str:
+    """Write the restored audit key; a different key already there is kept aside. Returns the outcome."""
+    if content is None:
+        return ""
+    if audit_key_path.exists():
+        if audit_key_path.read_bytes() == content:
+            return "kept"
+        aside = audit_key_path.with_name(f"{audit_key_path.name}.before-restore-"
+                                         f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        os.replace(audit_key_path, aside)
+    create_key_file(audit_key_path, content.decode("utf-8"))
+    return "restored"
 
 
 def _swap_in(temp: Path, store_path: Path) -> Path | None:
@@ -418,25 +546,46 @@ def _swap_in(temp: Path, store_path: Path) -> Path | None:
     return previous
 
 
-def restore_backup(backup_file: Path, store_path: Path, key_path: Path) -> RestoreResult:
+def _default_audit_key(store_path: Path) -> Path:
+    return Path(store_path).parent / "keys" / AUDIT_KEY_FILE
+
+
+def restore_backup(backup_file: Path, store_path: Path, key_path: Path, audit_key_path: Path | None = None,
+                   audit_key_source: Path | None = None) -> RestoreResult:
     """Check ``backup_file`` completely, then replace the store with it (the daemon must be stopped).
 
-    The replaced file is kept beside it as ``<store>.before-restore-<time>``.
+    The replaced file is kept beside it as ``<store>.before-restore-<time>``. The audit key the backup
+    carries is put at ``audit_key_path`` (default ``keys/audit.key`` beside the store); a different key
+    there is kept as ``audit.key.before-restore-<time>``. The restored file is marked as a restore, so
+    sync starts a new sync stream.
 
-    :raises BackupError: a foreign, corrupt, truncated or newer backup, a wrong key, or a running
-        daemon; in every case nothing was replaced.
+    :param audit_key_source: the old gateway's audit key file, for a backup made before backups
+        carried it.
+    :raises BackupError: a foreign, corrupt, truncated or newer backup, a wrong key, a running daemon,
+        or a sealed audit log whose key is nowhere to be had; in every case nothing was replaced.
     """
     store_path = Path(store_path)
+    audit_key_path = Path(audit_key_path) if audit_key_path else _default_audit_key(store_path)
     lock = StoreLock(store_path)
     if not lock.acquire():
         raise BackupError(f"{store_path}: the gateway is running; nothing was replaced: stop it first "
                           f"(systemctl stop carbon-gateway), restore, then start it")
     try:
-        temp, meta, readings, audit_entries = _prepare(Path(backup_file), store_path, key_path)
+        temp, meta, readings, audit_entries, carried = _prepare(Path(backup_file), store_path, key_path)
+        try:
+            content, planned = _audit_key_to_install(temp, carried, audit_key_path, audit_key_source,
+                                                     Path(backup_file))
+            _mark_restored(temp, float(meta.get("created_at", 0)))
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
         previous = _swap_in(temp, store_path)
+        installed = _install_audit_key(content, audit_key_path)
+        outcome = planned if planned in ("supplied", "kept") else installed or planned
     finally:
         lock.release()
-    return RestoreResult(store_path, float(meta.get("created_at", 0)), readings, audit_entries, previous)
+    return RestoreResult(store_path, float(meta.get("created_at", 0)), readings, audit_entries, previous,
+                         audit_key=outcome)
 
 
 def check_backup(backup_file: Path, store_path: Path, key_path: Path) -> RestoreResult:
@@ -445,35 +594,63 @@ def check_backup(backup_file: Path, store_path: Path, key_path: Path) -> Restore
     The decrypted copy is written beside ``store_path`` (same protection as the store) and removed.
     """
     store_path = Path(store_path)
-    temp, meta, readings, audit_entries = _prepare(Path(backup_file), store_path, key_path)
+    temp, meta, readings, audit_entries, carried = _prepare(Path(backup_file), store_path, key_path)
     temp.unlink(missing_ok=True)
-    return RestoreResult(store_path, float(meta.get("created_at", 0)), readings, audit_entries, None)
+    return RestoreResult(store_path, float(meta.get("created_at", 0)), readings, audit_entries, None,
+                         audit_key="carried" if carried is not None else "")
 
 
-def stage_restore(backup_file: Path, store_path: Path, key_path: Path) -> RestoreResult:
+def stage_restore(backup_file: Path, store_path: Path, key_path: Path, audit_key_path: Path | None = None,
+                  audit_key_source: Path | None = None) -> RestoreResult:
     """Check ``backup_file`` completely and leave it beside the store; the next start swaps it in.
 
     For a running gateway (the web UI): restart the service to finish (:func:`apply_staged_restore`).
+    The audit key the backup carries waits beside it too and is put in place at that start.
     """
     store_path = Path(store_path)
-    temp, meta, readings, audit_entries = _prepare(Path(backup_file), store_path, key_path)
+    audit_key_path = Path(audit_key_path) if audit_key_path else _default_audit_key(store_path)
+    temp, meta, readings, audit_entries, carried = _prepare(Path(backup_file), store_path, key_path)
+    try:
+        content, outcome = _audit_key_to_install(temp, carried, audit_key_path, audit_key_source, Path(backup_file))
+        _mark_restored(temp, float(meta.get("created_at", 0)))
+        pending_key = _staged_audit_key(store_path)
+        pending_key.unlink(missing_ok=True)
+        if content is not None:
+            create_key_file(pending_key, content.decode("utf-8"))
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     os.replace(temp, staged_path(store_path))
     _fsync_dir(store_path.parent)
-    return RestoreResult(store_path, float(meta.get("created_at", 0)), readings, audit_entries, None, staged=True)
+    return RestoreResult(store_path, float(meta.get("created_at", 0)), readings, audit_entries, None, staged=True,
+                         audit_key=outcome)
+
+
+def _staged_audit_key(store_path: Path) -> Path:
+    return Path(str(store_path) + ".restore-pending.audit-key")
 
 
 def staged_path(store_path: Path) -> Path:
     return Path(str(store_path) + ".restore-pending")
 
 
-def apply_staged_restore(store_path: Path) -> Path | None:
-    """At start, before the store is opened: swap in a staged restore. Returns the replaced file's copy."""
-    staged = staged_path(Path(store_path))
+def apply_staged_restore(store_path: Path, audit_key_path: Path | None = None) -> Path | None:
+    """At start, before the store is opened: swap in a staged restore and its audit key. Returns the
+    replaced file's copy."""
+    store_path = Path(store_path)
+    staged = staged_path(store_path)
     if not staged.exists():
         return None
-    return _swap_in(staged, Path(store_path)) or Path(store_path)
+    previous = _swap_in(staged, store_path) or store_path
+    pending_key = _staged_audit_key(store_path)
+    if pending_key.exists():
+        _install_audit_key(pending_key.read_bytes(), Path(audit_key_path) if audit_key_path
+                           else _default_audit_key(store_path))
+        pending_key.unlink()
+    return previous
 
 
 __all__ = ["BackupError", "BackupSettings", "RestoreResult", "StoreLock", "create_backup",
            "restore_backup", "check_backup", "stage_restore", "apply_staged_restore", "list_backups", "prune_backups",
-           "ensure_backup_key", "load_backup_key", "read_backup_info", "hold_store_lock", "KEY_FILE"]
+           "ensure_backup_key", "load_backup_key", "read_backup_info", "hold_store_lock", "KEY_FILE", "AUDIT_KEY_FILE",
+           "RESTORED_META_KEY", "RestoreMarker", "restore_marker"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Literal
 
+from local_store.charts import bar_chart_svg
 from local_store.errors import ReportError
 
 if TYPE_CHECKING:
@@ -368,43 +369,6 @@ def render_csv(report: dict) -> str:
     return buf.getvalue()
 
 
-def _bar_chart_svg(title: str, labels: list[str], series: dict[str, list[float]], colors: dict[str, str]) -> str:
-    """A stacked bar chart as inline SVG (no scripts, no external assets: prints as it shows)."""
-    from html import escape
-
-    width, height, left, bottom, top = 720, 260, 70, 60, 30
-    n = max(len(labels), 1)
-    totals = [sum(series[k][i] for k in series) for i in range(len(labels))]
-    vmax = max([t for t in totals if t > 0] or [1.0])
-    plot_h = height - bottom - top
-    bw = (width - left - 20) / n
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="{escape(title)}" class="chart">',
-             f'<text x="{left}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
-    for frac in (0, 0.5, 1.0):
-        y = top + plot_h * (1 - frac)
-        parts.append(f'<line x1="{left}" x2="{width - 20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ccc"/>'
-                     f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{vmax * frac:.4g}</text>')
-    for i, label in enumerate(labels):
-        y = top + plot_h
-        x = left + i * bw + bw * 0.15
-        for key, values in series.items():
-            v = max(values[i], 0.0)
-            h = plot_h * v / vmax
-            y -= h
-            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw * 0.7:.1f}" height="{h:.1f}" fill="{colors[key]}">'
-                         f'<title>{escape(label)} {escape(key)}: {values[i]:.6g} tCO2e</title></rect>')
-        if n <= 40 or i % max(n // 20, 1) == 0:
-            parts.append(f'<text x="{x + bw * 0.35:.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="end" '
-                         f'transform="rotate(-40 {x + bw * 0.35:.1f} {top + plot_h + 14})">{escape(label)}</text>')
-    lx = width - 20 - 110 * len(series)
-    for j, key in enumerate(series):
-        parts.append(f'<rect x="{lx + j * 110}" y="6" width="10" height="10" fill="{colors[key]}"/>'
-                     f'<text x="{lx + j * 110 + 14}" y="15" font-size="11">{escape(key)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 def render_html(report: dict) -> str:
     """A self-contained, printable HTML page with server-rendered SVG charts."""
     from html import escape
@@ -412,15 +376,15 @@ def render_html(report: dict) -> str:
     colors = {"scope 1": "#c0504d", "scope 2": "#4f81bd", "tCO2e": "#4f81bd"}
     if report["by"] in ("day", "month"):
         rows = report["breakdown"]
-        chart = _bar_chart_svg(f"tCO2e by {report['by']}", [r["key"] for r in rows],
-                               {"scope 1": [r["scope_1"] for r in rows], "scope 2": [r["scope_2"] for r in rows]},
-                               colors)
+        chart = bar_chart_svg([r["key"] for r in rows],
+                              {"scope 1": [r["scope_1"] for r in rows], "scope 2": [r["scope_2"] for r in rows]},
+                              colors, f"tCO2e by {report['by']}")
     else:
-        chart = _bar_chart_svg("tCO2e by source", [r["source"] for r in report["by_source"]],
-                               {"tCO2e": [r["tco2e"] for r in report["by_source"]]}, colors)
-    scope_chart = _bar_chart_svg("tCO2e by scope", ["Scope 1", "Scope 2"],
-                                 {"scope 1": [report["by_scope"]["scope_1"], 0.0],
-                                  "scope 2": [0.0, report["by_scope"]["scope_2"]]}, colors)
+        chart = bar_chart_svg([r["source"] for r in report["by_source"]],
+                              {"tCO2e": [r["tco2e"] for r in report["by_source"]]}, colors, "tCO2e by source")
+    scope_chart = bar_chart_svg(["Scope 1", "Scope 2"], {"scope 1": [report["by_scope"]["scope_1"], 0.0],
+                                                         "scope 2": [0.0, report["by_scope"]["scope_2"]]},
+                                colors, "tCO2e by scope")
 
     def table(headers: list[str], rows: list[list]) -> str:
         head = "".join(f"<th>{escape(h)}</th>" for h in headers)

@@ -27,6 +27,10 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
+#: What a batch carries (header ``kind``); a receiver refuses a kind it does not know as ``malformed``.
+KINDS = ("readings",)
+
+
 @dataclass(frozen=True)
 class BatchHeader:
     gateway_id: str
@@ -36,9 +40,33 @@ class BatchHeader:
     receiver_key_id: str
     count: int
     created_at: float
+    #: The sync stream (epoch): "" is a gateway's first; a restore starts a new one (random hex), so
+    #: (stream, seq) and (origin stream, reading id) are never reused (docs/sync-protocol.md, issue 16).
+    stream: str = ""
+    #: The streams this gateway's data came through, oldest first, each (stream, first seq, first
+    #: reading id); the last is ``stream`` itself. A reading belongs to the last entry whose first
+    #: reading id is at most its id. Empty for the first stream.
+    lineage: tuple[tuple[str, int, int], ...] = ()
+    kind: str = "readings"
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"v": 1, **self.__dict__}, sort_keys=True, separators=(",", ":")).encode()
+        """Canonical JSON; header version 1 when no version-2 key differs from its default, so a
+        gateway that never restored stays readable by older receivers."""
+        fields: dict = {k: v for k, v in self.__dict__.items() if k not in _V2_DEFAULTS}
+        extra = {k: ([list(e) for e in v] if k == "lineage" else v) for k, v in self.__dict__.items()
+                 if k in _V2_DEFAULTS and v != _V2_DEFAULTS[k]}
+        return json.dumps({"v": 2 if extra else 1, **fields, **extra}, sort_keys=True, separators=(",", ":")).encode()
+
+    def origin(self, reading_id: int) -> str:
+        """The stream a reading of this batch was first written in (its identity is (origin, id))."""
+        found = self.stream
+        for stream, _, first_reading_id in self.lineage:
+            if first_reading_id <= reading_id:
+                found = stream
+        return found
+
+
+_V2_DEFAULTS: dict[str, object] = {"stream": "", "lineage": (), "kind": "readings"}
 
 
 def message_hash(message: bytes) -> str:
@@ -69,8 +97,13 @@ def parse_header(message: bytes) -> tuple[BatchHeader, bytes, bytes, bytes]:
         fields = json.loads(header_bytes)
         if not isinstance(fields, dict):
             raise ValueError("header is not a JSON object")
-        if fields.pop("v", None) != 1:
+        version = fields.pop("v", None)
+        if version not in (1, 2) or isinstance(version, bool):
             raise ValueError("unknown header version")
+        if version == 1 and set(fields) & set(_V2_DEFAULTS):
+            raise ValueError("header version 1 with version-2 keys")
+        if "lineage" in fields:
+            fields["lineage"] = _lineage(fields["lineage"])
         header = BatchHeader(**fields)
         _check_header(header)
     except (struct.error, ValueError, TypeError) as exc:
@@ -82,6 +115,20 @@ _HEADER_TYPES = {"gateway_id": str, "seq": int, "prev_hash": str, "gateway_key_i
                  "count": int, "created_at": (int, float)}
 
 
+def _lineage(value: object) -> tuple[tuple[str, int, int], ...]:
+    if not isinstance(value, list) or not value or len(value) > 64:
+        raise ValueError("header field lineage must be a non-empty list of at most 64 entries")
+    entries = []
+    for entry in value:
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+                and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x < 2**63 for x in entry[1:])):
+            raise ValueError("header field lineage: each entry is [stream, first seq, first reading id]")
+        entries.append((entry[0], entry[1], entry[2]))
+    if [e[2] for e in entries] != sorted(e[2] for e in entries):
+        raise ValueError("header field lineage: first reading ids must not decrease")
+    return tuple(entries)
+
+
 def _check_header(header: BatchHeader) -> None:
     for name, kind in _HEADER_TYPES.items():
         value = getattr(header, name)
@@ -89,6 +136,10 @@ def _check_header(header: BatchHeader) -> None:
             raise ValueError(f"header field {name} has the wrong type ({type(value).__name__})")
     if not header.gateway_id or header.seq < 1 or header.count < 1 or not 0 <= header.seq < 2**63:
         raise ValueError("header gateway_id must be non-empty, seq and count at least 1")
+    if not isinstance(header.stream, str) or len(header.stream) > 64 or not isinstance(header.kind, str):
+        raise ValueError("header fields stream and kind must be short strings")
+    if header.lineage and header.lineage[-1][0] != header.stream:
+        raise ValueError("header field lineage must end with the batch's own stream")
 
 
 def open_message(message: bytes, gateway_key: Ed25519PublicKey, receiver_key: X25519PrivateKey) -> tuple[BatchHeader, bytes]:

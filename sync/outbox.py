@@ -7,6 +7,9 @@ a sequence number is never reused.
 
 from __future__ import annotations
 
+import json
+import logging
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -17,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from sync.batches import encode_rows
 from sync.crypto import BatchHeader, message_hash, seal
 from sync.keys import key_id
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sync_outbox (
@@ -44,6 +49,46 @@ class OutboxRow:
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
     db.executescript(SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(sync_outbox)").fetchall()}
+    if "stream" not in columns:   # the sync stream a batch was sealed in (issue 16); "" is the first
+        db.execute("ALTER TABLE sync_outbox ADD COLUMN stream TEXT NOT NULL DEFAULT ''")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The sync stream new batches are sealed in, and the streams before it (see ``BatchHeader.lineage``)."""
+
+    id: str
+    lineage: tuple[tuple[str, int, int], ...]
+
+
+def stream(db: sqlite_utils.Database) -> Stream:
+    lineage = tuple(tuple(e) for e in json.loads(_state(db, "lineage", "[]")))
+    return Stream(_state(db, "stream", ""), lineage)  # type: ignore[arg-type]
+
+
+def follow_restore(db: sqlite_utils.Database, restored_id: str | None, next_reading_id: int) -> Stream | None:
+    """After a restore (``restored_id`` is the restore marker's id, not seen before), start a new sync
+    stream: batches from the next sequence number on and readings from ``next_reading_id`` on belong
+    to it, so numbers that left the gateway after the backup are never reused under the same stream.
+    Returns the new stream, or None when there was nothing new to follow.
+    """
+    if not restored_id:
+        return None
+    with db.conn:
+        db.execute("BEGIN IMMEDIATE")
+        if _state(db, "restore_seen", "") == restored_id:
+            db.execute("ROLLBACK")
+            return None
+        current = stream(db)
+        lineage = list(current.lineage) or [("", 1, 1)]
+        new_id = secrets.token_hex(8)
+        entry = (new_id, int(_state(db, "next_seq", "1")), max(int(next_reading_id), cursor(db) + 1))
+        new = Stream(new_id, (*lineage, entry))
+        _set_state(db, "stream", new_id)
+        _set_state(db, "lineage", json.dumps([list(e) for e in new.lineage]))
+        _set_state(db, "restore_seen", restored_id)
+    return new
 
 
 def forget_in_flight(db: sqlite_utils.Database) -> None:
@@ -83,6 +128,26 @@ def pending_readings(db: sqlite_utils.Database) -> tuple[int, float | None]:
     return pending, (first[0] if first else None)
 
 
+def new_stream(db: sqlite_utils.Database) -> Stream:
+    """Start a new sync stream by hand (``carbon-gateway sync new-stream``), after a conflict showed that
+    this store reused numbers that had left it (a copied store): the batches of the current stream
+    the receiver has not acknowledged are sealed again in the new stream, and their readings count as
+    the new stream's, so none is lost (a reading the receiver also got from the copy's original may
+    then be there twice, under two streams)."""
+    with db.conn:
+        db.execute("BEGIN IMMEDIATE")
+        current = stream(db)
+        first = db.execute("SELECT MIN(first_reading_id) FROM sync_outbox WHERE stream = ?", [current.id]).fetchone()[0]
+        first_reading_id = int(first) if first is not None else cursor(db) + 1
+        db.execute("DELETE FROM sync_outbox WHERE stream = ?", [current.id])
+        _set_state(db, "last_reading_id", first_reading_id - 1)
+        new = Stream(secrets.token_hex(8), (*(current.lineage or (("", 1, 1),)),))
+        new = Stream(new.id, (*new.lineage, (new.id, int(_state(db, "next_seq", "1")), first_reading_id)))
+        _set_state(db, "stream", new.id)
+        _set_state(db, "lineage", json.dumps([list(e) for e in new.lineage]))
+    return new
+
+
 def make_batch(db: sqlite_utils.Database, gateway_id: str, max_readings: int,
                receiver: X25519PublicKey, signer: Ed25519PrivateKey) -> int | None:
     """Seal the next batch of unbatched readings into the outbox; returns its sequence number."""
@@ -96,13 +161,14 @@ def make_batch(db: sqlite_utils.Database, gateway_id: str, max_readings: int,
             db.execute("ROLLBACK")
             return None
         seq = int(_state(db, "next_seq", "1"))
+        current = stream(db)
         header = BatchHeader(gateway_id=gateway_id, seq=seq, prev_hash=_state(db, "prev_hash", ""),
                              gateway_key_id=key_id(signer.public_key()), receiver_key_id=key_id(receiver),
-                             count=len(rows), created_at=time.time())
+                             count=len(rows), created_at=time.time(), stream=current.id, lineage=current.lineage)
         message = seal(header, encode_rows(rows), receiver, signer)
-        db.execute("INSERT INTO sync_outbox(seq, first_reading_id, last_reading_id, count, message, created_at) "
-                   "VALUES (?, ?, ?, ?, ?, ?)", [seq, rows[0][0], rows[-1][0], len(rows), message,
-                                                  header.created_at])
+        db.execute("INSERT INTO sync_outbox(seq, first_reading_id, last_reading_id, count, message, created_at, "
+                   "stream) VALUES (?, ?, ?, ?, ?, ?, ?)", [seq, rows[0][0], rows[-1][0], len(rows), message,
+                                                            header.created_at, current.id])
         _set_state(db, "next_seq", seq + 1)
         _set_state(db, "last_reading_id", rows[-1][0])
         _set_state(db, "prev_hash", message_hash(message))
@@ -153,10 +219,10 @@ def mark_sent(db: sqlite_utils.Database, seq: int) -> None:
         db.execute("UPDATE sync_outbox SET sent_at = ?, attempts = attempts + 1 WHERE seq = ?", [time.time(), seq])
 
 
-def acknowledge(db: sqlite_utils.Database, seq: int) -> bool:
-    """Drop an acknowledged batch; True if it was still there."""
+def acknowledge(db: sqlite_utils.Database, seq: int, stream_id: str = "") -> bool:
+    """Drop an acknowledged batch of ``stream_id``; True if it was still there."""
     with db.conn:
-        removed = db.execute("DELETE FROM sync_outbox WHERE seq = ?", [seq]).rowcount
+        removed = db.execute("DELETE FROM sync_outbox WHERE seq = ? AND stream = ?", [seq, stream_id]).rowcount
         _set_state(db, "last_ack_at", time.time())
     return bool(removed)
 

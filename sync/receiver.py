@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from sync.batches import decode_readings
-from sync.crypto import BatchHeader, message_hash, open_message, parse_header
+from sync.crypto import KINDS, BatchHeader, message_hash, open_message, parse_header
 from sync.errors import BatchRejected, KeyFileError
 from sync.keys import receiver_keys, trusted_gateway_keys
 from sync.mqtt import BrokerSettings, Link
@@ -112,20 +112,31 @@ class Receiver:
             if topic is not None and topic != f"{self.settings.topic_prefix}/{header.gateway_id}/batch":
                 raise BatchRejected("wrong_topic", f"batch of gateway {header.gateway_id} arrived on {topic}")
             _, payload = open_message(message, self._gateway_key(header), self._receiver_key(header.receiver_key_id))
+            if header.kind not in KINDS:
+                raise BatchRejected("malformed", f"batch kind {header.kind!r} is not known to this receiver "
+                                    f"(it reads {', '.join(KINDS)}): upgrade the receiver")
             readings = decode_readings(payload)
             if len(readings) != header.count:
                 raise BatchRejected("malformed", f"header says {header.count} readings, payload has {len(readings)}")
             status = self._store(header, message, readings)
-            return header.gateway_id, {"seq": header.seq, "status": status}
+            return header.gateway_id, self._ack(header, status)
         except KeyFileError as exc:  # a trusted key file that does not parse: the operator must fix it
             self._reject(header, "unknown_key", str(exc))
-            return (header.gateway_id, {"seq": header.seq, "status": "rejected", "reason": "unknown_key"}) if header \
-                else None
+            return (header.gateway_id, self._ack(header, "rejected", "unknown_key")) if header else None
         except BatchRejected as exc:
             self._reject(header, exc.reason, exc.detail)
             if header is None or exc.reason == "wrong_topic":  # no ack to a topic we cannot vouch for
                 return None
-            return header.gateway_id, {"seq": header.seq, "status": "rejected", "reason": exc.reason}
+            return header.gateway_id, self._ack(header, "rejected", exc.reason)
+
+    @staticmethod
+    def _ack(header: BatchHeader, status: str, reason: str = "") -> dict:
+        body: dict = {"seq": header.seq, "status": status}
+        if header.stream:          # a gateway's first stream is "", and older gateways read no stream key
+            body["stream"] = header.stream
+        if reason:
+            body["reason"] = reason
+        return body
 
     def _reject(self, header: BatchHeader | None, reason: str, detail: str) -> None:
         log.warning("rejected batch %s/%s: %s: %s", header.gateway_id if header else "?",
@@ -156,37 +167,51 @@ class Receiver:
         digest = message_hash(message)
         db = self._conn
         assert db is not None
+        gateway, stream = header.gateway_id, header.stream
         with self._lock, db.transaction():
-            row = db.query("SELECT hash FROM batches WHERE gateway_id = ? AND seq = ?", (header.gateway_id, header.seq))
+            row = db.query("SELECT hash FROM batches WHERE gateway_id = ? AND stream = ? AND seq = ?",
+                           (gateway, stream, header.seq))
             if row:
                 if row[0][0] == digest:
                     return "duplicate"
                 # Committed (not rolled back): the evidence is kept even though the batch is refused.
                 db.execute("INSERT INTO quarantine(at, gateway_id, seq, message) VALUES (?,?,?,?)",
-                           (time.time(), header.gateway_id, header.seq, message))
+                           (time.time(), gateway, header.seq, message))
                 return "conflict"
+            predecessor = stream     # the stream holding batch seq - 1
+            for i, (name, first_seq, first_reading_id) in enumerate(header.lineage):
+                db.execute("INSERT INTO streams (gateway_id, stream, parent, first_seq, first_reading_id, first_seen) "
+                           "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                           (gateway, name, header.lineage[i - 1][0] if i else None, first_seq, first_reading_id,
+                            time.time()))
+                if name == stream and i and first_seq == header.seq:
+                    predecessor = header.lineage[i - 1][0]
             # Batches may arrive out of order (backlog and live interleave), so check the chain link on
             # both sides: our prev_hash against the stored predecessor, and a stored successor against us.
-            previous = db.query("SELECT hash FROM batches WHERE gateway_id = ? AND seq = ?",
-                                (header.gateway_id, header.seq - 1))
+            # The first batch of a stream follows the last one its parent had sealed before the backup.
+            previous = db.query("SELECT hash FROM batches WHERE gateway_id = ? AND stream = ? AND seq = ?",
+                                (gateway, predecessor, header.seq - 1))
             chain_ok = not previous or previous[0][0] == header.prev_hash
             if not chain_ok:
                 log.error("gateway %s seq %d: previous-batch hash does not match the stored batch %d",
-                          header.gateway_id, header.seq, header.seq - 1)
-            db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?)",
-                       (header.gateway_id, header.seq, digest, header.prev_hash, header.count, time.time(),
-                        int(chain_ok)))
-            broken = db.execute("UPDATE batches SET chain_ok = 0 WHERE gateway_id = ? AND seq = ? AND prev_hash != ?",
-                                (header.gateway_id, header.seq + 1, digest)).rowcount
+                          gateway, header.seq, header.seq - 1)
+            db.execute("INSERT INTO batches (gateway_id, seq, hash, prev_hash, count, received_at, chain_ok, stream) "
+                       "VALUES (?,?,?,?,?,?,?,?)",
+                       (gateway, header.seq, digest, header.prev_hash, header.count, time.time(), int(chain_ok),
+                        stream))
+            broken = db.execute("UPDATE batches SET chain_ok = 0 WHERE gateway_id = ? AND stream = ? AND seq = ? "
+                                "AND prev_hash != ?", (gateway, stream, header.seq + 1, digest)).rowcount
             if broken:
                 log.error("gateway %s seq %d: its prev_hash does not match the batch %d just stored",
-                          header.gateway_id, header.seq + 1, header.seq)
-            # A reading id seen before (only possible if a gateway re-batched after losing its outbox
-            # row) is not stored twice.
+                          gateway, header.seq + 1, header.seq)
+            # A reading is (gateway, the stream it was first written in, id): after a restore the new
+            # stream re-sends readings of the backup (their origin is the old stream, where they may be
+            # stored already) and its own readings never collide with the old stream's later ones.
             db.executemany(
-                "INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                [(header.gateway_id, r.reading_id, header.seq, r.meter_id, r.point, r.timestamp, r.value, r.unit,
-                  r.quantity, r.quality, r.reason) for r in readings])
+                "INSERT INTO readings (gateway_id, reading_id, seq, meter_id, point, timestamp, value, unit, quantity, "
+                "quality, reason, stream) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                [(gateway, r.reading_id, header.seq, r.meter_id, r.point, r.timestamp, r.value, r.unit,
+                  r.quantity, r.quality, r.reason, header.origin(r.reading_id)) for r in readings])
         return "committed"
 
 
@@ -198,18 +223,26 @@ def receiver_stats(database: Path | str) -> dict[str, dict]:
 
         def empty() -> dict:
             return {"batches": 0, "readings": 0, "last_seq": None, "missing_seqs": 0, "first_missing": [],
-                    "chain_breaks": 0, "rejections": {}, "quarantined": 0}
+                    "chain_breaks": 0, "rejections": {}, "quarantined": 0, "streams": 0}
 
-        for gateway_id, batches, last_seq, count, breaks in conn.query(
-                "SELECT gateway_id, COUNT(*), MAX(seq), SUM(count), SUM(1 - chain_ok) FROM batches GROUP BY gateway_id"):
-            entry = stats[gateway_id] = empty()
-            entry.update(batches=int(batches), readings=int(count or 0), last_seq=int(last_seq),
-                         missing_seqs=int(last_seq - batches), chain_breaks=int(breaks or 0))
-            if last_seq > batches:  # name the first few holes so an operator can look for them
-                entry["first_missing"] = [row[0] for row in conn.query(
-                    "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < ?) "
-                    "SELECT n FROM s WHERE n NOT IN (SELECT seq FROM batches WHERE gateway_id = ?) LIMIT 10",
-                    (last_seq, gateway_id))]
+        first_seqs = {(g, st): int(f) for g, st, f in conn.query("SELECT gateway_id, stream, first_seq FROM streams")}
+        for gateway_id, stream, batches, last_seq, count, breaks in conn.query(
+                "SELECT gateway_id, stream, COUNT(*), MAX(seq), SUM(count), SUM(1 - chain_ok) FROM batches "
+                "GROUP BY gateway_id, stream ORDER BY gateway_id, MIN(received_at)"):
+            entry = stats.setdefault(gateway_id, empty())
+            first = first_seqs.get((gateway_id, stream), 1)
+            missing = int(last_seq) - first + 1 - int(batches)
+            entry["batches"] += int(batches)
+            entry["readings"] += int(count or 0)
+            entry["last_seq"] = int(last_seq)       # of the newest stream
+            entry["missing_seqs"] += max(missing, 0)
+            entry["chain_breaks"] += int(breaks or 0)
+            entry["streams"] += 1
+            if missing > 0:  # name the first few holes so an operator can look for them
+                entry["first_missing"] += [row[0] for row in conn.query(
+                    "WITH RECURSIVE s(n) AS (SELECT ? UNION ALL SELECT n + 1 FROM s WHERE n < ?) "
+                    "SELECT n FROM s WHERE n NOT IN (SELECT seq FROM batches WHERE gateway_id = ? AND stream = ?) "
+                    "LIMIT 10", (first, last_seq, gateway_id, stream))]
         for gateway_id, reason, n in conn.query(
                 "SELECT gateway_id, reason, COUNT(*) FROM rejections GROUP BY 1, 2"):
             stats.setdefault(gateway_id or "?", empty())["rejections"][reason] = int(n)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from local_store import Store
+from local_store.backup import restore_marker
 from sync import outbox
 from sync.errors import KeyFileError
 from sync.keys import ensure_gateway_key, load_public
@@ -70,7 +71,7 @@ class SyncService:
     def __init__(self, settings: SyncSettings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self._acks: queue.Queue[int] = queue.Queue()
+        self._acks: queue.Queue[tuple[str, int]] = queue.Queue()
         self._stop = threading.Event()
         self._wake = threading.Event()   # an ack arrived: free a window slot now, not at the next tick
         self._thread: threading.Thread | None = None
@@ -82,8 +83,24 @@ class SyncService:
         self._sessions_seen = 0
         self._pruned = 0
         self._last_prune = (-1, 0.0)     # (synced_through, when) of a pruning that stayed over the budget
+        self._conflict = ""              # the receiver holds other content under one of our numbers
+        self._budget_alarm_on = False
         outbox.ensure_schema(store.db)
+        self._follow_restore()
         self._status = self._current_status()
+
+    def _follow_restore(self) -> None:
+        """A restored store starts a new sync stream (issue 16): nothing that left the gateway after the
+        backup is ever sent again under the same (stream, sequence) or (stream, reading id)."""
+        marker = restore_marker(self.store.db)
+        if marker is None:
+            return
+        new = outbox.follow_restore(self.store.db, marker.id, marker.next_reading_id)
+        if new is not None:
+            log.warning("this store was restored from a backup of %s: new batches go out in sync stream %s "
+                        "(from sequence %d, readings from id %d on are new), so numbers already sent are not reused",
+                        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(marker.backup_created_at)), new.id,
+                        new.lineage[-1][1], new.lineage[-1][2])
 
     def start(self) -> None:
         if not self.settings.enabled:
@@ -129,7 +146,8 @@ class SyncService:
         db = self.store.db
         while True:
             try:
-                outbox.acknowledge(db, self._acks.get_nowait())
+                stream_id, seq = self._acks.get_nowait()
+                outbox.acknowledge(db, seq, stream_id)
             except queue.Empty:
                 return
 
@@ -173,9 +191,10 @@ class SyncService:
             alarm = (f"disk budget exceeded: {disk / 1e6:.1f} MB used of {budget / 1e6:.1f} MB after pruning "
                      f"{self._pruned} synced raw readings; {readings + pending} unsynced readings are kept "
                      f"(never deleted): restore the link to the receiver or raise sync.disk_budget_mb")
-            previous = getattr(self, "_status", None)     # not set yet while __init__ builds the first status
-            if previous is None or not previous.alarm:    # logged when it starts; the status carries it meanwhile
+            if not self._budget_alarm_on:                 # logged when it starts; the status carries it meanwhile
                 log.error(alarm)
+        self._budget_alarm_on = bool(alarm)
+        alarm = "; ".join(a for a in (self._conflict, alarm) if a)
         return SyncStatus(self.settings.enabled, bool(link and link.connected.is_set()), batches, readings + pending,
                           outbox.last_ack_at(db), error, alarm, disk, outbox.synced_through(db), self._pruned)
 
@@ -259,9 +278,20 @@ class SyncService:
         try:
             ack = json.loads(message.payload)
             if ack.get("status") in ("committed", "duplicate"):
-                self._acks.put(int(ack["seq"]))
+                self._acks.put((str(ack.get("stream", "")), int(ack["seq"])))
                 self._rejected = ""
                 self._wake.set()
+            elif ack.get("reason") == "conflict":
+                # Not a key problem: the receiver holds a different batch under this number, so this store
+                # reused numbers that had already left it (copied or restored without a new stream).
+                error = (f"sync conflict: the receiver already holds a different batch {ack.get('seq')} of this "
+                         f"gateway{' (stream ' + str(ack['stream']) + ')' if ack.get('stream') else ''}: this store "
+                         "reused numbers that had already been sent (it was copied, or restored without "
+                         "`carbon-gateway restore`); the receiver kept the first and quarantined this one. Stop "
+                         "the gateway and run `carbon-gateway sync new-stream` (docs/operations.md, \"Restore\")")
+                if not self._conflict:     # one ERROR line per episode; the status carries the latest
+                    log.error(error)
+                self._conflict = error
             else:
                 # The batch stays in the outbox and is resent: a receiver that learns our key recovers it.
                 error = (f"receiver rejected batch {ack.get('seq')}: {ack.get('reason')}; it stays in the outbox "

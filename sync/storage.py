@@ -14,17 +14,25 @@ from typing import Any
 
 from sync.errors import SyncError
 
+# ``stream`` (issue 16): a gateway's sync stream; "" is its first, a restore starts another. A batch is
+# (gateway, stream, seq); a reading is (gateway, stream it was first written in, reading id).
 _TABLES = """
 CREATE TABLE IF NOT EXISTS batches (
     gateway_id TEXT NOT NULL, seq BIGINT NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL,
-    count INTEGER NOT NULL, received_at {real} NOT NULL, chain_ok INTEGER NOT NULL,
-    PRIMARY KEY (gateway_id, seq)
+    count INTEGER NOT NULL, received_at {real} NOT NULL, chain_ok INTEGER NOT NULL, stream TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (gateway_id, stream, seq)
 );
 CREATE TABLE IF NOT EXISTS readings (
     gateway_id TEXT NOT NULL, reading_id BIGINT NOT NULL, seq BIGINT NOT NULL,
     meter_id TEXT NOT NULL, point TEXT NOT NULL, timestamp {real} NOT NULL, value {real},
     unit TEXT NOT NULL, quantity TEXT NOT NULL, quality TEXT NOT NULL, reason TEXT NOT NULL,
-    PRIMARY KEY (gateway_id, reading_id)
+    stream TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (gateway_id, stream, reading_id)
+);
+CREATE TABLE IF NOT EXISTS streams (
+    gateway_id TEXT NOT NULL, stream TEXT NOT NULL, parent TEXT, first_seq BIGINT NOT NULL,
+    first_reading_id BIGINT NOT NULL, first_seen {real} NOT NULL,
+    PRIMARY KEY (gateway_id, stream)
 );
 CREATE TABLE IF NOT EXISTS rejections (
     id {serial}, at {real} NOT NULL, gateway_id TEXT, seq BIGINT, reason TEXT NOT NULL, detail TEXT NOT NULL
@@ -32,6 +40,23 @@ CREATE TABLE IF NOT EXISTS rejections (
 CREATE TABLE IF NOT EXISTS quarantine (
     id {serial}, at {real} NOT NULL, gateway_id TEXT NOT NULL, seq BIGINT NOT NULL, message {blob} NOT NULL
 );
+"""
+
+
+# A receiver database made before sync streams (issue 16) is rebuilt once with the stream column in
+# the primary keys; its rows belong to stream "".
+_ADD_STREAM = """
+ALTER TABLE batches RENAME TO batches_before_streams;
+ALTER TABLE readings RENAME TO readings_before_streams;
+{tables};
+INSERT INTO batches (gateway_id, seq, hash, prev_hash, count, received_at, chain_ok, stream)
+    SELECT gateway_id, seq, hash, prev_hash, count, received_at, chain_ok, '' FROM batches_before_streams;
+INSERT INTO readings (gateway_id, reading_id, seq, meter_id, point, timestamp, value, unit, quantity, quality,
+                      reason, stream)
+    SELECT gateway_id, reading_id, seq, meter_id, point, timestamp, value, unit, quantity, quality, reason, ''
+    FROM readings_before_streams;
+DROP TABLE batches_before_streams;
+DROP TABLE readings_before_streams
 """
 
 
@@ -56,7 +81,13 @@ class ReceiverDb:
                 raise ReceiverDbError(f"cannot connect to the receiver database: {exc}".strip()) from exc
             schema = _TABLES.format(real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY", blob="BYTEA")
             with self._conn.transaction():
-                for statement in filter(str.strip, schema.split(";")):
+                self._conn.execute("SELECT pg_advisory_xact_lock(7216016)")   # receivers starting together
+                old = self._conn.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'batches'"
+                                         " AND table_schema = current_schema()").fetchone() and not \
+                    self._conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'batches' AND "
+                                       "column_name = 'stream' AND table_schema = current_schema()").fetchone()
+                statements = _ADD_STREAM.format(tables=schema) if old else schema
+                for statement in filter(str.strip, statements.split(";")):
                     self._conn.execute(statement)
         else:
             path = Path(target)
@@ -79,7 +110,11 @@ class ReceiverDb:
                                           "changed: pass --database or --data-dir naming the receiver's own file")
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = FULL")
-                self._conn.executescript(_TABLES.format(real="REAL", serial="INTEGER PRIMARY KEY", blob="BLOB"))
+                schema = _TABLES.format(real="REAL", serial="INTEGER PRIMARY KEY", blob="BLOB")
+                columns = {row[1] for row in self._conn.execute("PRAGMA table_info(batches)")}
+                if columns and "stream" not in columns:
+                    self._conn.executescript(f"BEGIN IMMEDIATE; {_ADD_STREAM.format(tables=schema)}; COMMIT;")
+                self._conn.executescript(schema)
             except sqlite3.Error as exc:
                 raise ReceiverDbError(f"{path}: cannot open the receiver database ({exc})") from exc
 

@@ -65,6 +65,16 @@ def foreign_database(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def with_web(gateway):  # type: ignore[no-untyped-def]
+    """Hand ``gateway`` its web server the way ``carbon-gateway run`` does (the daemon never imports webui)."""
+    from gateway.runtime import Runtime
+    from webui import serve_gateway
+
+    runtime = Runtime(gateway)
+    gateway.web_factory = lambda: serve_gateway(runtime)
+    return gateway
+
+
 def wait_until(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.05,
                message: str = "condition") -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""

@@ -1,4 +1,6 @@
-"""The technicians' web UI: a Flask application factory, one blueprint per page group, served by waitress.
+"""The technicians' web UI: a Flask application factory, one blueprint per page group, served by cheroot.
+
+It calls the gateway only through :class:`gateway.runtime.Runtime`, the typed service interface (issue 12).
 
 Blueprints: ``auth`` (first boot, login, logout), ``dashboard`` (live values, /api/status, language),
 ``health`` (/healthz, /metrics: no login), ``commissioning`` (buses, meters, scan, test-read, config
@@ -19,8 +21,9 @@ from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
+from gateway.runtime import Runtime
 from webui import admin, auth, commissioning, dashboard, emissions, health
-from webui.server import TlsFiles, ensure_self_signed, fingerprint, serve
+from webui.server import TlsFiles, WebServer, ensure_self_signed, fingerprint, serve
 from webui.sessions import SqliteSessionInterface
 
 log = logging.getLogger(__name__)
@@ -38,13 +41,13 @@ def _select_locale() -> str:
     return "zh_Hans_CN" if request.accept_languages.best_match(["en", "zh"]) == "zh" else "en"
 
 
-def create_app(test_config: dict | None = None, runtime: Any = None) -> Flask:
-    """Build the app; ``runtime`` is the running gateway (see ``gateway.daemon.Gateway``)."""
+def create_app(test_config: dict | None = None, runtime: Runtime | None = None) -> Flask:
+    """Build the app over ``runtime``, the running gateway's service interface."""
     app = Flask(__name__)
-    store = getattr(runtime, "store", None)
     app.config.update(
         # kept in the store, so CSRF tokens in open forms survive a restart
-        SECRET_KEY=auth.users.secret(store.db, "flask_secret_key") if store is not None else secrets.token_hex(32),
+        SECRET_KEY=runtime.secret("flask_secret_key") if runtime is not None and runtime.running
+        else secrets.token_hex(32),
         BABEL_DEFAULT_LOCALE="en",
         SESSION_IDLE_S=30 * 60, SESSION_ABSOLUTE_S=12 * 3600,
         SESSION_COOKIE_SECURE=False,          # set by serve(..., tls=...) for HTTPS
@@ -108,12 +111,12 @@ def create_app(test_config: dict | None = None, runtime: Any = None) -> Flask:
     return app
 
 
-def tls_files(runtime: Any) -> TlsFiles | None:
+def tls_files(runtime: Runtime) -> TlsFiles | None:
     """The certificate to serve with, made self-signed on first boot unless the config names one."""
     web, data_dir = runtime.config.web, runtime.config.data_dir
     if not web.tls:
         return None
-    if web.cert_file is not None:
+    if web.cert_file is not None and web.key_file is not None:    # the config requires both or neither
         return TlsFiles(web.cert_file, web.key_file)
     files = TlsFiles(data_dir / "web" / "cert.pem", data_dir / "web" / "key.pem")
     if ensure_self_signed(files.cert_file, files.key_file, web.host):
@@ -122,8 +125,10 @@ def tls_files(runtime: Any) -> TlsFiles | None:
     return files
 
 
-def serve_gateway(runtime: Any) -> tuple[Any, str]:
-    """The daemon's web server, bound: HTTPS unless the UI listens on loopback only. Returns (server, url)."""
+def serve_gateway(runtime: Runtime) -> tuple[WebServer, str]:
+    """The daemon's web server, bound: HTTPS unless the UI listens on loopback only. Returns (server, url).
+
+    The CLI hands this to the daemon (``Gateway.web_factory``); the daemon never imports the web UI."""
     web = runtime.config.web
     tls = tls_files(runtime)
     app = create_app({"SESSION_COOKIE_SECURE": tls is not None}, runtime=runtime)

@@ -7,7 +7,6 @@ to keep it so. The permission table is documented in docs/webui.md.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +18,7 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, SelectChoice, StringField
 from wtforms.validators import EqualTo, InputRequired, Length, Regexp
 
-from local_store import audit, users
-from local_store.db import write_transaction
+from gateway.runtime import MIN_PASSWORD_LENGTH, Actor, Runtime, UserError
 
 bp = Blueprint("auth", __name__)
 
@@ -71,34 +69,28 @@ def can(permission: str) -> bool:
     return g.get("user") is not None and g.user.role in PERMISSIONS[permission]
 
 
-def runtime() -> Any:
-    """The running :class:`gateway.daemon.Gateway` (None when the app was made without one)."""
-    return current_app.extensions["gateway_runtime"]
+def runtime_or_none() -> Runtime | None:
+    """The service interface of the running gateway (None when the app was made without one)."""
+    rt: Runtime | None = current_app.extensions["gateway_runtime"]
+    return rt
 
 
-def db() -> Any:
-    rt = runtime()
-    if rt is None or rt.store is None:
+def runtime() -> Runtime:
+    """The running gateway's service interface; 503 when there is none or it is not running."""
+    rt = runtime_or_none()
+    if rt is None or not rt.running:
         abort(503)
-    return rt.store.db
+    return rt
 
 
-def actor() -> str:
-    return g.user.name if g.get("user") is not None else "-"
+def actor() -> Actor:
+    """The current user (``-`` before login) with the client's address, for the audit entries."""
+    return Actor(g.user.name if g.get("user") is not None else "-", request.remote_addr or "")
 
 
 def record(action: str, target: str = "", **detail: Any) -> None:
-    """One audit entry for the current user, with the client's address.
-
-    Inside a caller's transaction it joins it; alone it takes the write lock up front (a deferred
-    read-then-write would fail at once with "database is locked" when the daemon writes meanwhile).
-    """
-    log_entry(actor(), action, target, **detail)
-
-
-def log_entry(who: str, action: str, target: str = "", **detail: Any) -> None:
-    with write_transaction(db()):
-        audit.record(db(), who, action, target, {**detail, "client": request.remote_addr or ""})
+    """One audit entry for the current user, with the client's address."""
+    runtime().record(actor(), action, target, detail)
 
 
 def load_user() -> Any:
@@ -108,14 +100,12 @@ def load_user() -> Any:
     if endpoint == "static" or endpoint.split(".")[0] in PUBLIC_BLUEPRINTS:
         return None   # no store needed, no session: answers even while the gateway is not running
     rt = runtime()
-    if rt is None or rt.store is None:
-        abort(503)
     name = session.get("user")
     if name:
-        g.user = users.get_user(db(), name)
+        g.user = rt.user(name)
         if g.user is None:       # deleted meanwhile
             session.clear()
-    g.first_boot = g.user is None and not users.has_users(db())
+    g.first_boot = g.user is None and not rt.has_users()
     if g.user is None and endpoint in PUBLIC_VIEWS and rt.config.web.public_dashboard:
         g.public_view = True
         return None
@@ -135,7 +125,7 @@ def options(pairs: Any) -> list[SelectChoice]:
 
 def new_password_field(label: Any) -> PasswordField:
     return PasswordField(label, validators=[
-        InputRequired(), Length(min=users.MIN_PASSWORD_LENGTH, max=256, message=_l("Use %(min)d to %(max)d characters."))],
+        InputRequired(), Length(min=MIN_PASSWORD_LENGTH, max=256, message=_l("Use %(min)d to %(max)d characters."))],
         render_kw={"autocomplete": "new-password"})
 
 
@@ -170,15 +160,13 @@ def _start_session(name: str) -> None:
 @bp.route("/setup", methods=["GET", "POST"])
 def setup() -> Any:
     """First boot: no account exists until the technician sets the administrator's password here."""
-    if users.has_users(db()):
+    if runtime().has_users():
         return redirect(url_for("auth.login"))
     form = SetupForm()
     if form.validate_on_submit():
         try:
-            with write_transaction(db()):
-                users.create_first_admin(db(), form.name.data, form.password.data)
-                log_entry(form.name.data, "user.setup", f"user {form.name.data}", role="admin")
-        except users.UserError as exc:
+            runtime().create_first_admin(form.name.data, form.password.data, actor())
+        except UserError as exc:
             form.name.errors = [*form.name.errors, user_error_text(exc)]
         else:
             _start_session(form.name.data)
@@ -189,7 +177,7 @@ def setup() -> Any:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    if not users.has_users(db()):
+    if not runtime().has_users():
         return redirect(url_for("auth.setup"))
     form = LoginForm()
     error = ""
@@ -198,14 +186,11 @@ def login() -> Any:
     if form.validate_on_submit():
         name = form.name.data.strip()
         try:
-            user = users.authenticate(db(), name, form.password.data, client=request.remote_addr)
-        except users.UserError as exc:
-            log_entry("-", "login.failed", f"user {name[:64]}", reason=exc.code)
+            user = runtime().login(name, form.password.data, actor(), current_app.config["SESSION_IDLE_S"],
+                                   current_app.config["SESSION_ABSOLUTE_S"])
+        except UserError as exc:
             error = user_error_text(exc)
         else:
-            log_entry(user.name, "login.ok", f"user {user.name}")
-            # expired sessions are deleted here rather than by a timer: logins are rare, rows are small
-            users.purge_sessions(db(), current_app.config["SESSION_IDLE_S"], current_app.config["SESSION_ABSOLUTE_S"])
             _start_session(user.name)
             return redirect(same_site_path(request.args.get("next", "")) or url_for("dashboard.index"))
     status = 200 if request.method == "GET" else 400 if form.errors else 401 if error else 200
@@ -241,20 +226,18 @@ def own_password() -> Any:
     form = PasswordForm()
     if form.validate_on_submit():
         try:
-            users.authenticate(db(), g.user.name, form.current.data)
-        except users.UserError as exc:
+            runtime().check_password(g.user.name, form.current.data)
+        except UserError as exc:
             form.current.errors = [*form.current.errors, user_error_text(exc)]
         else:
-            with write_transaction(db()):
-                users.set_password(db(), g.user.name, form.password.data, now=time.time())
-                record("user.password", f"user {g.user.name}")
+            runtime().set_password(g.user.name, form.password.data, actor())
             _start_session(g.user.name)      # the old sessions ended with the old password
             flash(_("Your password was changed."), "ok")
             return redirect(url_for("dashboard.index"))
     return render_template("form_page.html", form=form, title=_("Change your password")), 400 if form.errors else 200
 
 
-def user_error_text(exc: users.UserError) -> str:
+def user_error_text(exc: UserError) -> str:
     """The library's refusal in the user's language."""
     texts = {
         "bad_login": _("Wrong user name or password."),
@@ -264,7 +247,7 @@ def user_error_text(exc: users.UserError) -> str:
         "already_set_up": _("The gateway already has an administrator: log in instead."),
         "last_admin": _("The last administrator must stay an administrator: make another admin first."),
         "no_such_user": _("No such user."),
-        "short_password": _("Use at least %(n)d characters.", n=users.MIN_PASSWORD_LENGTH),
+        "short_password": _("Use at least %(n)d characters.", n=MIN_PASSWORD_LENGTH),
         "long_password": _("Use at most 256 characters."),
         "bad_name": _("Use 1-32 letters, digits, '-', '_' or '.'."),
         "bad_role": _("Choose a role from the list."),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
-import threading
 import time
 from typing import Any
 
@@ -16,11 +14,8 @@ from flask_wtf.file import FileField, FileRequired
 from wtforms import BooleanField, FloatField, IntegerField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
-from drivers import BusPoller, DriverError
-from drivers.scan import parse_units, scan_bus
-from gateway.config import ACTIVITIES
-from webui.auth import options, record, requires, runtime
-from webui.configedit import ApplyError, apply_data, apply_text, current_data
+from gateway.runtime import ACTIVITIES, ApplyError, Change, DriverError, parse_units
+from webui.auth import actor, options, record, requires, runtime
 
 bp = Blueprint("commissioning", __name__)
 log = logging.getLogger(__name__)
@@ -84,11 +79,10 @@ def _bus_table(form: BusForm, old: dict | None) -> dict:
 def _apply(data: dict, action: str, target: str, **detail: Any) -> str:
     """Run and save the changed config; returns "" or the reason it was refused (nothing changed then)."""
     try:
-        apply_data(runtime(), data)
+        result = runtime().apply_data(data, actor(), Change(action, target, detail))
     except ApplyError as exc:
         return _("Not applied: %(reason)s", reason=str(exc))
-    record(action, target, **detail)
-    if runtime().restart_needed:
+    if result.restart_needed:
         flash(_("Web settings take effect when the gateway restarts."), "warning")
     return ""
 
@@ -106,8 +100,8 @@ def _put(data: dict, items: list[dict], index: int | None, table: dict, kind: st
 @bp.get("/buses")
 @requires("view")
 def buses() -> Any:
-    return render_template("buses.html", buses=current_data(runtime()).get("buses", []),
-                           meters=current_data(runtime()).get("meters", []))
+    return render_template("buses.html", buses=runtime().config_data().get("buses", []),
+                           meters=runtime().config_data().get("meters", []))
 
 
 def _find(items: list[dict], key: str, value: str) -> int:
@@ -120,7 +114,7 @@ def _find(items: list[dict], key: str, value: str) -> int:
 def _entry(table: str, key: str, value: str | None) -> tuple[dict, list[dict], Any, dict | None]:
     """The running config's data, its list ``table`` and the entry whose ``key`` is ``value``
     (None: a new one; 404 when there is no such entry)."""
-    data = current_data(runtime())
+    data = runtime().config_data()
     items = data.setdefault(table, [])
     index = _find(items, key, value) if value is not None else None
     return data, items, index, items[index] if index is not None else None
@@ -192,7 +186,7 @@ class MeterForm(FlaskForm):
 @bp.get("/meters")
 @requires("view")
 def meters() -> Any:
-    return render_template("meters.html", meters=current_data(runtime()).get("meters", []),
+    return render_template("meters.html", meters=runtime().config_data().get("meters", []),
                            profiles=runtime().profiles())
 
 
@@ -201,7 +195,9 @@ def meters() -> Any:
 @requires("commission")
 def meter_edit(meter_id: str | None) -> Any:
     data, items, index, old = _entry("meters", "id", meter_id)
-    prefill = old or {key: request.args[key] for key in ("bus", "device_id", "profile") if key in request.args}
+    # from a scan's "Add this meter": bus, unit id, profile and the activity its profile measures
+    prefill = old or {key: request.args[key] for key in ("bus", "device_id", "profile", "activity")
+                      if key in request.args}
     form = MeterForm(data=None if request.method == "POST" else prefill)
     form.bus.choices = options([(b["name"], b["name"]) for b in data.get("buses", [])])
     error = ""
@@ -289,65 +285,20 @@ class ScanForm(FlaskForm):
             raise ValidationError(_("Use unit ids like 1-247 or 1,2,5-9.")) from exc
 
 
-class _ScanTimeout(Exception):
-    pass
-
-
-_scans: dict[str, dict] = {}
-_scans_lock = threading.Lock()
-
-
-def _run_scan(job: dict, poller: BusPoller, units: list[int], profiles: Any, deadline: float) -> None:
-    """Scan through the bus owner: polling of the other meters waits between the scan's requests."""
-    bus = poller.bus
-
-    def progress(done: int, total: int, device_id: int) -> None:
-        job.update(done=done, total=total, current=device_id)
-        if time.monotonic() > deadline:
-            raise _ScanTimeout
-
-    try:
-        job["results"] = scan_bus(bus, units, profiles, progress=progress, poller=poller)
-    except _ScanTimeout:
-        job["error"] = "timeout"
-    except (DriverError, OSError) as exc:
-        job["error"] = str(exc)
-    except Exception as exc:  # a thread must not die silently: show it on the page
-        log.exception("scan of bus %s failed", bus.name)
-        job["error"] = str(exc)
-    finally:
-        job["finished"] = time.time()
-
-
 @bp.route("/scan", methods=["GET", "POST"])
 @requires("commission")
 def scan() -> Any:
     rt = runtime()
-    form = ScanForm()
+    form = ScanForm(data=None if request.method == "POST" else
+                    {k: request.args[k] for k in ("bus", "units") if k in request.args})
     form.bus.choices = options([(b.name, b.name) for b in rt.config.buses])
     if form.validate_on_submit():
-        with _scans_lock:
-            running = [j for j in _scans.values() if j["bus"] == form.bus.data and not j.get("finished")]
-            if running:
-                return redirect(url_for("commissioning.scan_status", job_id=running[0]["id"]))
-            for old_id in [k for k, j in _scans.items() if j.get("finished") and time.time() - j["finished"] > 3600]:
-                del _scans[old_id]
-            try:
-                poller = rt.bus_poller(form.bus.data)
-            except DriverError:
-                abort(404)
-            bus = poller.bus
-            units = parse_units(form.units.data)
-            job = {"id": secrets.token_urlsafe(8), "bus": bus.name, "done": 0, "total": len(units), "current": None,
-                   "results": None, "error": "", "finished": None, "started": time.time()}
-            _scans[job["id"]] = job
-        thread = threading.Thread(target=_run_scan, name=f"scan-{bus.name}", daemon=True,
-                                  args=(job, poller, units, rt.profiles(),
-                                        time.monotonic() + current_app.config["SCAN_TIMEOUT_S"]))
-        job["thread"] = thread
-        thread.start()
-        record("bus.scan", f"bus {bus.name}", units=form.units.data)
-        return redirect(url_for("commissioning.scan_status", job_id=job["id"]))
+        try:
+            job = rt.start_scan(form.bus.data, parse_units(form.units.data), actor(),
+                                current_app.config["SCAN_TIMEOUT_S"])
+        except DriverError:
+            abort(404)
+        return redirect(url_for("commissioning.scan_status", job_id=job.id))
     return render_template("form_page.html", form=form, title=_("Scan a bus"), submit=_("Start scan"),
                            intro=_("The gateway asks each unit id on the bus and guesses the profile of what answers. "
                                    "A silent unit id costs one reply timeout.")), 400 if form.errors else 200
@@ -356,11 +307,38 @@ def scan() -> Any:
 @bp.get("/scan/<job_id>")
 @requires("commission")
 def scan_status(job_id: str) -> Any:
-    job = _scans.get(job_id)
+    job = runtime().scan_job(job_id)
     if job is None:
         abort(404)
     configured = {(m.bus, m.device_id) for m in runtime().config.meters}
-    return render_template("scan.html", job=job, configured=configured)
+    return render_template("scan.html", job=job, configured=configured, activity_labels=ACTIVITY_LABELS)
+
+
+@bp.post("/scan/<job_id>/cancel")
+@requires("commission")
+def scan_cancel(job_id: str) -> Any:
+    """Stop the scan after the unit id it is asking; what it found stays listed."""
+    if not FlaskForm().validate_on_submit():
+        abort(400)
+    if runtime().cancel_scan(job_id, actor()) is None:
+        abort(404)
+    return redirect(url_for("commissioning.scan_status", job_id=job_id))
+
+
+@bp.post("/scan/<job_id>/continue")
+@requires("commission")
+def scan_continue(job_id: str) -> Any:
+    """Go on from the first unit id the stopped scan did not ask, keeping what it found."""
+    if not FlaskForm().validate_on_submit():
+        abort(400)
+    try:
+        job = runtime().continue_scan(job_id, actor(), current_app.config["SCAN_TIMEOUT_S"])
+    except DriverError:
+        flash(_("The bus is not running any more: start a new scan."), "error")
+        return redirect(url_for("commissioning.scan"))
+    if job is None:
+        abort(404)
+    return redirect(url_for("commissioning.scan_status", job_id=job.id))
 
 
 # -- config export / import ----------------------------------------------------------------------------------
@@ -373,7 +351,7 @@ class ImportForm(FlaskForm):
 def config_export() -> Any:
     rt = runtime()
     record("config.export", "config")
-    return Response(rt.config.text, mimetype="application/toml",
+    return Response(rt.config_text(), mimetype="application/toml",
                     headers={"Content-Disposition": f'attachment; filename="{rt.config.gateway_id}.toml"'})
 
 
@@ -402,11 +380,12 @@ def config_import() -> Any:
             else:
                 gateway.update(id=runtime().config.gateway_id, data_dir=str(runtime().config.data_dir))
                 try:
-                    apply_text(runtime(), tomli_w.dumps(data), origin=form.file.data.filename or "upload")
+                    runtime().apply_text(tomli_w.dumps(data), actor(),
+                                         Change("config.import", "config", {"file": form.file.data.filename or ""}),
+                                         origin=form.file.data.filename or "upload")
                 except ApplyError as exc:
                     error = _("Not applied: %(reason)s", reason=str(exc))
                 else:
-                    record("config.import", "config", file=form.file.data.filename or "")
                     flash(_("The config was imported and is running."), "ok")
                     return redirect(url_for("commissioning.meters"))
     return render_template("form_page.html", form=form, title=_("Import a config"), multipart=True, error=error,

@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, jsonify, redirect, render_template, re
 from flask_babel import get_locale
 from markupsafe import Markup
 
+from gateway.runtime import Runtime
 from webui.auth import requires, runtime
 
 bp = Blueprint("dashboard", __name__)
@@ -17,7 +18,7 @@ bp = Blueprint("dashboard", __name__)
 LANGUAGES = ("en", "zh_Hans_CN")
 
 
-def status(rt: Any) -> dict:
+def status(rt: Runtime) -> dict:
     """Everything the dashboard shows, as JSON-able data."""
     now = time.time()
     meters: list[dict] = []
@@ -37,7 +38,9 @@ def status(rt: Any) -> dict:
             bus[key] += getattr(m.stats, key)
     sync = rt.sync_status()
     summary = rt.emissions_summary()
+    clock = rt.clock()      # the same state as the System page and /healthz
     return {
+        "clock": {"synchronized": clock.synchronized, "detail": clock.detail},
         "meters": meters,
         "buses": list(buses.values()),
         "sync": None if sync is None else {

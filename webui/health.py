@@ -9,33 +9,32 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from gateway.runtime import METRICS_CONTENT_TYPE as CONTENT_TYPE
+from webui.auth import runtime_or_none
 
 bp = Blueprint("health", __name__)
 
 
-def _runtime():  # type: ignore[no-untyped-def]
-    return current_app.extensions.get("gateway_runtime")
-
-
 @bp.get("/healthz")
-def healthz():  # type: ignore[no-untyped-def]
-    runtime = _runtime()
+def healthz() -> Any:
+    runtime = runtime_or_none()
     health = runtime.health() if runtime is not None else {"status": "no runtime"}
     return jsonify(health), 200 if health.get("status") == "ok" else 503
 
 
 @bp.get("/metrics")
-def metrics():  # type: ignore[no-untyped-def]
-    from gateway.metrics import CONTENT_TYPE, render
-
-    runtime = _runtime()
+def metrics() -> Any:
+    runtime = runtime_or_none()
     if runtime is None:
         return Response("# the gateway is not running\n", status=503, content_type=CONTENT_TYPE)
-    token = getattr(getattr(runtime.config, "web", None), "metrics_token", None)
+    token = runtime.config.web.metrics_token
     if token:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return Response("# send Authorization: Bearer <[web] metrics_token>\n", status=401,
                             content_type=CONTENT_TYPE, headers={"WWW-Authenticate": "Bearer"})
-    return Response(render(runtime), content_type=CONTENT_TYPE)
+    return Response(runtime.metrics_text(), content_type=CONTENT_TYPE)

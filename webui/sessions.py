@@ -5,7 +5,7 @@ message) the data travels in a cookie signed with the app's secret key, so anony
 nothing to the store (issue 15: 2,000 GETs of /login wrote 2,000 rows).
 Logout deletes the row, so a copied cookie is worthless afterwards; login gets a new id (no session
 fixation); a session ends after ``SESSION_IDLE_S`` without a request or ``SESSION_ABSOLUTE_S`` after it
-began. Storage lives in :mod:`local_store.users`; this module only adapts it to Flask.
+began. Storage lives in the store behind :class:`gateway.runtime.Runtime`; this module only adapts it to Flask.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from flask.sessions import SecureCookieSessionInterface, SessionInterface, Sessi
 from itsdangerous import BadSignature
 from werkzeug.datastructures import CallbackDict
 
-from local_store import users
+from gateway.runtime import Runtime, Session
 
 COOKIE_NAME = "cg_session"
 ANON_COOKIE_NAME = "cg_anon"
@@ -42,18 +42,17 @@ class ServerSession(CallbackDict, SessionMixin):  # type: ignore[type-arg]
         self.stale = False        # the browser sent an id the store no longer has: clear that cookie
 
 
-def _db(app: Flask) -> Any:
-    runtime = app.extensions.get("gateway_runtime")
-    store = getattr(runtime, "store", None)
-    return store.db if store is not None else None
+def _runtime(app: Flask) -> Runtime | None:
+    runtime: Runtime | None = app.extensions.get("gateway_runtime")
+    return runtime if runtime is not None and runtime.running else None
 
 
 class SqliteSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> ServerSession:
-        db = _db(app)
+        runtime = _runtime(app)
         sid = request.cookies.get(COOKIE_NAME, "")
-        if db is not None and sid:
-            found = users.load_session(db, sid, app.config["SESSION_IDLE_S"], app.config["SESSION_ABSOLUTE_S"])
+        if runtime is not None and sid:
+            found = runtime.load_session(sid, app.config["SESSION_IDLE_S"], app.config["SESSION_ABSOLUTE_S"])
             if found is not None:
                 return ServerSession(found.data, found.id, found.last_seen, found.created_at)
             data = self._anonymous_data(app, request)
@@ -82,39 +81,39 @@ class SqliteSessionInterface(SessionInterface):
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, ServerSession)
-        db = _db(app)
-        if db is None:
+        runtime = _runtime(app)
+        if runtime is None:
             return
         secure = app.config.get("SESSION_COOKIE_SECURE", False)
         cookie = {"path": "/", "httponly": True, "samesite": "Strict", "secure": secure}
         if session.ended:
             if session.sid:
-                users.end_session(db, session.sid)
+                runtime.end_session(session.sid)
             response.delete_cookie(COOKIE_NAME, **cookie)
             response.delete_cookie(ANON_COOKIE_NAME, **cookie)
             return
         data = dict(session)
         if not data.get("user"):
-            self._save_anonymous(app, session, data, response, db, cookie)
+            self._save_anonymous(app, session, data, response, runtime, cookie)
             return
         if session.sid is None or session.regenerate:
             if session.sid:
-                users.end_session(db, session.sid)
-            new = users.new_session(db, data["user"], data)
+                runtime.end_session(session.sid)
+            new = runtime.new_session(data["user"], data)
             response.set_cookie(COOKIE_NAME, new.id, **cookie)
             if request.cookies.get(ANON_COOKIE_NAME):
                 response.delete_cookie(ANON_COOKIE_NAME, **cookie)
             return
         if not session.modified and request.endpoint in BACKGROUND_ENDPOINTS:
             return
-        stored = users.Session(session.sid, data.get("user"), data, session.created_at, session.last_seen)
-        users.save_session(db, stored, changed=session.modified)
+        stored = Session(session.sid, data.get("user"), data, session.created_at, session.last_seen)
+        runtime.save_session(stored, changed=session.modified)
 
     def _save_anonymous(self, app: Flask, session: ServerSession, data: dict[str, Any], response: Response,
-                        db: Any, cookie: dict[str, Any]) -> None:
+                        runtime: Runtime, cookie: dict[str, Any]) -> None:
         """No row before login: a logged-in row whose user went away is ended, the rest is a signed cookie."""
         if session.sid:
-            users.end_session(db, session.sid)
+            runtime.end_session(session.sid)
         if session.sid or session.stale:
             response.delete_cookie(COOKIE_NAME, **cookie)
         had_cookie = bool(request.cookies.get(ANON_COOKIE_NAME))

@@ -65,13 +65,17 @@ def backup(config_path: Path | None, data_dir: Path | None, dest: Path | None) -
 @_DATA_DIR
 @click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="The backup.key of the gateway that made the backup (default: this gateway's).")
+@click.option("--audit-key", "audit_key_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="The old gateway's keys/audit.key, for a backup made before backups carried it.")
 @click.option("--check", is_flag=True, help="Only check the file (key, every chunk, integrity, schema).")
 def restore(backup_file: Path, config_path: Path | None, data_dir: Path | None, key_path: Path | None,
-            check: bool) -> None:
+            audit_key_path: Path | None, check: bool) -> None:
     """Replace the store with a backup, after checking it completely. Stop the gateway first.
 
     Nothing is replaced when the file is foreign, corrupt, truncated, made with another key or by a
-    newer version. The replaced store is kept beside it as gateway.db.before-restore-<time>.
+    newer version. The replaced store is kept beside it as gateway.db.before-restore-<time>. The audit
+    key the backup carries is put back in keys/audit.key, so `audit verify` stays OK; sync starts a new
+    sync stream, so nothing that left the gateway after the backup is sent again under the same number.
     """
     config, _ = load_or_exit(config_path, data_dir)
     key = key_path or config.backup_key
@@ -81,7 +85,7 @@ def restore(backup_file: Path, config_path: Path | None, data_dir: Path | None, 
             click.echo(f"{backup_file}: OK, made {_when(result.backup_created_at)}, {result.readings} readings, "
                        f"{result.audit_entries} audit entries")
             return
-        result = restore_backup(backup_file, config.database, key)
+        result = restore_backup(backup_file, config.database, key, config.audit_key, audit_key_path)
         _audit(config, "backup.restore", backup_file.name,
                {"path": str(backup_file), "backup_created_at": result.backup_created_at,
                 "previous_copy": str(result.previous_copy) if result.previous_copy else None})
@@ -89,6 +93,8 @@ def restore(backup_file: Path, config_path: Path | None, data_dir: Path | None, 
         raise click.ClickException(str(exc)) from None
     click.echo(f"restored {backup_file} (made {_when(result.backup_created_at)}): {result.readings} readings, "
                f"{result.audit_entries} audit entries")
+    if result.audit_key == "restored":
+        click.echo(f"audit key put back from the backup: {config.audit_key}")
     if result.previous_copy is not None:
         click.echo(f"the replaced store is kept as {result.previous_copy}; delete it once the gateway runs well")
     click.echo("start the gateway again: systemctl start carbon-gateway")

@@ -20,7 +20,7 @@ from gateway.notify import Notifier, WatchdogFeeder, watchdog_interval_s
 from gateway.paths import PROFILE_DIRS
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway")
 
@@ -64,6 +64,7 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
     before anything starts.
     """
     from gateway.daemon import Gateway
+    from gateway.runtime import Runtime
 
     configure_logging(log_level)
     config, profiles = load_or_exit(config_path, data_dir)
@@ -73,6 +74,12 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
     gateway = Gateway(config, profiles)
+    runtime = Runtime(gateway)
+    if config.web.enabled:
+        # The CLI builds the web server and hands it to the daemon: the daemon never imports the web UI.
+        from webui import serve_gateway
+
+        gateway.web_factory = lambda: serve_gateway(runtime)
     try:
         gateway.start()
     except (DriverError, StoreError, SyncError, OSError) as exc:
@@ -90,34 +97,28 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
             if reload_requested.is_set():
                 reload_requested.clear()
                 notifier.reloading()
-                reload_config(gateway, config_path, data_dir)
+                reload_config(runtime, config_path, data_dir)
                 notifier.ready(f"polling {len(gateway.config.meters)} meter(s)")
             feeder.tick()   # pings only if every bus loop and the store writer came round since the last ping
     finally:
         notifier.stopping()
+        runtime.close()
         gateway.stop()
 
 
-def reload_config(gateway: Gateway, config_path: Path | None, data_dir: Path | None) -> bool:
-    """SIGHUP: re-read the config file and the profile files and apply them; keep the running config when it
-    fails. A broken profile file disables only the meters that use it. Logged and audited."""
-    import hashlib
+def reload_config(runtime: Runtime, config_path: Path | None, data_dir: Path | None) -> bool:
+    """SIGHUP: re-read the config file and the profile files and apply them through the service interface (the
+    same reload as a web edit); keep the running config when it fails. A broken profile file disables only the
+    meters that use it. Logged here, audited by the runtime."""
+    from gateway.runtime import ApplyError
 
-    from gateway.daemon import ReloadError
-
-    old = gateway.config
     where = str(config_path or "the embedded default config")
     try:
-        new, profiles = load_config_and_profiles(config_path, data_dir)
-        gateway.reload(new, profiles)
-    except (ConfigError, ProfileError, ReloadError) as exc:
+        runtime.reload_from_file(lambda: load_config_and_profiles(config_path, data_dir), where)
+    except ApplyError as exc:
         log.error("config reload from %s refused, the running config stays: %s", where, exc)
-        gateway.audit("config.reload_failed", where, {"error": str(exc)})
         return False
     log.info("config reloaded from %s", where)
-    gateway.audit("config.reload", where, {
-        "old_sha256": hashlib.sha256(old.text.encode()).hexdigest(),
-        "new_sha256": hashlib.sha256(new.text.encode()).hexdigest()})
     return True
 
 

@@ -1,4 +1,4 @@
-"""``receiver`` (the cloud side) and ``keys``."""
+"""``receiver`` (the cloud side), ``keys`` and ``sync`` (the gateway's sync stream)."""
 
 from __future__ import annotations
 
@@ -154,4 +154,45 @@ def keys_rotate(keys_dir: Path, which: str) -> None:
     _show(keys_dir)
 
 
-COMMANDS: list[click.Command] = [receiver, keys]
+@click.group("sync")
+def sync_group() -> None:
+    """The gateway's sync streams (docs/sync-protocol.md, "Sync streams")."""
+
+
+@sync_group.command("new-stream")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The gateway's TOML config (default: the embedded demo config).")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="The gateway's state directory (overrides gateway.data_dir).")
+def new_stream(config_path: Path | None, data_dir: Path | None) -> None:
+    """Start a new sync stream after a sync conflict (a copied store). Stop the gateway first.
+
+    The batches the receiver has not acknowledged are sealed again in the new stream, so nothing is
+    lost. `carbon-gateway restore` does this by itself; this is for a store copied by hand.
+    """
+    from local_store import StoreError, open_store
+    from local_store.backup import StoreLock
+    from sync import outbox
+
+    from gateway.commands.operations import load_or_exit
+
+    config, _ = load_or_exit(config_path, data_dir)
+    if not config.database.exists():
+        raise click.ClickException(f"{config.database}: no gateway database here: pass --data-dir DIR")
+    lock = StoreLock(config.database)
+    if not lock.acquire():
+        raise click.ClickException(f"{config.database}: the gateway is running; nothing was changed: stop it first "
+                                   "(systemctl stop carbon-gateway)")
+    try:
+        with open_store(config.database) as store:
+            outbox.ensure_schema(store.db)
+            stream = outbox.new_stream(store.db)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        lock.release()
+    click.echo(f"new sync stream {stream.id}: unacknowledged readings from id {stream.lineage[-1][2]} on are sent "
+               f"again in it, from sequence {stream.lineage[-1][1]}; start the gateway")
+
+
+COMMANDS: list[click.Command] = [receiver, keys, sync_group]

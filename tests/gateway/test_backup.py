@@ -293,3 +293,71 @@ def test_a_sealed_entry_edited_is_found_and_unchecked_without_the_key(tmp_path: 
         assert audit.verify(store.db).problems == (
             "1 sealed entries (from entry 2) cannot be checked without the audit key: verify with the gateway's "
             "data directory (keys/audit.key)",)
+
+
+def _sealed_store(data_dir: Path) -> Path:
+    """A store whose audit entries are sealed with data_dir/keys/audit.key."""
+    path = data_dir / "gateway.db"
+    with open_store(path) as store:
+        audit.use_key(path, audit.ensure_key(data_dir / "keys" / "audit.key", store.db))
+        try:
+            audit.record(store.db, "admin", "meter.add", "meter m1")
+            audit.record(store.db, "admin", "meter.edit", "meter m1")
+        finally:
+            audit.use_key(path, None)
+    return path
+
+
+def _verify(path: Path, key_file: Path) -> audit.AuditVerification:
+    with open_store(path) as store:
+        audit.use_key(path, audit.load_key(key_file))
+        try:
+            return audit.verify(store.db)
+        finally:
+            audit.use_key(path, None)
+
+
+def test_issue16_a_backup_carries_the_audit_key_sealed_and_a_fresh_data_dir_verifies(tmp_path: Path) -> None:
+    old = _sealed_store(tmp_path / "old")
+    backup = create_backup(old, tmp_path / "b", tmp_path / "old" / "keys" / "backup.key")
+    key_bytes = (tmp_path / "old" / "keys" / "audit.key").read_bytes()
+    assert key_bytes not in backup.read_bytes() and b"sealed_from" not in backup.read_bytes()   # sealed, not plain
+    fresh = tmp_path / "new" / "gateway.db"
+    result = restore_backup(backup, fresh, tmp_path / "old" / "keys" / "backup.key")
+    assert result.audit_key == "restored"
+    assert (tmp_path / "new" / "keys" / "audit.key").read_bytes() == key_bytes
+    assert (tmp_path / "new" / "keys" / "audit.key").stat().st_mode & 0o777 == 0o600
+    verification = _verify(fresh, tmp_path / "new" / "keys" / "audit.key")
+    assert verification.ok and verification.checked == 2
+    # A restore over a data dir with another audit key keeps that one aside and puts the backup's in place.
+    other = _sealed_store(tmp_path / "other")
+    result = restore_backup(backup, other, tmp_path / "old" / "keys" / "backup.key")
+    assert result.audit_key == "restored"
+    assert len(list((tmp_path / "other" / "keys").glob("audit.key.before-restore-*"))) == 1
+    assert _verify(other, tmp_path / "other" / "keys" / "audit.key").ok
+    # Staged (the web UI): the key waits beside the staged file and is put in place at the next start.
+    staged_dir = tmp_path / "staged"
+    staged_dir.mkdir()
+    stage_restore(backup, staged_dir / "gateway.db", tmp_path / "old" / "keys" / "backup.key")
+    assert not (staged_dir / "keys" / "audit.key").exists()
+    apply_staged_restore(staged_dir / "gateway.db")
+    assert (staged_dir / "keys" / "audit.key").read_bytes() == key_bytes
+
+
+def test_issue16_an_older_backup_without_the_audit_key_is_refused_until_the_key_is_supplied(tmp_path: Path) -> None:
+    old = _sealed_store(tmp_path / "old")
+    key = tmp_path / "old" / "keys" / "backup.key"
+    backup = create_backup(old, tmp_path / "b", key, audit_key_path=tmp_path / "none" / "audit.key")  # as before
+    fresh = tmp_path / "new" / "gateway.db"
+    with pytest.raises(BackupError) as caught:
+        restore_backup(backup, fresh, key)
+    assert str(caught.value) == (
+        f"{backup}: this backup does not carry the audit key (made by an older version) and "
+        f"{tmp_path / 'new' / 'keys' / 'audit.key'} does not exist, so `audit verify` could not check its sealed "
+        f"entries; nothing was replaced: copy the old gateway's keys/audit.key there, or pass it with --audit-key")
+    assert not fresh.exists()
+    result = CliRunner().invoke(main, ["restore", str(backup), "--data-dir", str(tmp_path / "new"), "--key", str(key),
+                                       "--audit-key", str(tmp_path / "old" / "keys" / "audit.key")])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["audit", "verify", "--data-dir", str(tmp_path / "new")])
+    assert result.exit_code == 0 and result.output == "audit log OK: 3 entries, hash chain intact\n", result.output

@@ -18,7 +18,7 @@ from drivers import ProfileSet, load_profile_set
 from gateway.cli import main
 from gateway.daemon import Gateway
 from gateway.paths import DEFAULT_CONFIG, PROFILES_DIR
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, wait_until, with_web
 from tests.gateway.conftest import fast_demo
 from tests.gateway.test_health import TOKEN, _get
 
@@ -77,7 +77,7 @@ def test_a_broken_profile_disables_its_meter_with_an_alarm_and_the_rest_runs(
     assert [(m.id, m.enabled) for m in config.meters] == [("main-incomer", True), ("boiler-gas", True),
                                                           ("steam-header", False)]
     caplog.set_level(logging.ERROR, logger="gateway.daemon")
-    gw = Gateway(config, found.profiles)
+    gw = with_web(Gateway(config, found.profiles))
     gw.start()
     try:
         wait_until(lambda: _stored(gw, "main-incomer") and _stored(gw, "boiler-gas"), timeout_s=15,

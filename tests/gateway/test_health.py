@@ -15,7 +15,7 @@ from drivers import load_profiles
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.paths import PROFILES_DIR
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, wait_until, with_web
 from tests.gateway.conftest import fast_demo
 
 TOKEN = "0123456789abcdef0123"
@@ -25,7 +25,8 @@ SAMPLE = re.compile(r'^carbon_gateway_[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})?
 @pytest.fixture
 def gateway(tmp_path: Path):
     config = fast_demo(tmp_path / "data")
-    gw = Gateway(replace(config, web=replace(config.web, enabled=True, port=free_port(), metrics_token=TOKEN)))
+    gw = with_web(Gateway(replace(config, web=replace(config.web, enabled=True, port=free_port(),
+                                                      metrics_token=TOKEN))))
     gw.start()
     try:
         wait_until(lambda: gw.health()["status"] == "ok", timeout_s=15, message="a healthy gateway")
@@ -106,3 +107,24 @@ def test_sync_metrics_with_a_real_broker(tmp_path: Path, mqtt_broker) -> None:  
             "carbon_gateway_sync_alarm", "carbon_gateway_sync_pruned_readings_total"} <= names
     lag = float(next(line for line in samples if line.startswith("carbon_gateway_sync_lag_seconds")).split()[-1])
     assert lag >= 0
+
+
+def test_issue16_healthz_is_degraded_while_the_sync_alarm_is_on(tmp_path: Path) -> None:
+    """A 1-byte disk budget with no broker to reach: unsynced readings are kept and the alarm is raised;
+    /healthz says degraded with the alarm's text, /metrics has sync_alarm 1."""
+    config = fast_demo(tmp_path / "data")
+    demo_sync = load_config(None, load_profiles(PROFILES_DIR), data_dir_override=tmp_path / "data").sync
+    sync = replace(demo_sync, broker=replace(demo_sync.broker, port=free_port()), disk_budget_bytes=1, tick_s=0.1)
+    gw = with_web(Gateway(replace(config, sync=sync, demo_receiver_key=True,
+                                  web=replace(config.web, enabled=True, port=free_port(), metrics_token=TOKEN))))
+    gw.start()
+    try:
+        wait_until(lambda: gw.health()["sync_alarm"], timeout_s=20, message="the disk budget alarm")
+        status, _, body = _get(gw, "/healthz")
+        metrics = _get(gw, "/metrics", token=TOKEN)[2].splitlines()
+    finally:
+        gw.stop()
+    health = json.loads(body)
+    assert status == 503 and health["status"] == "degraded"
+    assert health["sync_alarm"].startswith("disk budget exceeded:") and "never deleted" in health["sync_alarm"]
+    assert "carbon_gateway_sync_alarm 1" in metrics

@@ -103,9 +103,9 @@ def test_receiver_stats_json(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert json.loads(result.output) == {
         "?": {"batches": 0, "readings": 0, "last_seq": None, "missing_seqs": 0, "first_missing": [], "chain_breaks": 0,
-              "rejections": {"malformed": 1}, "quarantined": 0},
+              "rejections": {"malformed": 1}, "quarantined": 0, "streams": 0},
         "gw-1": {"batches": 2, "readings": 17, "last_seq": 3, "missing_seqs": 1, "first_missing": [2],
-                 "chain_breaks": 0, "rejections": {"bad_signature": 1}, "quarantined": 0}}
+                 "chain_breaks": 0, "rejections": {"bad_signature": 1}, "quarantined": 0, "streams": 1}}
 
 
 def test_receiver_command_receives_and_stops_cleanly_on_sigterm(tmp_path: Path, mqtt_broker) -> None:

@@ -249,3 +249,32 @@ def test_any_single_flipped_byte_is_rejected(rig: Rig) -> None:
     assert _count(rig.receiver_settings.database) == 50
     rejected = sum(sum(s["rejections"].values()) for s in receiver_stats(rig.receiver_settings.database).values())
     assert rejected == len(positions)
+
+
+def test_issue16_a_receiver_database_from_before_sync_streams_is_rebuilt_with_its_rows(tmp_path: Path) -> None:
+    from sync.storage import ReceiverDb
+
+    path = tmp_path / "old-receiver.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript("""
+        CREATE TABLE batches (gateway_id TEXT NOT NULL, seq BIGINT NOT NULL, hash TEXT NOT NULL, prev_hash TEXT NOT NULL,
+            count INTEGER NOT NULL, received_at REAL NOT NULL, chain_ok INTEGER NOT NULL, PRIMARY KEY (gateway_id, seq));
+        CREATE TABLE readings (gateway_id TEXT NOT NULL, reading_id BIGINT NOT NULL, seq BIGINT NOT NULL,
+            meter_id TEXT NOT NULL, point TEXT NOT NULL, timestamp REAL NOT NULL, value REAL, unit TEXT NOT NULL,
+            quantity TEXT NOT NULL, quality TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (gateway_id, reading_id));
+        INSERT INTO batches VALUES ('gw-1', 1, 'h', '', 1, 1.0, 1);
+        INSERT INTO readings VALUES ('gw-1', 7, 1, 'm', 'p', 2.0, 3.0, 'kWh', 'energy_import', 'ok', '');
+        """)
+    db = ReceiverDb(path)
+    try:
+        assert db.query("SELECT gateway_id, stream, seq FROM batches") == [("gw-1", "", 1)]
+        assert db.query("SELECT stream, reading_id, value FROM readings") == [("", 7, 3.0)]
+        # The same reading id in another stream is another reading now.
+        db.execute("INSERT INTO readings VALUES ('gw-1', 7, 2, 'm', 'p', 4.0, 5.0, 'kWh', 'energy_import', 'ok', '',"
+                   " 'abc')")
+        assert len(db.query("SELECT 1 FROM readings")) == 2
+    finally:
+        db.close()
+    db = ReceiverDb(path)      # opening again changes nothing
+    assert len(db.query("SELECT 1 FROM readings")) == 2
+    db.close()

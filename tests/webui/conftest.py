@@ -13,6 +13,7 @@ from drivers import SimulatedDevice, SimulatorServer, load_profiles
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.paths import PROFILES_DIR
+from gateway.runtime import Runtime
 from webui import create_app
 
 PASSWORDS = {"admin": "admin-pass-123", "tech": "tech-pass-1234", "viewer": "viewer-pass-12"}
@@ -77,7 +78,7 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
 
 @pytest.fixture
 def app(gateway: Gateway):  # type: ignore[no-untyped-def]
-    return create_app({"TESTING": True, "CLOUD_TEST_TIMEOUT_S": 1.0}, runtime=gateway)
+    return create_app({"TESTING": True, "CLOUD_TEST_TIMEOUT_S": 1.0}, runtime=Runtime(gateway))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import time
 
 from local_store import audit, users
 from tests.webui.conftest import PASSWORDS, add_users, csrf_token, login, post, set_up_admin
+from gateway.runtime import Runtime
 from webui import create_app
 from webui.auth import is_public
 from webui.sessions import ANON_COOKIE_NAME, COOKIE_NAME
@@ -33,7 +34,7 @@ def test_first_boot_asks_for_the_admin_password_and_no_default_exists(client, ga
     row = gateway.store.db.execute("SELECT password_hash, role FROM web_users WHERE name = 'admin'").fetchone()
     assert row[0].startswith("scrypt:") and row[1] == "admin"
     # first boot cannot be replayed once an admin exists
-    other = create_app({"TESTING": True}, runtime=gateway).test_client()
+    other = create_app({"TESTING": True}, runtime=Runtime(gateway)).test_client()
     assert other.get("/setup").location == "/login"
     assert [e.action for e in audit.entries(gateway.store.db)] == ["user.setup"]
 
@@ -96,7 +97,7 @@ def test_one_password_tried_against_many_names_is_slowed_per_address(app, gatewa
 
 
 def test_idle_and_absolute_timeouts_end_the_session(gateway) -> None:
-    app = create_app({"TESTING": True, "SESSION_IDLE_S": 0.5}, runtime=gateway)
+    app = create_app({"TESTING": True, "SESSION_IDLE_S": 0.5}, runtime=Runtime(gateway))
     client = app.test_client()
     set_up_admin(client)
     assert client.get("/").status_code == 200
@@ -109,7 +110,7 @@ def test_idle_and_absolute_timeouts_end_the_session(gateway) -> None:
     login(client, "admin")
     # the login deleted the idle one without anyone visiting it: only the new session is left
     assert gateway.store.db.execute("SELECT COUNT(*) FROM web_sessions WHERE user = 'admin'").fetchone()[0] == 1
-    app = create_app({"TESTING": True, "SESSION_ABSOLUTE_S": 1.0}, runtime=gateway)
+    app = create_app({"TESTING": True, "SESSION_ABSOLUTE_S": 1.0}, runtime=Runtime(gateway))
     client = app.test_client()
     login(client, "admin")
     for _ in range(3):
@@ -172,7 +173,7 @@ ROUTES = [
     ("/meters/main-incomer/edit", "POST", "admin tech"), ("/meters/boiler-gas/delete", "POST", "admin tech"),
     ("/test-read", "POST", "admin tech"), ("/scan", "POST", "admin tech"),
     ("/factors/choice", "POST", "admin"), ("/factors/custom", "POST", "admin"), ("/config/import", "POST", "admin"),
-    ("/cloud", "POST", "admin"), ("/cloud/test", "POST", "admin"), ("/users", "POST", "admin"), ("/users/viewer/role", "POST", "admin"),
+    ("/cloud", "POST", "admin"), ("/cloud/test", "POST", "admin"), ("/cloud/key", "POST", "admin"), ("/users", "POST", "admin"), ("/users/viewer/role", "POST", "admin"),
     ("/users/viewer/password", "POST", "admin"), ("/users/nobody/delete", "POST", "admin"),
     ("/account/password", "POST", "admin tech viewer"),
 ]
@@ -211,7 +212,7 @@ def test_every_route_for_every_role(app) -> None:
 
 def test_the_dashboards_own_refresh_does_not_keep_a_session_alive(gateway) -> None:
     """/api/status is polled by the page every 2 s: only what a person does counts against the idle timeout."""
-    client = create_app({"TESTING": True}, runtime=gateway).test_client()
+    client = create_app({"TESTING": True}, runtime=Runtime(gateway)).test_client()
     set_up_admin(client)
     db = gateway.store.db
 

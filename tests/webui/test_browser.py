@@ -1,4 +1,4 @@
-"""The technician's walk in headless Chromium (Debian's), against waitress and a running gateway.
+"""The technician's walk in headless Chromium (Debian's), against cheroot and a running gateway.
 
 Set the admin password, log in, scan a simulated bus, add the meter found, test-read it, see its live
 value on the dashboard, switch the language; screenshots at phone and desktop widths go to
@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.webui.conftest import PASSWORDS
+from gateway.runtime import Runtime
 from webui import create_app, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -30,13 +31,12 @@ TIMEOUT_MS = 20_000
 
 @pytest.fixture
 def base_url(field_gateway) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    app = create_app(runtime=field_gateway)
+    app = create_app(runtime=Runtime(field_gateway))
     port = free_port()
     server = serve(app, "127.0.0.1", port)
     thread = threading.Thread(target=server.run, name="test-web", daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{port}"
-    server.task_dispatcher.shutdown(timeout=5)   # workers first: they write to the trigger close() closes
     server.close()
     thread.join(timeout=10)
 

@@ -15,6 +15,7 @@ import pytest
 from local_store import audit
 from tests.conftest import wait_until
 from tests.webui.conftest import DEMO_TOML, post, set_up_admin, start_gateway, write_config
+from gateway.runtime import Runtime
 from webui import create_app
 
 
@@ -24,7 +25,7 @@ def text(response) -> str:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def admin2(field_gateway):  # type: ignore[no-untyped-def]
-    client = create_app({"TESTING": True}, runtime=field_gateway).test_client()
+    client = create_app({"TESTING": True}, runtime=Runtime(field_gateway)).test_client()
     set_up_admin(client)
     return client
 
@@ -39,6 +40,8 @@ def test_scan_finds_the_meter_add_it_test_read_it_and_see_it_polled(admin2, fiel
     add_url = html.unescape(page.split('href="/meters/new?')[1].split('"')[0])
     form = text(admin2.get("/meters/new?" + add_url))
     assert 'value="eastron-sdm630"' in form and 'value="7"' in form
+    # issue 15: the found meter's activity comes pre-filled from its profile (an Eastron measures imported energy)
+    assert "activity=electricity" in add_url and '<option selected value="electricity">' in form
     response = post(admin2, "/meters/new", {"id": "line2-meter", "bus": "line-2", "device_id": "7",
                                             "profile": "eastron-sdm630", "poll_interval_s": "1",
                                             "activity": "electricity", "enabled": "y"})

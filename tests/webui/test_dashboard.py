@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.conftest import wait_until
 from tests.webui.conftest import DEMO_TOML, set_up_admin, start_gateway, write_config
+from gateway.runtime import Runtime
 from webui import create_app
 
 
@@ -46,7 +47,7 @@ def test_the_demo_shows_its_dashboard_read_only_without_login(tmp_path) -> None:
     config = write_config(tmp_path, DEMO_TOML.replace("[web]\nenabled = false", "[web]\nenabled = false\npublic_dashboard = true"))
     gateway = start_gateway(config, tmp_path / "data")
     try:
-        client = create_app({"TESTING": True}, runtime=gateway).test_client()
+        client = create_app({"TESTING": True}, runtime=Runtime(gateway)).test_client()
         wait_until(lambda: all(m["points"] for m in client.get("/api/status").get_json()["meters"]), timeout_s=15,
                    message="first readings without login")
         page = client.get("/").get_data(as_text=True)
@@ -55,7 +56,7 @@ def test_the_demo_shows_its_dashboard_read_only_without_login(tmp_path) -> None:
         for path in ("/meters", "/buses", "/emissions", "/users", "/backup"):
             response = client.get(path)
             assert response.status_code == 302 and response.location.endswith("/setup"), path
-        set_up_admin(app_client := create_app({"TESTING": True}, runtime=gateway).test_client())
+        set_up_admin(app_client := create_app({"TESTING": True}, runtime=Runtime(gateway)).test_client())
         assert app_client.get("/meters").status_code == 200
         page = client.get("/").get_data(as_text=True)            # still anonymous: a login link now
         assert 'id="to-login"' in page and 'id="to-setup"' not in page

@@ -7,6 +7,11 @@
   const meters = document.getElementById("meters");
   const labels = meters.dataset;
   function render(status) {
+    const clock = document.getElementById("clock-alarm");
+    if (clock && status.clock) {
+      clock.hidden = status.clock.synchronized !== false;
+      text("clock-detail", status.clock.detail || "");
+    }
     if (status.emissions) {
       text("today-total", fmt(status.emissions.today_tco2e, 4));
       text("today-scope1", fmt(status.emissions.today_scope1, 4));
