@@ -142,3 +142,22 @@ def test_not_available_sentinels_are_invalid_never_numbers(libmodbus_slave: Path
         if group:
             rows = _serve_and_read(libmodbus_slave, tmp_path, "tcp", profile_id, _registers(profile_id, group))
             _assert_reads(profile_id, rows, invalid=set(group))
+
+
+@pytest.mark.parametrize("served,read_with", [("chint-dtsu666-h", "chint-dtsu666"), ("chint-dtsu666", "chint-dtsu666-h")])
+def test_read_tells_which_dtsu666_energy_block_the_meter_answers(libmodbus_slave: Path, tmp_path: Path, served: str,
+                                                                read_with: str) -> None:
+    """A DTSU666 answers its energies either at 0x101E/0x1028 (chint-dtsu666) or at 0x401E/0x4028 (chint-dtsu666-h).
+    Read with the other profile, ``read`` exits 1 naming the refused energy registers (exception 2), while the
+    electrical values read; with the matching profile every point reads (docs/profiles.md, issue 13)."""
+    with IndependentSlave(libmodbus_slave, _registers(served), workdir=tmp_path, unit=9) as slave:
+        wrong = CliRunner().invoke(main, ["read", "--tcp", f"127.0.0.1:{slave.port}", "--unit", "9", "--profile",
+                                          read_with, "--timeout", "3"])
+        right = CliRunner().invoke(main, ["read", "--tcp", f"127.0.0.1:{slave.port}", "--unit", "9", "--profile",
+                                          served, "--timeout", "3", "--json"])
+    assert wrong.exit_code == 1, wrong.output
+    assert "every energy point is invalid" in wrong.output and "exception code 2 (illegal data address)" in wrong.output
+    voltage_l1 = next(e["expected"] for e in _entries(served) if e["name"] == "voltage_l1")
+    assert [float(line.split()[1]) for line in wrong.output.splitlines() if line.startswith("voltage_l1 ")] == [
+        pytest.approx(voltage_l1, abs=5e-5)]   # printed with 4 decimals
+    assert right.exit_code == 0 and all(row["quality"] == "ok" for row in json.loads(right.output)), right.output
