@@ -355,12 +355,14 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
             sources.append(source)
 
     e = _Reader(origin, top.get("emissions", dict, {}), "emissions",
-                {"region", "method", "include_ch4_n2o", "gwp", "factor_files"})
+                {"region", "method", "include_ch4_n2o", "gwp", "factor_files", "vintage_rule"})
     emissions = EmissionSettings(region=e.get("region", str, "national"),
                                  method=e.choice("method", ("location", "market"), "location"),
                                  include_ch4_n2o=e.get("include_ch4_n2o", bool, False),
                                  gwp=e.choice("gwp", ("AR5", "AR6"), "AR6"),
-                                 factor_files=_factor_files(e))
+                                 factor_files=_factor_files(e),
+                                 vintage_rule=e.choice("vintage_rule", ("latest_published", "same_year"),
+                                                       "latest_published"))
     _check_factors(e, emissions)
 
     s = _Reader(origin, top.get("sync", dict, {}), "sync",

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from html import escape
 
 WIDTH = 640
-TITLE_PX, AXIS_PX = 18, 15       # large enough to read on a 390 px phone where the chart is scaled to ~0.6
+#: In viewBox units: a 640-unit chart on a 360 px phone is drawn at ~0.56, so 20 shows as ~11 px (issue 15: 8 px)
+TITLE_PX, AXIS_PX = 22, 20
 SOURCE_COLOR = "#2e7d4f"
 
 
@@ -32,6 +33,10 @@ def nice_ticks(peak: float, count: int = 4) -> list[float]:
     return [round(i * step, 12) for i in range(n + 1)]
 
 
+def _short(label: str, n: int) -> str:
+    return label if len(label) <= n else label[: n - 1] + "…"
+
+
 def _tick_text(value: float) -> str:
     return f"{value:.10g}"
 
@@ -44,7 +49,7 @@ def bar_chart_svg(labels: Sequence[str], series: Mapping[str, Sequence[float]], 
     :param legend: the shown name of each series (default: its key).
     """
     legend = dict(legend or {k: k for k in series})
-    width, height, left, bottom, top = WIDTH, 300, 72, 62, 34
+    width, height, left, bottom, top = WIDTH, 310, 84, 74, 38
     n = max(1, len(labels))
     totals = [sum(max(values[i], 0.0) for values in series.values()) for i in range(len(labels))]
     ticks = nice_ticks(max(totals, default=0.0))
@@ -54,13 +59,13 @@ def bar_chart_svg(labels: Sequence[str], series: Mapping[str, Sequence[float]], 
     bar = max(2.0, slot * 0.7)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" class="chart" '
              f'aria-label="{escape(title)}">',
-             f'<text x="{left}" y="20" class="chart-title" font-size="{TITLE_PX}" font-weight="bold">{escape(title)}</text>']
+             f'<text x="0" y="24" class="chart-title" font-size="{TITLE_PX}" font-weight="bold">{escape(title)}</text>']
     for value in ticks:
         y = top + plot_h * (1 - value / peak)
         parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" class="grid" stroke="#ddd"/>'
-                     f'<text x="{left - 4}" y="{y + 5:.1f}" text-anchor="end" class="axis" '
+                     f'<text x="{left - 6}" y="{y + 7:.1f}" text-anchor="end" class="axis" '
                      f'font-size="{AXIS_PX}">{_tick_text(value)}</text>')
-    every = max(1, math.ceil(n / 6))     # at most about six labels: they stay readable on a phone
+    every = max(1, math.ceil(n / 5))     # at most five labels: they stay readable on a phone
     for i, label in enumerate(labels):
         x = left + i * slot + (slot - bar) / 2
         y = top + plot_h
@@ -72,32 +77,32 @@ def bar_chart_svg(labels: Sequence[str], series: Mapping[str, Sequence[float]], 
                          f'<title>{escape(label)} {escape(legend.get(name, name))}: {values[i]:.6g} {escape(unit)}'
                          f'</title></rect>')
         if i % every == 0:
-            parts.append(f'<text x="{x + bar / 2:.1f}" y="{top + plot_h + 20}" text-anchor="middle" class="axis" '
+            parts.append(f'<text x="{x + bar / 2:.1f}" y="{top + plot_h + 24}" text-anchor="middle" class="axis" '
                          f'font-size="{AXIS_PX}">{escape(label)}</text>')
     lx = left
     for name in series:
         shown = legend.get(name, name)
-        parts.append(f'<rect x="{lx}" y="{height - 18}" width="12" height="12" fill="{colors[name]}"/>'
-                     f'<text x="{lx + 16}" y="{height - 7}" class="axis" font-size="{AXIS_PX}">{escape(shown)}</text>')
-        lx += 30 + 9 * len(shown)
+        parts.append(f'<rect x="{lx}" y="{height - 22}" width="14" height="14" fill="{colors[name]}"/>'
+                     f'<text x="{lx + 20}" y="{height - 8}" class="axis" font-size="{AXIS_PX}">{escape(shown)}</text>')
+        lx += 40 + 12 * len(shown)
     parts.append("</svg>")
     return "".join(parts)
 
 
 def hbar_chart_svg(rows: Sequence[tuple[str, float]], title: str, color: str = SOURCE_COLOR) -> str:
     """Horizontal bars, one per row (label, value): the emissions by source."""
-    width, row_h, left = WIDTH, 32, 210
-    height = 34 + row_h * max(1, len(rows))
+    width, row_h, left = WIDTH, 36, 230
+    height = 38 + row_h * max(1, len(rows))
     peak = max([v for _, v in rows if v > 0], default=1.0)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" class="chart" '
              f'aria-label="{escape(title)}">',
-             f'<text x="0" y="18" class="chart-title" font-size="{TITLE_PX}" font-weight="bold">{escape(title)}</text>']
+             f'<text x="0" y="24" class="chart-title" font-size="{TITLE_PX}" font-weight="bold">{escape(title)}</text>']
     for i, (label, value) in enumerate(rows):
-        y = 26 + i * row_h
-        w = (width - left - 90) * value / peak if value > 0 else 0
-        parts.append(f'<text x="{left - 6}" y="{y + 18}" text-anchor="end" class="axis" '
-                     f'font-size="{AXIS_PX}">{escape(label[:24])}</text>'
+        y = 32 + i * row_h
+        w = (width - left - 100) * value / peak if value > 0 else 0
+        parts.append(f'<text x="{left - 6}" y="{y + 23}" text-anchor="end" class="axis" '
+                     f'font-size="{AXIS_PX}">{escape(_short(label, 18))}</text>'
                      f'<rect x="{left}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" fill="{color}"/>'
-                     f'<text x="{left + w + 4:.1f}" y="{y + 18}" class="axis" font-size="{AXIS_PX}">{value:.4g}</text>')
+                     f'<text x="{left + w + 4:.1f}" y="{y + 23}" class="axis" font-size="{AXIS_PX}">{value:.4g}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from local_store.errors import FactorError
-from local_store.factors import Factor, FactorLibrary, missing_factor_error
+from local_store.factors import Factor, FactorLibrary, VintageRule, missing_factor_error
 from local_store.units import activity as get_activity
 
 #: Global warming potentials (100 years). AR5: IPCC 2013 WG1 Table 8.7. AR6: IPCC 2021 WG1 Table 7.15,
@@ -42,6 +42,8 @@ class EmissionSettings:
     :param method: which electricity figure goes into ``total_tco2e``; reports show both.
     :param include_ch4_n2o: add CH4 and N2O of combustion as CO2e with ``gwp``.
     :param factor_files: extra factor files (a site's own values), read after the shipped library.
+    :param vintage_rule: which factor vintage applies to a year without its own factor:
+        ``latest_published`` (provisional, flagged in reports) or ``same_year`` (refused).
     """
 
     region: str = "national"
@@ -50,6 +52,7 @@ class EmissionSettings:
     gwp: Literal["AR5", "AR6"] = "AR6"
     factor_files: tuple[str, ...] = ()
     interval_s: int = 900
+    vintage_rule: VintageRule = "latest_published"
 
 
 @dataclass
@@ -85,11 +88,11 @@ class EmissionArrays:
 
 
 def _select(library: FactorLibrary, activity: str, parameter: str, region: str, ts: np.ndarray,
-            place: str, fallback_national: bool) -> tuple[list[Factor], np.ndarray]:
-    cands, idx = library.select_many(activity, parameter, region, ts)
+            place: str, fallback_national: bool, rule: VintageRule = "latest_published") -> tuple[list[Factor], np.ndarray]:
+    cands, idx = library.select_many(activity, parameter, region, ts, rule)
     if fallback_national and region != "national" and (idx < 0).any():
         # Fuel parameters are national defaults; a site region only overrides them when it has its own.
-        n_cands, n_idx = library.select_many(activity, parameter, "national", ts)
+        n_cands, n_idx = library.select_many(activity, parameter, "national", ts, rule)
         missing = idx < 0
         idx = np.where(missing & (n_idx >= 0), n_idx + len(cands), idx)
         cands = cands + n_cands
@@ -120,25 +123,25 @@ def compute(activity_name: str, start_ts: np.ndarray, amount: np.ndarray, librar
         return EmissionArrays(zeros, zeros, zeros, zeros, zeros, [], none, [], none, [])
     ch4 = n2o = zeros
     if act.kind in ("electricity", "heat"):
-        cands, idx = _select(library, base, "ef", settings.region if act.kind == "electricity" else settings.region,
-                             ts, place, fallback_national=act.kind == "heat")
+        cands, idx = _select(library, base, "ef", settings.region, ts, place, fallback_national=act.kind == "heat",
+                             rule=settings.vintage_rule)
         ef = np.array([c.value_si for c in cands])[idx]
         co2 = sign * amount * ef
         energy = amount * (3.6 if act.kind == "electricity" else 1.0)
         groups = [(cands, idx)]
         primary = (cands, idx)
     else:
-        ncv_c, ncv_i = _select(library, base, "ncv", settings.region, ts, place, True)
-        cc_c, cc_i = _select(library, base, "carbon_content", settings.region, ts, place, True)
-        of_c, of_i = _select(library, base, "oxidation", settings.region, ts, place, True)
+        ncv_c, ncv_i = _select(library, base, "ncv", settings.region, ts, place, True, settings.vintage_rule)
+        cc_c, cc_i = _select(library, base, "carbon_content", settings.region, ts, place, True, settings.vintage_rule)
+        of_c, of_i = _select(library, base, "oxidation", settings.region, ts, place, True, settings.vintage_rule)
         energy = amount * np.array([c.value_si for c in ncv_c])[ncv_i]
         ef = np.array([c.value_si for c in cc_c])[cc_i] * np.array([c.value_si for c in of_c])[of_i] * C_TO_CO2
         co2 = energy * ef
         groups = [(ncv_c, ncv_i), (cc_c, cc_i), (of_c, of_i)]
         primary = (cc_c, cc_i)
         if settings.include_ch4_n2o:
-            ch4_c, ch4_i = _select(library, base, "ch4", settings.region, ts, place, True)
-            n2o_c, n2o_i = _select(library, base, "n2o", settings.region, ts, place, True)
+            ch4_c, ch4_i = _select(library, base, "ch4", settings.region, ts, place, True, settings.vintage_rule)
+            n2o_c, n2o_i = _select(library, base, "n2o", settings.region, ts, place, True, settings.vintage_rule)
             ch4 = energy * np.array([c.value_si for c in ch4_c])[ch4_i]
             n2o = energy * np.array([c.value_si for c in n2o_c])[n2o_i]
             groups += [(ch4_c, ch4_i), (n2o_c, n2o_i)]

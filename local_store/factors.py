@@ -9,6 +9,12 @@ entry's ``version`` or else the file's.
 Selection for an activity period: among entries with the activity, parameter and region whose
 validity covers the time, the highest ``priority`` wins, then the newest ``year``, then the highest
 version. A custom file therefore overrides a shipped value by using ``priority = 100``.
+
+Vintages (issue 14): a published factor covers its own data year. For a time no entry covers, the
+*vintage rule* decides: ``latest_published`` (provisional reports, the default) takes the newest
+vintage published for an earlier time, and reports flag every figure computed that way;
+``same_year`` refuses (a missing-factor error) until the year's factor is added. A factor's
+identity, ``id/year@version`` (:attr:`Factor.ref`), names its vintage.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -40,6 +47,9 @@ def _shipped_factors_dir() -> Path:
 
 
 DEFAULT_FACTORS_DIR = _shipped_factors_dir()
+
+VintageRule = Literal["latest_published", "same_year"]
+VINTAGE_RULES: tuple[str, ...] = ("latest_published", "same_year")
 
 # parameter -> accepted units and the multiplier to the unit the model computes with.
 _PARAMETER_UNITS: dict[str, dict[str, float]] = {
@@ -82,8 +92,9 @@ class Factor:
 
     @property
     def ref(self) -> str:
-        """``id@version``, the reference stored in every emission row."""
-        return f"{self.id}@{self.version}"
+        """``id/year@version``, the reference stored in every emission row: it names the vintage (the data
+        year), so ``cn.grid.national/2022@1`` (0.5366) and ``cn.grid.national/2023@1`` (0.5306) differ."""
+        return f"{self.id}/{self.year}@{self.version}"
 
     @property
     def valid_from_ts(self) -> float:
@@ -124,29 +135,33 @@ class FactorLibrary:
                  if f.activity == activity and f.parameter == parameter and f.region == region]
         return sorted(found, key=lambda f: (f.priority, f.year, f.version))
 
-    def select(self, activity: str, parameter: str, region: str, ts: float) -> Factor | None:
-        """The preferred factor valid at epoch ``ts``, or None."""
-        best = None
-        for f in self.candidates(activity, parameter, region):
-            if f.covers(ts):
-                best = f
-        return best
+    def select(self, activity: str, parameter: str, region: str, ts: float,
+               rule: VintageRule = "latest_published") -> Factor | None:
+        """The preferred factor for epoch ``ts`` under the vintage ``rule``, or None."""
+        cands, index = self.select_many(activity, parameter, region, np.array([float(ts)]), rule)
+        return cands[int(index[0])] if index[0] >= 0 else None
 
-    def select_many(self, activity: str, parameter: str, region: str,
-                    ts: np.ndarray) -> tuple[list[Factor], np.ndarray]:
+    def select_many(self, activity: str, parameter: str, region: str, ts: np.ndarray,
+                    rule: VintageRule = "latest_published") -> tuple[list[Factor], np.ndarray]:
         """Vectorised :meth:`select`: the candidates and, per timestamp, an index into them (-1: none)."""
         cands = self.candidates(activity, parameter, region)
         index = np.full(ts.shape, -1, dtype=np.int32)
         for i, f in enumerate(cands):      # later (preferred) candidates paint over earlier ones
             index[(ts >= f.valid_from_ts) & (ts < f.valid_to_ts)] = i
+        if rule == "latest_published" and (index < 0).any():
+            # Uncovered times take the newest vintage that started before them (provisional, flagged).
+            uncovered = index < 0
+            for i in sorted(range(len(cands)), key=lambda k: (cands[k].year, cands[k].priority, cands[k].version)):
+                index[uncovered & (ts >= cands[i].valid_from_ts)] = i
         return cands, index
 
-    def require(self, activity: str, parameter: str, region: str, ts: float, place: str) -> Factor:
+    def require(self, activity: str, parameter: str, region: str, ts: float, place: str,
+                rule: VintageRule = "latest_published") -> Factor:
         """Like :meth:`select` but a missing factor is an error that names the place and the fix.
 
         :raises FactorError: when no factor covers the time.
         """
-        f = self.select(activity, parameter, region, ts)
+        f = self.select(activity, parameter, region, ts, rule)
         if f is None:
             raise missing_factor_error(activity, parameter, region, ts, place)
         return f
@@ -176,12 +191,18 @@ def load_library(paths: Iterable[Path] | None = None) -> FactorLibrary:
     for path in files:
         factors.extend(_load_file(Path(path)))
     seen: dict[tuple[str, int, date], str] = {}
+    refs: dict[str, str] = {}
     for f in factors:
         key = (f.id, f.version, f.valid_from)
         if key in seen:
             raise FactorError(f"{f.file}: factor {f.id!r} version {f.version} valid from {f.valid_from} is "
                               f"also defined in {seen[key]}: give the new value a higher version")
+        if f.ref in refs:
+            raise FactorError(f"{f.file}: factor {f.ref} (id {f.id!r}, data year {f.year}, version {f.version}) is "
+                              f"also defined in {refs[f.ref]}: a vintage has one value; give the new value a "
+                              f"higher version")
         seen[key] = f.file
+        refs[f.ref] = f.file
     return FactorLibrary(tuple(factors), tuple(str(p) for p in files))
 
 
@@ -256,7 +277,90 @@ def _parse_entry(entry: dict, place: str, file: str, version: int, priority: int
 
 def describe(factors: Sequence[Factor]) -> list[dict]:
     """Plain dicts for reports and the web UI's factor page."""
-    return [{"id": f.id, "version": f.version, "activity": f.activity, "parameter": f.parameter,
-             "value": f.value, "unit": f.unit, "region": f.region, "year": f.year,
+    return [{"ref": f.ref, "id": f.id, "version": f.version, "activity": f.activity, "parameter": f.parameter,
+             "value": f.value, "unit": f.unit, "region": f.region, "year": f.year, "vintage": f.year,
              "valid_from": f.valid_from.isoformat(), "valid_to": f.valid_to.isoformat() if f.valid_to else None,
-             "source": f.source} for f in factors]
+             "applies_to": applies_to(f), "source": f.source, "file": f.file} for f in factors]
+
+
+def applies_to(f: Factor) -> str:
+    """Which activity years a factor's validity covers, in words: ``2023``, ``2023-2025``, ``2000-``."""
+    last = None
+    if f.valid_to is not None:
+        last = f.valid_to.year - (1 if (f.valid_to.month, f.valid_to.day) == (1, 1) else 0)
+    if last == f.valid_from.year:
+        return str(last)
+    return f"{f.valid_from.year}-{last if last is not None else ''}"
+
+
+def vintage_note(f: Factor, activity_from_ts: float, activity_to_ts: float, tz_offset_s: int = 8 * 3600) -> str | None:
+    """Why a figure's factor is provisional, or None: the factor's validity does not cover the activity
+    (the ``latest_published`` rule used an older vintage)."""
+    if f.valid_from_ts <= activity_from_ts and activity_to_ts <= f.valid_to_ts:
+        return None
+    year = datetime.fromtimestamp(activity_to_ts - 1 + tz_offset_s, timezone.utc).year
+    return (f"{f.ref} ({f.value} {f.unit}, vintage {f.year}, valid {applies_to(f)}) was applied to activity up to "
+            f"{year}, which it does not cover: the newest published vintage is used provisionally; add the "
+            f"{year} factor when it is published (carbon-gateway factors add) and the figures are recalculated")
+
+
+def add_factor(path: Path, entry: dict, other_files: Sequence[Path] = ()) -> Factor:
+    """Append one ``[[factors]]`` entry to the custom factor file ``path`` (created with priority 100).
+
+    The whole library (shipped files, ``other_files`` and the new file) is loaded with the entry before
+    anything is written, so a bad entry or a clash with another file's vintage changes nothing; the
+    file is then replaced atomically (a power cut leaves the old file or the new one).
+
+    :returns: the factor as loaded.
+    :raises FactorError: naming the entry and the fix.
+    """
+    import tempfile
+
+    import tomli_w
+
+    path = Path(path)
+    if path.is_file():
+        try:
+            content = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise FactorError(f"{path}: cannot read the custom factor file ({exc}): fix or move it") from exc
+    else:
+        content = {"library": {"name": "Custom factors", "version": 1, "priority": 100}, "factors": []}
+    content.setdefault("factors", []).append({k: v for k, v in entry.items() if v is not None})
+    text = tomli_w.dumps(content)
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / path.name
+        trial.write_text(text, encoding="utf-8")
+        others = [Path(p) for p in other_files if Path(p).resolve() != path.resolve()]
+        try:
+            library = load_library(default_factor_files() + others + [trial])
+        except FactorError as exc:
+            raise FactorError(str(exc).replace(str(trial), str(path))) from None
+        added = [f for f in library.factors if f.file == str(trial)][-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    return Factor(**{**added.__dict__, "file": str(path)})
+
+
+def for_year(library: FactorLibrary, year: int, region: str | None = None, activity: str | None = None,
+             rule: VintageRule = "latest_published") -> list[tuple[Factor, str | None]]:
+    """What applies to an activity year: per (activity, parameter, region), the factor selected at the
+    year's start (China Standard Time) under ``rule`` and, when it does not cover the year, the note why."""
+    start = datetime(year, 1, 1, tzinfo=timezone.utc).timestamp() - 8 * 3600
+    end = datetime(year + 1, 1, 1, tzinfo=timezone.utc).timestamp() - 8 * 3600
+    out = []
+    keys = sorted({(f.activity, f.parameter, f.region) for f in library.factors
+                   if (region is None or f.region == region) and (activity is None or f.activity == activity)})
+    for act, parameter, reg in keys:
+        f = library.select(act, parameter, reg, start, rule)
+        if f is not None:
+            out.append((f, vintage_note(f, start, end)))
+    return out

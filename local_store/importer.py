@@ -29,6 +29,11 @@ from local_store.units import activity as get_activity
 
 ACTIVITY_HEADER = ["source", "activity", "start", "end", "amount", "unit"]
 READINGS_HEADER = ["source", "timestamp", "register", "value", "unit"]
+INSTRUMENTS_HEADER = ["instrument", "kind", "start", "end", "amount", "unit", "emission_factor"]
+INSTRUMENT_KINDS = ("certificate", "green_power", "ppa")
+_INSTRUMENT_UNITS = {"MWh": 1.0, "kWh": 1e-3}
+#: No electricity is generated at more than this (lignite units emit about 1.2 tCO2/MWh).
+MAX_INSTRUMENT_FACTOR_T_PER_MWH = 2.0
 
 #: Cumulative registers a readings file may carry, and the activity each measures.
 REGISTER_ACTIVITY = {
@@ -45,7 +50,7 @@ class ImportResult:
     """What an import wrote."""
 
     path: str
-    kind: str              # "activity" or "readings"
+    kind: str              # "activity", "readings" or "instruments"
     rows: int
     sources: tuple[str, ...]
     emission_rows: int
@@ -54,7 +59,7 @@ class ImportResult:
     already_stored: int = 0    # rows identical to data stored before (a re-import), skipped
 
     def summary(self) -> str:
-        what = "activity rows" if self.kind == "activity" else "meter readings"
+        what = {"activity": "activity rows", "readings": "meter readings", "instruments": "instruments"}[self.kind]
         skipped = []
         if self.repeated:
             skipped.append(f"{self.repeated} repeated {'row' if self.repeated == 1 else 'rows'} of the file")
@@ -64,6 +69,9 @@ class ImportResult:
         if not self.rows:
             return (f"{self.path}: nothing to import, every row is already stored{note}: "
                     f"the store was not changed")
+        if self.kind == "instruments":
+            return (f"{self.path}: imported {self.rows} instruments ({', '.join(self.sources)}){note}; "
+                    f"market-based reports count them")
         return (f"{self.path}: imported {self.rows} {what} for {', '.join(self.sources)}; "
                 f"{self.emission_rows} emission rows, {self.tco2e:.6g} tCO2e{note}")
 
@@ -161,9 +169,12 @@ def import_csv(store: Store, path: Path, tz: tzinfo | None = None) -> ImportResu
         return _import_activity(store, path, rows[1:], tz)
     if header == READINGS_HEADER:
         return _import_readings(store, path, rows[1:])
+    if header == INSTRUMENTS_HEADER:
+        return _import_instruments(store, path, rows[1:], tz)
     raise DataImportError(str(path), [
         f"line 1: header {','.join(header)!r} is not recognised: use {','.join(ACTIVITY_HEADER)!r} for activity "
-        f"data or {','.join(READINGS_HEADER)!r} for meter readings"])
+        f"data, {','.join(READINGS_HEADER)!r} for meter readings or {','.join(INSTRUMENTS_HEADER)!r} for "
+        f"contractual instruments (green certificates, green power, PPAs)"])
 
 
 @dataclass(frozen=True)
@@ -487,3 +498,113 @@ def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult
                            " (SELECT value FROM json_each(?))", (json.dumps([s.id for s in settings]),)).fetchone()[0]
     return ImportResult(str(path), "readings", len(readings), tuple(s.id for s in settings), totals[0], float(tco2e),
                         repeated=repeated, already_stored=already)
+
+
+def _import_instruments(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> ImportResult:
+    """Contractual instruments for the market-based method (docs/import.md, "Contractual instruments").
+
+    An instrument is claimed once: its reference identifies it, an identical row (in the file or stored
+    before) is skipped and counted, the same reference with other data is refused.
+    """
+    errors: list[str] = []
+    parsed: list[tuple[int, str, str, float, float, float, float, str, str, str]] = []
+    seen: dict[str, tuple] = {}
+    repeated = already = 0
+    for n, fields in _records(rows, INSTRUMENTS_HEADER, errors):
+        ref, kind, start_s, end_s, amount_s, unit, factor_s = fields
+        problems = []
+        if not ref:
+            problems.append("instrument is empty: give the certificate or contract number, e.g. GEC-2025-000123")
+        if kind not in INSTRUMENT_KINDS:
+            problems.append(f"kind = {kind!r}: use one of {', '.join(INSTRUMENT_KINDS)}")
+        try:
+            start = _parse_when(start_s, tz, need_offset=False)
+        except ValueError as exc:
+            problems.append(f"start = {start_s!r}: {exc}; use a date like 2025-01-01")
+            start = None
+        try:
+            end = _parse_when(end_s, tz, need_offset=False)
+        except ValueError as exc:
+            problems.append(f"end = {end_s!r}: {exc}; use a date like 2026-01-01")
+            end = None
+        if start is not None and end is not None and end <= start:
+            problems.append(f"end {end_s} is not after start {start_s}: the end is exclusive, "
+                            f"e.g. 2025-01-01,2026-01-01 is the year 2025")
+        mult = _INSTRUMENT_UNITS.get(unit)
+        if mult is None:
+            problems.append(f"unit = {unit!r}: use MWh or kWh")
+        mwh = None
+        try:
+            amount = _number(amount_s)
+            if amount < 0:
+                problems.append(f"amount = {amount_s!r}: must be >= 0")
+            elif mult is not None:
+                mwh = amount * mult
+                bound = get_activity("electricity").max_rate_per_h
+                if start is not None and end is not None and end > start and mwh > bound * (end - start) / 3600:
+                    problems.append(f"amount = {amount_s!r} {unit} is more than {bound:g} MWh per hour over the "
+                                    "period, more than any site consumes: check the amount and the unit")
+        except ValueError:
+            problems.append(f"amount = {amount_s!r}: not a number; write it like 1200 or 1200.5")
+        try:
+            factor = _number(factor_s)
+            if not 0 <= factor <= MAX_INSTRUMENT_FACTOR_T_PER_MWH:
+                problems.append(f"emission_factor = {factor_s!r}: use tCO2/MWh from 0 (renewable) to "
+                                f"{MAX_INSTRUMENT_FACTOR_T_PER_MWH:g}")
+        except ValueError:
+            problems.append(f"emission_factor = {factor_s!r}: not a number; write it in tCO2/MWh, 0 for renewables")
+            factor = None
+        if problems:
+            errors.extend(f"{_at(n, ref, f'{start_s}..{end_s}')}: {p}" for p in problems)
+            continue
+        assert start is not None and end is not None and mwh is not None and factor is not None
+        key = (kind, int(start), int(end), mwh, factor)
+        if ref in seen:
+            if seen[ref][1:] == key:
+                repeated += 1
+            else:
+                errors.append(f"{_at(n, ref, f'{start_s}..{end_s}')}: instrument {ref} is also on line {seen[ref][0]} "
+                              "with other data: an instrument is claimed once; remove the wrong row")
+            continue
+        seen[ref] = (n, *key)
+        stored = store.db.execute("SELECT kind, start_ts, end_ts, mwh, factor_t_per_mwh FROM instruments"
+                                  " WHERE reference = ?", (ref,)).fetchone()
+        if stored is not None:
+            if tuple(stored) == key:
+                already += 1
+            else:
+                errors.append(f"{_at(n, ref, f'{start_s}..{end_s}')}: instrument {ref} is already stored with other "
+                              f"data ({stored[0]}, {stored[3]:g} MWh): an instrument is claimed once; use another "
+                              "reference or correct the stored one")
+            continue
+        parsed.append((n, ref, kind, start, end, mwh, factor, unit, start_s, end_s))
+    if not errors and not parsed and not (repeated or already):
+        errors.append("the file has a header but no data rows: add rows below the header")
+    if errors:
+        raise DataImportError(str(path), errors)
+    if parsed:
+        with write_transaction(store.db):
+            store.db.conn.executemany(
+                "INSERT INTO instruments (kind, source_id, start_ts, end_ts, mwh, factor_t_per_mwh, reference)"
+                " VALUES (?, NULL, ?, ?, ?, ?, ?)",
+                [(kind, int(start), int(end), mwh, factor, ref) for _, ref, kind, start, end, mwh, factor, *_ in parsed])
+    return ImportResult(str(path), "instruments", len(parsed), tuple(sorted(r[1] for r in parsed)), 0, 0.0,
+                        repeated=repeated, already_stored=already)
+
+
+def list_instruments(store: Store, start: float | None = None, end: float | None = None) -> list[dict]:
+    """Stored instruments overlapping [start, end) (all when None), oldest first."""
+    lo = -math.inf if start is None else start
+    hi = math.inf if end is None else end
+    rows = store.db.execute("SELECT reference, kind, start_ts, end_ts, mwh, factor_t_per_mwh, source_id FROM instruments"
+                            " ORDER BY start_ts, reference").fetchall()
+    return [{"instrument": r[0], "kind": r[1], "start_ts": r[2], "end_ts": r[3], "mwh": r[4],
+             "emission_factor_t_per_mwh": r[5], "source": r[6]} for r in rows if r[2] < hi and r[3] > lo]
+
+
+def add_instrument(store: Store, fields: list[str], tz: tzinfo | None = None, place: str = "command line") -> ImportResult:
+    """One instrument given as the CSV's fields (``INSTRUMENTS_HEADER`` order), checked like an imported row.
+
+    :raises DataImportError: naming every problem; nothing was written.
+    """
+    return _import_instruments(store, Path(place), [_Row(1, list(fields))], tz or local_tz())

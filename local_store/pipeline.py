@@ -110,7 +110,7 @@ def save_settings(db: sqlite_utils.Database, settings: EmissionSettings) -> None
 def fingerprint(settings: EmissionSettings, library: FactorLibrary) -> str:
     """What the current emission rows depend on: the factor files and the emission settings."""
     s = settings
-    return f"{library.fingerprint}|{s.region}|{s.include_ch4_n2o}|{s.gwp}"
+    return f"{library.fingerprint}|{s.region}|{s.include_ch4_n2o}|{s.gwp}|{s.vintage_rule}"
 
 
 def record_factors(db: sqlite_utils.Database, library: FactorLibrary) -> None:

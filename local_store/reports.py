@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Literal
 
 from local_store.charts import bar_chart_svg
 from local_store.errors import ReportError
+from local_store.factors import Factor, applies_to, vintage_note
+from local_store.units import ACTIVITIES
 
 if TYPE_CHECKING:
     from local_store.db import Store
@@ -91,8 +93,11 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
             acc[i] += x or 0
         refs.update(x for x in frefs.split(",") if x)
         if k:
-            row = by_key.setdefault(k, {"key": k, "tco2e": 0.0, "scope_1": 0.0, "scope_2": 0.0})
-            row[f"scope_{scope}"] += nums[5]
+            row = by_key.setdefault(k, {"key": k, "tco2e": 0.0, "scope_1": 0.0, "scope_2": 0.0, "exported_tco2e": 0.0})
+            if ACTIVITIES[act].export:       # scopes are gross (GHG Protocol); the net total deducts exports
+                row["exported_tco2e"] -= nums[5]
+            else:
+                row[f"scope_{scope}"] += nums[5]
             row["tco2e"] += nums[5]
     per_source = [(*key, *vals) for key, vals in sorted(merged.items())]
 
@@ -104,14 +109,18 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
     weighted_measured = weighted_all = 0.0
     intervals = estimated = invalid = 0
     electricity_mwh = electricity_loc_t = 0.0
+    exported: dict[str, float] = {}
     for (src, act, unit, scope, cat, amount, gj, co2, ch4, n2o, co2e, amount_measured, count, n_est, n_inv) in per_source:
         share = (amount_measured / amount) if amount else 1.0
         by_source.append({"source": src, "activity": act, "consumption": _r(amount), "unit": unit,
                           "energy_gj": _r(gj), "co2_t": _r(co2), "ch4_t": _r(ch4, 9), "n2o_t": _r(n2o, 9),
                           "tco2e": _r(co2e), "scope": scope, "iso_category": cat,
                           "share_measured": _r(share, 4)})
-        by_scope[f"scope_{scope}"] += co2e
-        by_cat[cat] += co2e
+        if ACTIVITIES[act].export:
+            exported[act] = exported.get(act, 0.0) - co2e
+        else:
+            by_scope[f"scope_{scope}"] += co2e
+            by_cat[cat] += co2e
         by_gas["co2_t"] += co2
         by_gas["ch4_t"] += ch4
         by_gas["n2o_t"] += n2o
@@ -125,11 +134,13 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
             electricity_mwh += amount
             electricity_loc_t += co2e
 
-    market_total, market = _market_based(store, s, e, electricity_mwh, electricity_loc_t, total)
+    market_total, market = _market_based(store, s, e, electricity_mwh, electricity_loc_t, total, tz)
     if method == "market" and market_total is None:
         raise ReportError(f"market-based total for {start}..{end}: {market['note']}")
+    conventions = _conventions(by_scope, by_cat, exported, total, electricity_loc_t, market, per_source)
     breakdown = _breakdown(by, by_key, by_source, by_scope)
     factors = _factors_used(db, p, refs)
+    vintage_flags = _vintage_flags(db, p, factors)
     share_measured = weighted_measured / weighted_all if weighted_all else 1.0
     return {
         "period": {"from": start.isoformat(), "to": end.isoformat(), "end_exclusive": True,
@@ -142,6 +153,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
         "location_based_tco2e": _r(total),
         "market_based_tco2e": None if market_total is None else _r(market_total),
         "market_based": market,
+        "conventions": conventions,
         "by_scope": {k: _r(v) for k, v in by_scope.items()},
         "by_iso_category": {ISO_CATEGORY_NAMES[k]: _r(v) for k, v in by_cat.items()},
         "by_gas": {k: _r(v, 9) for k, v in by_gas.items()},
@@ -149,6 +161,8 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
         "by": by,
         "breakdown": breakdown,
         "factors": factors,
+        "vintage_rule": store.settings.vintage_rule,
+        "vintage_flags": vintage_flags,
         "data_quality": {
             "share_measured": _r(share_measured, 4),
             "share_estimated": _r(1.0 - share_measured, 4),
@@ -184,6 +198,50 @@ def _grouped(db, p: dict, key_fmt: str | None) -> list[tuple]:
     return db.execute(sql, p).fetchall()
 
 
+GBT_32150 = "GB/T 32150-2015 and the national enterprise GHG accounting guidelines"
+GHG_PROTOCOL = "GHG Protocol Corporate Standard and Scope 2 Guidance; ISO 14064-1:2018"
+
+
+def _conventions(by_scope: dict, by_cat: dict, exported: dict[str, float], net_total: float,
+                 electricity_loc_t: float, market: dict, per_source: list[tuple]) -> dict:
+    """The two accounting conventions side by side, each under the name of the standard it follows (issue 14).
+
+    GB/T 32150 counts *net* purchased electricity and heat (purchased minus exported); the GHG Protocol and
+    ISO 14064-1 count *gross* imported energy in Scope 2 / Category 2 and never deduct exports there, so the
+    exports stand on their own lines.
+    """
+    def summed(activities: tuple[str, ...]) -> float:
+        return sum(row[10] for row in per_source if row[1] in activities)
+
+    elec_export = exported.get("electricity_export", 0.0)
+    heat_export = exported.get("heat_export", 0.0)
+    scope2 = by_scope["scope_2"]
+    market_electricity = market.get("electricity_tco2e")
+    return {
+        "gb_t_32150": {
+            "standard": GBT_32150,
+            "basis": "net purchased electricity and heat: purchased minus exported",
+            "direct_emissions_tco2e": _r(by_scope["scope_1"]),
+            "net_purchased_electricity_tco2e": _r(summed(("electricity",)) - elec_export),
+            "net_purchased_heat_tco2e": _r(summed(("heat", "steam")) - heat_export),
+            "total_tco2e": _r(net_total),
+        },
+        "ghg_protocol_iso_14064_1": {
+            "standard": GHG_PROTOCOL,
+            "basis": "gross imported energy; exported energy is not deducted and is reported on its own lines",
+            "scope_1_tco2e": _r(by_scope["scope_1"]),
+            "scope_2_location_based_tco2e": _r(scope2),
+            "scope_2_market_based_tco2e": None if market_electricity is None else
+            _r(scope2 - electricity_loc_t + market_electricity),
+            "iso_14064_1_category_1_tco2e": _r(by_cat[1]),
+            "iso_14064_1_category_2_tco2e": _r(by_cat[2]),
+            "exported_electricity_tco2e": _r(elec_export),
+            "exported_heat_tco2e": _r(heat_export),
+            "total_location_based_tco2e": _r(by_scope["scope_1"] + scope2),
+        },
+    }
+
+
 def _offset_text(offset_s: int) -> str:
     sign = "+" if offset_s >= 0 else "-"
     h, m = divmod(abs(offset_s) // 60, 60)
@@ -198,19 +256,53 @@ def _breakdown(by: str, by_key: dict[str, dict], by_source: list[dict], by_scope
     return [{key: (_r(val) if isinstance(val, float) else val) for key, val in by_key[k].items()} for k in sorted(by_key)]
 
 
+_FACTOR_COLS = ("id", "version", "activity", "parameter", "value", "unit", "region", "year", "valid_from",
+                "valid_to", "source")
+
+
+def stored_factor(db, ref: str) -> dict | None:
+    """The factor row an emission row's reference ``id/year@version`` names (kept even after the file changed)."""
+    head, _, version = ref.rpartition("@")
+    fid, _, year = head.rpartition("/")
+    if not (version.isdigit() and year.isdigit()):
+        return None
+    row = db.execute(f"SELECT {', '.join(_FACTOR_COLS)} FROM factors WHERE id = ? AND year = ? AND version = ?"
+                     " ORDER BY valid_from LIMIT 1", (fid, int(year), int(version))).fetchone()
+    return None if row is None else {"ref": ref, **dict(zip(_FACTOR_COLS, row))}
+
+
 def _factors_used(db, p: dict, refs: set[str]) -> list[dict]:
-    out = []
-    s_date = datetime.fromtimestamp(p["s"], timezone.utc).date().isoformat()
-    e_date = (datetime.fromtimestamp(p["e"], timezone.utc).date() + timedelta(days=1)).isoformat()
-    for ref in sorted(refs):
-        fid, _, version = ref.rpartition("@")
-        for row in db.execute("SELECT id, version, activity, parameter, value, unit, region, year, valid_from, valid_to,"
-                              " source FROM factors WHERE id = ? AND version = ? AND valid_from < ?"
-                              " AND (valid_to IS NULL OR valid_to > ?) ORDER BY valid_from",
-                              (fid, int(version), e_date, s_date)):
-            out.append(dict(zip(("id", "version", "activity", "parameter", "value", "unit", "region", "year",
-                                 "valid_from", "valid_to", "source"), row)))
-    return out
+    """Exactly the factor rows the period's emission rows name (issue 14: no factor that was not applied)."""
+    return [f for f in (stored_factor(db, ref) for ref in sorted(refs)) if f is not None]
+
+
+def _vintage_flags(db, p: dict, factors: list[dict]) -> list[dict]:
+    """Figures computed with a factor whose validity does not cover their activity time: the vintage rule
+    ``latest_published`` used an older vintage provisionally (issue 14)."""
+    by_ref = {f["ref"]: f for f in factors}
+    spans: dict[str, list[float]] = {}
+    for refs, lo, hi in db.execute("SELECT factor_refs, MIN(MAX(start_ts, :s)), MAX(MIN(end_ts, :e)) FROM emissions"
+                                   " WHERE superseded_at IS NULL AND start_ts < :e AND end_ts > :s"
+                                   " GROUP BY factor_refs", p):
+        for ref in refs.split(","):
+            span = spans.setdefault(ref, [lo, hi])
+            span[0], span[1] = min(span[0], lo), max(span[1], hi)
+    flags = []
+    for ref, (lo, hi) in sorted(spans.items()):
+        f = by_ref.get(ref)
+        if f is None:
+            continue
+        factor = Factor(id=f["id"], version=f["version"], activity=f["activity"], parameter=f["parameter"],
+                        value=f["value"], unit=f["unit"], region=f["region"], year=f["year"],
+                        valid_from=date.fromisoformat(f["valid_from"]),
+                        valid_to=date.fromisoformat(f["valid_to"]) if f["valid_to"] else None, source=f["source"],
+                        file="")
+        note = vintage_note(factor, lo, hi)
+        if note is not None:
+            flags.append({"factor": ref, "vintage": f["year"], "valid": applies_to(factor),
+                          "activity_from": datetime.fromtimestamp(lo, timezone.utc).isoformat(),
+                          "activity_to": datetime.fromtimestamp(hi, timezone.utc).isoformat(), "note": note})
+    return flags
 
 
 def _reading_counts(db, s: float, e: float) -> dict[str, int]:
@@ -231,27 +323,37 @@ def _reading_counts(db, s: float, e: float) -> dict[str, int]:
 
 
 def _market_based(store: Store, s: float, e: float, electricity_mwh: float, electricity_loc_t: float,
-                  location_total: float) -> tuple[float | None, dict]:
+                  location_total: float, tz: tzinfo) -> tuple[float | None, dict]:
     """Market-based electricity: instruments first (their own factor), the rest at the residual mix."""
     db = store.db
     rows = db.execute(
-        f"SELECT kind, reference, mwh * {_OVERLAP.replace(':e', ':e').replace(':s', ':s')} AS mwh_in, factor_t_per_mwh"
-        f" FROM instruments WHERE start_ts < :e AND end_ts > :s", {"s": s, "e": e}).fetchall()
+        f"SELECT kind, reference, mwh * {_OVERLAP} AS mwh_in, factor_t_per_mwh, start_ts, end_ts, mwh"
+        f" FROM instruments WHERE start_ts < :e AND end_ts > :s ORDER BY start_ts, reference", {"s": s, "e": e}).fetchall()
     claimed = sum(r[2] for r in rows)
     covered = min(claimed, electricity_mwh)
     scale = covered / claimed if claimed else 0.0
     instrument_t = sum(r[2] * r[3] for r in rows) * scale
-    residual = store.library.select("electricity", "residual_mix", store.settings.region, s)
+    residual = store.library.select("electricity", "residual_mix", store.settings.region, s,
+                                    store.settings.vintage_rule)
     detail: dict = {"electricity_mwh": _r(electricity_mwh), "covered_by_instruments_mwh": _r(covered),
                     "instruments": [{"kind": r[0], "reference": r[1], "mwh_in_period": _r(r[2]),
-                                     "factor_t_per_mwh": r[3]} for r in rows]}
+                                     "factor_t_per_mwh": r[3], "tco2e_in_period": _r(r[2] * r[3] * scale),
+                                     "start": datetime.fromtimestamp(r[4], tz).date().isoformat(),
+                                     "end": datetime.fromtimestamp(r[5], tz).date().isoformat(), "mwh": _r(r[6])}
+                                    for r in rows]}
     if residual is None:
         detail["note"] = (f"no residual-mix factor for region {store.settings.region!r} at the period start: add one "
                           f"(parameter = \"residual_mix\") to a custom factor file")
         return None, detail
     residual_t = (electricity_mwh - covered) * residual.value_si
-    detail["residual_mix_factor"] = {"id": residual.id, "version": residual.version, "value": residual.value,
-                                     "unit": residual.unit, "source": residual.source}
+    detail["residual_mwh"] = _r(electricity_mwh - covered)
+    detail["residual_tco2e"] = _r(residual_t)
+    detail["residual_mix_factor"] = {"ref": residual.ref, "id": residual.id, "version": residual.version,
+                                     "vintage": residual.year, "value": residual.value, "unit": residual.unit,
+                                     "valid": applies_to(residual), "source": residual.source}
+    note = vintage_note(residual, s, e)
+    if note is not None:
+        detail["residual_mix_vintage_note"] = note
     detail["electricity_tco2e"] = _r(instrument_t + residual_t)
     return location_total - electricity_loc_t + instrument_t + residual_t, detail
 
@@ -344,8 +446,8 @@ def consumption(store: Store, source_id: str, start: float, end: float, resoluti
 _CSV_COLUMNS = {
     "source": ["source", "activity", "consumption", "unit", "energy_gj", "co2_t", "ch4_t", "n2o_t", "tco2e",
                "scope", "iso_category", "share_measured"],
-    "day": ["key", "tco2e", "scope_1", "scope_2"],
-    "month": ["key", "tco2e", "scope_1", "scope_2"],
+    "day": ["key", "tco2e", "scope_1", "scope_2", "exported_tco2e"],
+    "month": ["key", "tco2e", "scope_1", "scope_2", "exported_tco2e"],
     "scope": ["key", "tco2e"],
 }
 
@@ -366,7 +468,27 @@ def render_csv(report: dict) -> str:
     total = {"source": "TOTAL", "key": "TOTAL", "tco2e": report["total_tco2e"],
              "scope_1": report["by_scope"]["scope_1"], "scope_2": report["by_scope"]["scope_2"]}
     w.writerow([total.get(c, "") for c in cols])
+    for label, value in convention_lines(report):
+        w.writerow([{"source": label, "key": label, "tco2e": value}.get(c, "") for c in cols])
     return buf.getvalue()
+
+
+def convention_lines(report: dict) -> list[tuple[str, float | None]]:
+    """The two conventions as labelled lines (CSV rows, HTML table), each naming its standard."""
+    g, p = report["conventions"]["gb_t_32150"], report["conventions"]["ghg_protocol_iso_14064_1"]
+    return [
+        ("GB/T 32150: direct emissions", g["direct_emissions_tco2e"]),
+        ("GB/T 32150: net purchased electricity (purchased - exported)", g["net_purchased_electricity_tco2e"]),
+        ("GB/T 32150: net purchased heat (purchased - exported)", g["net_purchased_heat_tco2e"]),
+        ("GB/T 32150: total (net)", g["total_tco2e"]),
+        ("GHG Protocol: Scope 1", p["scope_1_tco2e"]),
+        ("GHG Protocol: Scope 2 location-based (gross imports)", p["scope_2_location_based_tco2e"]),
+        ("GHG Protocol: Scope 2 market-based (gross imports)", p["scope_2_market_based_tco2e"]),
+        ("ISO 14064-1: Category 1 direct", p["iso_14064_1_category_1_tco2e"]),
+        ("ISO 14064-1: Category 2 imported energy (gross)", p["iso_14064_1_category_2_tco2e"]),
+        ("GHG Protocol / ISO 14064-1: exported electricity (not deducted)", p["exported_electricity_tco2e"]),
+        ("GHG Protocol / ISO 14064-1: exported heat (not deducted)", p["exported_heat_tco2e"]),
+    ]
 
 
 def render_html(report: dict) -> str:
@@ -394,10 +516,25 @@ def render_html(report: dict) -> str:
     src = table(["Source", "Activity", "Consumption", "Unit", "Energy (GJ)", "tCO2e", "Scope", "Measured share"],
                 [[r["source"], r["activity"], r["consumption"], r["unit"], r["energy_gj"], r["tco2e"], r["scope"],
                   f"{r['share_measured']:.1%}"] for r in report["by_source"]])
-    fac = table(["Factor", "Version", "Parameter", "Value", "Unit", "Valid from", "Source"],
-                [[f["id"], f["version"], f["parameter"], f["value"], f["unit"], f["valid_from"], f["source"]]
-                 for f in report["factors"]])
+    fac = table(["Factor", "Vintage", "Version", "Parameter", "Value", "Unit", "Valid for activity", "Source"],
+                [[f["id"], f["year"], f["version"], f["parameter"], f["value"], f["unit"],
+                  f"{f['valid_from']} – {f['valid_to'] or ''}", f["source"]] for f in report["factors"]])
+    mb = report.get("market_based") or {}
+    inst = table(["Instrument", "Kind", "Valid", "MWh", "MWh in period", "tCO2/MWh", "tCO2e"],
+                 [[i["reference"], i["kind"], f"{i.get('start', '')} – {i.get('end', '')}", i.get("mwh", ""),
+                   i["mwh_in_period"], i["factor_t_per_mwh"], i.get("tco2e_in_period", "")]
+                  for i in mb.get("instruments", [])]) if mb.get("instruments") else "<p>No contractual instruments.</p>"
+    rf = mb.get("residual_mix_factor")
+    residual = (f"<p>Residual mix: {escape(str(mb.get('residual_mwh', '')))} MWh × {rf['value']} {escape(rf['unit'])} "
+                f"({escape(rf['ref'])}, vintage {rf['vintage']}; {escape(rf['source'])}) = "
+                f"{escape(str(mb.get('residual_tco2e', '')))} tCO2e</p>") if rf else (
+                f"<p>{escape(mb.get('note', ''))}</p>" if mb.get("note") else "")
+    flags = report.get("vintage_flags") or []
+    vintage = ("<p class=\"flag\"><b>Provisional factor vintages</b> (vintage rule "
+               f"{escape(str(report.get('vintage_rule')))}):</p><ul>"
+               + "".join(f"<li>{escape(f['note'])}</li>" for f in flags) + "</ul>") if flags else ""
     cat = table(["ISO 14064-1 category", "tCO2e"], [[k, v] for k, v in report["by_iso_category"].items()])
+    conv = table(["Figure (standard)", "tCO2e"], [[k, "n/a" if v is None else v] for k, v in convention_lines(report)])
     dq = report["data_quality"]
     market = report["market_based_tco2e"]
     p = report["period"]
@@ -431,10 +568,19 @@ Generated {escape(report['generated_at'])}.</p>
 {scope_chart}
 <h2>By source</h2>
 {src}
-<h2>ISO 14064-1 categories</h2>
+<h2>Market-based electricity</h2>
+<p>Electricity {escape(str(mb.get('electricity_mwh', '')))} MWh, of which {escape(str(mb.get('covered_by_instruments_mwh', '')))} MWh covered by contractual instruments.</p>
+{inst}
+{residual}
+<h2>ISO 14064-1 categories (gross imported energy)</h2>
 {cat}
+<h2>Two accounting conventions</h2>
+<p>{escape(GBT_32150)}: net purchased electricity and heat (exports deducted). {escape(GHG_PROTOCOL)}: gross
+imported energy, exports on their own lines and never deducted.</p>
+{conv}
 <h2>Emission factors used</h2>
 {fac}
+{vintage}
 <h2>Data quality</h2>
 <p>{dq['intervals']} interval rows, {dq['intervals_estimated']} estimated, {dq['intervals_invalid']} invalid;
 readings: {', '.join(f'{k} {v}' for k, v in dq['readings'].items())}.</p>

@@ -266,3 +266,13 @@ def clean_env(**extra: str) -> dict[str, str]:
            if k not in {"PYTHONPATH", "VIRTUAL_ENV", "CARBON_GATEWAY_CONFIG_DIR", "CARBON_GATEWAY_DATA_DIR",
                         "CARBON_GATEWAY_SITE_PROFILES", "PYTHONHOME"}}
     return {**env, **extra}
+
+
+def interrupt(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Ctrl-C a command-line process and wait for it; killed if it does not stop within ``timeout_s``."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Broker, Wheelhouse, base_python, clean_env, free_port, wait_until
+from tests.conftest import REPO, interrupt, Broker, Wheelhouse, base_python, clean_env, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -85,12 +85,7 @@ def test_simulate_read_scan_with_a_site_profile(venv: Path, tmp_path: Path) -> N
         found = json.loads(scan.stdout)
         assert "1" in json.dumps(found) and "sdm630" in json.dumps(found), found
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        interrupt(server)
     # without the site directory the profile does not exist: the shipped library alone is read
     missing = _cli(venv, "read", "--tcp", f"127.0.0.1:{port}", "--unit", "1", "--profile", "site-sdm630",
                    cwd=tmp_path)

@@ -15,6 +15,7 @@ from wtforms.validators import InputRequired, Length, NumberRange, Optional, Reg
 
 from gateway.runtime import MIN_PASSWORD_LENGTH, ApplyError, BackupError, Change, UserError
 from webui.auth import NAME_RE, actor, new_password_field, options, record, requires, runtime, user_error_text
+from webui.confirm import ConfirmField, confirmation_page
 
 bp = Blueprint("admin", __name__)
 
@@ -98,6 +99,11 @@ def user_delete(name: str) -> Any:
     _known(name)
     if not FlaskForm().validate_on_submit():
         abort(400)
+    page = confirmation_page(_("Delete user %(name)s?", name=name),
+                             _("The account and its sessions end at once; its audit entries are kept."),
+                             url_for("admin.user_list"))
+    if page is not None:
+        return page
     try:
         runtime().delete_user(name, actor())
     except UserError as exc:
@@ -210,6 +216,7 @@ def cloud_key() -> Any:
 # -- backup ---------------------------------------------------------------------------------------------------
 class RestoreForm(FlaskForm):
     file = FileField(_l("Backup file (.cgbak)"), validators=[FileRequired(_l("Choose a file."))])
+    confirm = ConfirmField(_l("I understand that the gateway's store is replaced by this backup at the next restart."))
 
 
 def _backup_page(form: RestoreForm, error: str = "", status: int = 200) -> Any:

@@ -16,6 +16,7 @@ from wtforms.validators import InputRequired, Length, NumberRange, Optional, Reg
 
 from gateway.runtime import ACTIVITIES, ApplyError, Change, DriverError, parse_units
 from webui.auth import actor, options, record, requires, runtime
+from webui.confirm import confirmation_page
 
 bp = Blueprint("commissioning", __name__)
 log = logging.getLogger(__name__)
@@ -155,6 +156,10 @@ def bus_delete(name: str) -> Any:
     if any(m.get("bus") == name for m in data.get("meters", [])):
         flash(_("Bus %(name)s still has meters: move or delete them first.", name=name), "error")
         return redirect(url_for("commissioning.buses"))
+    page = confirmation_page(_("Delete bus %(name)s?", name=name),
+                             _("The gateway stops using this line at once."), url_for("commissioning.buses"))
+    if page is not None:
+        return page
     items.pop(index)
     error = _apply(data, "bus.delete", f"bus {name}", old=old)
     flash(error or _("Bus %(name)s was deleted.", name=name), "error" if error else "ok")
@@ -234,6 +239,11 @@ def meter_delete(meter_id: str) -> Any:
     data, items, index, old = _entry("meters", "id", meter_id)
     if not FlaskForm().validate_on_submit():
         abort(400)
+    page = confirmation_page(_("Delete meter %(id)s?", id=meter_id),
+                             _("Polling stops at once; the readings and emissions already stored are kept."),
+                             url_for("commissioning.meters"))
+    if page is not None:
+        return page
     items.pop(index)
     error = _apply(data, "meter.delete", f"meter {meter_id}", old=old)
     flash(error or _("Meter %(id)s was deleted; its stored readings are kept.", id=meter_id), "error" if error else "ok")

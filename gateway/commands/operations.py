@@ -86,7 +86,7 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
         gateway.stop()
         raise click.ClickException(f"cannot start: {exc}") from exc
     notifier = Notifier()
-    notifier.ready(f"polling {len(config.meters)} meter(s)")
+    notifier.ready(_status(config))
     if config.web.enabled and not under_journald():   # the journal has the log line already
         click.echo(f"Carbon Edge Gateway {config.gateway_id}: web UI on {'https' if config.web.tls else 'http'}://{config.web.host}:{config.web.port} "
                    f"· data in {config.data_dir} · Ctrl-C to stop", err=True)
@@ -98,12 +98,19 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
                 reload_requested.clear()
                 notifier.reloading()
                 reload_config(runtime, config_path, data_dir)
-                notifier.ready(f"polling {len(gateway.config.meters)} meter(s)")
+                notifier.ready(_status(gateway.config))
             feeder.tick()   # pings only if every bus loop and the store writer came round since the last ping
     finally:
         notifier.stopping()
         runtime.close()
         gateway.stop()
+
+
+def _status(config: GatewayConfig) -> str:
+    """systemd's STATUS= line: what the service does (`systemctl status` shows it)."""
+    if not config.meters:   # the production template before commissioning
+        return "no meters yet: waiting for the first-boot setup in the web UI"
+    return f"polling {len(config.meters)} meter(s)"
 
 
 def reload_config(runtime: Runtime, config_path: Path | None, data_dir: Path | None) -> bool:

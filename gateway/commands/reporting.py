@@ -13,12 +13,23 @@ from pathlib import Path
 import click
 
 from gateway.paths import DEFAULT_DATA_DIR
-from local_store import ProcessingError, StoreError, open_store
+from local_store import ProcessingError, StoreError, audit, open_store
+from local_store.db import Store
 from local_store.reports import BY_CHOICES, build_report
 
 _DATA_DIR = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help=f"State directory holding gateway.db (default: {DEFAULT_DATA_DIR}, or $CARBON_GATEWAY_DATA_DIR).")
+
+
+def audit_cli(store: Store, data_dir: Path | None, action: str, target: str, detail: dict) -> None:
+    """Record what a CLI command changed in the store's audit log, sealed with the gateway's audit key."""
+    key = (data_dir or DEFAULT_DATA_DIR) / "keys" / "audit.key"
+    audit.use_key(store.path, audit.ensure_key(key, store.db))
+    try:
+        audit.record(store.db, "cli", action, target, detail)
+    finally:
+        audit.use_key(store.path, None)
 
 
 def _store_path(data_dir: Path | None, must_exist: bool) -> Path:
@@ -107,6 +118,11 @@ def import_(file: Path, data_dir: Path | None) -> None:
     try:
         with open_store(path) as store:
             result = import_csv(store, file)
+            if result.rows:
+                audit_cli(store, data_dir, "import", str(file.resolve()),
+                          {"kind": result.kind, "rows": result.rows, "sources": list(result.sources),
+                           "repeated": result.repeated, "already_stored": result.already_stored,
+                           "emission_rows": result.emission_rows, "tco2e": result.tco2e})
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:

@@ -17,6 +17,8 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "carbon-gateway.service"
 EXE = Path(sys.executable).parent / "carbon-gateway"
+#: The unit runs the release's interpreter (`python -m gateway`), so a venv moved by an upgrade still runs.
+UNIT_PYTHON = "/opt/carbon-gateway/current/bin/python"
 
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                            reason="systemd-analyze missing: ./scripts/test installs it")
@@ -26,7 +28,7 @@ needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is No
 def test_unit_verifies(tmp_path: Path) -> None:
     # verify also checks that ExecStart exists, so point it at this checkout's command.
     unit = tmp_path / "carbon-gateway.service"
-    unit.write_text(UNIT.read_text().replace("/opt/carbon-gateway/venv/bin/carbon-gateway", str(EXE)))
+    unit.write_text(UNIT.read_text().replace(UNIT_PYTHON, sys.executable))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [line for line in (result.stdout + result.stderr).splitlines()
                 if "carbon-gateway.service" in line]
@@ -51,7 +53,8 @@ def test_install_script_dry_run_lists_the_steps() -> None:
     result = subprocess.run(["bash", str(ROOT / "systemd" / "install.sh"), "--dry-run"], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    assert "+ python3 -m venv /opt/carbon-gateway/venv" in result.stdout
+    assert "-m venv /opt/carbon-gateway/releases/<version>" in result.stdout
+    assert "+ ln -sfn releases/<version> /opt/carbon-gateway/current" in result.stdout
     assert "+ systemctl enable --now carbon-gateway.service" in result.stdout
     assert "--groups dialout carbon-gateway" in result.stdout
     result = subprocess.run(["bash", str(ROOT / "systemd" / "install.sh"), "--dry-run", "--uninstall"],

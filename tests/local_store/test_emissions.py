@@ -15,7 +15,7 @@ from local_store.factors import load_library
 from local_store.units import to_canonical
 
 LIB = load_library()
-TS_2026 = np.array([1_780_000_000.0])        # 2026-05-28, covered by the 2022 factors (open-ended)
+TS_2026 = np.array([1_780_000_000.0])        # 2026-05-28: no 2026 grid factor yet, the 2023 vintage applies
 TS_2021 = np.array([1_625_000_000.0])        # 2021-06-29
 
 
@@ -24,8 +24,8 @@ def co2(activity: str, amount: float, ts: np.ndarray = TS_2026, **kw) -> float:
 
 
 def test_purchased_electricity_location_based() -> None:
-    # 1 000 MWh x 0.5366 tCO2/MWh (MEE/NBS 2022 national average) = 536.6 t
-    assert co2("electricity", 1_000.0) == pytest.approx(536.6)
+    # 1 000 MWh x 0.5306 tCO2/MWh (MEE/NBS 2023 national average, the latest published) = 530.6 t
+    assert co2("electricity", 1_000.0) == pytest.approx(530.6)
     # The same MWh in 2021 uses the 2021 factor 0.5568: 556.8 t
     assert co2("electricity", 1_000.0, TS_2021) == pytest.approx(556.8)
     # The carbon-market grid factor (环办气候函〔2023〕43号): 1 000 x 0.5703 = 570.3 t
@@ -49,7 +49,7 @@ def test_fuel_combustion_gbt32150(fuel: str, amount: float, ncv_gj_per_unit: flo
     ef = cc_tc_per_gj * oxidation * 44 / 12                # EF = CC x OF x 44/12
     assert res.energy_gj[0] == pytest.approx(ad_gj)
     assert res.co2_t[0] == pytest.approx(ad_gj * ef)
-    assert res.factor_refs[0] == f"cn.fuel.{fuel}.ncv@1,cn.fuel.{fuel}.carbon_content@1,cn.fuel.{fuel}.oxidation@1"
+    assert res.factor_refs[0] == f"cn.fuel.{fuel}.ncv/2015@1,cn.fuel.{fuel}.carbon_content/2015@1,cn.fuel.{fuel}.oxidation/2015@1"
 
 
 def test_natural_gas_worked_example() -> None:
@@ -78,7 +78,7 @@ def test_purchased_heat_and_steam_and_exports() -> None:
     assert gj == pytest.approx(26.7926)
     assert co2("steam", gj) == pytest.approx(2.947186)
     # Exports are subtracted with the same factor.
-    assert co2("electricity_export", 10.0) == pytest.approx(-5.366)
+    assert co2("electricity_export", 10.0) == pytest.approx(-5.306)  # 10 MWh x 0.5306 (2023 vintage, the latest published)
     assert co2("heat_export", 10.0) == pytest.approx(-1.1)
 
 
@@ -125,7 +125,7 @@ source = "test"
 """)
     lib = load_library([*sorted(Path("config/factors").glob("*.toml")), custom])
     res = compute("electricity", TS_2026, np.array([2.0]), lib, EmissionSettings(), "x")
-    assert res.co2_t[0] == 1.0 and res.factor_refs == ["site.grid.east@1"]
+    assert res.co2_t[0] == 1.0 and res.factor_refs == ["site.grid.east/2024@1"]
     # Before its validity the shipped factor still applies.
     assert compute("electricity", TS_2021, np.array([1.0]), lib, EmissionSettings(), "x").co2_t[0] == 0.5568
 

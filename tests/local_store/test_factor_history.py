@@ -87,7 +87,7 @@ def test_changing_the_region_recalculates(tmp_path: Path) -> None:
         store.configure_sources([SourceSettings("main", "electricity")])
         store.insert_readings(readings())
         store.process()
-        assert build_report(store, date(2026, 5, 27), date(2026, 5, 30))["total_tco2e"] == pytest.approx(8 * 0.5366)
+        assert build_report(store, date(2026, 5, 27), date(2026, 5, 30))["total_tco2e"] == pytest.approx(8 * 0.5306)
         store.configure_sources([SourceSettings("main", "electricity")], EmissionSettings(region="national_ets"))
         assert store.process().recalculated_rows == 4
         assert build_report(store, date(2026, 5, 27), date(2026, 5, 30))["total_tco2e"] == pytest.approx(8 * 0.5703)

@@ -39,7 +39,7 @@ office,electricity,2025-03-01,2025-04-01,84000,kWh
         report = build_report(store, date(2025, 1, 1), date(2026, 1, 1), tz=CST)
         gas = 250_000 * 0.038931 * 0.01532 * 0.99 * 44 / 12          # 541.25 t
         diesel = 12_000 * 0.84 / 1000 * 42.652 * 0.0202 * 0.98 * 44 / 12   # 10.08 t -> 31.21 t
-        power = 84 * 0.5366                                           # 84 MWh -> 45.07 t
+        power = 84 * 0.5306               # 84 MWh x 0.5306 (2023 vintage, latest published for 2025) = 44.57 t
         assert report["total_tco2e"] == pytest.approx(gas + diesel + power, abs=1e-5)
         assert report["by_scope"] == {"scope_1": pytest.approx(gas + diesel, abs=1e-5), "scope_2": pytest.approx(power, abs=1e-5)}
         by_source = {r["source"]: r for r in report["by_source"]}
@@ -128,8 +128,10 @@ def test_unknown_header(tmp_path: Path) -> None:
     with open_store(tmp_path / "gateway.db") as store, pytest.raises(DataImportError) as exc:
         import_csv(store, csv)
     assert exc.value.errors == ["line 1: header 'meter,when,kwh' is not recognised: use "
-                                "'source,activity,start,end,amount,unit' for activity data or "
-                                "'source,timestamp,register,value,unit' for meter readings"]
+                                "'source,activity,start,end,amount,unit' for activity data, "
+                                "'source,timestamp,register,value,unit' for meter readings or "
+                                "'instrument,kind,start,end,amount,unit,emission_factor' for contractual instruments "
+                                "(green certificates, green power, PPAs)"]
 
 
 def test_meter_readings_go_through_preprocessing(tmp_path: Path) -> None:
@@ -145,9 +147,9 @@ old-meter,2025-03-04T00:00:00+08:00,energy_import,3200,kWh
         result = import_csv(store, csv)
         assert (result.kind, result.rows, result.sources) == ("readings", 4, ("old-meter",))
         report = build_report(store, date(2025, 3, 1), date(2025, 3, 4), tz=CST, by="day")
-        # 2 400 + (100 000 - 98 400 + 800) + 2 400 = 7 200 kWh = 7.2 MWh x 0.5366
-        assert report["total_tco2e"] == pytest.approx(7.2 * 0.5366)
-        assert [d["tco2e"] for d in report["breakdown"]] == [pytest.approx(2.4 * 0.5366)] * 3
+        # 2 400 + (100 000 - 98 400 + 800) + 2 400 = 7 200 kWh = 7.2 MWh x 0.5306
+        assert report["total_tco2e"] == pytest.approx(7.2 * 0.5306)
+        assert [d["tco2e"] for d in report["breakdown"]] == [pytest.approx(2.4 * 0.5306)] * 3
         flags = store.db.execute("SELECT flags FROM readings ORDER BY timestamp").fetchall()
         assert flags[2] == (64,)          # Reason.ROLLOVER
         # Daily reads leave gaps longer than 30 minutes: the 15-minute values are estimates.
@@ -252,16 +254,29 @@ heat-export,heat_export,2025-01-01,2025-02-01,100,GJ
     ch4 = (gas_gj * 1 + diesel_gj * 3) / 1e6
     n2o = (gas_gj * 0.1 + diesel_gj * 0.6) / 1e6
     scope1 = gas_co2 + diesel_co2 + 28 * ch4 + 265 * n2o
-    scope2 = (500 - 20) * 0.5366 + (1000 - 100) * 0.11
+    # Issue 14: Scope 2 / ISO Category 2 are gross imports (GHG Protocol, ISO 14064-1): 500 MWh x 0.5306 + 1000 GJ
+    # x 0.11 = 265.3 + 110 = 375.3 t; the exports (20 x 0.5306 = 10.612 t, 100 x 0.11 = 11 t) stand on their own
+    # lines; GB/T 32150's net figure deducts them: 375.3 - 10.612 - 11 = 353.688 t.
+    scope2 = 500 * 0.5306 + 1000 * 0.11
+    net2 = (500 - 20) * 0.5306 + (1000 - 100) * 0.11
     assert report["by_scope"] == {"scope_1": pytest.approx(scope1, abs=1e-5), "scope_2": pytest.approx(scope2, abs=1e-5)}
     assert report["by_iso_category"] == {
         "Category 1: direct GHG emissions and removals": pytest.approx(scope1, abs=1e-5),
         "Category 2: indirect GHG emissions from imported energy": pytest.approx(scope2, abs=1e-5)}
+    gbt, ghg = report["conventions"]["gb_t_32150"], report["conventions"]["ghg_protocol_iso_14064_1"]
+    assert gbt["standard"].startswith("GB/T 32150-2015") and ghg["standard"].startswith("GHG Protocol")
+    assert gbt["net_purchased_electricity_tco2e"] == pytest.approx(480 * 0.5306, abs=1e-5)
+    assert gbt["net_purchased_heat_tco2e"] == pytest.approx(900 * 0.11, abs=1e-5)
+    assert gbt["total_tco2e"] == pytest.approx(scope1 + net2, abs=1e-5)
+    assert ghg["scope_2_location_based_tco2e"] == pytest.approx(scope2, abs=1e-5)
+    assert ghg["iso_14064_1_category_2_tco2e"] == pytest.approx(scope2, abs=1e-5)
+    assert (ghg["exported_electricity_tco2e"], ghg["exported_heat_tco2e"]) == (pytest.approx(10.612), pytest.approx(11.0))
+    assert ghg["total_location_based_tco2e"] == pytest.approx(scope1 + scope2, abs=1e-5)
     assert report["by_gas"]["ch4_t"] == pytest.approx(ch4, abs=1e-8)
     assert report["by_gas"]["n2o_t"] == pytest.approx(n2o, abs=1e-8)
-    assert report["total_tco2e"] == pytest.approx(scope1 + scope2, abs=1e-5)
+    assert report["total_tco2e"] == pytest.approx(scope1 + net2, abs=1e-5)       # the GB/T 32150 net total
     by_source = {r["source"]: r for r in report["by_source"]}
-    assert by_source["pv-export"]["tco2e"] == pytest.approx(-20 * 0.5366, abs=1e-5)
+    assert by_source["pv-export"]["tco2e"] == pytest.approx(-20 * 0.5306, abs=1e-5)
     assert by_source["heat-export"]["tco2e"] == pytest.approx(-100 * 0.11, abs=1e-5)
     assert {(r["scope"], r["iso_category"]) for r in report["by_source"] if r["source"] in ("boiler-1", "genset")} \
         == {(1, 1)}

@@ -35,24 +35,24 @@ def seed(path: Path, day: date = date(2026, 3, 10)) -> None:
 def test_market_based_with_certificates_and_residual_mix(tmp_path: Path) -> None:
     seed(tmp_path / "gateway.db")
     with open_store(tmp_path / "gateway.db") as store:
-        # 10 MWh of green certificates for that day (factor 0), the rest at the residual mix 0.5856.
+        # 10 MWh of green certificates for that day (factor 0), the rest at the residual mix 0.6096 (2023, the latest published).
         add_instruments(store, [Instrument("certificate", date(2026, 3, 10), date(2026, 3, 11), 10.0, 0.0, "GEC-1")],
                         tz=local_tz())
         r = build_report(store, date(2026, 3, 10), date(2026, 3, 11), by="scope")
-        assert r["location_based_tco2e"] == pytest.approx(24 * 0.5366)
-        assert r["market_based_tco2e"] == pytest.approx(10 * 0.0 + 14 * 0.5856)
+        assert r["location_based_tco2e"] == pytest.approx(24 * 0.5306)
+        assert r["market_based_tco2e"] == pytest.approx(10 * 0.0 + 14 * 0.6096)
         assert r["market_based"]["covered_by_instruments_mwh"] == pytest.approx(10.0)
         assert r["total_tco2e"] == r["location_based_tco2e"]
         m = build_report(store, date(2026, 3, 10), date(2026, 3, 11), method="market")
-        assert m["total_tco2e"] == pytest.approx(14 * 0.5856)
-        assert r["breakdown"] == [{"key": "scope_1", "tco2e": 0.0}, {"key": "scope_2", "tco2e": pytest.approx(24 * 0.5366)}]
+        assert m["total_tco2e"] == pytest.approx(14 * 0.6096)
+        assert r["breakdown"] == [{"key": "scope_1", "tco2e": 0.0}, {"key": "scope_2", "tco2e": pytest.approx(24 * 0.5306)}]
         # A PPA of 6 MWh from a gas plant (0.35 tCO2/MWh, its own factor) covers part of the rest.
         add_instruments(store, [Instrument("ppa", date(2026, 3, 10), date(2026, 3, 11), 6.0, 0.35, "PPA-7")],
                         tz=local_tz())
         m = build_report(store, date(2026, 3, 10), date(2026, 3, 11), method="market")
-        assert m["total_tco2e"] == pytest.approx(10 * 0.0 + 6 * 0.35 + 8 * 0.5856)
+        assert m["total_tco2e"] == pytest.approx(10 * 0.0 + 6 * 0.35 + 8 * 0.6096)
         assert m["market_based"]["covered_by_instruments_mwh"] == pytest.approx(16.0)
-        assert m["location_based_tco2e"] == pytest.approx(24 * 0.5366)
+        assert m["location_based_tco2e"] == pytest.approx(24 * 0.5306)
 
 
 def test_report_errors_name_the_period_and_the_fix(tmp_path: Path) -> None:
@@ -74,10 +74,10 @@ def test_cli_report_json_csv_html(tmp_path: Path) -> None:
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert data["total_tco2e"] == pytest.approx(24 * 0.5366)
+    assert data["total_tco2e"] == pytest.approx(24 * 0.5306)
     assert data["by_source"][0] | {"tco2e": 0} == {
         "source": "main", "activity": "electricity", "consumption": 24.0, "unit": "MWh", "energy_gj": 86.4,
-        "co2_t": pytest.approx(24 * 0.5366), "ch4_t": 0.0, "n2o_t": 0.0, "tco2e": 0, "scope": 2, "iso_category": 2,
+        "co2_t": pytest.approx(24 * 0.5306), "ch4_t": 0.0, "n2o_t": 0.0, "tco2e": 0, "scope": 2, "iso_category": 2,
         "share_measured": 1.0}
     assert [f["id"] for f in data["factors"]] == ["cn.grid.national"]
     assert data["data_quality"]["readings"]["measured"] == 96    # the 97th reading is the next day's midnight
@@ -85,8 +85,9 @@ def test_cli_report_json_csv_html(tmp_path: Path) -> None:
     res = runner.invoke(main, args + ["--format", "csv", "--by", "day"])
     assert res.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(res.output)))
-    assert [r["key"] for r in rows] == ["2026-03-10", "TOTAL"]
-    assert float(rows[0]["scope_2"]) == pytest.approx(24 * 0.5366)
+    assert [r["key"] for r in rows][:2] == ["2026-03-10", "TOTAL"]
+    assert rows[2]["key"] == "GB/T 32150: direct emissions"      # then both conventions, labelled
+    assert float(rows[0]["scope_2"]) == pytest.approx(24 * 0.5306)
 
     out = tmp_path / "report.html"
     res = runner.invoke(main, args + ["--format", "html", "-o", str(out)])
@@ -106,7 +107,7 @@ def test_cli_report_accepts_yesterday_today_and_tomorrow(tmp_path: Path) -> None
                                  "--data-dir", str(tmp_path)])
     assert words.exit_code == dates.exit_code == 0, words.output
     assert json.loads(words.output)["period"] == json.loads(dates.output)["period"]
-    assert json.loads(words.output)["total_tco2e"] == pytest.approx(24 * 0.5366)
+    assert json.loads(words.output)["total_tco2e"] == pytest.approx(24 * 0.5306)
     today = runner.invoke(main, ["report", "--from", "today", "--to", "tomorrow", "--data-dir", str(tmp_path)])
     assert today.exit_code == 1 and today.output.startswith(
         f"Error: no emissions data from {date.today()} to {date.today() + timedelta(days=1)} (end exclusive)")

@@ -116,10 +116,10 @@ def test_thirty_seconds_of_demo_polling_gives_a_non_zero_report_for_today(tmp_pa
         assert result.sources == 3 and result.emission_rows >= 3
         today = now.astimezone().date()
         report = build_report(store, today, today + timedelta(days=1))
-        # Hand check: 6 steps of 0.25 kWh = 1.5 kWh = 0.0015 MWh x 0.5366 = 0.0008049 t;
+        # Hand check: 6 steps of 0.25 kWh = 1.5 kWh = 0.0015 MWh x 0.5306 (2023 vintage, the latest published) = 0.0007959 t;
         # 6 x 0.02 m3 = 0.12 m3 x 0.038931 GJ/m3 x 0.01532 tC/GJ x 0.99 x 44/12 = 0.00025980 t;
         # 6 x 0.004 GJ = 0.024 GJ x 0.11 = 0.00264 t.
-        expected = 0.0015 * 0.5366 + 0.12 * 0.038931 * 0.01532 * 0.99 * 44 / 12 + 0.024 * 0.11
+        expected = 0.0015 * 0.5306 + 0.12 * 0.038931 * 0.01532 * 0.99 * 44 / 12 + 0.024 * 0.11
         assert report["total_tco2e"] == pytest.approx(expected, abs=2e-6)
         assert report["total_tco2e"] > 0
         assert report["by_scope"]["scope_1"] == pytest.approx(0.12 * 0.038931 * 0.01532 * 0.99 * 44 / 12, abs=1e-6)

@@ -104,6 +104,7 @@ def test_technician_commissions_a_meter_from_a_phone(browser, base_url, field_ga
     page.click("#scan-results tr[data-unit='7'] a.button")
     page.wait_for_selector("#meter-form")
     assert page.input_value("#device_id") == "7" and page.input_value("#profile") == "eastron-sdm630"
+    assert page.input_value("#activity") == "electricity", "the profile's activity comes pre-filled (issue 15)"
     page.fill("#id", "line2-meter")
     page.select_option("#activity", "electricity")
     page.fill("#poll_interval_s", "1")
@@ -148,6 +149,10 @@ def test_technician_commissions_a_meter_from_a_phone(browser, base_url, field_ga
     _shot(page, "desktop-emissions")
     page.set_viewport_size(PHONE)
     assert _fits(page), page.evaluate(WIDEST)
+    # issue 15: chart text was 8 px on a phone; the chart module's text is at least ~11 px at 360 px wide
+    smallest = page.evaluate("Math.min(...[...document.querySelectorAll('svg.chart text')]"
+                             ".map(t => t.getBoundingClientRect().height))")
+    assert 10.5 <= smallest < 40, smallest     # (< 40: there is text to measure)
     _shot(page, "phone-emissions")
     page.goto(base_url + "/meters")
     _shot(page, "desktop-meters")

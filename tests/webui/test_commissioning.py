@@ -92,7 +92,11 @@ def test_bus_edit_delete_and_messages(admin, gateway, tmp_path) -> None:
     assert [b.name for b in gateway.config.buses] == ["demo-bus", "tcp-1"]
     response = post(admin, "/buses/demo-bus/delete", form_url="/buses")
     assert "Bus demo-bus still has meters: move or delete them first." in text(admin.get(response.location))
-    response = post(admin, "/buses/tcp-1/delete", form_url="/buses")
+    # one tap asks first (issue 15); nothing is deleted until the second, confirmed post
+    asked = post(admin, "/buses/tcp-1/delete", form_url="/buses")
+    assert asked.status_code == 200 and "Delete bus tcp-1?" in text(asked)
+    assert [b.name for b in gateway.config.buses] == ["demo-bus", "tcp-1"]
+    response = post(admin, "/buses/tcp-1/delete", {"confirm": "yes"}, form_url="/buses")
     assert "Bus tcp-1 was deleted." in text(admin.get(response.location))
     assert [b.name for b in gateway.config.buses] == ["demo-bus"]
     assert "tcp-1" not in (tmp_path / "gateway.toml").read_text()
@@ -106,7 +110,10 @@ def test_edit_and_delete_a_meter_and_the_change_survives_a_restart(admin, gatewa
     assert response.status_code == 302, text(response)
     meter = next(m for m in gateway.config.meters if m.id == "boiler-gas")
     assert meter.poll_interval_s == 3 and meter.description == "Boiler 1" and not meter.enabled
-    assert post(admin, "/meters/main-incomer/delete", form_url="/meters").status_code == 302
+    asked = post(admin, "/meters/main-incomer/delete", form_url="/meters")
+    assert asked.status_code == 200 and "readings and emissions already stored are kept" in text(asked)
+    assert len(gateway.config.meters) == 2
+    assert post(admin, "/meters/main-incomer/delete", {"confirm": "yes"}, form_url="/meters").status_code == 302
     assert [m.id for m in gateway.config.meters] == ["boiler-gas"]
     # the file the gateway was started with holds the change, so a restart keeps it
     restarted = start_gateway(tmp_path / "gateway.toml", tmp_path / "data2")
@@ -147,3 +154,24 @@ def test_a_config_built_in_code_is_not_overwritten_by_an_edit(admin, gateway) ->
                                            "timeout_s": "1"}))
     assert "Not applied: the running config was not read from a TOML file, so it cannot be edited here" in page
     assert [b.name for b in gateway.config.buses] == ["demo-bus"]
+
+
+def test_issue15_a_scan_stopped_at_its_time_limit_continues_from_the_first_unit_not_asked(field_gateway) -> None:
+    # a limit of 0 s stops the scan before it asks its first unit id: nothing is lost, all of 5-8 remains
+    client = create_app({"TESTING": True, "SCAN_TIMEOUT_S": 0.0}, runtime=Runtime(field_gateway)).test_client()
+    set_up_admin(client)
+    job_url = post(client, "/scan", {"bus": "line-2", "units": "5-8"}).location
+    page = wait_until(lambda: "scanning…" not in (t := text(client.get(job_url))) and t, timeout_s=30,
+                      message="scan stopped")
+    assert "The scan stopped at its time limit before unit 5; what it found is kept below." in page
+    assert "Continue from unit 5" in page and 'href="/scan?bus=line-2"' in page, "never a dead end"
+    client.application.config["SCAN_TIMEOUT_S"] = 120.0
+    job_id = job_url.rsplit("/", 1)[1]
+    more_url = post(client, f"/scan/{job_id}/continue", form_url=job_url).location
+    assert more_url != job_url
+    page = wait_until(lambda: "scanning…" not in (t := text(client.get(more_url))) and t, timeout_s=30,
+                      message="the continued scan finished")
+    assert "4 of 4 unit ids asked" in page and 'data-unit="7"' in page and "Continue from" not in page
+    # stopping a finished scan changes nothing; an unknown job is a 404
+    assert post(client, f"/scan/{job_id}/cancel", form_url=job_url).status_code == 302
+    assert post(client, "/scan/nope/cancel", form_url=job_url).status_code == 404

@@ -124,7 +124,9 @@ def test_users_roles_and_the_last_admin(admin, app, gateway) -> None:
     assert viewer.get("/").location.startswith("/login"), "a reset password ends the user's sessions"
     response = post(admin, "/users/tech/role", {"role": "admin"}, form_url="/users")
     assert "tech is now admin." in text(admin.get(response.location))
-    response = post(admin, "/users/tech/delete", form_url="/users")
+    asked = post(admin, "/users/tech/delete", form_url="/users")
+    assert asked.status_code == 200 and "Delete user tech?" in text(asked)
+    response = post(admin, "/users/tech/delete", {"confirm": "yes"}, form_url="/users")
     assert "User tech was deleted." in text(admin.get(response.location))
     assert post(admin, "/users/ghost/delete", form_url="/users").status_code == 404
     actions = [e.action for e in audit.entries(gateway.store.db)]
@@ -158,13 +160,18 @@ def test_backup_now_download_and_a_staged_restore(admin, gateway) -> None:
     download = admin.get(f"/backup/files/{name}")
     assert download.status_code == 200 and download.data == (gateway.config.backup_dir / name).read_bytes()
     assert admin.get("/backup/files/..%2Fgateway.db").status_code == 404
-    response = post(admin, "/backup/restore", {"file": (io.BytesIO(download.data), name)}, form_url="/backup",
+    # restore replaces the store: the form refuses until the box is ticked (issue 15), and stages nothing
+    unticked = post(admin, "/backup/restore", {"file": (io.BytesIO(download.data), name)}, form_url="/backup",
                     content_type="multipart/form-data")
+    assert unticked.status_code == 400 and "Tick the box to confirm." in text(unticked)
+    assert not list(gateway.config.database.parent.glob("*.restore-pending"))
+    response = post(admin, "/backup/restore", {"file": (io.BytesIO(download.data), name), "confirm": "y"},
+                    form_url="/backup", content_type="multipart/form-data")
     assert response.status_code == 302, text(response)
     page = text(admin.get(response.location))
     assert "was checked and will replace the store when the gateway restarts" in page
     assert "A checked backup waits to replace the store: restart the gateway to apply it." in page
-    refused = post(admin, "/backup/restore", {"file": (io.BytesIO(b"not a backup" * 100), "x.cgbak")},
+    refused = post(admin, "/backup/restore", {"file": (io.BytesIO(b"not a backup" * 100), "x.cgbak"), "confirm": "y"},
                    form_url="/backup", content_type="multipart/form-data")
     assert refused.status_code == 400 and "Not restored:" in text(refused)
     actions = [e.action for e in audit.entries(gateway.store.db)]

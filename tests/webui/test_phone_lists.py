@@ -1,0 +1,85 @@
+"""Every list page on a 390 px phone, in English and Chinese: rows become labelled cards (issue 15).
+
+Before, the factor library squeezed a column to 26 px (one character per line, rows 1,077 px tall, the
+page 60,632 px tall in zh-CN). The checks are on layout, measured in Chromium, not on screenshots.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.webui.conftest import PASSWORDS
+from tests.webui.test_browser import ARTIFACTS, TIMEOUT_MS, base_url, browser  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+PHONE_390 = {"width": 390, "height": 844}
+LIST_PAGES = {"/factors": "#factor-list", "/audit": "#audit-entries", "/meters": "#meter-list",
+              "/users": "#user-list", "/buses": "#bus-list", "/backup": "#backup-list"}
+#: a card holds at most 8 labelled lines here; 600 px is generous for that and far below the 1,077 px seen
+MAX_ROW_PX = 600
+
+WIDEST_ANYWHERE = """[...document.querySelectorAll("html, body, body *")].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 || e.scrollWidth > window.innerWidth + 1)
+  .slice(0, 6).map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))"""
+LAYOUT = """(table) => {
+  const rows = [...document.querySelectorAll(table + ' tr')].filter(r => !r.querySelector('th'));
+  const cells = rows.flatMap(r => [...r.querySelectorAll('td')]);
+  const narrow = cells.filter(c => c.getBoundingClientRect().width < 200 && c.textContent.trim())
+                      .map(c => c.getBoundingClientRect().width);
+  const overflowing = cells.filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.textContent.slice(0, 40));
+  return {rows: rows.length, tallest: Math.max(0, ...rows.map(r => r.getBoundingClientRect().height)),
+          narrow: narrow.length, overflowing,
+          pageWidth: document.documentElement.scrollWidth, viewWidth: window.innerWidth,
+          pageHeight: document.documentElement.scrollHeight};
+}"""
+
+
+def _admin_page(browser, base_url: str, javascript: bool = True):  # type: ignore[no-untyped-def] # noqa: F811
+    """A 390 px phone page, logged in as the administrator chosen at first boot."""
+    context = browser.new_context(viewport=PHONE_390, device_scale_factor=1, java_script_enabled=javascript)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(base_url + "/setup")
+    page.fill("#name", "admin")
+    page.fill("#password", PASSWORDS["admin"])
+    page.fill("#confirm", PASSWORDS["admin"])
+    page.click("#setup-form button[type=submit]")
+    page.wait_for_url(base_url + "/")
+    return context, page
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_every_list_page_fits_a_390px_phone(browser, base_url, language: str) -> None:  # noqa: F811
+    context, page = _admin_page(browser, base_url)
+    page.goto(base_url + "/lang/" + {"en": "en", "zh": "zh_Hans_CN"}[language])
+    assert page.locator("html").get_attribute("lang") == {"en": "en", "zh": "zh-CN"}[language]
+    page.goto(base_url + "/backup")
+    page.click("#backup-now")            # one backup, so the backup list has a row
+    for url, table in LIST_PAGES.items():
+        page.goto(base_url + url)
+        layout = page.evaluate(LAYOUT, table)
+        assert layout["rows"] >= 1, (url, layout)
+        assert layout["pageWidth"] <= layout["viewWidth"] + 1, (url, layout, page.evaluate(WIDEST_ANYWHERE))
+        assert layout["narrow"] == 0, (url, layout)          # every cell spans the card, none is a sliver
+        assert layout["overflowing"] == [], (url, layout)
+        assert layout["tallest"] <= MAX_ROW_PX, (url, layout)
+        # the page grows with its rows, not with the length of a word split one character per line
+        assert layout["pageHeight"] <= 1200 + layout["rows"] * MAX_ROW_PX, (url, layout)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"phone390-{language}{url.replace('/', '-')}.png"), full_page=True)
+    context.close()
+
+
+def test_delete_asks_first_without_javascript(browser, base_url, field_gateway) -> None:  # noqa: F811
+    context, page = _admin_page(browser, base_url, javascript=False)
+    page.goto(base_url + "/meters")
+    page.click("#meter-list tr[data-meter='boiler-gas'] button.danger")
+    assert page.inner_text("#confirm-question") == "Delete meter boiler-gas?"
+    assert "boiler-gas" in [m.id for m in field_gateway.config.meters]
+    page.click("#confirm-cancel")
+    assert page.locator("#meter-list tr[data-meter='boiler-gas']").count() == 1
+    page.click("#meter-list tr[data-meter='boiler-gas'] button.danger")
+    page.click("#confirm-yes")
+    page.wait_for_selector("text=Meter boiler-gas was deleted; its stored readings are kept.")
+    assert "boiler-gas" not in [m.id for m in field_gateway.config.meters]
+    context.close()
