@@ -3,6 +3,20 @@ that advance in time, and misbehave on request like real meters do (see :data:`F
 
 Counters are the exact integral of a slowly varying load, so energy grows consistently with power:
 ``P(t) = P0 * (1 + A sin(w t))`` and ``E(t) = E0 + P0 * (t + A (1 - cos(w t)) / w) / 3600``.
+
+It answers like a conforming Modbus server (the specification, "MODBUS Application Protocol V1.1b3", and
+libmodbus, which the tests compare it with), not like pymodbus' defaults (issue 13):
+
+- FC 03 serves only the holding registers of the profile, FC 04 only its input registers; a read of the other
+  table is refused with exception 2, so a profile that names the wrong table fails in the tests as on site.
+- A read count of 0 or over 125 is exception 3 (illegal data value), a range past register 65535 exception 2.
+- Any other function is exception 1 (illegal function) for that function, on TCP and on RTU, where the frame
+  of an unknown function is found by its CRC so the next frame is answered as usual.
+- A write (FC 06/16) to a measuring register is exception 2, illegal data address: the address is not a
+  writable one, which the specification's FC 06/16 state diagrams answer with 2 (3 is for a bad value or
+  count, and a malformed FC 16 - quantity outside 1-123 or a byte count that does not match - still gets 3).
+- A unit id nobody serves is exception 0x0B (gateway target device failed to respond) on Modbus TCP, as a
+  gateway answers, and silence on RTU and RTU over TCP, as on a real line.
 """
 
 from __future__ import annotations
@@ -22,7 +36,9 @@ from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
+from pymodbus.framer import FramerRTU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.decode import encode_point
@@ -65,6 +81,7 @@ class SimulatedDevice:
     faults: frozenset[Fault] = field(default_factory=frozenset)
     slow_s: float = 0.5             # reply delay with the "slow" fault
     max_read: int = 16              # longest read accepted with the "short_reads" fault
+    frozen_at: float | None = None  # serve the values of this UTC time for ever (byte-for-byte comparisons)
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)
@@ -116,21 +133,23 @@ class _MeterModel:
             return 300.0
         return 1.0
 
-    def registers(self, now: float) -> dict[int, int]:
-        out: dict[int, int] = {}
+    def registers(self, now: float) -> dict[str, dict[int, int]]:
+        """Register words by table ("holding", "input") and address."""
+        out: dict[str, dict[int, int]] = {"holding": {}, "input": {}}
         for point in self.device.profile.points:
             value = self.value(point, now)
+            table = out[point.table]
             if point.scale_register is not None:
                 # Serve a non-zero power-of-ten exponent (-1), as SunSpec-style meters do, so the scale-factor
                 # path is exercised: value = raw * scale * 10**-1.
-                out[point.scale_register] = SCALE_EXPONENT & 0xFFFF
+                table[point.scale_register] = SCALE_EXPONENT & 0xFFFF
                 value /= 10.0 ** SCALE_EXPONENT
             for offset, word in enumerate(encode_point(point, value)):
-                out[point.address + offset] = word
+                table[point.address + offset] = word
         for signature in self.device.profile.signatures:
             words = signature.values[0].to_bytes(2 * REGISTER_COUNT[signature.data_type], "big")
             for offset in range(0, len(words), 2):
-                out[signature.address + offset // 2] = int.from_bytes(words[offset:offset + 2], "big")
+                out[signature.table][signature.address + offset // 2] = int.from_bytes(words[offset:offset + 2], "big")
         return out
 
 
@@ -158,7 +177,8 @@ class SimulatorServer:
         self.baudrate = baudrate
         self.port = 0 if serial_port else (port or _free_port(host))
         started = time.time()
-        self._models = {d.device_id: _MeterModel(d, started) for d in devices}
+        self._models = {d.device_id: _MeterModel(d, started if d.frozen_at is None else d.frozen_at)
+                        for d in devices}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._thread: threading.Thread | None = None
@@ -176,17 +196,28 @@ class SimulatorServer:
             return ExcCodes.DEVICE_BUSY
         if "short_reads" in faults and count > model.device.max_read:
             return ExcCodes.ILLEGAL_VALUE
-        for register, word in model.registers(time.time()).items():
+        table = "input" if function_code == 4 else "holding"
+        now = model.device.frozen_at if model.device.frozen_at is not None else time.time()
+        for register, word in model.registers(now)[table].items():
             index = register - start_address
             if 0 <= index < len(current_registers):
                 current_registers[index] = word
         return None
 
-    def _device(self, model: _MeterModel) -> SimDevice:
-        profile = model.device.profile
-        spans = sorted({(p.address, p.count) for p in profile.points}
-                       | {(p.scale_register, 1) for p in profile.points if p.scale_register is not None}
-                       | {(s.address, REGISTER_COUNT[s.data_type]) for s in profile.signatures})
+    @staticmethod
+    def _spans(profile: Profile, table: str) -> list[tuple[int, int]]:
+        """(address, count) of every register of ``table`` the profile names, sorted."""
+        return sorted({(p.address, p.count) for p in profile.points if p.table == table}
+                      | {(p.scale_register, 1) for p in profile.points
+                         if p.scale_register is not None and p.table == table}
+                      | {(s.address, REGISTER_COUNT[s.data_type]) for s in profile.signatures if s.table == table})
+
+    def _blocks(self, model: _MeterModel, table: str) -> list[SimData]:
+        spans = self._spans(model.device.profile, table)
+        if not spans:
+            # pymodbus wants every table non-empty; reads of a table the profile lacks are refused with
+            # exception 2 before they get here (_screen), so this register is never served.
+            return [SimData(0xFFFF, count=1, values=0, datatype=DataType.REGISTERS)]
         if "holes" in model.device.faults:
             blocks: list[list[int]] = []  # [start, end) of registers that exist
             for address, count in spans:
@@ -196,10 +227,83 @@ class SimulatorServer:
                     blocks.append([address, address + count])
         else:  # reserved registers between points read as 0, as on most meters
             blocks = [[spans[0][0], max(a + c for a, c in spans)]]
+        return [SimData(start, count=end - start, values=0, datatype=DataType.REGISTERS) for start, end in blocks]
+
+    def _device(self, model: _MeterModel) -> SimDevice:
+        # Four separate tables (coils, discrete inputs, holding, input registers): FC 03 and FC 04 apart.
+        no_bits = [SimData(0, count=1, values=False, datatype=DataType.BITS)]   # never served: see _screen
         return SimDevice(id=model.device.device_id,
-                         simdata=[SimData(start, count=end - start, values=0, datatype=DataType.REGISTERS)
-                                  for start, end in blocks],
+                         simdata=(no_bits, list(no_bits), self._blocks(model, "holding"), self._blocks(model, "input")),
                          action=functools.partial(self._action, model))
+
+    # -- requests pymodbus would answer unlike the specification (see the module docstring) --------------------
+    def _frame(self, data: bytes) -> tuple[int, int, int, bytes] | None:
+        """(length, unit id, transaction id, PDU) of the first complete request in ``data``; None when it is not
+        complete yet (or, on RTU, fails its CRC: pymodbus then discards it as garbage)."""
+        if not (self.serial_port is not None or self.rtu_over_tcp):
+            if len(data) < 8:
+                return None
+            length = 6 + int.from_bytes(data[4:6], "big")
+            if len(data) < length:
+                return None
+            return length, data[6], int.from_bytes(data[0:2], "big"), data[7:length]
+        if len(data) < 4:
+            return None
+        fc = data[1]
+        size: int | None = None
+        if fc in (1, 2, 3, 4, 5, 6):
+            size = 8
+        elif fc in (15, 16) and len(data) >= 7:
+            size = 9 + data[6]
+        elif fc == 43 and data[2] == 14:
+            size = 7
+        if size is None:
+            # A function this server does not know: RTU frames are delimited by silence, not by length, so its
+            # end is where the CRC matches (libmodbus reads until the line is quiet, to the same effect).
+            size = next((n for n in range(4, min(len(data), 256) + 1)
+                         if FramerRTU.check_CRC(data[:n - 2], int.from_bytes(data[n - 2:n], "big"))), None)
+            if size is None:
+                return None
+        if len(data) < size or not FramerRTU.check_CRC(data[:size - 2], int.from_bytes(data[size - 2:size], "big")):
+            return None
+        return size, data[0], 0, data[1:size - 2]
+
+    def _screen(self, data: bytes) -> tuple[int, ExceptionResponse | None] | None:
+        """The answer to the first request in ``data`` where it is the simulator's own: (bytes used, exception
+        response or None for silence); None when pymodbus answers it (a valid read, FC 43/14)."""
+        frame = self._frame(data)
+        if frame is None:
+            return None
+        used, unit, tid, pdu = frame
+        fc = pdu[0] if pdu else 0
+
+        def refuse(code: ExcCodes) -> tuple[int, ExceptionResponse]:
+            return used, ExceptionResponse(fc & 0x7F, code, device_id=unit, transaction=tid)
+        model = self._models.get(unit)
+        if model is None:
+            if self.serial_port is not None or self.rtu_over_tcp:
+                return used, None                       # nobody home on an RS-485 line
+            return refuse(ExcCodes.GATEWAY_NO_RESPONSE)
+        if fc in (3, 4):
+            if len(pdu) != 5:
+                return refuse(ExcCodes.ILLEGAL_VALUE)
+            address, count = int.from_bytes(pdu[1:3], "big"), int.from_bytes(pdu[3:5], "big")
+            if not 1 <= count <= 125:
+                return refuse(ExcCodes.ILLEGAL_VALUE)
+            if address + count > 0x10000 or not self._spans(model.device.profile, "input" if fc == 4 else "holding"):
+                return refuse(ExcCodes.ILLEGAL_ADDRESS)
+            return None
+        if fc in (6, 16):
+            if fc == 16:
+                count = int.from_bytes(pdu[3:5], "big") if len(pdu) >= 6 else 0
+                if not 1 <= count <= 123 or len(pdu) != 6 + 2 * count or pdu[5] != 2 * count:
+                    return refuse(ExcCodes.ILLEGAL_VALUE)
+            elif len(pdu) != 5:
+                return refuse(ExcCodes.ILLEGAL_VALUE)
+            return refuse(ExcCodes.ILLEGAL_ADDRESS)     # measurements are read-only
+        if fc == 43 and len(pdu) >= 2 and pdu[1] == 14:
+            return None
+        return refuse(ExcCodes.ILLEGAL_FUNCTION)
 
     # -- faults below the register level: pymodbus' trace hooks see every frame and PDU sent ------------
     def _unit_of(self, packet: bytes) -> int:
@@ -251,12 +355,12 @@ class SimulatorServer:
         devices = [self._device(m) for m in self._models.values()]
         server: ModbusTcpServer | ModbusSerialServer
         if self.serial_port:
-            server = ModbusSerialServer(devices, framer=FramerType.RTU, port=self.serial_port,
+            server = _SerialServer(self, devices, framer=FramerType.RTU, port=self.serial_port,
                                         baudrate=self.baudrate, ignore_missing_devices=True,
                                         trace_packet=self._trace_packet, trace_pdu=self._trace_pdu)
         else:
             framer = FramerType.RTU if self.rtu_over_tcp else FramerType.SOCKET
-            server = ModbusTcpServer(devices, address=(self.host, self.port), framer=framer,
+            server = _TcpServer(self, devices, address=(self.host, self.port), framer=framer,
                                      ignore_missing_devices=self.rtu_over_tcp,
                                      trace_packet=self._trace_packet, trace_pdu=self._trace_pdu)
         self._server = server
@@ -312,3 +416,38 @@ class SimulatorServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._thread = None
+
+
+class _ConformingHandler(ServerRequestHandler):
+    """pymodbus' request handler with the simulator's own answers in front (``SimulatorServer._screen``)."""
+
+    def __init__(self, owner: ModbusTcpServer | ModbusSerialServer, simulator: SimulatorServer) -> None:
+        super().__init__(owner, owner.trace_packet, owner.trace_pdu, owner.trace_connect)
+        self.simulator = simulator
+
+    def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
+        screened = self.simulator._screen(data)
+        if screened is None:
+            return int(super().callback_data(data, addr))
+        used, response = screened
+        if response is not None:
+            self.server_send(response, addr)   # through pdu_send, so the trace hooks' faults still apply
+        return used
+
+
+class _TcpServer(ModbusTcpServer):
+    def __init__(self, simulator: SimulatorServer, *args: object, **kwargs: object) -> None:
+        self._simulator = simulator
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _ConformingHandler(self, self._simulator)
+
+
+class _SerialServer(ModbusSerialServer):
+    def __init__(self, simulator: SimulatorServer, *args: object, **kwargs: object) -> None:
+        self._simulator = simulator
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _ConformingHandler(self, self._simulator)

@@ -41,7 +41,7 @@ import tomli_w
 from drivers import DriverError, Profile, Reading
 from drivers.model import Quantity
 from drivers.scan import ScanResult, parse_units, scan_bus
-from local_store import FactorError, ReportError, audit, users
+from local_store import FactorError, NoReportDataError, ReportError, audit, users
 from local_store import backup as backups
 from local_store.audit import AuditEntry, AuditVerification
 from local_store.backup import BackupError, RestoreResult
@@ -64,7 +64,7 @@ __all__ = [
     "ACTIVITIES", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
     "AuditVerification", "BackupError", "BackupFile", "BackupView", "BrokerTest", "Change", "ChartText", "ClockState",
     "DriverError", "EmissionCharts", "EmissionsSummary", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
-    "MeterStatus", "Reading", "ReportError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",
+    "MeterStatus", "Reading", "ReportError", "NoReportDataError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",
     "Session", "SyncStatus", "SystemInfo", "User", "UserError", "parse_units", "suggested_activity",
 ]
 

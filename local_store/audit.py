@@ -35,6 +35,7 @@ from typing import Any
 
 import sqlite_utils
 
+from local_store.connections import write_transaction
 from local_store.keyfiles import create_key_file
 
 GENESIS = "0" * 64
@@ -140,7 +141,10 @@ def record(db: sqlite_utils.Database, actor: str, action: str, target: str = "",
     ts = time.time() if now is None else now
     detail_json = json.dumps(dict(detail or {}), ensure_ascii=False, sort_keys=True, default=str)
     sealing = _key_for(db)
-    with db.atomic():
+    # The write lock is taken before the head is read (BEGIN IMMEDIATE): with a deferred transaction a
+    # concurrent writer's commit between the read and the write made this fail with "database is
+    # locked" at once instead of waiting, and the entry was lost.
+    with write_transaction(db):
         head = db.execute("SELECT value FROM store_meta WHERE key = ?", (_HEAD_KEY,)).fetchone()
         last_id, prev_hash = (0, GENESIS) if head is None else json.loads(head[0])
         entry_id = int(last_id) + 1

@@ -13,11 +13,13 @@ The names callers used from here are re-exported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, tzinfo
@@ -30,8 +32,8 @@ from drivers.model import Quantity, Reading
 from local_store import pipeline
 from local_store import preprocess as pp
 from local_store.connections import connect, write_transaction
-from local_store.emission_rows import recalculate, refresh_hourly
-from local_store.emissions import EmissionSettings
+from local_store.emission_rows import recalculate, refresh_hourly, write_activity_emissions
+from local_store.emissions import EmissionArrays, EmissionSettings
 from local_store.errors import SchemaError, StoreError, UnitError
 from local_store.factors import FactorLibrary, default_factor_files, load_library
 from local_store.pipeline import DEFAULT_QUANTITIES, ProcessResult, SourceSettings, save_settings
@@ -39,7 +41,7 @@ from local_store.schema import apply_migrations, migrations, refuse_foreign, sch
 from local_store.units import activity as get_activity
 
 __all__ = [
-    "Store", "open_store", "StoredReading", "PruneResult", "SourceSettings", "ProcessResult", "Instrument",
+    "Store", "open_store", "ActivityData", "StoredReading", "PruneResult", "SourceSettings", "ProcessResult", "Instrument",
     "add_instruments", "write_transaction", "migrations", "schema_version", "recalculate", "refresh_hourly",
     "DEFAULT_QUANTITIES",
 ]
@@ -73,6 +75,29 @@ class PruneResult:
     used_bytes_after: int
 
 
+class _ThreadConnection:
+    """Holds one thread's connection in the thread's locals; its finalizer closes the connection."""
+
+    __slots__ = ("db", "__weakref__")
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+
+@dataclass(frozen=True)
+class ActivityData:
+    """One imported activity data row (amount in the activity's canonical unit)."""
+
+    source_id: str
+    activity: str
+    start_ts: float
+    end_ts: float
+    amount: float
+    amount_original: float
+    unit_original: str
+    row: int                      # the line of the file
+
+
 @dataclass
 class Store:
     """The gateway's SQLite store. Create with :func:`open_store`."""
@@ -81,26 +106,58 @@ class Store:
     settings: EmissionSettings = field(default_factory=EmissionSettings)
     context_s: float = 7200.0
     _local: threading.local = field(default_factory=threading.local, repr=False)
-    _conns: list[sqlite_utils.Database] = field(default_factory=list, repr=False)
+    _conns: dict[threading.Thread, sqlite_utils.Database] = field(default_factory=dict, repr=False)
+    _conns_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _library: FactorLibrary | None = field(default=None, repr=False)
 
     # -- connections -----------------------------------------------------------------------------
     @property
     def db(self) -> sqlite_utils.Database:
-        """This thread's connection to the store file."""
-        db = getattr(self._local, "db", None)
-        if db is None:
+        """This thread's connection to the store file.
+
+        Opened on first use in a thread and closed when that thread finishes (a reload's old sync
+        thread, a finished request thread), so the store holds one connection per live thread that
+        used it. Threads that end while something still holds their connection are swept whenever a new
+        connection is opened.
+        """
+        holder = getattr(self._local, "holder", None)
+        if holder is None:
             db = connect(self.path)
-            self._local.db = db
-            with self._lock:
-                self._conns.append(db)
-        return db
+            thread = threading.current_thread()
+            holder = _ThreadConnection(db)
+            # The thread's locals are dropped when it finishes: then the holder goes, and the connection with it.
+            weakref.finalize(holder, self._forget, thread, db)
+            self._local.holder = holder
+            with self._conns_lock:
+                for done in [t for t in self._conns if not t.is_alive()]:
+                    self._conns.pop(done).close()
+                self._conns[thread] = db
+        return holder.db
+
+    def _forget(self, thread: threading.Thread, db: sqlite_utils.Database) -> None:
+        with self._conns_lock:
+            if self._conns.get(thread) is db:
+                del self._conns[thread]
+        db.close()
+
+    def connection_count(self) -> int:
+        """Connections this store holds open (one per live thread that used it, at most)."""
+        with self._conns_lock:
+            return len(self._conns)
+
+    def release_thread(self) -> None:
+        """Close the calling thread's connection now (a thread about to finish); the next use reopens one."""
+        holder = getattr(self._local, "holder", None)
+        if holder is None:
+            return
+        self._local.holder = None
+        self._forget(threading.current_thread(), holder.db)
 
     def close(self) -> None:
         """Close every connection this store opened (from any thread)."""
-        with self._lock:
-            for db in self._conns:
+        with self._conns_lock:
+            for db in self._conns.values():
                 db.close()
             self._conns.clear()
         self._local = threading.local()
@@ -158,6 +215,30 @@ class Store:
             "SELECT id, meter_id, point, timestamp, value, unit, quantity, quality, reason, status"
             " FROM readings WHERE id > ? ORDER BY id LIMIT ?", (int(reading_id), int(limit))).fetchall()
         return [StoredReading(*row) for row in rows]
+
+    # -- for sync: what is stored and not yet batched ------------------------------------------------
+    def last_reading_id(self) -> int:
+        """The highest reading id stored (0: none). Ids only grow and are never reused (AUTOINCREMENT)."""
+        row = self.db.execute("SELECT MAX(id) FROM readings").fetchone()
+        return int(row[0] or 0)
+
+    def first_timestamp_after(self, reading_id: int) -> float | None:
+        """Timestamp of the first reading with an id above ``reading_id`` (None: there is none)."""
+        row = self.db.execute("SELECT timestamp FROM readings WHERE id > ? ORDER BY id LIMIT 1",
+                              (int(reading_id),)).fetchone()
+        return None if row is None else float(row[0])
+
+    def sync_rows(self, reading_id: int, limit: int) -> list[tuple]:
+        """Readings with id > ``reading_id`` in id order, at most ``limit``, as the wire's plain tuples
+        ``(id, meter_id, point, timestamp, value, unit, quantity, quality, reason)`` (no per-reading objects).
+
+        Read on the calling thread's connection, so inside the caller's transaction (the outbox seals a
+        batch and moves its cursor in one).
+        """
+        return self.db.execute(
+            "SELECT id, meter_id, point, timestamp, value, unit, quantity, COALESCE(quality, 'ok'),"
+            " COALESCE(reason, '') FROM readings WHERE id > ? ORDER BY id LIMIT ?",
+            (int(reading_id), int(limit))).fetchall()
 
     # -- disk budget ---------------------------------------------------------------------------------
     def used_bytes(self) -> int:
@@ -321,15 +402,97 @@ class Store:
         """
         return pipeline.process(self, until)
 
-    def _record_factors(self, db: sqlite_utils.Database, library: FactorLibrary) -> None:
-        pipeline.record_factors(db, library)
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite_utils.Database]:
+        """A write transaction on this thread's connection (``BEGIN IMMEDIATE``; nested: a savepoint)."""
+        return write_transaction(self.db)
 
-    def _maybe_recalculate(self, db: sqlite_utils.Database, library: FactorLibrary) -> int:
-        return pipeline.maybe_recalculate(self, db, library)
+    def recalculate_if_changed(self) -> int:
+        """Record the factors in use and, when factor files or emission settings changed since the last
+        run, recalculate the current emission rows (old rows kept as superseded); returns rows replaced."""
+        return pipeline.maybe_recalculate(self, self.db, self.library)
 
-    def _process_source(self, db: sqlite_utils.Database, library: FactorLibrary, s: SourceSettings,
-                        until: float | None) -> tuple[int, int, int, int]:
-        return pipeline.process_source(self, db, library, s, until)
+    def record_factors(self) -> None:
+        """Keep every factor version of the library in the store, so emission rows stay traceable.
+
+        :raises FactorError: a factor changed without a new version.
+        """
+        pipeline.record_factors(self.db, self.library)
+
+    def process_source(self, settings: SourceSettings, until: float | None = None) -> ProcessResult:
+        """Process one source now, inside the caller's transaction if there is one (an import does this
+        so the readings and their emissions commit together)."""
+        with self.transaction() as db:
+            n = pipeline.process_source(self, db, self.library, settings, until)
+        return ProcessResult(*n)
+
+    # -- imports ----------------------------------------------------------------------------------
+    def source_settings(self, source_id: str) -> SourceSettings | None:
+        """The stored settings of a meter or imported source (None: no such source, or a manual one)."""
+        row = self.db.execute("SELECT settings FROM sources WHERE id = ? AND kind IN ('meter', 'imported')",
+                              (source_id,)).fetchone()
+        return None if row is None else SourceSettings(**json.loads(row[0]))
+
+    def add_imported_sources(self, sources: Iterable[SourceSettings], description: str) -> None:
+        """Declare the sources of imported meter readings (enabled again if they were there)."""
+        now = time.time()
+        with self.transaction() as db:
+            for s in sources:
+                db.execute("INSERT INTO sources (id, kind, activity, meter_id, point, settings, description, enabled,"
+                           " processed_reading_id, updated_at) VALUES (?, 'imported', ?, ?, ?, ?, ?, 1, 0, ?)"
+                           " ON CONFLICT (id) DO UPDATE SET enabled = 1",
+                           (s.id, s.activity, s.meter_id, s.point, json.dumps(asdict(s), sort_keys=True),
+                            description, now))
+
+    def add_activity_data(self, rows: Sequence[ActivityData], origin: str, description: str) -> None:
+        """Store imported activity data rows and declare their sources (manual), in one transaction."""
+        now = time.time()
+        with self.transaction() as db:
+            for r in rows:
+                db.execute("INSERT INTO activity_data (source_id, activity, start_ts, end_ts, amount, unit,"
+                           " amount_original, unit_original, origin, row) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                           (r.source_id, r.activity, int(r.start_ts), int(r.end_ts), r.amount,
+                            get_activity(r.activity).unit, r.amount_original, r.unit_original, origin, r.row))
+                db.execute("INSERT INTO sources (id, kind, activity, description, enabled, updated_at)"
+                           " VALUES (?, 'manual', ?, ?, 1, ?) ON CONFLICT (id) DO NOTHING",
+                           (r.source_id, r.activity, description, now))
+
+    def add_activity_emissions(self, source_ids: Sequence[str], activity: str, start: np.ndarray, end: np.ndarray,
+                               amount: np.ndarray, result: EmissionArrays) -> int:
+        """Store the computed emission rows of imported activity data; returns how many."""
+        with self.transaction() as db:
+            return write_activity_emissions(db, self.settings, source_ids, activity, start, end, amount, result)
+
+    def activity_overlap(self, source_id: str, activity: str, start: float, end: float) -> tuple[str, int] | None:
+        """(origin, row) of imported activity data of the source overlapping [start, end), if any."""
+        row = self.db.execute("SELECT origin, row FROM activity_data WHERE source_id = ? AND activity = ?"
+                              " AND start_ts < ? AND end_ts > ? LIMIT 1", (source_id, activity, end, start)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def metered_overlap(self, source_id: str, activity: str, start: float, end: float) -> bool:
+        """Whether current metered (interval) emissions of the source overlap [start, end)."""
+        return self.db.execute("SELECT 1 FROM emissions WHERE source_id = ? AND origin = 'interval' AND activity = ?"
+                               " AND superseded_at IS NULL AND start_ts < ? AND end_ts > ? LIMIT 1",
+                               (source_id, activity, end, start)).fetchone() is not None
+
+    def stored_reading(self, meter_id: str, point: str, timestamp: float) -> tuple[str, float | None, str] | None:
+        """(origin, value, unit) of a stored reading of the series at that timestamp, if there is one."""
+        row = self.db.execute("SELECT origin, value, unit FROM readings WHERE meter_id = ? AND point = ?"
+                              " AND timestamp = ? LIMIT 1", (meter_id, point, timestamp)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def activity_stored(self, source_id: str, activity: str, start: float, end: float, amount_original: float,
+                        unit_original: str) -> bool:
+        """Whether exactly this activity data row (as written in its file) was imported before."""
+        return self.db.execute("SELECT 1 FROM activity_data WHERE source_id = ? AND activity = ? AND start_ts = ?"
+                               " AND end_ts = ? AND amount_original = ? AND unit_original = ? LIMIT 1",
+                               (source_id, activity, int(start), int(end), amount_original,
+                                unit_original)).fetchone() is not None
+
+    def current_tco2e(self, source_ids: Sequence[str]) -> float:
+        """Sum of the current (not superseded) emissions of these sources, tCO2e."""
+        row = self.db.execute("SELECT COALESCE(SUM(co2e_t), 0) FROM emissions WHERE superseded_at IS NULL AND"
+                              " source_id IN (SELECT value FROM json_each(?))", (json.dumps(list(source_ids)),))
+        return float(row.fetchone()[0])
 
     def instant_means(self, meter_id: str, point: str, start: float, end: float,
                       rules: pp.InstantRules = pp.InstantRules(), interval_s: int | None = None) -> list[dict]:
@@ -422,7 +585,7 @@ def add_instruments(store: Store, instruments: Sequence[Instrument], tz: tzinfo 
         s = datetime(i.start.year, i.start.month, i.start.day, tzinfo=tz).timestamp()
         e = datetime(i.end.year, i.end.month, i.end.day, tzinfo=tz).timestamp()
         rows.append((i.kind, i.source_id, int(s), int(e), i.mwh, i.factor_t_per_mwh, i.reference))
-    with store.db.atomic():
+    with write_transaction(store.db):
         store.db.conn.executemany("INSERT INTO instruments (kind, source_id, start_ts, end_ts, mwh, factor_t_per_mwh,"
                                   " reference) VALUES (?,?,?,?,?,?,?)", rows)
     return len(rows)

@@ -7,11 +7,12 @@ data) and recalculated rows (a factor or setting changed) all come through here.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import sqlite_utils
 
-from local_store.emissions import EmissionSettings, compute
+from local_store.emissions import EmissionArrays, EmissionSettings, compute
 from local_store.factors import FactorLibrary
 from local_store.units import activity as get_activity
 
@@ -31,29 +32,49 @@ def refresh_hourly(db: sqlite_utils.Database, source_id: str, from_ts: float | N
                (source_id, hour))
 
 
+_INSERT = ("INSERT INTO emissions (source_id, activity, origin, start_ts, end_ts, amount, unit, energy_gj, co2_t,"
+           " ch4_t, n2o_t, co2e_t, scope, iso_category, factor_id, factor_version, factor_refs, gwp, region, status,"
+           " measured_fraction, calculated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
+def _insert(db: sqlite_utils.Database, settings: EmissionSettings, origin: str, source_ids: Sequence[str],
+            activity_name: str, start: np.ndarray, end: np.ndarray, amount: np.ndarray, res: EmissionArrays,
+            status: Sequence[str], measured_fraction: np.ndarray) -> int:
+    """Insert computed emission rows of one activity; the one INSERT into ``emissions`` besides recalculation."""
+    act = get_activity(activity_name)
+    n = len(start)
+    now = time.time()
+    db.conn.executemany(_INSERT, zip(
+        source_ids, [activity_name] * n, [origin] * n, np.asarray(start).astype(np.int64).tolist(),
+        np.asarray(end).astype(np.int64).tolist(), np.asarray(amount, dtype=np.float64).tolist(), [act.unit] * n,
+        res.energy_gj.tolist(), res.co2_t.tolist(), res.ch4_t.tolist(), res.n2o_t.tolist(), res.co2e_t.tolist(),
+        [act.scope] * n, [act.iso_category] * n, res.factor_id, res.factor_version, res.factor_refs,
+        [settings.gwp] * n, [settings.region] * n, list(status),
+        np.asarray(measured_fraction, dtype=np.float64).tolist(), [now] * n))
+    return n
+
+
 def write_interval_emissions(db: sqlite_utils.Database, library: FactorLibrary, settings: EmissionSettings,
                              source_id: str, activity_name: str, start: np.ndarray, end: np.ndarray,
                              amount: np.ndarray, status: np.ndarray, measured_fraction: np.ndarray,
                              replace_from: float) -> int:
     """Replace a source's current interval emissions from ``replace_from`` on; returns the rows written."""
-    act = get_activity(activity_name)
     res = compute(activity_name, start, amount, library, settings, f"source {source_id}")
     db.execute("DELETE FROM emissions WHERE source_id = ? AND origin = 'interval' AND start_ts >= ?"
                " AND superseded_at IS NULL", (source_id, replace_from))
-    now = time.time()
-    n = len(start)
-    db.conn.executemany(
-        "INSERT INTO emissions (source_id, activity, origin, start_ts, end_ts, amount, unit, energy_gj, co2_t, ch4_t,"
-        " n2o_t, co2e_t, scope, iso_category, factor_id, factor_version, factor_refs, gwp, region, status,"
-        " measured_fraction, calculated_at) VALUES (?,?,'interval',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        zip([source_id] * n, [activity_name] * n, np.asarray(start).tolist(), np.asarray(end).tolist(),
-            np.asarray(amount).tolist(), [act.unit] * n, res.energy_gj.tolist(), res.co2_t.tolist(),
-            res.ch4_t.tolist(), res.n2o_t.tolist(), res.co2e_t.tolist(), [act.scope] * n,
-            [act.iso_category] * n, res.factor_id, res.factor_version, res.factor_refs,
-            [settings.gwp] * n, [settings.region] * n, list(status), np.asarray(measured_fraction).tolist(),
-            [now] * n))
+    n = _insert(db, settings, "interval", [source_id] * len(start), activity_name, start, end, amount, res,
+                list(status), measured_fraction)
     refresh_hourly(db, source_id, replace_from)
     return n
+
+
+def write_activity_emissions(db: sqlite_utils.Database, settings: EmissionSettings, source_ids: Sequence[str],
+                             activity_name: str, start: np.ndarray, end: np.ndarray, amount: np.ndarray,
+                             res: EmissionArrays) -> int:
+    """Add the emission rows of imported activity data (``origin = 'activity'``, measured), already computed."""
+    n = len(start)
+    return _insert(db, settings, "activity", source_ids, activity_name, start, end, amount, res,
+                   ["measured"] * n, np.ones(n))
 
 
 def recalculate(db: sqlite_utils.Database, library: FactorLibrary, settings: EmissionSettings) -> int:

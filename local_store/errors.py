@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 
 class StoreError(Exception):
     """Root of every error raised by ``local_store``."""
@@ -36,3 +38,12 @@ class DataImportError(StoreError):
 
 class ReportError(StoreError):
     """A report cannot be built (bad period, or no data in the period)."""
+
+
+class NoReportDataError(ReportError):
+    """The period holds no emissions. ``held`` is the first and last day the store holds, if any, so a
+    shell can word the fix for its own user (the CLI says --from/--to, the web UI says the form's dates)."""
+
+    def __init__(self, message: str, held: tuple[date, date] | None) -> None:
+        super().__init__(message)
+        self.held = held

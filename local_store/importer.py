@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 
 from drivers.errors import not_utf8
 from drivers.model import Quantity, Reading
-from local_store.db import SourceSettings, Store, write_transaction
+from local_store.db import ActivityData, SourceSettings, Store
 from local_store.emissions import compute
 from local_store.errors import DataImportError, FactorError, UnitError
 from local_store.reports import local_tz
@@ -241,7 +239,6 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
 
     # Exact repeats (in the file, or identical to a row imported before: a re-import) are skipped and
     # counted; everything else that overlaps would count twice and is refused below.
-    db = store.db
     repeated = already = 0
     fresh: list[_ActivityRow] = []
     keys: set[tuple] = set()
@@ -249,8 +246,7 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
         key = (r.source, r.activity, int(r.start), int(r.end), r.amount_original, r.unit_original)
         if key in keys:
             repeated += 1
-        elif db.execute("SELECT 1 FROM activity_data WHERE source_id = ? AND activity = ? AND start_ts = ? AND end_ts = ?"
-                        " AND amount_original = ? AND unit_original = ? LIMIT 1", key).fetchone():
+        elif store.activity_stored(*key):
             already += 1
         else:
             fresh.append(r)
@@ -263,14 +259,11 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
     # Overlaps with data already imported, and between rows of this file, would count twice.
     seen: list[_ActivityRow] = []
     for r in good:
-        clash = db.execute("SELECT origin, row FROM activity_data WHERE source_id = ? AND activity = ? AND start_ts < ?"
-                           " AND end_ts > ? LIMIT 1", (r.source, r.activity, r.end, r.start)).fetchone()
+        clash = store.activity_overlap(r.source, r.activity, r.start, r.end)
         if clash:
             errors.append(f"line {r.line}: {r.source} {r.activity} {_day(r.start, tz)}..{_day(r.end, tz)} overlaps data "
                           f"already imported from {clash[0]} line {clash[1]}: remove the row or the earlier import")
-        metered = db.execute("SELECT 1 FROM emissions WHERE source_id = ? AND origin = 'interval' AND activity = ?"
-                             " AND superseded_at IS NULL AND start_ts < ? AND end_ts > ? LIMIT 1",
-                             (r.source, r.activity, r.end, r.start)).fetchone()
+        metered = store.metered_overlap(r.source, r.activity, r.start, r.end)
         if clash is None and metered:
             errors.append(f"line {r.line}: {r.source} {r.activity} {_day(r.start, tz)}..{_day(r.end, tz)} overlaps "
                           f"metered data of the same source: use another source name or drop the row")
@@ -306,34 +299,18 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
     if not good:
         raise DataImportError(str(path), ["the file has a header but no data rows: add rows below the header"])
 
-    now = time.time()
-    origin = f"import:{path.name}"
     n_emis = 0
     tco2e = 0.0
-    with write_transaction(db):
-        store._maybe_recalculate(db, store.library)
-        for r in good:
-            db.execute("INSERT INTO activity_data (source_id, activity, start_ts, end_ts, amount, unit, amount_original,"
-                       " unit_original, origin, row) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (r.source, r.activity, int(r.start), int(r.end), r.amount, get_activity(r.activity).unit,
-                        r.amount_original, r.unit_original, origin, r.line))
-            db.execute("INSERT INTO sources (id, kind, activity, description, enabled, updated_at)"
-                       " VALUES (?, 'manual', ?, ?, 1, ?) ON CONFLICT (id) DO NOTHING",
-                       (r.source, r.activity, f"imported from {path.name}", now))
+    with store.transaction():
+        store.recalculate_if_changed()
+        store.add_activity_data([ActivityData(r.source, r.activity, r.start, r.end, r.amount, r.amount_original,
+                                              r.unit_original, r.line) for r in good],
+                                f"import:{path.name}", f"imported from {path.name}")
         for act, (sel, res) in results.items():
-            act_def = get_activity(act)
-            db.conn.executemany(
-                "INSERT INTO emissions (source_id, activity, origin, start_ts, end_ts, amount, unit, energy_gj, co2_t,"
-                " ch4_t, n2o_t, co2e_t, scope, iso_category, factor_id, factor_version, factor_refs, gwp, region,"
-                " status, measured_fraction, calculated_at) VALUES (?,?,'activity',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
-                " 'measured',1.0,?)",
-                [(p[0].source, act, int(p[1]), int(p[2]), p[3], act_def.unit, float(res.energy_gj[k]), float(res.co2_t[k]),
-                  float(res.ch4_t[k]), float(res.n2o_t[k]), float(res.co2e_t[k]), act_def.scope, act_def.iso_category,
-                  res.factor_id[k], res.factor_version[k], res.factor_refs[k], store.settings.gwp,
-                  store.settings.region, now) for k, p in enumerate(sel)])
-            n_emis += len(sel)
+            n_emis += store.add_activity_emissions([p[0].source for p in sel], act, np.array([p[1] for p in sel]),
+                                                   np.array([p[2] for p in sel]), np.array([p[3] for p in sel]), res)
             tco2e += float(res.co2e_t.sum())
-        store._record_factors(db, store.library)
+        store.record_factors()
     return ImportResult(str(path), "activity", len(good), tuple(sorted({r.source for r in good})), n_emis, tco2e,
                         repeated=repeated, already_stored=already)
 
@@ -443,15 +420,14 @@ def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult
     new: list[_ReadingRow] = []
     for rs in series.values():
         for r in rs:
-            row = store.db.execute("SELECT origin, value, unit FROM readings WHERE meter_id = ? AND point = ?"
-                                   " AND timestamp = ? LIMIT 1", (r.source, r.register, r.ts)).fetchone()
-            if row is None:
+            stored = store.stored_reading(r.source, r.register, r.ts)
+            if stored is None:
                 new.append(r)
-            elif (row[1], row[2]) == (r.value, r.unit):
+            elif (stored[1], stored[2]) == (r.value, r.unit):
                 already += 1
             else:
-                errors.append(f"{_at(r.line, r.source, r.ts_text)}: already stored with another value ({row[1]} "
-                              f"{row[2]}, origin {row[0]}): remove the row, or correct the earlier data first")
+                errors.append(f"{_at(r.line, r.source, r.ts_text)}: already stored with another value ({stored[1]} "
+                              f"{stored[2]}, origin {stored[0]}): remove the row, or correct the earlier data first")
     if errors:
         raise DataImportError(str(path), errors)
     if not new:
@@ -474,28 +450,18 @@ def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult
         raise DataImportError(str(path), errors)
 
     readings = [Reading(r.source, r.register, r.ts, r.value, r.unit, Quantity(r.register)) for r in new]
-    db = store.db
     totals = [0, 0]
-    with write_transaction(db):
-        store._maybe_recalculate(db, store.library)
-        now = time.time()
-        for s in settings:
-            db.execute("INSERT INTO sources (id, kind, activity, meter_id, point, settings, description, enabled,"
-                       " processed_reading_id, updated_at) VALUES (?, 'imported', ?, ?, ?, ?, ?, 1, 0, ?)"
-                       " ON CONFLICT (id) DO UPDATE SET enabled = 1",
-                       (s.id, s.activity, s.meter_id, s.point, json.dumps(asdict(s), sort_keys=True),
-                        f"imported from {path.name}", now))
+    with store.transaction():
+        store.recalculate_if_changed()
+        store.add_imported_sources(settings, f"imported from {path.name}")
         store.insert_readings(readings, origin=f"import:{path.name}")
         for s in settings:
-            blob = db.execute("SELECT settings FROM sources WHERE id = ?", (s.id,)).fetchone()[0]
-            current = SourceSettings(**json.loads(blob))
+            current = store.source_settings(s.id) or s
             try:
-                _, _, _, n_emis = store._process_source(db, store.library, current, None)
+                totals[0] += store.process_source(current).emission_rows
             except Exception as exc:   # rolls back the whole import; re-raised as a row-less error
                 raise DataImportError(str(path), [f"source {s.id}: {exc}"]) from exc
-            totals[0] += n_emis
-        tco2e = db.execute("SELECT COALESCE(SUM(co2e_t), 0) FROM emissions WHERE superseded_at IS NULL AND source_id IN"
-                           " (SELECT value FROM json_each(?))", (json.dumps([s.id for s in settings]),)).fetchone()[0]
+        tco2e = store.current_tco2e([s.id for s in settings])
     return ImportResult(str(path), "readings", len(readings), tuple(s.id for s in settings), totals[0], float(tco2e),
                         repeated=repeated, already_stored=already)
 
@@ -583,8 +549,8 @@ def _import_instruments(store: Store, path: Path, rows: list[_Row], tz: tzinfo) 
     if errors:
         raise DataImportError(str(path), errors)
     if parsed:
-        with write_transaction(store.db):
-            store.db.conn.executemany(
+        with store.transaction() as db:
+            db.conn.executemany(
                 "INSERT INTO instruments (kind, source_id, start_ts, end_ts, mwh, factor_t_per_mwh, reference)"
                 " VALUES (?, NULL, ?, ?, ?, ?, ?)",
                 [(kind, int(start), int(end), mwh, factor, ref) for _, ref, kind, start, end, mwh, factor, *_ in parsed])

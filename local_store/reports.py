@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Literal
 
 from local_store.charts import bar_chart_svg
-from local_store.errors import ReportError
+from local_store.errors import NoReportDataError, ReportError
 from local_store.factors import Factor, applies_to, vintage_note
 from local_store.units import ACTIVITIES
 
@@ -83,7 +83,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
     key = None if by in ("source", "scope") else ("%Y-%m-%d" if by == "day" else "%Y-%m")
     grouped = _grouped(db, p, key)
     if not grouped:
-        raise ReportError(_no_data_message(store, start, end, tz))
+        raise NoReportDataError(*_no_data_message(store, start, end, tz))
     merged: dict[tuple, list] = {}
     by_key: dict[str, dict] = {}
     refs: set[str] = set()
@@ -358,16 +358,16 @@ def _market_based(store: Store, s: float, e: float, electricity_mwh: float, elec
     return location_total - electricity_loc_t + instrument_t + residual_t, detail
 
 
-def _no_data_message(store: Store, start: date, end: date, tz: tzinfo) -> str:
+def _no_data_message(store: Store, start: date, end: date, tz: tzinfo) -> tuple[str, tuple[date, date] | None]:
     lo, hi = store.db.execute("SELECT MIN(start_ts), MAX(end_ts) FROM emissions WHERE superseded_at IS NULL").fetchone()
     if lo is None:
         held = "the store has no emissions yet: run the gateway (it processes readings every minute), run " \
                "`carbon-gateway import` for activity data, or check --data-dir"
+        span = None
     else:
-        a = datetime.fromtimestamp(lo, tz).date()
-        b = datetime.fromtimestamp(hi, tz).date()
-        held = f"the store holds emissions from {a} to {b}: choose --from/--to inside that range"
-    return f"no emissions data from {start} to {end} (end exclusive) in {store.path}: {held}"
+        span = (datetime.fromtimestamp(lo, tz).date(), datetime.fromtimestamp(hi, tz).date())
+        held = f"the store holds emissions from {span[0]} to {span[1]}: choose --from/--to inside that range"
+    return f"no emissions data from {start} to {end} (end exclusive) in {store.path}: {held}", span
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,38 @@ def m004_web_users(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migrations()
+def m005_sync_outbox(db: sqlite_utils.Database) -> None:
+    """The sync outbox (sealed batches until acknowledged) and sync state (sequence, cursor, hash chain).
+
+    ``sync/outbox.py`` created these itself before (``IF NOT EXISTS`` keeps stores that already have them).
+    """
+    db.executescript("""
+    CREATE TABLE IF NOT EXISTS sync_outbox (
+        seq INTEGER PRIMARY KEY,
+        first_reading_id INTEGER NOT NULL,
+        last_reading_id INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        message BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        sent_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """)
+
+
+@migrations()
+def m006_sync_stream(db: sqlite_utils.Database) -> None:
+    """The sync stream each outbox batch was sealed in (issue 16; ``''`` is the first stream).
+
+    ``sync/outbox.py`` added the column itself for a while: a store that has it already keeps it.
+    """
+    columns = {row[1] for row in db.execute("PRAGMA table_info(sync_outbox)").fetchall()}
+    if "stream" not in columns:
+        db.execute("ALTER TABLE sync_outbox ADD COLUMN stream TEXT NOT NULL DEFAULT ''")
+
+
 def apply_migrations(db: sqlite_utils.Database, path: Path) -> None:
     """Apply the pending migrations (call inside a write transaction).
 

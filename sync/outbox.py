@@ -3,6 +3,9 @@
 The batch row, the sequence counter, the reading cursor and the hash chain move in one transaction, so
 a power cut either loses the whole new batch (and its readings are batched again) or keeps all of it;
 a sequence number is never reused.
+
+The tables are created by the store's migrations (``local_store/schema.py``); readings are read through
+``Store`` methods, never with SQL of their own on ``readings``.
 """
 
 from __future__ import annotations
@@ -17,25 +20,14 @@ import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from local_store import Store
+from local_store.connections import write_transaction
 from sync.batches import encode_rows
 from sync.crypto import BatchHeader, message_hash, seal
 from sync.keys import key_id
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sync_outbox (
-    seq INTEGER PRIMARY KEY,
-    first_reading_id INTEGER NOT NULL,
-    last_reading_id INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    message BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    sent_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
 
 
 @dataclass(frozen=True)
@@ -45,13 +37,6 @@ class OutboxRow:
     message: bytes
     created_at: float
     sent_at: float | None
-
-
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    db.executescript(SCHEMA)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(sync_outbox)").fetchall()}
-    if "stream" not in columns:   # the sync stream a batch was sealed in (issue 16); "" is the first
-        db.execute("ALTER TABLE sync_outbox ADD COLUMN stream TEXT NOT NULL DEFAULT ''")
 
 
 @dataclass(frozen=True)
@@ -75,10 +60,8 @@ def follow_restore(db: sqlite_utils.Database, restored_id: str | None, next_read
     """
     if not restored_id:
         return None
-    with db.conn:
-        db.execute("BEGIN IMMEDIATE")
+    with write_transaction(db):
         if _state(db, "restore_seen", "") == restored_id:
-            db.execute("ROLLBACK")
             return None
         current = stream(db)
         lineage = list(current.lineage) or [("", 1, 1)]
@@ -93,7 +76,7 @@ def follow_restore(db: sqlite_utils.Database, restored_id: str | None, next_read
 
 def forget_in_flight(db: sqlite_utils.Database) -> None:
     """After a restart nothing is in flight any more: resend unacknowledged batches now, not after a timeout."""
-    with db.conn:
+    with write_transaction(db):
         db.execute("UPDATE sync_outbox SET sent_at = NULL WHERE sent_at IS NOT NULL")
 
 
@@ -112,20 +95,18 @@ def cursor(db: sqlite_utils.Database) -> int:
     return int(_state(db, "last_reading_id", "0"))
 
 
-def pending_readings(db: sqlite_utils.Database) -> tuple[int, float | None]:
+def pending_readings(store: Store) -> tuple[int, float | None]:
     """Readings stored but not yet batched, and the timestamp of the first of them.
 
     Counted as ``MAX(id) - cursor``: reading ids only grow and are never reused, and nothing above the
     cursor is deleted (unsynced data is never pruned), so this is exact and O(log n) instead of a scan
     of a possibly million-row backlog on every tick.
     """
-    after = cursor(db)
-    row = db.execute("SELECT MAX(id) FROM readings").fetchone()
-    pending = max(0, int(row[0] or 0) - after)
+    after = cursor(store.db)
+    pending = max(0, store.last_reading_id() - after)
     if not pending:
         return 0, None
-    first = db.execute("SELECT timestamp FROM readings WHERE id > ? ORDER BY id LIMIT 1", [after]).fetchone()
-    return pending, (first[0] if first else None)
+    return pending, store.first_timestamp_after(after)
 
 
 def new_stream(db: sqlite_utils.Database) -> Stream:
@@ -134,8 +115,7 @@ def new_stream(db: sqlite_utils.Database) -> Stream:
     the receiver has not acknowledged are sealed again in the new stream, and their readings count as
     the new stream's, so none is lost (a reading the receiver also got from the copy's original may
     then be there twice, under two streams)."""
-    with db.conn:
-        db.execute("BEGIN IMMEDIATE")
+    with write_transaction(db):
         current = stream(db)
         first = db.execute("SELECT MIN(first_reading_id) FROM sync_outbox WHERE stream = ?", [current.id]).fetchone()[0]
         first_reading_id = int(first) if first is not None else cursor(db) + 1
@@ -148,17 +128,13 @@ def new_stream(db: sqlite_utils.Database) -> Stream:
     return new
 
 
-def make_batch(db: sqlite_utils.Database, gateway_id: str, max_readings: int,
+def make_batch(store: Store, gateway_id: str, max_readings: int,
                receiver: X25519PublicKey, signer: Ed25519PrivateKey) -> int | None:
     """Seal the next batch of unbatched readings into the outbox; returns its sequence number."""
-    with db.conn:  # one transaction: counter, cursor, chain and row commit together
-        db.execute("BEGIN IMMEDIATE")
-        rows = db.execute(
-            "SELECT id, meter_id, point, timestamp, value, unit, quantity, COALESCE(quality, 'ok'), "
-            "COALESCE(reason, '') FROM readings "
-            "WHERE id > ? ORDER BY id LIMIT ?", [cursor(db), max_readings]).fetchall()
+    db = store.db
+    with write_transaction(db):  # one transaction: counter, cursor, chain and row commit together
+        rows = store.sync_rows(cursor(db), max_readings)
         if not rows:
-            db.execute("ROLLBACK")
             return None
         seq = int(_state(db, "next_seq", "1"))
         current = stream(db)
@@ -215,13 +191,13 @@ def unacked(db: sqlite_utils.Database, limit: int) -> list[OutboxRow]:
 
 
 def mark_sent(db: sqlite_utils.Database, seq: int) -> None:
-    with db.conn:
+    with write_transaction(db):
         db.execute("UPDATE sync_outbox SET sent_at = ?, attempts = attempts + 1 WHERE seq = ?", [time.time(), seq])
 
 
 def acknowledge(db: sqlite_utils.Database, seq: int, stream_id: str = "") -> bool:
     """Drop an acknowledged batch of ``stream_id``; True if it was still there."""
-    with db.conn:
+    with write_transaction(db):
         removed = db.execute("DELETE FROM sync_outbox WHERE seq = ? AND stream = ?", [seq, stream_id]).rowcount
         _set_state(db, "last_ack_at", time.time())
     return bool(removed)

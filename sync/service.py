@@ -85,7 +85,6 @@ class SyncService:
         self._last_prune = (-1, 0.0)     # (synced_through, when) of a pruning that stayed over the budget
         self._conflict = ""              # the receiver holds other content under one of our numbers
         self._budget_alarm_on = False
-        outbox.ensure_schema(store.db)
         self._follow_restore()
         self._status = self._current_status()
 
@@ -180,7 +179,7 @@ class SyncService:
     def _current_status(self) -> SyncStatus:
         db = self.store.db
         batches, readings = outbox.backlog(db)
-        pending, _ = outbox.pending_readings(db)
+        pending, _ = outbox.pending_readings(self.store)
         link = self._link
         error = self._key_error or (link.last_error if link else "") or self._rejected
         disk = self.store.used_bytes()
@@ -215,14 +214,13 @@ class SyncService:
             self._key_error = str(exc)
             return 0
         self._key_error = ""
-        db = self.store.db
         made = 0
         while not self._stop.is_set():
-            pending, oldest = outbox.pending_readings(db)
+            pending, oldest = outbox.pending_readings(self.store)
             old_enough = oldest is not None and time.time() - oldest >= self.settings.batch_max_age_s
             if not pending or not (force or old_enough or pending >= self.settings.batch_max_readings):
                 return made
-            if outbox.make_batch(db, self.settings.gateway_id, self.settings.batch_max_readings,
+            if outbox.make_batch(self.store, self.settings.gateway_id, self.settings.batch_max_readings,
                                  receiver, signer) is None:  # type: ignore[arg-type]
                 return made
             made += 1

@@ -1,13 +1,15 @@
 """The receiver's database: a SQLite file by default, PostgreSQL when given a ``postgresql://`` URL.
 
 Both speak the same few statements; this module hides the placeholder style, the schema types and the
-transaction API, so ``receiver.py`` has one code path.
+transaction API, so ``receiver.py`` has one code path. The schema is the receiver's own migration set
+(:data:`MIGRATIONS`, recorded in ``receiver_migrations``), apart from the gateway store's.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,30 @@ DROP TABLE readings_before_streams
 """
 
 
+def _statements(db: ReceiverDb, script: str) -> None:
+    for statement in filter(str.strip, script.format(tables=_TABLES, **db.types).format(**db.types).split(";")):
+        db.execute(statement)
+
+
+def _r001_tables(db: ReceiverDb) -> None:
+    """The tables (``IF NOT EXISTS``: a database made before the migration set keeps its tables and rows)."""
+    _statements(db, _TABLES)
+
+
+def _r002_sync_streams(db: ReceiverDb) -> None:
+    """A database made before sync streams is rebuilt with the stream column in the primary keys."""
+    if "stream" not in db.columns("batches"):
+        _statements(db, _ADD_STREAM)
+
+
+#: The receiver's migrations in order. A released migration is never edited: a change is a new entry at the
+#: end. Each runs once per database, inside the transaction that records it in ``receiver_migrations``.
+MIGRATIONS: tuple[tuple[str, Callable[[ReceiverDb], None]], ...] = (
+    ("r001_tables", _r001_tables),
+    ("r002_sync_streams", _r002_sync_streams),
+)
+
+
 class ReceiverDbError(SyncError):
     """The receiver's database cannot be opened."""
 
@@ -79,16 +105,8 @@ class ReceiverDb:
                 self._conn: Any = psycopg.connect(str(target), autocommit=True)
             except psycopg.Error as exc:
                 raise ReceiverDbError(f"cannot connect to the receiver database: {exc}".strip()) from exc
-            schema = _TABLES.format(real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY", blob="BYTEA")
-            with self._conn.transaction():
-                self._conn.execute("SELECT pg_advisory_xact_lock(7216016)")   # receivers starting together
-                old = self._conn.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'batches'"
-                                         " AND table_schema = current_schema()").fetchone() and not \
-                    self._conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'batches' AND "
-                                       "column_name = 'stream' AND table_schema = current_schema()").fetchone()
-                statements = _ADD_STREAM.format(tables=schema) if old else schema
-                for statement in filter(str.strip, statements.split(";")):
-                    self._conn.execute(statement)
+            self.types = {"real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA"}
+            self._migrate(str(target).split("@")[-1])
         else:
             path = Path(target)
             try:
@@ -110,13 +128,45 @@ class ReceiverDb:
                                           "changed: pass --database or --data-dir naming the receiver's own file")
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = FULL")
-                schema = _TABLES.format(real="REAL", serial="INTEGER PRIMARY KEY", blob="BLOB")
-                columns = {row[1] for row in self._conn.execute("PRAGMA table_info(batches)")}
-                if columns and "stream" not in columns:
-                    self._conn.executescript(f"BEGIN IMMEDIATE; {_ADD_STREAM.format(tables=schema)}; COMMIT;")
-                self._conn.executescript(schema)
+                self.types = {"real": "REAL", "serial": "INTEGER PRIMARY KEY", "blob": "BLOB"}
+                self._migrate(str(path))
             except sqlite3.Error as exc:
                 raise ReceiverDbError(f"{path}: cannot open the receiver database ({exc})") from exc
+
+    def _migrate(self, place: str) -> None:
+        """Apply the receiver's pending migrations, in one transaction.
+
+        :raises ReceiverDbError: the database has migrations this version does not know (a newer receiver).
+        """
+        known = [name for name, _ in MIGRATIONS]
+        with self.transaction():
+            if self.is_postgres:
+                self.execute("SELECT pg_advisory_xact_lock(7216016)")   # receivers starting together
+            self.execute("CREATE TABLE IF NOT EXISTS receiver_migrations (name TEXT PRIMARY KEY, applied_at {real} "
+                         "NOT NULL)".format(**self.types))
+            applied = {row[0] for row in self.query("SELECT name FROM receiver_migrations")}
+            unknown = applied - set(known)
+            if not unknown:
+                for name, step in MIGRATIONS:
+                    if name not in applied:
+                        step(self)
+                        self.execute("INSERT INTO receiver_migrations (name, applied_at) VALUES (?, ?)",
+                                     (name, time.time()))
+        if unknown:
+            self.close()
+            raise ReceiverDbError(f"{place}: the receiver database has migrations this version does not know "
+                                  f"({', '.join(sorted(unknown))}): upgrade carbon-gateway on the receiver")
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the receiver migrations applied to this database, in order."""
+        return [row[0] for row in self.query("SELECT name FROM receiver_migrations ORDER BY name")]
+
+    def columns(self, table: str) -> set[str]:
+        """Column names of ``table`` (empty: no such table)."""
+        if self.is_postgres:
+            return {row[0] for row in self.query("SELECT column_name FROM information_schema.columns WHERE "
+                                                 "table_name = ? AND table_schema = current_schema()", (table,))}
+        return {row[1] for row in self.query(f"PRAGMA table_info({table})")}
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.is_postgres else sql

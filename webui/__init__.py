@@ -22,7 +22,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from gateway.runtime import Runtime
-from webui import admin, auth, commissioning, dashboard, emissions, health
+from webui import admin, auth, commissioning, dashboard, emissions, health, labels
 from webui.server import TlsFiles, WebServer, ensure_self_signed, fingerprint, serve
 from webui.sessions import SqliteSessionInterface
 
@@ -65,6 +65,9 @@ def create_app(test_config: dict | None = None, runtime: Runtime | None = None) 
     for module in (auth, dashboard, commissioning, emissions, admin, health):  # health: /healthz, /metrics
         app.register_blueprint(module.bp)
     app.before_request(auth.load_user)
+
+    app.add_template_filter(labels.activity_label, "activity")
+    app.add_template_filter(labels.transport_label, "transport")
 
     @app.template_filter("utc")
     def utc(ts: float | None) -> str:

@@ -17,20 +17,14 @@ from wtforms.validators import InputRequired, Length, NumberRange, Optional, Reg
 from gateway.runtime import ACTIVITIES, ApplyError, Change, DriverError, parse_units
 from webui.auth import actor, options, record, requires, runtime
 from webui.confirm import confirmation_page
+from webui.labels import ACTIVITY_LABELS, TRANSPORT_LABELS
 
 bp = Blueprint("commissioning", __name__)
 log = logging.getLogger(__name__)
 
 ID_RE = Regexp(r"^[A-Za-z0-9_.\-]{1,40}$", message=_l("Use 1-40 letters, digits, '-', '_' or '.'."))
-TRANSPORTS = [("tcp", _l("Modbus TCP")), ("rtu", _l("Modbus RTU (serial)")),
-              ("rtu_over_tcp", _l("RTU over TCP (serial device server)"))]
+TRANSPORTS = list(TRANSPORT_LABELS.items())
 BAUDRATES = [(str(b), str(b)) for b in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)]
-ACTIVITY_LABELS = {
-    "electricity": _l("purchased electricity"), "electricity_export": _l("exported electricity"),
-    "natural_gas": _l("natural gas"), "raw_coal": _l("raw coal"), "diesel": _l("diesel"), "gasoline": _l("gasoline"),
-    "lpg": _l("LPG"), "fuel_oil": _l("fuel oil"), "heat": _l("purchased heat"), "heat_export": _l("exported heat"),
-    "steam": _l("purchased steam"), "none": _l("none (not counted)"),
-}
 
 
 # -- buses ---------------------------------------------------------------------------------------------------
@@ -321,7 +315,7 @@ def scan_status(job_id: str) -> Any:
     if job is None:
         abort(404)
     configured = {(m.bus, m.device_id) for m in runtime().config.meters}
-    return render_template("scan.html", job=job, configured=configured, activity_labels=ACTIVITY_LABELS)
+    return render_template("scan.html", job=job, configured=configured)
 
 
 @bp.post("/scan/<job_id>/cancel")

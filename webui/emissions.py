@@ -13,7 +13,8 @@ from markupsafe import Markup
 from wtforms import BooleanField, DateField, FloatField, IntegerField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
-from gateway.runtime import BY_CHOICES, FACTOR_ACTIVITIES, ApplyError, Change, ChartText, FactorError, ReportError
+from gateway.runtime import BY_CHOICES, FACTOR_ACTIVITIES, ApplyError, Change, ChartText, FactorError, NoReportDataError, ReportError
+from webui.labels import ACTIVITY_LABELS
 from webui.auth import actor, options, requires, runtime
 
 bp = Blueprint("emissions", __name__)
@@ -43,7 +44,7 @@ class ChoiceForm(FlaskForm):
 class CustomFactorForm(FlaskForm):
     id = StringField(_l("Factor id"), validators=[InputRequired(), Regexp(
         r"^[A-Za-z0-9_.\-]{1,80}$", message=_l("Use 1-80 letters, digits, '-', '_' or '.'."))])
-    activity = SelectField(_l("Activity"), choices=options([(a, a) for a in FACTOR_ACTIVITIES]))
+    activity = SelectField(_l("Activity"), choices=options([(a, ACTIVITY_LABELS.get(a, a)) for a in FACTOR_ACTIVITIES]))
     parameter = SelectField(_l("Parameter"), choices=options([
         ("ef", _l("emission factor")), ("ncv", _l("net calorific value")), ("carbon_content", _l("carbon content")),
         ("oxidation", _l("oxidation rate")), ("residual_mix", _l("residual mix")), ("ch4", "CH4"), ("n2o", "N2O")]))
@@ -156,6 +157,15 @@ def reports() -> Any:
     if request.args and form.validate():
         try:
             report = runtime().report(form.start.data, form.end.data, by=form.by.data)
+        except NoReportDataError as exc:
+            # the library's text speaks to the CLI (--from/--to, the database path): word it for this form
+            if exc.held is None:
+                error = _("No emissions are stored yet: they appear once meters with an activity have been "
+                          "polled for a while, or after an import.")
+            else:
+                error = _("No emissions from %(start)s until %(end)s. The gateway holds emissions from %(first)s "
+                          "to %(last)s: choose dates in that range.", start=form.start.data, end=form.end.data,
+                          first=exc.held[0], last=exc.held[1])
         except ReportError as exc:
             error = _("No report: %(reason)s", reason=str(exc))
         else:

@@ -185,7 +185,6 @@ def new_stream(config_path: Path | None, data_dir: Path | None) -> None:
                                    "(systemctl stop carbon-gateway)")
     try:
         with open_store(config.database) as store:
-            outbox.ensure_schema(store.db)
             stream = outbox.new_stream(store.db)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None

@@ -123,7 +123,7 @@ def test_gateway_killed_during_publish_loses_and_duplicates_nothing(tmp_path: Pa
         unacked = outbox.backlog(store.db)[0]
         gateway = _spawn(GATEWAY, {**args, "rate": None})
         try:
-            wait_until(lambda: outbox.backlog(store.db) == (0, 0) and outbox.pending_readings(store.db)[0] == 0,
+            wait_until(lambda: outbox.backlog(store.db) == (0, 0) and outbox.pending_readings(store)[0] == 0,
                        timeout_s=60, message="the restarted gateway drained everything")
         finally:
             _kill(gateway)

@@ -141,3 +141,14 @@ def test_a_same_site_next_is_kept(app) -> None:
     page = post(client, "/login?next=/meters%3Fx%3D1", {"name": "admin", "password": PASSWORDS["admin"]},
                 form_url="/login")
     assert page.headers["Location"] == "/meters?x=1"
+
+
+def test_ids_are_shown_as_words_in_the_users_language(admin) -> None:
+    """Issue 15: zh-CN showed raw activity ids (``natural_gas``) on the meter list, factors and reports."""
+    admin.get("/lang/zh_Hans_CN")
+    meters = admin.get("/meters").get_data(as_text=True)
+    assert "天然气" in meters and ">natural_gas<" not in meters
+    buses = admin.get("/buses").get_data(as_text=True)
+    assert ">tcp<" not in buses
+    factors = admin.get("/factors").get_data(as_text=True)
+    assert ">natural_gas<" not in factors and "天然气" in factors

@@ -44,7 +44,10 @@ def test_emissions_charts_and_report_downloads(admin, gateway) -> None:
     page = text(admin.get(f"/reports?start={tomorrow}&end={today}&by=source&format=csv"))
     assert "Must be after the start date." in page
     page = text(admin.get("/reports?start=2001-01-01&end=2001-02-01&by=source&format=csv"))
-    assert "No report:" in page
+    # the web user is told the dates the store holds, in the form's words: no CLI option, no file path (issue 15)
+    assert re.search(r"No emissions from 2001-01-01 until 2001-02-01\. The gateway holds emissions from "
+                     r"\d{4}-\d\d-\d\d to \d{4}-\d\d-\d\d: choose dates in that range\.", page), page
+    assert "--from" not in page and str(gateway.config.database) not in page
 
 
 def test_factor_choice_and_a_custom_factor(admin, gateway) -> None:

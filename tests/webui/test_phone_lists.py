@@ -83,3 +83,17 @@ def test_delete_asks_first_without_javascript(browser, base_url, field_gateway) 
     page.wait_for_selector("text=Meter boiler-gas was deleted; its stored readings are kept.")
     assert "boiler-gas" not in [m.id for m in field_gateway.config.meters]
     context.close()
+
+
+def test_the_bus_form_shows_only_the_chosen_transports_fields(browser, base_url) -> None:  # noqa: F811
+    context, page = _admin_page(browser, base_url, javascript=False)
+    page.goto(base_url + "/buses/new")
+    page.select_option("#transport", "tcp")
+    assert page.is_visible("#host") and page.is_visible("#port")
+    assert not page.is_visible("#serial_port") and not page.is_visible("#baudrate")
+    page.select_option("#transport", "rtu")
+    assert page.is_visible("#serial_port") and page.is_visible("#baudrate") and page.is_visible("#parity")
+    assert not page.is_visible("#host") and not page.is_visible("#port")
+    page.select_option("#transport", "rtu_over_tcp")
+    assert page.is_visible("#host") and not page.is_visible("#serial_port")
+    context.close()
