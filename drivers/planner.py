@@ -174,10 +174,10 @@ def split_request(request: ReadRequest, limits: DeviceLimits,
         learned = replace(limits, cuts=limits.cuts | {(spans[cut_at].table, spans[cut_at].address)})
         return [_request(spans[:cut_at]), _request(spans[cut_at:])], learned
     middle = request.address + request.count // 2
-    # the first span starting at or after the middle that does not overlap its predecessors
+    # the first span from the middle on that does not overlap its predecessors (else the last such span)
     end, cut_at = spans[0].end, 0
     for k in range(1, len(spans)):
-        if spans[k].address >= end and (cut_at == 0 or spans[k].address <= middle):
+        if spans[k].address >= end and (cut_at == 0 or spans[cut_at].address < middle):
             cut_at = k
         end = max(end, spans[k].end)
     if cut_at == 0:

@@ -71,6 +71,8 @@ FAULTS: dict[str, str] = {
     "slow": "replies after slow_s seconds",
     "holes": "only the profile's registers exist: a read bridging reserved registers gets exception 2",
     "short_reads": "refuses reads of more than max_read registers with exception 3, illegal data value",
+    "half_silent": "never replies to reads starting in the upper half of its register map (firmware that hangs "
+                   "on part of it), so a read of several blocks misses the later ones",
 }
 
 
@@ -99,6 +101,9 @@ class _MeterModel:
         self.started = started
         cumulative = [p.quantity for p in device.profile.points if p.quantity.cumulative]
         self.main_rate = _RATE_PER_H.get(cumulative[0], 10.0) if cumulative else 10.0
+        addresses = [p.address for p in device.profile.points]
+        self.middle_address = (min(addresses) + max(addresses)) / 2
+        self.drop_reply = False         # the "half_silent" fault: the reply now being sent is swallowed
 
     def load(self, t: float) -> float:
         return 1.0 + _SWING * math.sin(_OMEGA * t)
@@ -196,6 +201,8 @@ class SimulatorServer:
             return ExcCodes.DEVICE_BUSY
         if "short_reads" in faults and count > model.device.max_read:
             return ExcCodes.ILLEGAL_VALUE
+        if "half_silent" in faults and address > model.middle_address:
+            model.drop_reply = True
         table = "input" if function_code == 4 else "holding"
         now = model.device.frozen_at if model.device.frozen_at is not None else time.time()
         for register, word in model.registers(now)[table].items():
@@ -317,7 +324,8 @@ class SimulatorServer:
         if model is None:
             return b"" if self.serial_port is not None else packet  # nobody home on an RS-485 line
         faults = model.device.faults
-        if "no_answer" in faults:
+        if "no_answer" in faults or model.drop_reply:
+            model.drop_reply = False
             return b""
         if "garbage" in faults:
             return bytes((0x5A + 37 * i) & 0xFF for i in range(len(packet)))
@@ -435,19 +443,20 @@ class _ConformingHandler(ServerRequestHandler):
         return used
 
 
-class _TcpServer(ModbusTcpServer):
+class _Conforming:
+    """Mixed into pymodbus' servers: every connection gets a :class:`_ConformingHandler`."""
+
     def __init__(self, simulator: SimulatorServer, *args: object, **kwargs: object) -> None:
         self._simulator = simulator
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)
 
     def callback_new_connection(self) -> ServerRequestHandler:
-        return _ConformingHandler(self, self._simulator)
+        return _ConformingHandler(self, self._simulator)  # type: ignore[arg-type]
 
 
-class _SerialServer(ModbusSerialServer):
-    def __init__(self, simulator: SimulatorServer, *args: object, **kwargs: object) -> None:
-        self._simulator = simulator
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+class _TcpServer(_Conforming, ModbusTcpServer):
+    pass
 
-    def callback_new_connection(self) -> ServerRequestHandler:
-        return _ConformingHandler(self, self._simulator)
+
+class _SerialServer(_Conforming, ModbusSerialServer):
+    pass

@@ -36,12 +36,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import sqlite_utils
 import tomli_w
 
 from drivers import DriverError, Profile, Reading
 from drivers.model import Quantity
 from drivers.scan import ScanResult, parse_units, scan_bus
-from local_store import FactorError, NoReportDataError, ReportError, audit, users
+from local_store import FactorError, NoReportDataError, ReportError, Store, audit, users
 from local_store import backup as backups
 from local_store.audit import AuditEntry, AuditVerification
 from local_store.backup import BackupError, RestoreResult
@@ -779,13 +780,13 @@ class Runtime:
             work.finish("failed", f"{type(exc).__name__}: {exc}")
 
     # -- internals ---------------------------------------------------------------------------------------
-    def _store(self) -> Any:
+    def _store(self) -> Store:
         store = self._gw.store
         if store is None:
             raise ApplyError("the gateway is not running")
         return store
 
-    def _db(self) -> Any:
+    def _db(self) -> sqlite_utils.Database:
         return self._store().db
 
 

@@ -19,7 +19,7 @@ from gateway.paths import PROFILES_DIR
 from local_store import open_store
 from local_store.reports import build_report
 from sync import BrokerSettings, Receiver, ReceiverSettings, SyncService
-from tests.conftest import free_port, port_open, trusted_pair, wait_until
+from tests.conftest import free_port, port_open, trusted_pair, wait_until, with_web
 from tests.webui.http_session import web_session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def test_simulated_meters_reach_the_receiver_exactly_once(tmp_path: Path, mqtt_b
     receiver = Receiver(ReceiverSettings(rx_dir / "receiver.db", rx_dir / "keys", rx_dir / "trusted",
                                          BrokerSettings(port=mqtt_broker.port)))
     receiver.start()
-    gateway = Gateway(config)
+    gateway = with_web(Gateway(config))      # the web server, handed over as `carbon-gateway run` does
     gateway.start()
     try:
         wait_until(lambda: len(_receiver_readings(rx_dir / "receiver.db")) >= 60, timeout_s=30,

@@ -167,7 +167,7 @@ def test_an_unknown_fault_is_refused_with_the_list() -> None:
     with pytest.raises(DriverError) as error:
         SimulatedDevice(1, SDM630, frozenset({"fire"}))
     assert str(error.value) == ("simulator: unknown fault 'fire'; use one of no_answer, exception, busy, garbage, "
-                                "crc, truncated, slow, holes, short_reads")
+                                "crc, truncated, slow, holes, short_reads, half_silent")
 
 
 def test_missing_serial_port_says_so(tmp_path: Path) -> None:
