@@ -382,14 +382,31 @@ class BusPoller:
             if blocks and learn:
                 self._limits[key] = limits
         if not blocks:
-            raise BusError(f"refuses every register of profile {profile.id} ({refused[0][1]}): "
-                           "is it the right profile?")
+            # it answered, with a refusal: a RefusedError, so a shell says "check the profile", not "no answer"
+            raise RefusedError(f"refuses every register of profile {profile.id} ({refused[0][1]}): "
+                               "is it the right profile?", refused[0][1].code)
         timestamp = time.time()
+        readings = self._decode(meter_id, device_id, blocks, ratios, timestamp)
+        done = {r.point for r in readings}
+        not_read = [(p, str(exc)) for req, exc in refused for p in req.points]
+        if missed is not None:
+            refused_names = {p.name for p, _ in not_read}
+            not_read += [(p, f"not read this cycle: {missed}") for p in profile.points
+                         if p.name not in done and p.name not in refused_names]
+        if not_read or [e for _, e, _ in blocks] != [e for _, e in plan]:
+            # plans run in address order; refused, split and skipped ranges come back out of it
+            readings += [Reading(meter_id, p.name, timestamp, None, p.unit, p.quantity, "invalid",
+                                 f"device {device_id} register {p.address}: {reason}") for p, reason in not_read]
+            rank = {p.name: i for i, p in enumerate(sorted(profile.points, key=lambda p: (p.table, p.address)))}
+            readings.sort(key=lambda r: rank[r.point])
+        return readings, missed
+
+    def _decode(self, meter_id: str, device_id: int, blocks: Sequence[Block], ratios: Ratios,
+                timestamp: float) -> list[Reading]:
+        """The readings in ``blocks``, primary (secondary-side points x ``ratios``); bad bytes read invalid."""
         readings = []
-        done: set[str] = set()
         for _, entries, registers in blocks:
             for point, offset, count, decoder, scale_offset in entries:
-                done.add(point.name)
                 raw = tuple(registers[offset:offset + count])
                 try:
                     value = decoder(raw)
@@ -404,18 +421,27 @@ class BusPoller:
                 if point.secondary != "none":
                     value *= ratios.factor(point.secondary)
                 readings.append(Reading(meter_id, point.name, timestamp, value, point.unit, point.quantity, raw=raw))
-        not_read = [(p, str(exc)) for req, exc in refused for p in req.points]
-        if missed is not None:
-            refused_names = {p.name for p, _ in not_read}
-            not_read += [(p, f"not read this cycle: {missed}") for p in profile.points
-                         if p.name not in done and p.name not in refused_names]
-        if not_read or [e for _, e, _ in blocks] != [e for _, e in plan]:
-            # plans run in address order; refused, split and skipped ranges come back out of it
-            readings += [Reading(meter_id, p.name, timestamp, None, p.unit, p.quantity, "invalid",
-                                 f"device {device_id} register {p.address}: {reason}") for p, reason in not_read]
-            rank = {p.name: i for i, p in enumerate(sorted(profile.points, key=lambda p: (p.table, p.address)))}
-            readings.sort(key=lambda r: rank[r.point])
-        return readings, missed
+        return readings
+
+    def probe(self, device_id: int, profile: Profile, ratios: Ratios = Ratios()) -> list[Reading]:
+        """One request for ``profile`` at ``device_id`` (scan's test of a candidate): the planned request that
+        holds the most points, decoded; a device that refuses it for its length (exception 3) is asked for the
+        first point alone. Learns nothing.
+
+        :raises BusError: no reply, or the range refused (:class:`RefusedError`): not this model.
+        """
+        plan = self._prepared_plan(device_id, profile, keep=False)
+        req, entries = max(plan, key=lambda item: len(item[0].points))
+        with self._lock:
+            try:
+                blocks: list[Block] = [(req, entries, self._request("scan", device_id, req))]
+            except RefusedError as exc:
+                if exc.code != 3 or len(req.points) < 2:
+                    raise
+                point = req.points[0]
+                req = ReadRequest(point.table, point.address, point.count, (point,))
+                blocks = [(req, self._prepare(profile, req), self._request("scan", device_id, req))]
+        return self._decode("scan", device_id, blocks, ratios, time.time())
 
     def _run(self, meter_id: str, device_id: int, profile: Profile, plan: Sequence[tuple[ReadRequest, tuple]],
              blocks: list[Block], refused: list[tuple[ReadRequest, RefusedError]],

@@ -26,6 +26,11 @@ class ExceptionResponseError(BusError):
         super().__init__(message)
         self.code = code
 
+    @property
+    def from_gateway(self) -> bool:
+        """Exception 10 or 11: a Modbus gateway answered for a unit behind it that did not."""
+        return self.code in (10, 11)
+
 
 class RefusedError(ExceptionResponseError):
     """Exception 2 (illegal data address) or 3 (illegal data value): the device refuses the range or length."""

@@ -189,6 +189,7 @@ class SimulatorServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._received: dict[int, int] = {}   # complete request frames per unit id (the scan's cost, in tests)
 
     async def _action(self, model: _MeterModel, function_code: int, start_address: int, address: int,
                       count: int, current_registers: list[int], set_values: object) -> ExcCodes | None:
@@ -282,6 +283,7 @@ class SimulatorServer:
         if frame is None:
             return None
         used, unit, tid, pdu = frame
+        self._received[unit] = self._received.get(unit, 0) + 1
         fc = pdu[0] if pdu else 0
 
         def refuse(code: ExcCodes) -> tuple[int, ExceptionResponse]:
@@ -379,6 +381,10 @@ class SimulatorServer:
             await asyncio.sleep(0.01)
         self._ready.set()
         await task
+
+    def requests_received(self, device_id: int) -> int:
+        """How many complete requests addressed to ``device_id`` arrived (answered or not)."""
+        return self._received.get(device_id, 0)
 
     def expected(self, device_id: int, point_name: str, at: float) -> float:
         """The value the simulated meter ``device_id`` holds for ``point_name`` at UTC time ``at``."""

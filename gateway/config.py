@@ -279,6 +279,20 @@ def _factor_files(e: _Reader) -> tuple[str, ...]:
     return tuple(files)
 
 
+def _site_timezone(origin: str, top: _Reader) -> str:
+    """``[site] timezone``: the IANA zone that defines days and months for reports and imports (issue 14)."""
+    site = _Reader(origin, top.get("site", dict, {}), "site", {"timezone"})
+    name = site.get("timezone", str, "")
+    if name:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise site.fail("timezone", 'use an IANA time zone name, e.g. "Asia/Shanghai"') from None
+    return name
+
+
 def _check_factors(e: _Reader, emissions: EmissionSettings) -> None:
     """The factor files load and the region has factors; otherwise the daemon would start and fail every 10 s."""
     try:
@@ -309,7 +323,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
         naming a profile that does not exist at all is a config error.
     """
     broken = broken_profiles or {}
-    top = _Reader(origin, data, "", {"gateway", "buses", "meters", "emissions", "sync", "web", "backup"})
+    top = _Reader(origin, data, "", {"gateway", "buses", "meters", "emissions", "sync", "web", "backup", "site"})
     g = _Reader(origin, top.get("gateway", dict, {}), "gateway", {"id", "data_dir"})
     gateway_id = g.get("id", str, "gateway")
     if not gateway_id or not all(c.isalnum() or c in "-_." for c in gateway_id):
@@ -362,7 +376,8 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
                                  gwp=e.choice("gwp", ("AR5", "AR6"), "AR6"),
                                  factor_files=_factor_files(e),
                                  vintage_rule=e.choice("vintage_rule", ("latest_published", "same_year"),
-                                                       "latest_published"))
+                                                       "latest_published"),
+                                 timezone=_site_timezone(origin, top))
     _check_factors(e, emissions)
 
     s = _Reader(origin, top.get("sync", dict, {}), "sync",

@@ -39,7 +39,7 @@ from typing import IO, Any, Literal
 import sqlite_utils
 import tomli_w
 
-from drivers import DriverError, Profile, Reading
+from drivers import DriverError, ExceptionResponseError, Profile, Reading
 from drivers.model import Quantity
 from drivers.scan import ScanResult, parse_units, scan_bus
 from local_store import FactorError, NoReportDataError, ReportError, Store, audit, users
@@ -64,7 +64,7 @@ from gateway.daemon import Gateway, MeterStatus, ReloadError
 __all__ = [
     "ACTIVITIES", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
     "AuditVerification", "BackupError", "BackupFile", "BackupView", "BrokerTest", "Change", "ChartText", "ClockState",
-    "DriverError", "EmissionCharts", "EmissionsSummary", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
+    "DriverError", "ExceptionResponseError", "EmissionCharts", "EmissionsSummary", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
     "MeterStatus", "Reading", "ReportError", "NoReportDataError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",
     "Session", "SyncStatus", "SystemInfo", "User", "UserError", "parse_units", "suggested_activity",
 ]
@@ -308,8 +308,7 @@ class Runtime:
         return self._gw.sync_status()
 
     def emissions_summary(self) -> EmissionsSummary | None:
-        summary: EmissionsSummary | None = self._gw.emissions_summary()
-        return summary
+        return self._gw.emissions_summary()
 
     def test_read(self, bus: str, device_id: int, profile_id: str) -> list[Reading]:
         """One read through the bus owner. :raises DriverError: no such bus, or the meter did not answer;
@@ -640,8 +639,12 @@ class Runtime:
         broker = self.config.sync.broker
         link = Link(broker, client_id=f"{self.config.gateway_id}-test-{secrets.token_hex(3)}")
         link.start()
+        deadline = time.monotonic() + timeout_s
+        ok = False
         try:
-            ok = link.connected.wait(timeout_s)
+            # a refused connection or an unknown host is known at once: say so instead of waiting out the timeout
+            while not ok and not link.last_error and time.monotonic() < deadline:
+                ok = link.connected.wait(0.05)
         finally:
             link.stop()
         where = f"{broker.host}:{broker.port}"

@@ -57,15 +57,34 @@ def _insert(db: sqlite_utils.Database, settings: EmissionSettings, origin: str, 
 def write_interval_emissions(db: sqlite_utils.Database, library: FactorLibrary, settings: EmissionSettings,
                              source_id: str, activity_name: str, start: np.ndarray, end: np.ndarray,
                              amount: np.ndarray, status: np.ndarray, measured_fraction: np.ndarray,
-                             replace_from: float) -> int:
-    """Replace a source's current interval emissions from ``replace_from`` on; returns the rows written."""
+                             replace_from: float, closed: frozenset[int] = frozenset()) -> tuple[int, int]:
+    """Replace a source's current interval emissions from ``replace_from`` on.
+
+    A closed interval whose figure changes (late or backfilled readings) keeps its old row, marked
+    superseded, so the history of a reported figure stays (issue 14); the still-open newest interval,
+    which changes with every poll, and unchanged rows are simply replaced.
+
+    :param closed: start times of the intervals that were complete before this run.
+
+    :returns: (rows written, rows superseded).
+    """
     res = compute(activity_name, start, amount, library, settings, f"source {source_id}")
+    now = time.time()
+    old = db.execute("SELECT id, start_ts, amount, co2e_t, factor_refs FROM emissions WHERE source_id = ?"
+                     " AND origin = 'interval' AND start_ts >= ? AND superseded_at IS NULL ORDER BY start_ts",
+                     (source_id, replace_from)).fetchall()
+    new = {int(a): (float(m), float(c), r) for a, m, c, r in zip(np.asarray(start).tolist(), np.asarray(amount).tolist(),
+                                                                 res.co2e_t.tolist(), res.factor_refs)}
+    keep = [row[0] for row in old if row[1] in closed and (row[1] not in new or abs(new[row[1]][0] - row[2]) > 1e-9 or abs(new[row[1]][1] - row[3]) > 1e-12
+            or new[row[1]][2] != row[4])]
+    if keep:
+        db.conn.executemany("UPDATE emissions SET superseded_at = ? WHERE id = ?", [(now, i) for i in keep])
     db.execute("DELETE FROM emissions WHERE source_id = ? AND origin = 'interval' AND start_ts >= ?"
                " AND superseded_at IS NULL", (source_id, replace_from))
     n = _insert(db, settings, "interval", [source_id] * len(start), activity_name, start, end, amount, res,
                 list(status), measured_fraction)
     refresh_hourly(db, source_id, replace_from)
-    return n
+    return n, len(keep)
 
 
 def write_activity_emissions(db: sqlite_utils.Database, settings: EmissionSettings, source_ids: Sequence[str],

@@ -53,6 +53,7 @@ class EmissionSettings:
     factor_files: tuple[str, ...] = ()
     interval_s: int = 900
     vintage_rule: VintageRule = "latest_published"
+    timezone: str = ""            # [site] timezone (IANA name): days and months of reports; "" = the host's
 
 
 @dataclass
@@ -121,13 +122,29 @@ def compute(activity_name: str, start_ts: np.ndarray, amount: np.ndarray, librar
     if n == 0:
         none = np.zeros(0, dtype=np.int64)
         return EmissionArrays(zeros, zeros, zeros, zeros, zeros, [], none, [], none, [])
-    ch4 = n2o = zeros
+    ch4 = n2o = fugitive = zeros
     if act.kind in ("electricity", "heat"):
         cands, idx = _select(library, base, "ef", settings.region, ts, place, fallback_national=act.kind == "heat",
                              rule=settings.vintage_rule)
         ef = np.array([c.value_si for c in cands])[idx]
         co2 = sign * amount * ef
         energy = amount * (3.6 if act.kind == "electricity" else 1.0)
+        groups = [(cands, idx)]
+        primary = (cands, idx)
+    elif act.kind == "process":
+        # Process emissions (GB/T 32150 5.2, e.g. carbonate calcination): E = AD x EF.
+        cands, idx = _select(library, base, "ef", settings.region, ts, place, True, settings.vintage_rule)
+        co2 = amount * np.array([c.value_si for c in cands])[idx]
+        energy = zeros
+        groups = [(cands, idx)]
+        primary = (cands, idx)
+    elif act.kind == "refrigerant":
+        # Fugitive emissions by mass balance: the leaked mass (t) x the gas's GWP (AR5 or AR6, as set).
+        parameter = f"gwp_{settings.gwp.lower()}"
+        cands, idx = _select(library, base, parameter, settings.region, ts, place, True, settings.vintage_rule)
+        fugitive = amount * np.array([c.value_si for c in cands])[idx]
+        co2 = zeros
+        energy = zeros
         groups = [(cands, idx)]
         primary = (cands, idx)
     else:
@@ -147,6 +164,8 @@ def compute(activity_name: str, start_ts: np.ndarray, amount: np.ndarray, librar
             groups += [(ch4_c, ch4_i), (n2o_c, n2o_i)]
     gwp = GWP[settings.gwp]
     co2e = co2 + gwp["CH4"] * ch4 + gwp["N2O"] * n2o
+    if act.kind == "refrigerant":
+        co2e = co2e + fugitive
     # Factor references per row: one string per distinct combination of selected factors. Rows are
     # encoded as one integer per combination (mixed radix) so that np.unique works on a 1-D array.
     code = np.zeros(n, dtype=np.int64)

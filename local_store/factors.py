@@ -31,8 +31,9 @@ from typing import Literal
 import numpy as np
 
 from drivers.errors import not_utf8
-from local_store.errors import FactorError
-from local_store.units import ACTIVITIES
+from local_store.errors import FactorError, UnitError
+from local_store.units import ACTIVITIES, CUSTOM_KINDS, Activity, register_activity
+from local_store.units import builtin_activities
 
 
 def _shipped_factors_dir() -> Path:
@@ -53,16 +54,19 @@ VINTAGE_RULES: tuple[str, ...] = ("latest_published", "same_year")
 
 # parameter -> accepted units and the multiplier to the unit the model computes with.
 _PARAMETER_UNITS: dict[str, dict[str, float]] = {
-    "ef": {"tCO2/MWh": 1.0, "kgCO2/kWh": 1.0, "tCO2/GJ": 1.0},
+    "ef": {"tCO2/MWh": 1.0, "kgCO2/kWh": 1.0, "tCO2/GJ": 1.0, "tCO2/t": 1.0, "tCO2/m3": 1.0},
     "residual_mix": {"tCO2/MWh": 1.0, "kgCO2/kWh": 1.0},
     "ncv": {"GJ/t": 1.0, "GJ/m3": 1.0, "GJ/10^4 Nm3": 1e-4, "GJ/10^4 m3": 1e-4, "MJ/m3": 1e-3, "MJ/kg": 1.0},
     "carbon_content": {"tC/GJ": 1.0, "tC/TJ": 1e-3},
     "oxidation": {"%": 0.01, "fraction": 1.0},
     "ch4": {"kg/TJ": 1e-6, "t/GJ": 1.0},      # -> tCH4 per GJ (1 kg/TJ = 1e-3 t / 1e3 GJ)
     "n2o": {"kg/TJ": 1e-6, "t/GJ": 1.0},
+    # Refrigerants: the 100-year GWP of the gas, per the settings' assessment report (tCO2e per t leaked).
+    "gwp_ar5": {"tCO2e/t": 1.0},
+    "gwp_ar6": {"tCO2e/t": 1.0},
 }
 # Electricity factors are per MWh, heat per GJ; a wrong pairing is a unit error in the file.
-_EF_UNIT_BY_KIND = {"electricity": {"tCO2/MWh", "kgCO2/kWh"}, "heat": {"tCO2/GJ"}}
+_EF_UNIT_BY_KIND = {"electricity": {"tCO2/MWh", "kgCO2/kWh"}, "heat": {"tCO2/GJ"}, "process": {"tCO2/t", "tCO2/m3"}}
 _ENTRY_KEYS = {"id", "activity", "parameter", "value", "unit", "region", "year", "valid_from",
                "valid_to", "source", "version", "gas", "description"}
 _REQUIRED = ("id", "activity", "parameter", "value", "unit", "region", "year", "valid_from", "source")
@@ -188,8 +192,11 @@ def load_library(paths: Iterable[Path] | None = None) -> FactorLibrary:
     """
     files = list(paths) if paths is not None else default_factor_files()
     factors: list[Factor] = []
-    for path in files:
-        factors.extend(_load_file(Path(path)))
+    contents = [(Path(path), _read_file(Path(path))) for path in files]
+    for path, data in contents:          # activities first: a factor may name one declared in any file
+        _register_activities(path, data)
+    for path, data in contents:
+        factors.extend(_parse_factors(path, data))
     seen: dict[tuple[str, int, date], str] = {}
     refs: dict[str, str] = {}
     for f in factors:
@@ -206,7 +213,7 @@ def load_library(paths: Iterable[Path] | None = None) -> FactorLibrary:
     return FactorLibrary(tuple(factors), tuple(str(p) for p in files))
 
 
-def _load_file(path: Path) -> list[Factor]:
+def _read_file(path: Path) -> dict:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))   # -sig: a byte-order mark is not TOML
     except OSError as exc:
@@ -217,6 +224,42 @@ def _load_file(path: Path) -> list[Factor]:
                           "save the factor file as UTF-8 (not UTF-16)") from exc
     except tomllib.TOMLDecodeError as exc:
         raise FactorError(f"{path}: not valid TOML: {exc}: fix the syntax") from exc
+    return data
+
+
+_ACTIVITY_KEYS = {"name", "unit", "kind", "scope", "iso_category", "description"}
+
+
+def _register_activities(path: Path, data: dict) -> None:
+    """``[[activities]]``: activities a factor file declares (process emissions, refrigerants, more fuels)."""
+    entries = data.get("activities", [])
+    if not isinstance(entries, list):
+        raise FactorError(f"{path}: 'activities' must be an array of tables ([[activities]])")
+    for i, raw in enumerate(entries):
+        place = f"{path.name}: activities[{i}]" + (f" ({raw.get('name')})" if isinstance(raw, dict) and "name" in raw else "")
+        if not isinstance(raw, dict):
+            raise FactorError(f"{place}: must be a table with name, unit and kind")
+        unknown = set(raw) - _ACTIVITY_KEYS
+        if unknown:
+            raise FactorError(f"{place}: unknown key {sorted(unknown)[0]!r}: use only {', '.join(sorted(_ACTIVITY_KEYS))}")
+        name, unit, kind = raw.get("name"), raw.get("unit", "t"), raw.get("kind")
+        if not isinstance(name, str) or not name.replace("_", "").isalnum() or not name.islower():
+            raise FactorError(f"{place}: name = {name!r}: use lower-case letters, digits and _, e.g. limestone_calcination")
+        if kind not in CUSTOM_KINDS:
+            raise FactorError(f"{place}: kind = {kind!r}: use one of {', '.join(CUSTOM_KINDS)}")
+        if unit not in ("t", "m3"):
+            raise FactorError(f"{place}: unit = {unit!r}: use t (mass; kg is accepted on import) or m3 (volume)")
+        scope, category = raw.get("scope", 1), raw.get("iso_category", 1)
+        if scope != 1 or category != 1:
+            raise FactorError(f"{place}: a declared activity is direct: scope = 1 and iso_category = 1")
+        try:
+            register_activity(Activity(name, unit, kind, 1, 1, description=str(raw.get("description", "")),
+                                       custom=True))
+        except UnitError as exc:
+            raise FactorError(f"{place}: {exc}") from None
+
+
+def _parse_factors(path: Path, data: dict) -> list[Factor]:
     library = data.get("library", {})
     version = library.get("version", 1)
     priority = library.get("priority", 0)
@@ -244,7 +287,7 @@ def _parse_entry(entry: dict, place: str, file: str, version: int, priority: int
             raise FactorError(f"{place}: missing key {key!r}: add it (see docs/models.md)")
     activity, parameter, unit = entry["activity"], entry["parameter"], entry["unit"]
     if activity not in ACTIVITIES:
-        raise FactorError(f"{place}: activity = {activity!r}: use one of {', '.join(sorted(ACTIVITIES))}")
+        raise FactorError(f"{place}: activity = {activity!r}: use one of {', '.join(builtin_activities())}")
     if parameter not in _PARAMETER_UNITS:
         raise FactorError(f"{place}: parameter = {parameter!r}: use one of {', '.join(_PARAMETER_UNITS)}")
     units = _PARAMETER_UNITS[parameter]

@@ -21,8 +21,9 @@ from drivers.model import Quantity, Reading
 from local_store.db import ActivityData, SourceSettings, Store
 from local_store.emissions import compute
 from local_store.errors import DataImportError, FactorError, UnitError
-from local_store.reports import local_tz
+from local_store.reports import site_tz
 from local_store.units import ACTIVITIES, MAX_REGISTER_VALUE, factor_to_canonical
+from local_store.units import builtin_activities
 from local_store.units import activity as get_activity
 
 ACTIVITY_HEADER = ["source", "activity", "start", "end", "amount", "unit"]
@@ -150,7 +151,7 @@ def import_csv(store: Store, path: Path, tz: tzinfo | None = None) -> ImportResu
     :raises DataImportError: listing every bad line; nothing was written.
     """
     path = Path(path)
-    tz = tz or local_tz()
+    tz = tz or site_tz(store.settings)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -165,8 +166,8 @@ def import_csv(store: Store, path: Path, tz: tzinfo | None = None) -> ImportResu
     header = [h.strip() for h in rows[0].fields]
     if header == ACTIVITY_HEADER:
         return _import_activity(store, path, rows[1:], tz)
-    if header == READINGS_HEADER:
-        return _import_readings(store, path, rows[1:])
+    if header in (READINGS_HEADER, READINGS_HEADER + ["rollover_at"]):
+        return _import_readings(store, path, rows[1:], header)
     if header == INSTRUMENTS_HEADER:
         return _import_instruments(store, path, rows[1:], tz)
     raise DataImportError(str(path), [
@@ -189,6 +190,10 @@ class _ActivityRow:
 
 
 def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> ImportResult:
+    try:
+        store.library      # loads the factor files, which may declare activities ([[activities]])
+    except FactorError as exc:
+        raise DataImportError(str(path), [str(exc)]) from None
     errors: list[str] = []
     good: list[_ActivityRow] = []
     for n, fields in _records(rows, ACTIVITY_HEADER, errors):
@@ -197,7 +202,7 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
         if not source:
             problems.append("source is empty: name the meter or installation, e.g. boiler-1")
         if act not in ACTIVITIES:
-            problems.append(f"activity = {act!r}: use one of {', '.join(sorted(ACTIVITIES))}")
+            problems.append(f"activity = {act!r}: use one of {', '.join(builtin_activities())}")
         try:
             start = _parse_when(start_s, tz, need_offset=False)
         except ValueError as exc:
@@ -342,7 +347,7 @@ class _ReadingRow:
     canonical: float       # in the activity's canonical unit, for the plausibility bound
 
 
-def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult:
+def _import_readings(store: Store, path: Path, rows: list[_Row], header: list[str] = READINGS_HEADER) -> ImportResult:
     """Readings are checked, de-duplicated, put in time order per source and register, then stored.
 
     The file's row order means nothing (exports are often newest first): only the timestamps order a
@@ -353,16 +358,30 @@ def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult
     parsed: list[_ReadingRow] = []
     first: dict[tuple[str, str, float], _ReadingRow] = {}   # (source, register, timestamp) -> its first row
     repeated = 0
-    for n, fields in _records(rows, READINGS_HEADER, errors):
-        source, ts_s, register, value_s, unit = fields
+    rollover: dict[tuple[str, str], tuple[float, int]] = {}    # (source, register) -> (wrap value, line)
+    for n, fields in _records(rows, header, errors):
+        source, ts_s, register, value_s, unit = fields[:5]
         problems = []
+        if len(fields) > 5 and fields[5]:
+            # The register's wrap value (a preprocessing rule of the imported source, docs/import.md).
+            try:
+                wrap = _number(fields[5])
+                if not 1 <= wrap <= MAX_REGISTER_VALUE:
+                    raise ValueError
+                known = rollover.setdefault((source, register), (wrap, n))
+                if known[0] != wrap:
+                    problems.append(f"rollover_at = {fields[5]!r}: line {known[1]} gives {known[0]:g} for the same "
+                                    "source and register; a register has one wrap value")
+            except ValueError:
+                problems.append(f"rollover_at = {fields[5]!r}: use the register's wrap value, a number from 1 to "
+                                f"{MAX_REGISTER_VALUE:g} (e.g. 65536 for a 16-bit counter), or leave it empty")
         if not source:
             problems.append("source is empty: name the meter, e.g. main-incomer")
         activity = REGISTER_ACTIVITY.get(register)
         if activity is None:
             problems.append(f"register = {register!r}: use one of {', '.join(REGISTER_ACTIVITY)} (cumulative registers)")
         try:
-            ts = _parse_when(ts_s, local_tz(), need_offset=True)
+            ts = _parse_when(ts_s, site_tz(store.settings), need_offset=True)
         except ValueError as exc:
             problems.append(f"timestamp = {ts_s!r}: {exc}")
             ts = None
@@ -404,10 +423,13 @@ def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult
     series: dict[tuple[str, str], list[_ReadingRow]] = {}
     for r in sorted(parsed, key=lambda r: (r.source, r.register, r.ts)):
         series.setdefault((r.source, r.register), []).append(r)
-    for (_, register), rs in series.items():
+    for (src, register), rs in series.items():
         act = get_activity(REGISTER_ACTIVITY[register])
+        wrap_at = rollover.get((src, register), (None, 0))[0]
         for a, b in zip(rs, rs[1:]):
             step, hours = b.canonical - a.canonical, (b.ts - a.ts) / 3600.0
+            if wrap_at is not None and b.value < a.value:
+                step = (wrap_at - a.value + b.value) * factor_to_canonical(act.name, b.unit)
             if step > act.max_rate_per_h * hours:
                 errors.append(
                     f"{_at(b.line, b.source, b.ts_text)}: the register rises by {step:.6g} {act.unit} in {hours:.4g} h "
@@ -439,7 +461,8 @@ def _import_readings(store: Store, path: Path, rows: list[_Row]) -> ImportResult
     for (meter, register) in sorted({(r.source, r.register) for r in new}):
         stamps = [r.ts for r in series[meter, register]]
         activity = REGISTER_ACTIVITY[register]
-        s = SourceSettings(meter_id=meter, activity=activity, point=register)
+        s = SourceSettings(meter_id=meter, activity=activity, point=register,
+                           rollover_at=rollover.get((meter, register), (None, 0))[0])
         grid = np.arange(math.floor(min(stamps) / 900) * 900, max(stamps) + 900, 900.0)
         try:
             compute(activity, grid, np.ones(len(grid)), store.library, store.settings, f"source {s.id}")
@@ -573,4 +596,4 @@ def add_instrument(store: Store, fields: list[str], tz: tzinfo | None = None, pl
 
     :raises DataImportError: naming every problem; nothing was written.
     """
-    return _import_instruments(store, Path(place), [_Row(1, list(fields))], tz or local_tz())
+    return _import_instruments(store, Path(place), [_Row(1, list(fields))], tz or site_tz(store.settings))

@@ -7,6 +7,7 @@ Each source is processed in its own write transaction; emission rows are written
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -17,6 +18,7 @@ import numpy as np
 import sqlite_utils
 
 from drivers.model import Quantity
+from local_store import audit
 from local_store import preprocess as pp
 from local_store.connections import write_transaction
 from local_store.emission_rows import recalculate, write_interval_emissions
@@ -225,7 +227,8 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
     t = np.array([r[1] for r in rows], dtype=np.float64)
     v = np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float64)
     units = {r[3] for r in rows if r[2] is not None}
-    for unit in units:
+    rules = s.rules()
+    for unit in sorted(units):
         try:
             mult = factor_to_canonical(s.activity, unit, s.steam_enthalpy_kj_per_kg)
         except UnitError as exc:
@@ -233,9 +236,12 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
                                   f"{_fmt_ts(float(t.min()))}: fix the profile's unit or the source's activity") from None
         mask = np.array([r[3] == unit for r in rows])
         v[mask] *= mult
+        if s.rollover_at:
+            # rollover_at is the register's own wrap value (e.g. 65536 kWh); the rules see canonical values.
+            rules = dataclasses.replace(rules, rollover_at=s.rollover_at * mult)
     canonical_unit = get_activity(s.activity).unit
     polled = np.array([r[6] == "poll" for r in rows], dtype=bool)     # imported: time order only
-    clean = pp.clean_cumulative(t, v, s.rules(), now=time.time() + 60, polled=polled)
+    clean = pp.clean_cumulative(t, v, rules, now=time.time() + 60, polled=polled)
     first_kept = clean.t[0] if len(clean.t) else None
     if first_kept is None:
         replace_from = None
@@ -269,6 +275,8 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
         ends = iv.start + interval
         complete = (ends <= last_t).astype(int)
         status_txt = np.array(pp.STATUS_NAMES)[iv.status]
+        closed = frozenset(r[0] for r in db.execute("SELECT start_ts FROM intervals WHERE source_id = ? AND start_ts >= ?"
+                                                    " AND complete = 1", (s.id, replace_from)))
         db.execute("DELETE FROM intervals WHERE source_id = ? AND start_ts >= ?", (s.id, replace_from))
         db.conn.executemany(
             "INSERT INTO intervals (source_id, start_ts, end_ts, amount, unit, status, measured_fraction, flags,"
@@ -276,8 +284,15 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
             zip([s.id] * len(iv), iv.start.tolist(), ends.tolist(), iv.amount.tolist(), [canonical_unit] * len(iv),
                 status_txt.tolist(), iv.measured_fraction.tolist(), iv.reasons.tolist(), iv.covered_s.tolist(),
                 complete.tolist()))
-        n_emis = write_interval_emissions(db, library, store.settings, s.id, s.activity, iv.start, ends, iv.amount,
-                                                status_txt, iv.measured_fraction, replace_from)
+        n_emis, superseded = write_interval_emissions(db, library, store.settings, s.id, s.activity, iv.start, ends,
+                                                      iv.amount, status_txt, iv.measured_fraction, replace_from,
+                                                      closed)
+        if superseded:
+            audit.record(db, "gateway", "emissions.supersede", f"source {s.id}", {
+                "why": "readings arrived for closed intervals (late data or a backfill); the intervals were "
+                       "reprocessed", "from": _fmt_ts(replace_from), "rows_superseded": superseded,
+                "superseded_at": db.execute("SELECT MAX(superseded_at) FROM emissions WHERE source_id = ?",
+                                            (s.id,)).fetchone()[0]})
     db.execute("UPDATE sources SET processed_reading_id = ? WHERE id = ?", (int(max_id), s.id))
     return (1, len(rows), len(iv), n_emis)
 
@@ -294,6 +309,13 @@ def maybe_recalculate(store: Store, db: sqlite_utils.Database, library: FactorLi
         db.execute("INSERT INTO store_meta (key, value) VALUES ('factor_fingerprint', ?)"
                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (fp,))
         save_settings(db, store.settings)
+        if n:
+            s = store.settings
+            audit.record(db, "gateway", "emissions.recalculate", "all sources", {
+                "why": "the factor library or the emission settings changed", "rows_superseded": n,
+                "factor_files": list(library.files), "region": s.region, "gwp": s.gwp,
+                "include_ch4_n2o": s.include_ch4_n2o, "vintage_rule": s.vintage_rule,
+                "superseded_at": db.execute("SELECT MAX(superseded_at) FROM emissions").fetchone()[0]})
     return n
 
 

@@ -59,8 +59,9 @@ class CumulativeRules:
         meter reset or replacement; the new register is assumed to have started at 0.
     :param max_gap_s: readings further apart than this leave a gap whose intervals are estimated.
     :param long_gap_s: gaps longer than this are also flagged ``long_gap``.
-    :param frozen_after_s: a value unchanged for longer than this is frozen; the readings inside the
-        run are dropped and the span interpolated (None: never).
+    :param frozen_after_s: a value unchanged for longer than this is frozen; the readings of the run
+        after its first are dropped (its last too, unless it is the newest) and the span from the run's
+        start to the next reading interpolated and estimated (None: never).
     :param clock_jump_s: a reading older than the newest earlier-arrived one by more than this is a
         clock jump and is dropped; smaller disorder is sorted out.
     :param max_rate_per_h: optional plausibility limit on consumption per hour; a step above it that
@@ -250,7 +251,10 @@ def clean_cumulative(t: np.ndarray, v: np.ndarray, rules: CumulativeRules = Cumu
         run_len_s = tt[run_end] - tt[run_start]
         frozen_run = run_len_s > rules.frozen_after_s
         pos = np.arange(len(vv))
-        inside = frozen_run[run_id] & (pos != run_start[run_id]) & (pos != run_end[run_id])
+        # The run's last reading goes too (unless it is the newest reading), so the catch-up rise after a
+        # frozen meter recovers is spread over the whole run, not put into the interval where it arrives.
+        last = len(vv) - 1
+        inside = frozen_run[run_id] & (pos != run_start[run_id]) & (pos != last)
         reasons[idx[inside]] |= Reason.FROZEN
         first_of_frozen = frozen_run[run_id] & (pos == run_start[run_id])
         idx, vv, tt = idx[~inside], vv[~inside], tt[~inside]

@@ -11,14 +11,15 @@ import math
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Literal
+from zoneinfo import ZoneInfo
 
 from local_store.charts import bar_chart_svg
 from local_store.errors import NoReportDataError, ReportError
 from local_store.factors import Factor, applies_to, vintage_note
-from local_store.units import ACTIVITIES
 
 if TYPE_CHECKING:
     from local_store.db import Store
+    from local_store.emissions import EmissionSettings
 
 By = Literal["day", "month", "source", "scope"]
 BY_CHOICES = ("day", "month", "source", "scope")
@@ -35,6 +36,12 @@ def local_tz() -> tzinfo:
     tz = datetime.now().astimezone().tzinfo
     assert tz is not None
     return tz
+
+
+def site_tz(settings: EmissionSettings) -> tzinfo:
+    """The site's time zone (``[site] timezone``), which defines days and months for reports and imports;
+    the machine's own when none is set."""
+    return ZoneInfo(settings.timezone) if settings.timezone else local_tz()
 
 
 def _epoch(d: date, tz: tzinfo) -> float:
@@ -74,7 +81,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
     # Readings are epoch seconds; dates at the ends of Python's calendar overflow in the UTC conversions.
     if start < _FIRST_DAY or end > _LAST_DAY:
         raise ReportError(f"period {start}..{end}: use dates from {_FIRST_DAY} to {_LAST_DAY}")
-    tz = tz or local_tz()
+    tz = tz or site_tz(store.settings)
     s, e = _epoch(start, tz), _epoch(end, tz)
     offset = int(datetime(start.year, start.month, start.day, tzinfo=tz).utcoffset().total_seconds())  # type: ignore[union-attr]
     method = method or store.settings.method
@@ -94,7 +101,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
         refs.update(x for x in frefs.split(",") if x)
         if k:
             row = by_key.setdefault(k, {"key": k, "tco2e": 0.0, "scope_1": 0.0, "scope_2": 0.0, "exported_tco2e": 0.0})
-            if ACTIVITIES[act].export:       # scopes are gross (GHG Protocol); the net total deducts exports
+            if act.endswith("_export"):       # scopes are gross (GHG Protocol); the net total deducts exports
                 row["exported_tco2e"] -= nums[5]
             else:
                 row[f"scope_{scope}"] += nums[5]
@@ -116,7 +123,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
                           "energy_gj": _r(gj), "co2_t": _r(co2), "ch4_t": _r(ch4, 9), "n2o_t": _r(n2o, 9),
                           "tco2e": _r(co2e), "scope": scope, "iso_category": cat,
                           "share_measured": _r(share, 4)})
-        if ACTIVITIES[act].export:
+        if act.endswith("_export"):
             exported[act] = exported.get(act, 0.0) - co2e
         else:
             by_scope[f"scope_{scope}"] += co2e
@@ -402,9 +409,9 @@ def _totals(store: Store, s: float, e: float) -> ScopeTotals:
 
 def emissions_summary(store: Store, now: datetime | None = None) -> EmissionsSummary:
     """tCO2e by scope for today and this month so far (never raises for an empty store)."""
-    now = now or datetime.now().astimezone()
-    if now.tzinfo is None:
-        now = now.astimezone()
+    tz = site_tz(store.settings)
+    now = (now or datetime.now(tz))
+    now = now.astimezone(tz) if now.tzinfo else now.replace(tzinfo=tz)
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     month = day.replace(day=1)
     next_day = (day + timedelta(days=1, hours=2)).replace(hour=0)
@@ -432,10 +439,11 @@ def consumption(store: Store, source_id: str, start: float, end: float, resoluti
     t = np.array([r[0] for r in rows], dtype=np.int64)
     a = np.array([r[1] for r in rows], dtype=np.float64)
     if resolution == "15min":
-        return [{"start": datetime.fromtimestamp(int(x)).astimezone().isoformat(), "amount": float(y), "unit": unit}
+        tz = site_tz(store.settings)
+        return [{"start": datetime.fromtimestamp(int(x), tz).isoformat(), "amount": float(y), "unit": unit}
                 for x, y in zip(t, a)]
     if utc_offset_s is None:
-        offset = datetime.fromtimestamp(start, local_tz()).utcoffset()
+        offset = datetime.fromtimestamp(start, site_tz(store.settings)).utcoffset()
         utc_offset_s = int(offset.total_seconds()) if offset else 0
     labels, sums = aggregate(t, a, resolution, utc_offset_s)
     return [{"start": str(lab), "amount": float(v), "unit": unit} for lab, v in zip(labels, sums)]

@@ -20,7 +20,7 @@ class Activity:
 
     name: str
     unit: str                 # canonical unit of the amount
-    kind: Literal["electricity", "fuel", "heat"]
+    kind: Literal["electricity", "fuel", "heat", "process", "refrigerant"]
     scope: Scope
     iso_category: int         # ISO 14064-1:2018 clause 5.2.4: 1 direct, 2 imported energy
     export: bool = False      # exported energy is subtracted (net purchase, national guidelines)
@@ -28,6 +28,8 @@ class Activity:
     #: installation can consume (docs/models.md, "Plausibility bounds"). An imported amount or a
     #: register step above it is refused; a polled step above it is flagged ``spike`` and dropped.
     max_rate_per_h: float = 1e6
+    description: str = ""
+    custom: bool = False      # declared in a factor file ([[activities]]), not built in
 
 
 ACTIVITIES: dict[str, Activity] = {a.name: a for a in (
@@ -70,6 +72,29 @@ DEFAULT_STEAM_ENTHALPY_KJ_PER_KG = 2763.0
 FEED_WATER_ENTHALPY_KJ_PER_KG = 83.74
 
 
+#: Kinds a factor file may declare in ``[[activities]]`` (issue 14, "custom activities"): a fuel
+#: (NCV x carbon content x oxidation, like the built-in ones), a process emission (amount x ef, e.g.
+#: tCO2 per t of limestone calcined) or a refrigerant (leaked mass x GWP of the settings' AR).
+CUSTOM_KINDS = ("fuel", "process", "refrigerant")
+
+
+def builtin_activities() -> list[str]:
+    """The built-in activity names, sorted (messages list these; declared ones are in the factor files)."""
+    return sorted(name for name, act in ACTIVITIES.items() if not act.custom)
+
+
+def register_activity(act: Activity) -> None:
+    """Add an activity declared in a factor file; the same declaration again is harmless.
+
+    :raises UnitError: when it would change a built-in activity or another declaration.
+    """
+    known = ACTIVITIES.get(act.name)
+    if known is not None and known != act:
+        raise UnitError(f"activity {act.name!r} is already defined ({'in another factor file' if known.custom else 'built in'})"
+                        f" as {known.kind} in {known.unit}: use another name")
+    ACTIVITIES[act.name] = act
+
+
 def activity(name: str) -> Activity:
     """The :class:`Activity` called ``name``.
 
@@ -78,7 +103,7 @@ def activity(name: str) -> Activity:
     try:
         return ACTIVITIES[name]
     except KeyError:
-        raise UnitError(f"unknown activity {name!r}: use one of {', '.join(sorted(ACTIVITIES))}") from None
+        raise UnitError(f"unknown activity {name!r}: use one of {', '.join(builtin_activities())}") from None
 
 
 def accepted_units(activity_name: str) -> list[str]:
@@ -92,6 +117,8 @@ def accepted_units(activity_name: str) -> list[str]:
         return list(_VOLUME_TO_M3)
     if activity_name in LIQUID_DENSITY_T_PER_M3:
         return list(_MASS_TO_T) + ["L", "m3"]
+    if act.unit == "m3":
+        return list(_VOLUME_TO_M3)
     return list(_MASS_TO_T)
 
 
@@ -110,7 +137,7 @@ def factor_to_canonical(activity_name: str, unit: str,
         table = dict(_HEAT_TO_GJ)
         if activity_name == "steam":
             table["t"] = (steam_enthalpy_kj_per_kg - FEED_WATER_ENTHALPY_KJ_PER_KG) / 1000.0
-    elif activity_name == "natural_gas":
+    elif activity_name == "natural_gas" or act.unit == "m3":
         table = _VOLUME_TO_M3
     else:
         table = dict(_MASS_TO_T)

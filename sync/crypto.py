@@ -142,13 +142,20 @@ def _check_header(header: BatchHeader) -> None:
         raise ValueError("header field lineage must end with the batch's own stream")
 
 
-def open_message(message: bytes, gateway_key: Ed25519PublicKey, receiver_key: X25519PrivateKey) -> tuple[BatchHeader, bytes]:
-    """Verify the signature, then decrypt. Raises BatchRejected ("bad_signature", "undecryptable", ...)."""
-    header, header_bytes, sealed, body = parse_header(message)
+def verify_signature(message: bytes, gateway_key: Ed25519PublicKey) -> BatchHeader:
+    """Check the gateway's signature only. Raises BatchRejected ("bad_signature", "malformed", ...)."""
+    header, _, _, body = parse_header(message)
     try:
         gateway_key.verify(message[len(body):], body)
     except InvalidSignature as exc:
         raise BatchRejected("bad_signature", f"gateway {header.gateway_id} seq {header.seq}: signature does not verify") from exc
+    return header
+
+
+def open_message(message: bytes, gateway_key: Ed25519PublicKey, receiver_key: X25519PrivateKey) -> tuple[BatchHeader, bytes]:
+    """Verify the signature, then decrypt. Raises BatchRejected ("bad_signature", "undecryptable", ...)."""
+    verify_signature(message, gateway_key)
+    header, header_bytes, sealed, body = parse_header(message)
     try:
         payload = _SUITE.decrypt(sealed, receiver_key, info=header_bytes)
     except Exception as exc:  # the library raises InvalidTag or ValueError for a wrong key or bad bytes

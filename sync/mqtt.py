@@ -14,6 +14,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,9 @@ class BrokerSettings:
     backoff_min_s: float = 1.0           # reconnect delay doubles from here ...
     backoff_max_s: float = 60.0          # ... up to here, each wait drawn from [delay/2, delay] (jitter)
     max_inflight: int = 20               # QoS 1 messages paho keeps unacknowledged by the broker
+    #: MQTT 5 session expiry: the broker keeps the session (subscriptions, QoS 1 messages queued while we
+    #: are away) this long after a disconnect, and we reconnect with clean_start false (issue 16). 0: none.
+    session_expiry_s: int = 0
 
 
 class Link:
@@ -46,6 +51,7 @@ class Link:
         self.connected_at = 0.0            # wall clock of the current session's start
         self.connects = 0                 # sessions so far; a new one means in-flight messages may be lost
         self._stopping = False
+        self._paused = False
         self._subscriptions = subscriptions
         self._on_message = on_message
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -72,8 +78,13 @@ class Link:
         self._failures += 1
 
     def start(self) -> None:
+        properties = None
+        if self.broker.session_expiry_s:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.broker.session_expiry_s
         try:
-            self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
+            self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s,
+                                      clean_start=not self.broker.session_expiry_s, properties=properties)
         except (OSError, ValueError) as exc:
             self.last_error = f"broker {self.broker.host}:{self.broker.port}: {exc}"
         self.client.loop_start()
@@ -81,9 +92,22 @@ class Link:
     def stop(self) -> None:
         self._stopping = True
         try:
-            self.client.disconnect()
+            self.client.disconnect()   # a normal disconnect: the broker keeps a persistent session
         finally:
             self.client.loop_stop()
+
+    def subscribe(self) -> None:
+        """Subscribe (again) to the link's topics, e.g. after :meth:`unsubscribe`."""
+        self._paused = False
+        for topic in self._subscriptions:
+            self.client.subscribe(topic, qos=1)
+
+    def unsubscribe(self) -> None:
+        """Stop taking messages (e.g. the receiver's database is down: peers in its share group take the
+        load); stays so across reconnects until :meth:`subscribe`."""
+        self._paused = True
+        for topic in self._subscriptions:
+            self.client.unsubscribe(topic)
 
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -94,8 +118,9 @@ class Link:
             return
         self.last_error = ""
         self._failures = 0
-        for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
+        if not self._paused:
+            for topic in self._subscriptions:
+                client.subscribe(topic, qos=1)
         self.connects += 1
         self.connected_at = time.time()
         self.connected.set()

@@ -19,13 +19,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from sync.batches import decode_readings
-from sync.crypto import KINDS, BatchHeader, message_hash, open_message, parse_header
+from sync.crypto import KINDS, BatchHeader, message_hash, open_message, parse_header, verify_signature
 from sync.errors import BatchRejected, KeyFileError
 from sync.keys import receiver_keys, trusted_gateway_keys
 from sync.mqtt import BrokerSettings, Link
 from sync.storage import ReceiverDb
 
 log = logging.getLogger(__name__)
+
+#: Rejection rows kept (oldest go first); ``rejection_counts`` keeps the totals by gateway and reason.
+MAX_REJECTIONS = 10_000
+#: Reconnecting to a database that went away: the wait doubles from the first to the last.
+DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 30.0
+#: Rejections answered with a "rejected" ack: only where the gateway's signature has been checked, so a
+#: forged message never makes the receiver publish on a gateway's ack topic (issue 16).
 
 @dataclass(frozen=True)
 class ReceiverSettings:
@@ -35,6 +42,10 @@ class ReceiverSettings:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     topic_prefix: str = "carbon"
     share_group: str = "receivers"      # MQTT 5 shared subscription: receivers split the load
+    #: MQTT client id; keep it stable across restarts so the broker's persistent session (BrokerSettings.
+    #: session_expiry_s) holds the batches published meanwhile. None: a fresh one per process.
+    client_id: str | None = None
+    max_rejections: int = MAX_REJECTIONS
 
 
 def connect(database: Path | str) -> ReceiverDb:
@@ -49,6 +60,12 @@ class Receiver:
         self._conn: ReceiverDb | None = None
         self._lock = threading.Lock()
         self._link: Link | None = None
+        self._held: list[tuple[bytes, str | None]] = []   # messages taken while the database was down
+        self._held_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._healer: threading.Thread | None = None
+        self._rejections_since_trim = 0
+        self.db_down = ""             # why, while the database is unreachable (then no batch is taken)
 
     def _receiver_key(self, key_id: str | None = None) -> X25519PrivateKey:
         if self._keys is None:
@@ -78,26 +95,94 @@ class Receiver:
         self._receiver_key()  # fail at start, not on the first batch
         self._conn = connect(self.settings.database)
         topic = f"$share/{self.settings.share_group}/{self.settings.topic_prefix}/+/batch"
-        self._link = Link(self.settings.broker, client_id=f"receiver-{id(self):x}", on_message=self._on_message,
-                          subscriptions=(topic,))
+        self._link = Link(self.settings.broker, client_id=self.settings.client_id or f"receiver-{id(self):x}",
+                          on_message=self._on_message, subscriptions=(topic,))
         self._link.start()
 
     def stop(self) -> None:
+        self._stopped.set()
         if self._link is not None:
             self._link.stop()
+        if self._healer is not None:
+            self._healer.join(timeout=10)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     def _on_message(self, message: Any) -> None:
         # Runs on paho's network thread: an exception escaping here would stop the receiver.
+        payload, topic = bytes(message.payload), message.topic
+        with self._held_lock:
+            if self.db_down:               # arrived before the unsubscribe took effect: keep it for later
+                self._held.append((payload, topic))
+                return
         try:
-            ack = self.handle(bytes(message.payload), topic=message.topic)
-            if ack is not None and self._link is not None:
-                gateway_id, body = ack
-                self._link.publish(f"{self.settings.topic_prefix}/{gateway_id}/ack", json.dumps(body).encode())
-        except Exception:  # noqa: BLE001 - e.g. the database is locked: no ack, so the gateway resends
-            log.exception("receiver could not process a message on %s; not acknowledged", message.topic)
+            self._process(payload, topic)
+        except Exception as exc:  # noqa: BLE001 - no ack, so the gateway resends
+            if self._conn is not None and isinstance(exc, self._conn.connection_errors):
+                self._database_lost(payload, topic, exc)
+            else:
+                log.exception("receiver could not process a message on %s; not acknowledged", topic)
+
+    def _process(self, payload: bytes, topic: str | None) -> None:
+        ack = self.handle(payload, topic=topic)
+        if ack is not None and self._link is not None:
+            gateway_id, body = ack
+            self._link.publish(f"{self.settings.topic_prefix}/{gateway_id}/ack", json.dumps(body).encode())
+
+    def _database_lost(self, payload: bytes, topic: str | None, exc: Exception) -> None:
+        """Keep the message, stop taking batches (the other receivers of the share group take them) and
+        reconnect in the background; nothing needs a restart by hand (issue 16)."""
+        with self._held_lock:
+            self._held.append((payload, topic))
+            if self.db_down:
+                return
+            self.db_down = f"{type(exc).__name__}: {str(exc).strip()}"
+        log.error("receiver database unreachable (%s): stopped taking batches (other receivers of share group %r "
+                  "take them) and reconnecting with backoff; %d batch(es) held", self.db_down,
+                  self.settings.share_group, len(self._held))
+        if self._link is not None:
+            self._link.unsubscribe()
+        self._healer = threading.Thread(target=self._heal, name="receiver-db-heal", daemon=True)
+        self._healer.start()
+
+    def _heal(self) -> None:
+        delay = DB_RETRY_MIN_S
+        while not self._stopped.wait(delay):
+            delay = min(delay * 2, DB_RETRY_MAX_S)
+            try:
+                fresh = connect(self.settings.database)
+            except Exception as exc:  # noqa: BLE001 - still down: try again later
+                log.debug("receiver database still unreachable: %s", exc)
+                continue
+            old, self._conn = self._conn, fresh
+            if old is not None:
+                try:
+                    old.close()
+                except Exception:  # noqa: BLE001 - it is broken; only its resources go
+                    pass
+            if self._drain_held():
+                log.info("receiver database reachable again: held batches stored, taking batches again")
+                if self._link is not None:
+                    self._link.subscribe()
+                return
+
+    def _drain_held(self) -> bool:
+        """Process the messages held while the database was down; False if it went away again."""
+        while True:
+            with self._held_lock:
+                if not self._held:
+                    self.db_down = ""
+                    return True
+                payload, topic = self._held[0]
+            try:
+                self._process(payload, topic)
+            except Exception as exc:  # noqa: BLE001
+                if self._conn is not None and isinstance(exc, self._conn.connection_errors):
+                    return False
+                log.exception("receiver could not process a held message on %s; not acknowledged", topic)
+            with self._held_lock:
+                self._held.pop(0)
 
     def handle(self, message: bytes, topic: str | None = None) -> tuple[str, dict] | None:
         """Process one message; returns (gateway id, acknowledgement) to publish, or None if unaddressable.
@@ -107,11 +192,15 @@ class Receiver:
         if self._conn is None:
             self._conn = connect(self.settings.database)
         header: BatchHeader | None = None
+        verified = False
         try:
             header = parse_header(message)[0]
             if topic is not None and topic != f"{self.settings.topic_prefix}/{header.gateway_id}/batch":
                 raise BatchRejected("wrong_topic", f"batch of gateway {header.gateway_id} arrived on {topic}")
-            _, payload = open_message(message, self._gateway_key(header), self._receiver_key(header.receiver_key_id))
+            gateway_key = self._gateway_key(header)
+            verify_signature(message, gateway_key)
+            verified = True       # from here on the gateway itself sent it: it may hear why it was refused
+            _, payload = open_message(message, gateway_key, self._receiver_key(header.receiver_key_id))
             if header.kind not in KINDS:
                 raise BatchRejected("malformed", f"batch kind {header.kind!r} is not known to this receiver "
                                     f"(it reads {', '.join(KINDS)}): upgrade the receiver")
@@ -122,10 +211,10 @@ class Receiver:
             return header.gateway_id, self._ack(header, status)
         except KeyFileError as exc:  # a trusted key file that does not parse: the operator must fix it
             self._reject(header, "unknown_key", str(exc))
-            return (header.gateway_id, self._ack(header, "rejected", "unknown_key")) if header else None
+            return None     # the signature could not be checked: no ack (it could be forged)
         except BatchRejected as exc:
             self._reject(header, exc.reason, exc.detail)
-            if header is None or exc.reason == "wrong_topic":  # no ack to a topic we cannot vouch for
+            if header is None or not verified:   # unaddressable, or not proven to come from the gateway
                 return None
             return header.gateway_id, self._ack(header, "rejected", exc.reason)
 
@@ -142,10 +231,19 @@ class Receiver:
         log.warning("rejected batch %s/%s: %s: %s", header.gateway_id if header else "?",
                     header.seq if header else "?", reason, detail)
         assert self._conn is not None
+        gateway = header.gateway_id if header else None
         with self._lock, self._conn.transaction():
             self._conn.execute("INSERT INTO rejections(at, gateway_id, seq, reason, detail) VALUES (?,?,?,?,?)",
-                               (time.time(), header.gateway_id if header else None, header.seq if header else None,
-                                reason, detail))
+                               (time.time(), gateway, header.seq if header else None, reason, detail[:500]))
+            self._conn.execute("INSERT INTO rejection_counts (gateway_id, reason, count) VALUES (?, ?, 1) "
+                               "ON CONFLICT (gateway_id, reason) DO UPDATE SET count = rejection_counts.count + 1",
+                               (gateway or "?", reason))
+            self._rejections_since_trim += 1
+            if self._rejections_since_trim >= max(1, self.settings.max_rejections // 10):
+                # Bounded: a flood of forged messages cannot fill the disk; the totals stay in rejection_counts.
+                self._rejections_since_trim = 0
+                self._conn.execute("DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?",
+                                   (self.settings.max_rejections,))
 
     def _store(self, header: BatchHeader, message: bytes, readings: list) -> str:
         assert self._conn is not None
@@ -243,9 +341,8 @@ def receiver_stats(database: Path | str) -> dict[str, dict]:
                     "WITH RECURSIVE s(n) AS (SELECT ? UNION ALL SELECT n + 1 FROM s WHERE n < ?) "
                     "SELECT n FROM s WHERE n NOT IN (SELECT seq FROM batches WHERE gateway_id = ? AND stream = ?) "
                     "LIMIT 10", (first, last_seq, gateway_id, stream))]
-        for gateway_id, reason, n in conn.query(
-                "SELECT gateway_id, reason, COUNT(*) FROM rejections GROUP BY 1, 2"):
-            stats.setdefault(gateway_id or "?", empty())["rejections"][reason] = int(n)
+        for gateway_id, reason, n in conn.query("SELECT gateway_id, reason, count FROM rejection_counts"):
+            stats.setdefault(gateway_id, empty())["rejections"][reason] = int(n)
         for gateway_id, n in conn.query("SELECT gateway_id, COUNT(*) FROM quarantine GROUP BY 1"):
             stats.setdefault(gateway_id, empty())["quarantined"] = int(n)
         return stats

@@ -78,11 +78,26 @@ def _r002_sync_streams(db: ReceiverDb) -> None:
         _statements(db, _ADD_STREAM)
 
 
+def _r003_rejection_counts(db: ReceiverDb) -> None:
+    """Totals of rejections by gateway and reason (the ``rejections`` rows are capped, issue 16); a database
+    from before keeps its totals."""
+    _statements(db, """CREATE TABLE IF NOT EXISTS rejection_counts (
+        gateway_id TEXT NOT NULL, reason TEXT NOT NULL, count BIGINT NOT NULL, PRIMARY KEY (gateway_id, reason))""")
+    totals: dict[tuple[str, str], int] = {}
+    for gateway_id, reason, count in db.query("SELECT gateway_id, reason, COUNT(*) FROM rejections GROUP BY 1, 2"):
+        key = (gateway_id or "?", reason)     # "?": too broken to name its gateway
+        totals[key] = totals.get(key, 0) + int(count)
+    for (gateway_id, reason), count in totals.items():
+        db.execute("INSERT INTO rejection_counts (gateway_id, reason, count) VALUES (?, ?, ?)",
+                   (gateway_id, reason, count))
+
+
 #: The receiver's migrations in order. A released migration is never edited: a change is a new entry at the
 #: end. Each runs once per database, inside the transaction that records it in ``receiver_migrations``.
 MIGRATIONS: tuple[tuple[str, Callable[[ReceiverDb], None]], ...] = (
     ("r001_tables", _r001_tables),
     ("r002_sync_streams", _r002_sync_streams),
+    ("r003_rejection_counts", _r003_rejection_counts),
 )
 
 
@@ -101,6 +116,8 @@ class ReceiverDb:
             except ImportError as exc:
                 raise ReceiverDbError("PostgreSQL needs psycopg: pip install 'carbon-edge-gateway[postgres]'") from exc
             self.integrity_errors: tuple[type[Exception], ...] = (psycopg.IntegrityError,)
+            # The server went away (restart, failover, network): reconnect, the batch is not lost.
+            self.connection_errors: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
             try:
                 self._conn: Any = psycopg.connect(str(target), autocommit=True)
             except psycopg.Error as exc:
@@ -115,6 +132,7 @@ class ReceiverDb:
                 raise ReceiverDbError(f"{path.parent}: cannot create the directory ({exc.strerror}): check "
                                       "--data-dir / --database") from exc
             self.integrity_errors = (sqlite3.IntegrityError,)
+            self.connection_errors = (sqlite3.OperationalError,)   # disk I/O error, file gone, locked too long
             try:
                 # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction takes the write
                 # lock up front and two receivers on one file cannot both read "absent" and then collide.

@@ -147,11 +147,11 @@ class CloudForm(FlaskForm):
         r"^[A-Za-z0-9_\-/]{1,100}$", message=_l("Use letters, digits, '-', '_' and '/'."))])
 
 
-def _cloud_page(form: CloudForm, error: str = "", test_result: dict | None = None, status: int = 200) -> Any:
+def _cloud_page(form: CloudForm, error: str = "", status: int = 200) -> Any:
     rt = runtime()
     keys = rt.keys()      # read only: opening this page never creates a key (issue 12)
     receiver = _("unreadable: %(reason)s", reason=keys.receiver_error) if keys.receiver_error else keys.receiver_key
-    return render_template("cloud.html", form=form, error=error, test_result=test_result, gateway_key=keys.gateway_key,
+    return render_template("cloud.html", form=form, error=error, gateway_key=keys.gateway_key,
                            receiver_key=receiver, gateway_id=rt.config.gateway_id, status=rt.sync_status()), status
 
 
@@ -194,12 +194,13 @@ def cloud_test() -> Any:
     if not FlaskForm().validate_on_submit():
         abort(400)
     result = rt.test_broker(actor(), current_app.config.get("CLOUD_TEST_TIMEOUT_S", 5.0))
-    text = (_("Connected to %(where)s.", where=result.where) if result.ok else
-            _("Cannot connect to %(where)s: %(reason)s", where=result.where, reason=result.reason or _("no answer")))
-    sync = rt.config_data().get("sync", {})
-    form = CloudForm(formdata=None, data={k: sync.get(k) for k in ("enabled", "broker_host", "broker_port", "tls",
-                                                                    "ca_file", "username", "topic_prefix")})
-    return _cloud_page(form, test_result={"ok": result.ok, "text": text})
+    if result.ok:
+        flash(_("Connected to %(where)s.", where=result.where), "ok")
+    else:
+        flash(_("Cannot connect to %(where)s: %(reason)s", where=result.where, reason=result.reason or _("no answer")),
+              "error")
+    # back to the page by GET, so a reload does not test again and the browser is not left on a POST (issue 15)
+    return redirect(url_for("admin.cloud"))
 
 
 @bp.post("/cloud/key")

@@ -14,7 +14,7 @@ from flask_wtf.file import FileField, FileRequired
 from wtforms import BooleanField, FloatField, IntegerField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
-from gateway.runtime import ACTIVITIES, ApplyError, Change, DriverError, parse_units
+from gateway.runtime import ACTIVITIES, ApplyError, Change, DriverError, ExceptionResponseError, parse_units
 from webui.auth import actor, options, record, requires, runtime
 from webui.confirm import confirmation_page
 from webui.labels import ACTIVITY_LABELS, TRANSPORT_LABELS
@@ -267,6 +267,11 @@ def test_read() -> Any:
         started = time.monotonic()
         try:
             readings = rt.test_read(form.bus.data, form.device_id.data, form.profile.data)
+        except ExceptionResponseError as exc:
+            # the unit did answer: "no answer" would send the technician to the wiring instead of the profile
+            error = _("No answer from unit %(unit)d: %(reason)s", unit=form.device_id.data, reason=str(exc)) \
+                if exc.from_gateway else _("Unit %(unit)d answered but refused the read (%(reason)s): check the profile and the unit id.",
+                      unit=form.device_id.data, reason=str(exc))
         except (DriverError, OSError) as exc:
             error = _("No answer from unit %(unit)d: %(reason)s", unit=form.device_id.data, reason=str(exc))
         except KeyError:

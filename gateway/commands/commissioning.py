@@ -181,6 +181,8 @@ def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str, 
 
 @click.command()
 @click.option("--tcp", metavar="HOST:PORT", help="Modbus TCP endpoint (or serial device server).")
+@click.option("--rtu-over-tcp", is_flag=True,
+              help="With --tcp: a serial device server passing RTU frames (the meters behind it on RS-485).")
 @click.option("--serial", metavar="DEVICE", help="Serial port for Modbus RTU, e.g. /dev/ttyUSB0.")
 @click.option("--bauds", default="9600", show_default=True, help="Baud rates to try on serial, e.g. 9600,19200.")
 @click.option("--parity", "parities", default="N", show_default=True,
@@ -189,13 +191,19 @@ def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str, 
 @click.option("--timeout", "timeout_s", type=_TIMEOUT, default=0.2, show_default=True,
               help="Seconds to wait for each unit id; the scan takes at most about units x timeout per baud rate.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_text: str, timeout_s: float,
-         as_json: bool) -> None:
-    """Find the unit ids that answer on a bus and identify each one's profile."""
+@_ratio_options
+def scan(tcp: str | None, rtu_over_tcp: bool, serial: str | None, bauds: str, parities: str, units_text: str,
+         timeout_s: float, as_json: bool, ct: float, pt: float) -> None:
+    """Find the unit ids that answer on a bus and identify each one's profile.
+
+    Each meter found is tried with one read per candidate profile (docs/profiles.md); models whose registers
+    cannot be told apart are listed, not guessed."""
     from drivers.scan import ScanResult, parse_units, scan_bus
 
     if bool(tcp) == bool(serial):
         raise click.UsageError("give exactly one of --tcp HOST:PORT or --serial DEVICE")
+    if rtu_over_tcp and not tcp:
+        raise click.UsageError("--rtu-over-tcp goes with --tcp HOST:PORT (the serial device server)")
     try:
         units = parse_units(units_text)
         baud_rates = [int(b) for b in bauds.split(",")] if serial else [0]
@@ -212,7 +220,8 @@ def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_t
     for baud, parity in [(b, p) for b in baud_rates for p in parity_list]:
         if tcp:
             host, port = host_port(tcp)
-            bus = BusConfig("scan", "tcp", host=host, port=port, timeout_s=timeout_s)
+            bus = BusConfig("scan", "rtu_over_tcp" if rtu_over_tcp else "tcp", host=host, port=port,
+                            timeout_s=timeout_s)
             line = f"{host}:{port}"
         else:
             bus = BusConfig("scan", "rtu", serial=SerialSettings(serial or "", baud, parity), timeout_s=timeout_s)  # type: ignore[arg-type]
@@ -223,7 +232,7 @@ def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_t
                 click.echo(f"\r{line}: {done}/{total} unit ids probed", nl=done == total, err=True)
 
         try:
-            found = scan_bus(bus, units, profiles, progress)
+            found = scan_bus(bus, units, profiles, progress, ratios=Ratios(ct, pt))
         except DriverError as exc:
             raise click.ClickException(str(exc)) from exc
         results.extend((line, baud, r) for r in found)
@@ -231,7 +240,8 @@ def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_t
         click.echo(json.dumps([{"line": line, "baudrate": baud or None, "unit": r.device_id, "profile": r.profile,
                                 "score": r.score, "identified_by": r.identified_by or None,
                                 "vendor_name": r.vendor_name or None, "product_code": r.product_code or None,
-                                "other_candidates": [list(c) for c in r.candidates]}
+                                "other_candidates": [list(c) for c in r.candidates],
+                                "undecided": r.undecided}
                                for line, baud, r in results], indent=2))
         return
     if not results:
@@ -245,6 +255,9 @@ def scan(tcp: str | None, serial: str | None, bauds: str, parities: str, units_t
             guess = f"{r.profile} (fits {r.score:.0%})"
             if r.candidates:
                 guess += "; also fits: " + ", ".join(c[0] for c in r.candidates)
+        elif r.undecided:
+            guess = (f"cannot tell which model: {', '.join(c[0] for c in r.candidates)} fit equally "
+                     f"({r.score:.0%}); confirm with `read --profile ...` against the meter's display")
         else:
             named = f" ({r.vendor_name} {r.product_code})" if r.product_code else ""
             guess = f"unknown model{named}: no shipped profile fits; see docs/profiles.md to write one"

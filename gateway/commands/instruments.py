@@ -14,7 +14,7 @@ import click
 from gateway.commands.reporting import _DATA_DIR, _Day, _store_path, audit_cli
 from local_store import StoreError, open_store
 from local_store.importer import INSTRUMENT_KINDS, add_instrument, list_instruments
-from local_store.reports import local_tz
+from local_store.reports import site_tz
 
 
 @click.group("instruments")
@@ -29,13 +29,12 @@ def instruments() -> None:
 @_DATA_DIR
 def list_(start: date | None, end: date | None, fmt: str, data_dir: Path | None) -> None:
     """List the stored instruments (each claimed once; the market-based report pro-rates them by period)."""
-    tz = local_tz()
-
     def ts(d: date | None) -> float | None:
         return None if d is None else datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
 
     try:
         with open_store(_store_path(data_dir, must_exist=True)) as store:
+            tz = site_tz(store.settings)
             rows = list_instruments(store, ts(start), ts(end))
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None

@@ -5,8 +5,10 @@ They parse arguments, call ``local_store`` and turn its errors into ``click.Clic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -22,14 +24,31 @@ _DATA_DIR = click.option(
     help=f"State directory holding gateway.db (default: {DEFAULT_DATA_DIR}, or $CARBON_GATEWAY_DATA_DIR).")
 
 
-def audit_cli(store: Store, data_dir: Path | None, action: str, target: str, detail: dict) -> None:
-    """Record what a CLI command changed in the store's audit log, sealed with the gateway's audit key."""
+@contextlib.contextmanager
+def sealed(store: Store, data_dir: Path | None, create: bool = True) -> Iterator[Store]:
+    """Seal the audit entries written meanwhile (a CLI import, a recalculation during ``report``) with the
+    gateway's audit key, as the daemon seals its own, so ``audit verify`` stays intact.
+
+    :param create: make the key when there is none yet (False: then entries stay unsealed, as before a key).
+    """
     key = (data_dir or DEFAULT_DATA_DIR) / "keys" / "audit.key"
-    audit.use_key(store.path, audit.ensure_key(key, store.db))
+    if not create and not key.exists():
+        yield store
+        return
     try:
-        audit.record(store.db, "cli", action, target, detail)
+        audit.use_key(store.path, audit.ensure_key(key, store.db))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        yield store
     finally:
         audit.use_key(store.path, None)
+
+
+def audit_cli(store: Store, data_dir: Path | None, action: str, target: str, detail: dict) -> None:
+    """Record what a CLI command changed in the store's audit log, sealed with the gateway's audit key."""
+    with sealed(store, data_dir):
+        audit.record(store.db, "cli", action, target, detail)
 
 
 def _store_path(data_dir: Path | None, must_exist: bool) -> Path:
@@ -79,7 +98,7 @@ def report(start, end, by: str, fmt: str, method: str | None, output: Path | Non
 
     path = _store_path(data_dir, must_exist=True)
     try:
-        with open_store(path) as store:
+        with open_store(path) as store, sealed(store, data_dir, create=False):
             try:
                 store.process()     # include readings stored since the daemon's last run
             except ProcessingError as exc:
@@ -116,7 +135,7 @@ def import_(file: Path, data_dir: Path | None) -> None:
 
     path = _store_path(data_dir, must_exist=False)
     try:
-        with open_store(path) as store:
+        with open_store(path) as store, sealed(store, data_dir):
             result = import_csv(store, file)
             if result.rows:
                 audit_cli(store, data_dir, "import", str(file.resolve()),
@@ -131,4 +150,32 @@ def import_(file: Path, data_dir: Path | None) -> None:
     click.echo(result.summary())
 
 
-COMMANDS: list[click.Command] = [report, import_]
+@click.command("trace")
+@click.argument("source")
+@click.option("--at", "at", required=True,
+              help="A time inside the figure's period: ISO 8601, e.g. 2026-03-10T08:07:00+08:00 (no offset: local time).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_DATA_DIR
+def trace(source: str, at: str, fmt: str, data_dir: Path | None) -> None:
+    """Walk one emission figure back: raw readings -> flags -> interval -> factor with vintage -> tCO2e."""
+    from datetime import datetime
+
+    from local_store.trace import render_text
+    from local_store.trace import trace as walk
+
+    try:
+        when = datetime.fromisoformat(at.strip())
+    except ValueError:
+        raise click.ClickException(f"--at {at!r}: not a time; write it like 2026-03-10T08:07:00+08:00") from None
+    ts = (when if when.tzinfo else when.astimezone()).timestamp()
+    path = _store_path(data_dir, must_exist=True)
+    try:
+        with open_store(path) as store:
+            chain = walk(store, source, ts)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(chain, indent=2, ensure_ascii=False, allow_nan=False) if fmt == "json"
+               else render_text(chain), nl=fmt == "json")
+
+
+COMMANDS: list[click.Command] = [report, import_, trace]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -35,10 +36,15 @@ from gateway.paths import DEFAULT_DATA_DIR
 @click.option("--client-key", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.option("--username", default=None)
 @click.option("--password", default=None, envvar="CEG_RECEIVER_PASSWORD", help="Or set CEG_RECEIVER_PASSWORD.")
+@click.option("--client-id", default=None,
+              help="MQTT client id, stable across restarts (default: receiver-<host name>); one per receiver.")
+@click.option("--session-expiry", "session_expiry_s", type=click.IntRange(0, 2**32 - 1), default=3600,
+              show_default=True, help="Seconds the broker keeps this receiver's session (and the batches for "
+              "it) while it is away; 0: none.")
 @click.pass_context
 def receiver(ctx: click.Context, broker: str, data_dir: Path, topic_prefix: str, database: str | None,
              share_group: str, tls: bool, ca_file: Path | None, client_cert: Path | None, client_key: Path | None,
-             username: str | None, password: str | None) -> None:
+             username: str | None, password: str | None, client_id: str | None, session_expiry_s: int) -> None:
     """The cloud-side receiver: subscribe, verify, decrypt, store idempotently, acknowledge.
 
     Runs until Ctrl-C. Trust a gateway by copying its gateway-signing.pub to DATA_DIR/trusted/<gateway_id>.pub.
@@ -59,8 +65,9 @@ def receiver(ctx: click.Context, broker: str, data_dir: Path, topic_prefix: str,
     settings = ReceiverSettings(target, data_dir / "keys", data_dir / "trusted",
                                 BrokerSettings(host=host, port=port, tls=tls, ca_file=ca_file,
                                                client_cert=client_cert, client_key=client_key, username=username,
-                                               password=password),
-                                topic_prefix=topic_prefix, share_group=share_group)
+                                               password=password, session_expiry_s=session_expiry_s),
+                                topic_prefix=topic_prefix, share_group=share_group,
+                                client_id=client_id or f"receiver-{socket.gethostname()}")
     rx = Receiver(settings)
     try:
         rx.start()

@@ -164,3 +164,33 @@ def test_clock_jump_still_applies_to_live_polling() -> None:
     assert polled.reasons[2] & pp.Reason.CLOCK_JUMP
     imported = pp.clean_cumulative(t, v, polled=np.zeros(4, dtype=bool))
     assert not imported.reasons[2] & pp.Reason.CLOCK_JUMP
+
+
+def test_an_imported_16_bit_register_declares_its_wrap_and_is_not_taken_as_a_reset(tmp_path: Path) -> None:
+    """Issue 14: 65500 -> 30 in an imported file was taken as a reset (-31 %); rollover_at declares the wrap."""
+    rows = [("2022-03-01T00:00:00+08:00", 65000), ("2022-03-01T01:00:00+08:00", 65500),
+            ("2022-03-01T02:00:00+08:00", 30), ("2022-03-01T03:00:00+08:00", 530)]
+    path = tmp_path / "wrap.csv"
+    path.write_text("source,timestamp,register,value,unit,rollover_at\n"
+                    + "".join(f"m1,{ts},energy_import,{v},kWh,{65536 if k == 0 else ''}\n"
+                              for k, (ts, v) in enumerate(rows)), encoding="utf-8")
+    with open_store(tmp_path / "gateway.db") as store:
+        import_csv(store, path)
+        # 500 + (65536 - 65500 + 30 = 66) + 500 = 1066 kWh = 1.066 MWh x 0.5366 = 0.5720156 t.
+        report = build_report(store, date(2022, 3, 1), date(2022, 3, 2), tz=CST)
+        assert report["by_source"][0]["consumption"] == pytest.approx(1.066)
+        assert report["total_tco2e"] == pytest.approx(1.066 * 0.5366, abs=1e-6)     # reports round to 1e-6 t
+        flags = [f for (f,) in store.db.execute("SELECT flags FROM readings ORDER BY timestamp")]
+        assert flags[2] == int(pp.Reason.ROLLOVER)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("source,timestamp,register,value,unit,rollover_at\n"
+                   "m2,2022-03-01T00:00:00+08:00,energy_import,1,kWh,65536\n"
+                   "m2,2022-03-01T01:00:00+08:00,energy_import,2,kWh,100000\n"
+                   "m3,2022-03-01T01:00:00+08:00,energy_import,2,kWh,0\n", encoding="utf-8")
+    with open_store(tmp_path / "gateway.db") as store, pytest.raises(DataImportError) as exc:
+        import_csv(store, bad)
+    assert exc.value.errors == [
+        "line 3 (m2, 2022-03-01T01:00:00+08:00): rollover_at = '100000': line 2 gives 65536 for the same source and "
+        "register; a register has one wrap value",
+        "line 4 (m3, 2022-03-01T01:00:00+08:00): rollover_at = '0': use the register's wrap value, a number from 1 "
+        "to 1e+15 (e.g. 65536 for a 16-bit counter), or leave it empty"]

@@ -115,8 +115,8 @@ def test_frozen_value_is_dropped_and_the_span_estimated() -> None:
     k = np.arange(0, 61, 5)                     # every 5 min for an hour
     v = np.where(k <= 45, 50.0, 50.0 + (k - 45) * 2.0)   # stuck at 50 for 45 min, then +2/min
     s = pp.clean_cumulative(minutes(*k), v, rules)
-    assert s.status.tolist().count(INVALID) == 8   # readings inside the frozen run (5..40 min)
-    assert (s.reasons[1:9] == Reason.FROZEN).all()
+    assert s.status.tolist().count(INVALID) == 9   # the frozen run after its first reading (5..45 min)
+    assert (s.reasons[1:10] == Reason.FROZEN).all()
     iv = pp.to_intervals(s)
     assert iv.amount.sum() == 30.0
     assert iv.status[0] == ESTIMATED and iv.reasons[0] & Reason.FROZEN
@@ -232,3 +232,19 @@ def test_splitting_the_readings_in_two_runs_gives_the_same_intervals(steps, cut)
     merged.update({int(k): a for k, a in zip(second.start, second.amount)})
     assert sorted(merged) == whole.start.tolist()
     assert np.allclose([merged[int(k)] for k in whole.start], whole.amount)
+
+
+def test_a_frozen_meters_catch_up_is_spread_over_the_run_and_estimated() -> None:
+    """Issue 14: the catch-up landed in one interval flagged measured; docs/models.md says it is spread."""
+    # Hourly readings stuck at 1000 kWh from 0 h to 25 h (a run of 25 h > 24 h), then 1260 kWh at 26 h.
+    t = GRID + 3600.0 * np.arange(27)
+    v = np.array([1000.0] * 26 + [1260.0])
+    s = pp.clean_cumulative(t, v)
+    assert (s.reasons[1:26] & Reason.FROZEN).all() and s.status.tolist().count(INVALID) == 25
+    iv = pp.to_intervals(s)
+    # Kept: 1000 at 0 h and 1260 at 26 h: 260 kWh over 26 h = 104 quarter hours of 2.5 kWh each, all estimated.
+    assert len(iv) == 104 and iv.amount == pytest.approx(np.full(104, 2.5))
+    assert (iv.status == ESTIMATED).all() and (iv.reasons & Reason.FROZEN).all()
+    # A frozen run that is still going at the newest reading keeps its last reading (nothing to spread yet).
+    s = pp.clean_cumulative(t[:26], v[:26])
+    assert s.status[25] == pp.MEASURED

@@ -8,7 +8,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,9 +130,15 @@ def _pg_bin() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
+@dataclass
+class PostgresServer:
+    url: str
+    restart: Callable[[], None]      # pg_ctl restart -m fast: every connection is cut (AdminShutdown)
+
+
 @pytest.fixture
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real PostgreSQL server in a temporary directory, on a free loopback port; yields its URL."""
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server in a temporary directory, on a free loopback port."""
     bin_dir = _pg_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed; apt-get install postgresql")
@@ -149,9 +155,9 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                     "--no-sync", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+    options = ["-o", f"-h {LOOPBACK} -p {port} -k {sock} -c fsync=off"]
     subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-t", "60",
-                    "-o", f"-h {LOOPBACK} -p {port} -k {sock} -c fsync=off", "start"],
-                   check=True, capture_output=True, timeout=90)
+                    *options, "start"], check=True, capture_output=True, timeout=90)
     try:
         import psycopg
 
@@ -164,9 +170,19 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except psycopg.OperationalError:
                 return False
 
+        def restart() -> None:
+            subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-t",
+                            "60", "-m", "fast", *options, "restart"], check=True, capture_output=True, timeout=90)
+
         wait_until(ready, timeout_s=30, message="PostgreSQL accepting connections")
-        yield url
+        yield PostgresServer(url, restart)
     finally:
         subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "-t", "30",
                         "stop"], capture_output=True, timeout=60)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a real PostgreSQL server (see :func:`postgres_server`)."""
+    return postgres_server.url

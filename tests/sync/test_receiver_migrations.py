@@ -53,11 +53,16 @@ def test_a_database_made_before_the_migration_set_is_adopted_with_its_rows(tmp_p
     conn.execute("INSERT INTO batches VALUES ('gw', 1, 'h', '', 3, 1.0, 1)")
     conn.execute("INSERT INTO readings VALUES ('gw', 7, 1, 'm1', 'energy_import', 1.0, 2.5, 'kWh', 'energy_import',"
                  " 'ok', '')")
+    conn.executemany("INSERT INTO rejections (at, gateway_id, seq, reason, detail) VALUES (1.0, ?, ?, ?, '')",
+                     [("gw", 2, "bad_signature"), ("gw", 3, "bad_signature"), (None, None, "malformed")])
     conn.commit()
     conn.close()
     db = ReceiverDb(path)
     try:
-        assert db.applied_migrations() == ["r001_tables", "r002_sync_streams"]
+        assert db.applied_migrations() == ["r001_tables", "r002_sync_streams", "r003_rejection_counts"]
+        # The totals the capped rejection rows no longer carry alone (issue 16): 2 + 1 rows before.
+        assert sorted(db.query("SELECT gateway_id, reason, count FROM rejection_counts")) == [
+            ("?", "malformed", 1), ("gw", "bad_signature", 2)]
         assert db.query("SELECT gateway_id, stream, seq, count FROM batches") == [("gw", "", 1, 3)]
         assert db.query("SELECT gateway_id, stream, reading_id, value FROM readings") == [("gw", "", 7, 2.5)]
     finally:
