@@ -62,15 +62,9 @@ class MeterStats:
     crc_errors: int = 0                 # replies whose CRC did not match (noise, termination, two masters)
     framing_errors: int = 0             # replies cut short, garbage, or not matching the request
     request_latency_ms: float | None = None  # request -> reply, moving average over good replies
-<<<<<<< HEAD
-    polls: int = 0                      # read cycles started
-    late_polls: int = 0                 # started more than half an interval after they were due
-    skipped_polls: int = 0              # whole intervals that passed without a poll (the bus was busy)
-=======
     polls: int = 0                      # poll cycles started (answered or not)
     late_polls: int = 0                 # started more than half an interval after their scheduled time
     skipped_polls: int = 0              # scheduled times that passed with no poll (the bus was busy, issue 17)
->>>>>>> main
 
 
 def _serial_char_s(bus: BusConfig) -> float:
@@ -261,23 +255,7 @@ class BusPoller:
 
     def _poll_meter(self, meter: MeterConfig, now: float) -> list[Reading]:
         started = time.monotonic()
-<<<<<<< HEAD
-        # Polls keep their rhythm (due, due + interval, ...); one that starts more than half an interval
-        # after it was due is late, and every whole interval that passed without a poll is a skipped one.
-        due, interval = self._next_due[meter.id], meter.poll_interval_s
-        stats = self._stats[meter.id]
-        stats["polls"] += 1
-        slots_missed = 0
-        if due > 0:
-            lag = now - due
-            slots_missed = int(lag // interval) if lag >= interval else 0
-            stats["late_polls"] += lag > 0.5 * interval
-            stats["skipped_polls"] += slots_missed
-        next_due = (due + (slots_missed + 1) * interval if due > 0 and self._failures[meter.id] == 0
-                    else now + interval)
-=======
         due = self._schedule(meter, now)
->>>>>>> main
         missed: BusError | None = None
         try:
             readings, missed = self._read(meter.id, meter.device_id, self.profiles[meter.profile], meter.ratios)
@@ -299,12 +277,8 @@ class BusPoller:
         if self._failures[meter.id]:
             log.info("meter %s answers again", meter.id)
         self._failures[meter.id] = 0
-<<<<<<< HEAD
-        self._next_due[meter.id] = next_due
-=======
         self._next_due[meter.id] = (now if due is None else due) + meter.poll_interval_s
         self._on_schedule.add(meter.id)
->>>>>>> main
         self._stats[meter.id].update(state="ok", last_error="", last_ok_at=time.time(),
                                      latency_ms=(time.monotonic() - started) * 1000)
         return readings

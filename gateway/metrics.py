@@ -74,14 +74,6 @@ def render(gateway: Any, now: float | None = None) -> str:
     out.family("meter_errors_total", "counter", "Failed requests per meter and kind.",
                [({**lbl, "kind": kind}, getattr(m.stats, attr)) for lbl, m in labels
                 for kind, attr in (("timeout", "timeouts"), ("exception", "exceptions"), ("decode", "decode_errors"))])
-    out.family("meter_polls_total", "counter", "Read cycles started per meter.",
-               [(lbl, m.stats.polls) for lbl, m in labels])
-    out.family("meter_polls_late_total", "counter",
-               "Read cycles that started more than half a poll interval after they were due.",
-               [(lbl, m.stats.late_polls) for lbl, m in labels])
-    out.family("meter_polls_skipped_total", "counter",
-               "Whole poll intervals that passed without a read cycle (the bus was still busy).",
-               [(lbl, m.stats.skipped_polls) for lbl, m in labels])
     out.family("meter_ok", "gauge", "1 while the meter answers, 0 while it fails.",
                [(lbl, m.stats.state == "ok") for lbl, m in labels])
     out.family("profile_broken", "gauge", "1 per profile file that did not load; the meters using it are not polled "
