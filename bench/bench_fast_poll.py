@@ -28,28 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from pymodbus.client import ModbusTcpClient  # noqa: E402
 
-from bench.bench_drivers import free_port  # noqa: E402
+from bench.bench_drivers import free_port, start_simulator  # noqa: E402
 from drivers import BusConfig, BusPoller, MeterConfig, load_profiles  # noqa: E402
 
 PROFILES = load_profiles(ROOT / "config" / "profiles")
-
-
-def start_simulator(port: int, profile: str, meters: int):  # type: ignore[no-untyped-def]
-    import socket
-    import subprocess
-    args = [str(Path(sys.executable).parent / "carbon-gateway"), "simulate", "--tcp", f"127.0.0.1:{port}"]
-    for unit in range(1, meters + 1):
-        args += ["--profile", profile, "--unit", str(unit)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit("simulator did not start within 30 s")
 
 
 def run_ours(bus: BusConfig, meters: list[MeterConfig], seconds: float) -> dict:
@@ -111,7 +93,7 @@ def main() -> None:
     parser.add_argument("--profile", default="eastron-sdm120")
     args = parser.parse_args()
     port = free_port()
-    simulator = start_simulator(port, args.profile, args.meters)
+    simulator = start_simulator(port, [args.profile] * args.meters)
     try:
         bus = BusConfig("bench", "tcp", host="127.0.0.1", port=port, timeout_s=2.0)
         print(f"{args.meters} meters ({args.profile}, {len(PROFILES[args.profile].points)} points) on one Modbus TCP "
