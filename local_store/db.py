@@ -98,6 +98,13 @@ class ActivityData:
     row: int                      # the line of the file
 
 
+def _rules_of(settings_json: str) -> dict:
+    """A source's settings as stored, without what is only shown (the description)."""
+    settings = json.loads(settings_json)
+    settings.pop("description", None)
+    return settings
+
+
 @dataclass
 class Store:
     """The gateway's SQLite store. Create with :func:`open_store`."""
@@ -366,7 +373,9 @@ class Store:
                                " enabled, processed_reading_id, updated_at) VALUES (?, 'meter', ?, ?, ?, ?, ?, ?, 1, 0, ?)",
                                (s.id, s.activity, s.meter_id, s.point, quantity, blob, s.description, now))
                 else:
-                    restart = old[0] != s.meter_id or old[1] != s.point or old[2] != s.activity or old[3] != blob
+                    # a new description is shown, not computed: it does not reprocess the source (issue 12)
+                    restart = (old[0] != s.meter_id or old[1] != s.point or old[2] != s.activity
+                               or _rules_of(old[3]) != _rules_of(blob))
                     db.execute("UPDATE sources SET kind = 'meter', activity = ?, meter_id = ?, point = ?, quantity = ?,"
                                " settings = ?, description = ?, enabled = 1, updated_at = ?"
                                + (", processed_reading_id = 0" if restart else "") + " WHERE id = ?",

@@ -11,6 +11,7 @@ from drivers import (BusConfig, BusPoller, MeterConfig, ProfileError, SerialSett
                      SimulatorServer, load_profile, load_profiles, read_meter)
 from drivers.decode import decode_point, encode_point
 from drivers.model import Point, Profile, Quantity
+from tests.conftest import sdm630_basic
 
 PROFILES = load_profiles(Path(__file__).resolve().parents[2] / "config" / "profiles")
 
@@ -53,7 +54,8 @@ def test_dead_meter_costs_one_timeout_and_backs_off(tcp_simulator) -> None:
     bus = BusConfig("t", "tcp", port=server.port, timeout_s=0.3)
     meters = [MeterConfig("alive", "t", unit_of["eastron-sdm630"], "eastron-sdm630", 1.0),
               MeterConfig("dead", "t", 200, "eastron-sdm630", 1.0)]
-    poller = BusPoller(bus, meters, PROFILES)
+    # The ten basic SDM630 points: three requests (input registers 0..11, 52..53, 70..75).
+    poller = BusPoller(bus, meters, {**PROFILES, "eastron-sdm630": sdm630_basic(PROFILES["eastron-sdm630"])})
     try:
         now = time.monotonic()
         readings = poller.poll_due(now)
