@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_drivers import run_plain  # noqa: E402
-from bench_polling import free_port, gateway_toml, port_open, read_plans, start_gateway, start_simulator, wait_for  # noqa: E402
+from bench_polling import gateway_toml, read_plans, start_gateway, start_simulator  # noqa: E402
+from bench_sync import free_port, port_open, wait_for  # noqa: E402
 
 from drivers import BusConfig, load_profile  # noqa: E402
 from sync.keys import GATEWAY_PUB, RECEIVER_PUB, ensure_gateway_key, ensure_receiver_key  # noqa: E402

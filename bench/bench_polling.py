@@ -23,7 +23,6 @@ import argparse
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_sync import free_port, port_open, wait_for  # noqa: E402
 from pymodbus.client import ModbusTcpClient  # noqa: E402
 
 from drivers import BusConfig, BusPoller, Profile, load_profile  # noqa: E402
@@ -57,28 +57,6 @@ SimulatorServer(devices, host="127.0.0.1", port=int(sys.argv[2])).start()
 while True:
     time.sleep(3600)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def start_simulator(profile_file: Path, meters: int) -> tuple[subprocess.Popen, int]:
