@@ -106,10 +106,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_simulator(port: int, profiles: list[str] | None = None) -> subprocess.Popen:
-    """``carbon-gateway simulate`` in its own process, one device per profile (unit ids from 1)."""
+def start_simulator(port: int) -> subprocess.Popen:
     args = [str(Path(sys.executable).parent / "carbon-gateway"), "simulate", "--tcp", f"127.0.0.1:{port}"]
-    for unit, pid in enumerate(BUS_PROFILES if profiles is None else profiles, start=1):
+    for unit, pid in enumerate(BUS_PROFILES, start=1):
         args += ["--profile", pid, "--unit", str(unit)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
