@@ -70,7 +70,7 @@ def test_meter_form_messages_beside_the_fields(admin) -> None:
     page = text(response)
     for message in ("Use 1-40 letters, digits, '-', '_' or '.'.", "Not a valid choice.",
                     "Use a unit id from 1 to 247.", "Unknown profile: pick one from the list.",
-                    "Use a value from 0.2 to 86400."):
+                    "Use a value from 0.1 to 86400."):
         assert f'">{message}</span>' in page, message
     page = text(post(admin, "/meters/new", {"id": "x", "bus": "demo-bus", "device_id": "1", "profile": "eastron-sdm630",
                                             "poll_interval_s": "5", "activity": "none"}))
