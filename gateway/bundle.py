@@ -3,6 +3,7 @@
 A bundle is ``carbon-gateway-<version>-<platform>.tar`` holding::
 
     wheels/*.whl          the project wheel and every dependency wheel for the platform
+    systemd/              install.sh and carbon-gateway.service of the release (a box needs no checkout)
     MANIFEST.json         {"name", "version", "platform", "python", "files": {path: sha256}}
     MANIFEST.json.sig     Ed25519 signature over the MANIFEST.json bytes, by the release key
 
@@ -15,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,11 +104,7 @@ def download_dependencies(wheel: Path, out_dir: Path, platform: str | None = Non
     command: list[str | Path] = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                                  "--only-binary=:all:", "--dest", out_dir, "--find-links", out_dir]
     if platform is not None:
-        if platform not in PLATFORMS:
-            raise BundleError(f"platform {platform!r}: use one of {', '.join(PLATFORMS)}")
-        for tag in PLATFORMS[platform]:
-            command += ["--platform", tag]
-        command += ["--python-version", python_version, "--implementation", "cp"]
+        command += _platform_args(platform, python_version)
     _run([*command, wheel], f"downloading the dependency wheels for {platform or 'this machine'}")
 
 
@@ -133,19 +131,20 @@ def new_release_key(path: Path) -> Path:
     """Write a new Ed25519 release key (PEM, 0600) at ``path`` and its public key beside it (``.pub``)."""
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "xb", opener=lambda p, f: __import__("os").open(p, f, 0o600)) as handle:
+    with open(path, "xb", opener=lambda p, f: os.open(p, f, 0o600)) as handle:
         handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
-    public = path.with_suffix(".pub")
+    public = path.with_suffix(".pub")   # release.pem -> release.pub
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     return public
 
 
 def write_bundle(out: Path, wheels: Iterable[Path], version: str, platform: str, key: Ed25519PrivateKey,
-                 extra: dict[str, object] | None = None) -> Path:
-    """Write the signed tar ``out`` holding ``wheels``."""
+                 extra: Mapping[str, object] | None = None, systemd: Iterable[Path] = ()) -> Path:
+    """Write the signed tar ``out`` holding ``wheels`` (and the install script and unit, under systemd/)."""
     files = {f"wheels/{w.name}": w for w in sorted(wheels, key=lambda p: p.name)}
+    files.update({f"systemd/{f.name}": f for f in systemd})
     manifest = {"name": PROJECT, "version": version, "platform": platform,
                 "files": {name: sha256_file(path) for name, path in files.items()}, **(extra or {})}
     manifest_bytes = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
@@ -236,8 +235,9 @@ def verify_bundle(bundle: Path, trusted: Sequence[Ed25519PublicKey], into: Path)
         into.mkdir(parents=True, exist_ok=True)
         for name, expected in sorted(listed.items()):
             member = members.get(name)
-            if member is None or not member.isfile() or not name.startswith("wheels/") or "/" in name[7:] \
-                    or name.startswith("/") or ".." in name:
+            folder, _, file_name = name.partition("/")
+            if member is None or not member.isfile() or folder not in ("wheels", "systemd") or "/" in file_name \
+                    or not file_name or file_name.startswith("."):
                 raise BundleError(f"{bundle}: refused, tampered: {name} is missing or not a plain file")
             data = _read_member(tar, member)
             if hashlib.sha256(data).hexdigest() != expected:
@@ -255,3 +255,96 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     if handle is None:
         raise BundleError(f"{member.name}: not a file in the bundle")
     return handle.read()
+
+
+def project_version(source: Path) -> str:
+    import tomllib
+
+    return str(tomllib.loads((source / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"])
+
+
+def release(source: Path, key_path: Path, out_dir: Path, platforms: Sequence[str], version: str | None = None,
+            python_version: str = "3.11", with_dependencies: bool = True,
+            local_wheels: Path | None = None) -> list[Path]:
+    """Build one signed bundle per platform from the source tree; returns their paths.
+
+    :param with_dependencies: False: only the project wheel (tests, which install the dependencies from
+        a local wheel directory instead; such a bundle says so in its manifest).
+    :param local_wheels: take dependency wheels from this directory only (no index).
+    """
+    key = load_private_key(key_path)
+    version = version or project_version(source)
+    bundles = []
+    with tempfile.TemporaryDirectory(prefix="carbon-gateway-release-") as scratch:
+        project = build_wheel(source, Path(scratch) / "project", version)
+        for platform in platforms:
+            wheels = Path(scratch) / platform
+            wheels.mkdir()
+            shutil.copy2(project, wheels / project.name)
+            if with_dependencies:
+                if local_wheels is not None:
+                    for wheel in local_wheels.glob("*.whl"):
+                        if wheel.name != project.name and not wheel.name.startswith("carbon_edge_gateway-"):
+                            shutil.copy2(wheel, wheels / wheel.name)
+                    _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-index", "--find-links", wheels,
+                          "--only-binary=:all:", "--dest", wheels, *_platform_args(platform, python_version),
+                          wheels / project.name], f"checking the dependency wheels for {platform}")
+                else:
+                    download_dependencies(wheels / project.name, wheels, platform, python_version)
+            extra = {"python": python_version, "dependencies": "included" if with_dependencies else
+                     "not included: install with --find-links to a directory holding them"}
+            out = out_dir / f"carbon-gateway-{version}-{platform}.tar"
+            bundles.append(write_bundle(out, sorted(wheels.glob("*.whl")), version, platform, key, extra,
+                                        systemd=[source / "systemd" / "install.sh",
+                                                 source / "systemd" / "carbon-gateway.service"]))
+    return bundles
+
+
+def _platform_args(platform: str, python_version: str) -> list[str]:
+    if platform not in PLATFORMS:
+        raise BundleError(f"platform {platform!r}: use one of {', '.join(PLATFORMS)}")
+    args: list[str] = []
+    for tag in PLATFORMS[platform]:
+        args += ["--platform", tag]
+    return [*args, "--python-version", python_version, "--implementation", "cp"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/release``: build signed offline bundles (see the module docstring)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="scripts/release", description=(
+        "Build carbon-gateway-<version>-<platform>.tar: the project wheel and every dependency wheel, a manifest "
+        "with the SHA-256 of each file, and an Ed25519 signature over it."))
+    parser.add_argument("--key", type=Path, help="the release private key (PEM); it never leaves your build machine")
+    parser.add_argument("--new-key", type=Path, metavar="FILE",
+                        help="make a new release key pair (FILE and FILE.pub with .pem replaced) and stop")
+    parser.add_argument("--platform", action="append", choices=sorted(PLATFORMS),
+                        help="repeat for several; default: all (linux_x86_64 and linux_aarch64)")
+    parser.add_argument("--out", type=Path, default=Path("dist"), help="where the bundles go (default: dist/)")
+    parser.add_argument("--version", help="the version to build (default: pyproject.toml's)")
+    parser.add_argument("--python", default="3.11", help="the boxes' Python (default 3.11: Debian 12, Raspberry Pi OS)")
+    parser.add_argument("--source", type=Path, default=Path(__file__).resolve().parent.parent, help=argparse.SUPPRESS)
+    parser.add_argument("--wheels-from", type=Path, help="take dependency wheels from this directory (no index)")
+    parser.add_argument("--no-dependencies", action="store_true",
+                        help="only the project wheel (for tests; the box then needs the dependencies another way)")
+    args = parser.parse_args(argv)
+    try:
+        if args.new_key is not None:
+            public = new_release_key(args.new_key)
+            print(f"release key {args.new_key} (keep it secret, off the boxes); public key {public}: "
+                  "install it on the boxes with install.sh --release-key")
+            return 0
+        if args.key is None:
+            parser.error("--key FILE is required (make one with --new-key FILE)")
+        for bundle in release(args.source, args.key, args.out, args.platform or sorted(PLATFORMS), args.version,
+                              args.python, not args.no_dependencies, args.wheels_from):
+            print(bundle)
+    except BundleError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

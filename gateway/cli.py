@@ -10,7 +10,8 @@ from __future__ import annotations
 import click
 
 from gateway import __version__
-from gateway.commands import commissioning, factors, instruments, maintenance, operations, reporting, syncing
+from gateway.commands import (commissioning, factors, instruments, maintenance, operations, releases, reporting,
+                              syncing)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +20,6 @@ def main() -> None:
     """Carbon Edge Gateway: poll meters, compute CO2e locally, ship signed batches."""
 
 
-for _module in (operations, commissioning, reporting, factors, instruments, syncing, maintenance):
+for _module in (operations, commissioning, reporting, factors, instruments, syncing, maintenance, releases):
     for _command in _module.COMMANDS:
         main.add_command(_command)

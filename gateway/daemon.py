@@ -28,6 +28,7 @@ from local_store.reports import emissions_summary
 from sync import SyncService, SyncStatus
 from sync.keys import ensure_receiver_key
 
+from gateway import __version__
 from gateway.clock import UNSYNCHRONISED_REASON, ClockState, clock_state
 from gateway.config import NO_METERS, NO_METERS_FIX, GatewayConfig
 from gateway.logs import RepeatedError
@@ -463,6 +464,7 @@ class Gateway:
         healthy = age is not None and age < 60 and not self.store_error and not disabled and not sync_alarm
         return {
             "status": "ok" if healthy else "degraded",
+            "version": __version__,             # the running release: `carbon-gateway upgrade` waits for it
             "last_store_age_s": age,
             "store_error": self.store_error,
             "readings_held_in_memory": self.held_readings(),

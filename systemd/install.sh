@@ -10,7 +10,8 @@
 #
 # Where the program comes from:
 #   --bundle FILE      a signed release bundle (scripts/release), checked against --release-key or the keys
-#                      already trusted; installs with no network
+#                      already trusted; installs with no network. The bundle carries this script:
+#                      tar -xf FILE systemd && sudo systemd/install.sh --bundle FILE --release-key KEY.pub
 #   --wheels DIR       a directory of wheels (the project's and its dependencies'); no network
 #   (neither)          builds the wheel from this checkout; pip fetches the dependencies from the index
 # Options:
@@ -24,10 +25,11 @@
 #   --dry-run          print the steps instead of running them
 set -euo pipefail
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+UNIT_TEMPLATE="$SRC/systemd/carbon-gateway.service"
 ROOT=""; PREFIX=/opt/carbon-gateway; SERVICE_USER=carbon-gateway; PY=/usr/bin/python3
 BUNDLE=""; WHEELS=""; RELEASE_KEYS=(); START=yes; DRY=""; MODE=install
 [ -x "$PY" ] || PY="$(command -v python3)"
-usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=echo ;;
@@ -103,6 +105,8 @@ if bad:
     sys.exit(1)
 CHECK
   WHEELS="$SCRATCH/wheels"
+  # the release's own unit (the running script may come from an older checkout)
+  [ -f "$SCRATCH/systemd/carbon-gateway.service" ] && UNIT_TEMPLATE="$SCRATCH/systemd/carbon-gateway.service"
   echo "bundle signature checked with $TRUSTED"
 elif [ -z "$WHEELS" ]; then
   echo "building the wheel from $SRC (dependencies come from the package index)"
@@ -142,7 +146,7 @@ ROOTED=()
 [ -n "$ROOT" ] && ROOTED=(-e 's#^ReadWritePaths=/etc/carbon-gateway$#ReadWritePaths=/etc/carbon-gateway /var/lib/carbon-gateway#')
 run sed "${ROOTED[@]}" -e "s#/opt/carbon-gateway#$OPT#g" -e "s#/etc/carbon-gateway#$ETC#g" \
   -e "s#/var/lib/carbon-gateway#$STATE#g" -e "s#^User=.*#User=$SERVICE_USER#" \
-  -e "s#^Group=.*#Group=${GROUP:-$SERVICE_USER}#" -e "w $UNIT" -n "$SRC/systemd/carbon-gateway.service"
+  -e "s#^Group=.*#Group=${GROUP:-$SERVICE_USER}#" -e "w $UNIT" -n "$UNIT_TEMPLATE"
 run chmod 0644 "$UNIT"
 if [ -z "$ROOT" ]; then
   run systemctl daemon-reload

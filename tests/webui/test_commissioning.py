@@ -184,3 +184,29 @@ def test_test_read_of_a_unit_that_refuses_says_it_answered(admin2) -> None:
     page = text(post(admin2, "/test-read", {"bus": "line-2", "device_id": "7", "profile": "acrel-adl400"}))
     assert "Unit 7 answered but refused the read (" in page and "check the profile and the unit id." in page
     assert "No answer from unit 7" not in page
+
+
+def test_meter_form_sets_ct_and_pt_ratios_and_the_dashboard_flags_a_meter_without(admin, gateway, tmp_path) -> None:
+    """Issue 13: the meter form has the CT/PT ratios; a secondary-side meter without one is flagged."""
+    base = {"bus": "demo-bus", "profile": "chint-dtsu666", "poll_interval_s": "5", "activity": "none"}
+    page = text(post(admin, "/meters/new", {**base, "id": "hv-feeder", "device_id": "9", "ct_ratio": "100:5"}))
+    index = len(gateway.config.meters)   # the new meter's place in the saved list
+    assert (f'Not applied: web UI: meters[{index}].ct_ratio = "100:5": write the ratio as primary/secondary, e.g. "100/5", '
+            "or as a number; 1 for a direct connection") in page
+    response = post(admin, "/meters/new", {**base, "id": "hv-feeder", "device_id": "9", "ct_ratio": "100/5",
+                                           "pt_ratio": "10000/100"})
+    assert response.status_code == 302, text(response)
+    meter = next(m for m in gateway.config.meters if m.id == "hv-feeder")
+    assert (meter.ct_ratio, meter.pt_ratio) == (20.0, 100.0)
+    saved = tomllib.loads((tmp_path / "gateway.toml").read_text())["meters"][-1]
+    assert (saved["ct_ratio"], saved["pt_ratio"]) == ("100/5", "10000/100")
+    assert 'value="100/5"' in text(admin.get("/meters/hv-feeder/edit"))
+    response = post(admin, "/meters/new", {**base, "id": "lv-feeder", "device_id": "10"})
+    assert response.status_code == 302, text(response)
+    warning = ("chint-dtsu666 reports secondary-side values and the transformer ratio cannot be read from the "
+               "meter: set ct_ratio in its [[meters]] entry")
+    dashboard = text(admin.get("/"))
+    assert dashboard.count(warning) == 1 and dashboard.index("lv-feeder") < dashboard.index(warning)
+    assert [m["warning"] for m in admin.get("/api/status").get_json()["meters"] if m["id"] == "lv-feeder"] == [
+        warning + ', e.g. ct_ratio = "100/5" (1 for a direct connection); until then values are stored as read, '
+                  "unscaled"]
