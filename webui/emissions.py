@@ -13,7 +13,8 @@ from markupsafe import Markup
 from wtforms import BooleanField, DateField, FloatField, IntegerField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
-from gateway.runtime import BY_CHOICES, FACTOR_ACTIVITIES, ApplyError, Change, ChartText, FactorError, NoReportDataError, ReportError
+from gateway.runtime import (BY_CHOICES, FACTOR_ACTIVITIES, ApplyError, Change, ChartText, DataImportError, FactorError,
+                             NoReportDataError, ReportError)
 from webui.labels import ACTIVITY_LABELS
 from webui.auth import actor, options, requires, runtime
 
@@ -63,10 +64,28 @@ class CustomFactorForm(FlaskForm):
             raise ValidationError(_("Must be after the start date."))
 
 
-def _factor_page(choice: ChoiceForm, custom: CustomFactorForm, error: str = "", status: int = 200) -> Any:
+class InstrumentForm(FlaskForm):
+    """A green certificate, green power trade or PPA (issue 14): the fields of an instruments CSV row."""
+
+    instrument = StringField(_l("Certificate or contract number"), validators=[InputRequired(), Length(max=80)])
+    kind = SelectField(_l("Kind"), choices=options([("certificate", _l("green electricity certificate")),
+                                                     ("green_power", _l("green power trade")), ("ppa", "PPA")]))
+    start = DateField(_l("Valid from"), validators=[InputRequired(_l("Enter a date."))])
+    end = DateField(_l("Valid until (exclusive)"), validators=[InputRequired(_l("Enter a date."))])
+    amount = FloatField(_l("Electricity covered"), render_kw={"inputmode": "decimal"}, validators=[
+        InputRequired(_l("Enter a number.")), NumberRange(0, 1e9, _l("Use a number of 0 or more."))])
+    unit = SelectField(_l("Unit"), choices=options([("MWh", "MWh"), ("kWh", "kWh")]))
+    emission_factor = FloatField(_l("Emission factor (tCO2/MWh, 0 for renewables)"), default=0.0,
+                                 render_kw={"inputmode": "decimal"},
+                                 validators=[InputRequired(_l("Enter a number.")), NumberRange(0, 2, _l("Use 0 to 2."))])
+
+
+def _factor_page(choice: ChoiceForm, custom: CustomFactorForm, error: str = "", status: int = 200,
+                 instrument: InstrumentForm | None = None) -> Any:
     view = runtime().factors()
     return render_template("factors.html", factors=view.factors, choice=choice, custom=custom, settings=view,
-                           error=error, custom_file=view.custom_file), status
+                           error=error, custom_file=view.custom_file, instruments=view.instruments,
+                           instrument=instrument or InstrumentForm(formdata=None)), status
 
 
 def _regions() -> list[tuple[str, str]]:
@@ -123,6 +142,28 @@ def factor_custom() -> Any:
     except (FactorError, ApplyError) as exc:
         return _factor_page(choice, custom, _("Not added: %(reason)s", reason=str(exc)), 400)
     flash(_("Factor %(id)s was added; emissions are recalculated.", id=entry["id"]), "ok")
+    return redirect(url_for("emissions.factors"))
+
+
+@bp.post("/factors/instruments")
+@requires("settings")
+def instrument_add() -> Any:
+    rt = runtime()
+    form = InstrumentForm()
+    choice = ChoiceForm(formdata=None, data={"region": rt.config.emissions.region, "method": rt.config.emissions.method,
+                                             "gwp": rt.config.emissions.gwp})
+    choice.region.choices = options(_regions())
+    if not form.validate_on_submit():
+        return _factor_page(choice, CustomFactorForm(formdata=None), status=400, instrument=form)
+    fields = [form.instrument.data.strip(), form.kind.data, form.start.data.isoformat(), form.end.data.isoformat(),
+              repr(float(form.amount.data)), form.unit.data, repr(float(form.emission_factor.data))]
+    try:
+        rt.add_instrument(fields, actor())
+    except DataImportError as exc:
+        reason = "; ".join(e.split(": ", 1)[-1] for e in exc.errors)
+        return _factor_page(choice, CustomFactorForm(formdata=None), _("Not added: %(reason)s", reason=reason), 400,
+                            instrument=form)
+    flash(_("Instrument %(id)s was added; market-based reports count it.", id=fields[0]), "ok")
     return redirect(url_for("emissions.factors"))
 
 
