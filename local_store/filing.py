@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from local_store.errors import ReportError
 
@@ -60,7 +61,12 @@ def load_profile(path: Path) -> FilingProfile:
             raise ReportError(f"{path}: {key} = {v!r}: use a percentage from 0 to 100")
     if "base_year" in data and (not isinstance(data["base_year"], int) or not 1990 <= data["base_year"] <= 2100):
         raise ReportError(f"{path}: base_year = {data['base_year']!r}: use a year like 2020")
-    return FilingProfile(**{k: (str(v) if isinstance(v, str) else v) for k, v in data.items()})
+    texts = {"organisation", "site", "gateway", "boundary", "method_statement", "exclusions"}
+    bad = sorted(k for k in texts & set(data) if not isinstance(data[k], str))
+    if bad:
+        raise ReportError(f"{path}: {bad[0]} = {data[bad[0]]!r}: write it as a quoted string")
+    values: dict[str, Any] = dict(data)
+    return FilingProfile(**values)
 
 
 def uncertainty(report: dict, profile: FilingProfile) -> dict:
