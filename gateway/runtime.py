@@ -50,6 +50,8 @@ from local_store.charts import bar_chart_svg, hbar_chart_svg
 from local_store.db import write_transaction
 from local_store.factors import default_factor_files, describe, load_library
 from local_store.importer import add_instrument, list_instruments
+from local_store.trace import render_text as render_trace
+from local_store.trace import trace
 from local_store.reports import BY_CHOICES, By, EmissionsSummary, build_report, render_csv, render_html, site_tz
 from local_store.units import ACTIVITIES as _FACTOR_ACTIVITIES
 from local_store.users import MIN_PASSWORD_LENGTH, Session, User, UserError
@@ -505,6 +507,27 @@ class Runtime:
         self._store().reload_factors()
         self.record(actor, "factors.add", f"factor {entry['id']}",
                     {"entry": json.loads(json.dumps(dict(entry), default=str))})
+
+    def trace(self, source_id: str, at: str) -> dict[str, Any]:
+        """The chain behind one figure (``local_store.trace``); ``at`` is an ISO time in the site's time zone,
+        or empty for the source's newest figure.
+
+        :raises ReportError: unknown source, a time without a figure, or a time that does not parse.
+        """
+        store = self._store()
+        if at.strip():
+            try:
+                when = datetime.fromisoformat(at.strip())
+            except ValueError:
+                raise ReportError(f"{at!r} is not a time: use 2026-03-10T08:07") from None
+            ts = (when if when.tzinfo else when.replace(tzinfo=site_tz(store.settings))).timestamp()
+        else:
+            row = store.db.execute("SELECT MAX(start_ts) FROM emissions WHERE source_id = ? AND superseded_at IS NULL",
+                                   (source_id,)).fetchone()
+            ts = float(row[0]) if row and row[0] is not None else 0.0
+        chain = trace(store, source_id, ts)
+        chain["text"] = render_trace(chain)
+        return chain
 
     # -- reports and charts ------------------------------------------------------------------------------
     def report(self, start: date, end: date, by: By) -> dict[str, Any]:

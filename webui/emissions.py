@@ -33,6 +33,21 @@ def charts() -> Any:
                            start=view.start, end=view.end - timedelta(days=1))
 
 
+@bp.get("/trace")
+@requires("view")
+def trace_figure() -> Any:
+    """Drill down from a report figure to its raw readings (issue 14): readings, flags, interval, factor, tCO2e."""
+    source = request.args.get("source", "").strip()[:80]
+    at = request.args.get("at", "").strip()[:40]
+    chain, error = None, ""
+    if source:
+        try:
+            chain = runtime().trace(source, at)
+        except ReportError as exc:
+            error = str(exc)
+    return render_template("trace.html", source=source, at=at, chain=chain, error=error), 400 if error else 200
+
+
 # -- factors -------------------------------------------------------------------------------------------------
 class ChoiceForm(FlaskForm):
     region = SelectField(_l("Grid region"))

@@ -32,3 +32,23 @@ def test_the_factor_page_adds_and_lists_a_certificate(admin, gateway) -> None:
             in text(again))
     bad = post(admin, "/factors/instruments", {**cert, "instrument": "X", "emission_factor": "7"}, form_url="/factors")
     assert bad.status_code == 400 and "Use 0 to 2." in text(bad)
+
+
+def test_a_report_figure_drills_down_to_its_readings(admin, gateway) -> None:
+    from tests.conftest import wait_until
+
+    def emitted() -> bool:
+        gateway.flush_readings()
+        gateway.process()
+        return gateway.store.db.execute("SELECT COUNT(*) FROM emissions").fetchone()[0] > 0
+
+    wait_until(emitted, timeout_s=20, message="first emissions")
+    page = text(admin.get("/emissions"))
+    assert '/trace?source=main-incomer' in page
+    chain = text(admin.get("/trace?source=main-incomer"))
+    assert "raw readings:" in chain and "interval " in chain and "factor cn.grid.national/" in chain
+    assert "tCO2e (" in chain
+    missing = admin.get("/trace?source=nowhere")
+    assert missing.status_code == 400 and "no source 'nowhere'" in text(missing)
+    garbage = admin.get("/trace?source=main-incomer&at=yesterday")
+    assert garbage.status_code == 400 and "'yesterday' is not a time: use 2026-03-10T08:07" in text(garbage)
