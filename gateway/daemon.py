@@ -24,7 +24,8 @@ from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Read
 from drivers import load_profile_set
 from local_store import Store, StoreError, audit, open_store
 from local_store.backup import StoreLock, apply_staged_restore, create_backup, hold_store_lock, prune_backups
-from local_store.reports import emissions_summary
+from local_store.reports import EmissionsSummary, emissions_summary
+from local_store.reserve import DiskReserve, is_disk_full
 from sync import SyncService, SyncStatus
 from sync.keys import ensure_receiver_key
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED_BATCHES = 10_000      # poll batches between two store-writer runs (a stalled writer fills it)
 MAX_HELD_READINGS = 150_000      # readings kept in memory while the store refuses writes (~40 MB; MemoryMax=256M)
+SHUTDOWN_STORE_WAIT_S = 15.0     # SIGTERM: how long to keep trying to store held readings (TimeoutStopSec=30)
+RESERVE_RETRY_S = 60.0           # how often to try making the disk reserve again once it was used
 
 
 class WebServer(Protocol):
@@ -51,6 +54,17 @@ class WebServer(Protocol):
 
 #: builds the bound web server and says its URL; called once by ``Gateway.start`` when ``[web] enabled``
 WebFactory = Callable[[], tuple[WebServer, str]]
+
+
+def _span(readings: list[Reading]) -> str:
+    """Which meters and what time a list of readings covers, for a log line about losing them."""
+    if not readings:
+        return "none"
+    meters = sorted({r.meter_id for r in readings})
+    first, last = min(r.timestamp for r in readings), max(r.timestamp for r in readings)
+    when = "%Y-%m-%d %H:%M:%S"
+    return (f"meter(s) {', '.join(meters[:10])}{' ...' if len(meters) > 10 else ''} from "
+            f"{time.strftime(when, time.gmtime(first))} to {time.strftime(when, time.gmtime(last))} UTC")
 
 
 class ReloadError(Exception):
@@ -98,6 +112,10 @@ class Gateway:
         self._store_failures = 0               # consecutive refused writes: the retry backs off
         self._store_retry_at = 0.0
         self.readings_dropped = 0              # readings lost because memory was full too (counted, alarmed)
+        self._dropping: list[Reading] = []     # first and last reading dropped in this episode (for the log)
+        self._dropped_in_episode = 0
+        self._reserve: DiskReserve | None = None
+        self._reserve_tried = 0.0
         self._beats: dict[str, float] = {}     # bus name -> monotonic time its poll loop last came round
         self._flush_beat = 0.0                 # monotonic time the store writer last ran (either outcome)
         self._store_log = RepeatedError(log, "storing readings")
@@ -116,6 +134,10 @@ class Gateway:
         self._lock = hold_store_lock(config.database)     # a restore never replaces the file under us
         restored_over = apply_staged_restore(config.database, config.audit_key)
         self.store = open_store(config.database, config.emissions)
+        # Room the store can always use: released when the disk fills, so held readings are still stored.
+        self._reserve = DiskReserve(config.database)
+        self._reserve.ensure()
+        self._reserve_tried = time.monotonic()
         # Seal audit entries (the web UI's too: it writes through this process) with a key outside the file.
         audit.use_key(config.database, audit.ensure_key(config.audit_key, self.store.db))
         self.check_clock()       # before the first poll, so its readings are flagged if need be
@@ -228,10 +250,25 @@ class Gateway:
             self.sync = None
 
     def stop(self) -> None:
-        """Stop polling, store what was read, process it, stop sync and the web server."""
+        """Stop polling, store what was read, process it, stop sync and the web server.
+
+        Readings still held in memory (the store refused them) are tried again for up to
+        ``SHUTDOWN_STORE_WAIT_S``; any that cannot be stored are counted as lost and logged at ERROR with
+        their meters and time span, never dropped silently (issue 16).
+        """
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
         self._stop_running()
+        deadline = time.monotonic() + SHUTDOWN_STORE_WAIT_S
+        while self.held_readings() and self.store is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            self.flush_readings(force=True)
+        if self.held_readings():
+            lost = [r for batch in [*self._held, *list(self._readings.queue)] for r in batch]
+            self.readings_dropped += len(lost)
+            self._held, self._held_count = [], 0
+            log.error("shutting down with %d readings the store refused (%s): they are lost: %s", len(lost),
+                      self.store_error or "the store is closed", _span(lost))
         self.process()
         if self._web_server is not None:
             self._web_server.close()
@@ -312,12 +349,21 @@ class Gateway:
             while self._held_count > MAX_HELD_READINGS and len(self._held) > 1:
                 dropped = self._held.pop(0)
                 self._held_count -= len(dropped)
-                self.readings_dropped += len(dropped)
+                self._dropped(dropped)
             if not self._held or self.store is None or (now < self._store_retry_at and not force):
                 return 0
             readings = [r for batch in self._held for r in batch]
             try:
-                written = self.store.insert_readings(readings)
+                try:
+                    written = self.store.insert_readings(readings)
+                except Exception as exc:  # noqa: BLE001
+                    freed = self._reserve.release() if self._reserve is not None and is_disk_full(exc) else 0
+                    if not freed:
+                        raise
+                    log.error("the disk is full: released the %.1f MB reserve (%s) so the %d readings held in memory "
+                              "are stored; free disk space (df -h %s)", freed / 1e6, self._reserve.path if
+                              self._reserve else "", len(readings), self.config.data_dir)
+                    written = self.store.insert_readings(readings)
             except Exception as exc:  # noqa: BLE001 - disk full, read-only, I/O error: keep them and retry
                 self._store_failures += 1
                 delay_s = min(2.0 ** (self._store_failures - 1), 30.0)
@@ -332,7 +378,24 @@ class Gateway:
             self._store_log.ok()
             self.store_error = ""
             self.last_store_ok = time.monotonic()
+            if self._dropped_in_episode:
+                log.error("storing works again; %d readings had to be dropped while the store and memory were full: "
+                          "%s", self._dropped_in_episode, _span(self._dropping))
+                self._dropping, self._dropped_in_episode = [], 0
+            if self._reserve is not None and not self._reserve.held and now - self._reserve_tried >= RESERVE_RETRY_S:
+                self._reserve_tried = now
+                if self._reserve.ensure():
+                    log.info("disk reserve %s made again", self._reserve.path)
             return written
+
+    def _dropped(self, readings: list[Reading]) -> None:
+        """Count readings lost because memory was full too; the first of an episode is logged at ERROR."""
+        self.readings_dropped += len(readings)
+        if not self._dropped_in_episode:
+            log.error("memory for held readings is full (%d): dropping the oldest, counted in readings_dropped: %s",
+                      MAX_HELD_READINGS, _span(readings))
+        self._dropped_in_episode += len(readings)
+        self._dropping = [self._dropping[0] if self._dropping else readings[0], readings[-1]]
 
     def held_readings(self) -> int:
         """Readings waiting in memory (queued or refused by the store)."""
@@ -437,7 +500,7 @@ class Gateway:
     def sync_status(self) -> SyncStatus | None:
         return self.sync.status() if self.sync is not None else None
 
-    def emissions_summary(self) -> Any:
+    def emissions_summary(self) -> EmissionsSummary | None:
         return emissions_summary(self.store) if self.store is not None else None
 
     def bus_poller(self, bus_name: str) -> BusPoller:

@@ -312,8 +312,7 @@ class Runtime:
         return self._gw.sync_status()
 
     def emissions_summary(self) -> EmissionsSummary | None:
-        summary: EmissionsSummary | None = self._gw.emissions_summary()
-        return summary
+        return self._gw.emissions_summary()
 
     def test_read(self, bus: str, device_id: int, profile_id: str) -> list[Reading]:
         """One read through the bus owner. :raises DriverError: no such bus, or the meter did not answer;

@@ -242,19 +242,23 @@ class Store:
 
     # -- disk budget ---------------------------------------------------------------------------------
     def used_bytes(self) -> int:
-        """Bytes the store occupies: pages in use in ``gateway.db`` plus the WAL file.
+        """Bytes the store's data takes: pages in use in ``gateway.db`` plus the WAL frames not yet copied
+        back into it.
 
         Free pages (left by deletes) are not counted: SQLite reuses them before it grows the file, so
         keeping this number under a budget keeps the file from growing past it (issue 5, "Disk budget").
+        The WAL file's size is not counted either: SQLite reuses a checkpointed WAL from its start, so
+        its size is only the high-water mark of some past burst (issue 16); a passive checkpoint (it
+        never waits for readers) tells how many frames are still live.
         """
         db = self.db
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
         in_use = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
-        try:
-            wal = Path(f"{self.path}-wal").stat().st_size
-        except OSError:
-            wal = 0
-        return int(page_size * in_use + wal)
+        live_frames = 0
+        row = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if row is not None and row[1] > 0:          # (busy, frames in the WAL, frames checkpointed); -1: no WAL
+            live_frames = max(0, row[1] - row[2])
+        return int(page_size * in_use + live_frames * (page_size + 24))    # a WAL frame: 24-byte header + page
 
     def prune_synced_readings(self, synced_through: int, target_bytes: int, chunk: int = 5000,
                               older_than_ts: float | None = None) -> PruneResult:

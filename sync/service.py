@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +125,32 @@ class SyncService:
 
     # -- the sync thread ---------------------------------------------------------------------------
     def _run(self) -> None:
+        failing = ""     # the error of the current episode: logged once at ERROR, not every tick (issue 16)
         while not self._stop.is_set():
             try:
                 self.tick()
             except Exception as exc:  # noqa: BLE001 - keep syncing; the error is shown in status
-                log.exception("sync tick failed")
-                self._status = SyncStatus(True, False, 0, 0, None, f"sync failed: {exc}")
+                error = f"sync failed: {exc}"
+                if not failing:
+                    log.error("%s (e.g. the disk is full); unsynced data is kept and sync retries every tick", error)
+                    log.debug("sync tick failed", exc_info=True)
+                failing = error
+                self._status = self._status_despite(error)
+            else:
+                if failing:
+                    log.info("sync works again")
+                failing = ""
             self._wake.wait(self.settings.tick_s)
             self._wake.clear()
+
+    def _status_despite(self, error: str) -> SyncStatus:
+        """The status while a tick fails (a full disk refuses writes): what can still be read, not zeros."""
+        try:
+            status = self._current_status()
+        except Exception:  # noqa: BLE001 - the store cannot even be read: keep the last known figures
+            status = self._status
+        link = self._link
+        return replace(status, connected=bool(link and link.connected.is_set()), last_error=error)
 
     def tick(self, force: bool = False) -> None:
         """Apply acknowledgements, keep within the disk budget, fill the outbox, publish what is due."""

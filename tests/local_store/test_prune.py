@@ -120,3 +120,26 @@ def test_age_based_retention_keeps_everything_newer_than_its_cutoff(tmp_path: Pa
         all_main = {(p, T0 + STEP_S * k) for k in range(N) for p in ("energy_import", "active_power")}
         assert remaining == all_main - gone and result.deleted == len(gone)
         assert len(_ids(store, "meter_id = 'gas'")) == N      # unprocessed: kept whatever its age
+
+
+def test_issue16_used_bytes_counts_live_data_not_the_wal_high_water_mark(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "gateway.db")
+    try:
+        # One burst of 40 000 readings grows the WAL file to several MB; once checkpointed, SQLite reuses
+        # it from the start, but the file keeps its size.
+        store.insert_readings([Reading("main", "energy_import", 1_795_000_000.0 + i, float(i), "kWh",
+                                       Quantity.ENERGY_IMPORT) for i in range(40_000)])
+        db = store.db
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        wal_file = (tmp_path / "gateway.db-wal").stat().st_size
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        in_use = (db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0])
+        assert wal_file > 1_000_000
+        # Everything is checkpointed: what the data takes is the pages in use, not those plus the WAL file.
+        assert store.used_bytes() == in_use * page_size
+        # A small write after it: at most its few pages more (frames not yet checkpointed count at 24 header
+        # bytes plus one page each); the WAL file's megabytes still do not.
+        store.insert_readings([Reading("main", "energy_import", 1_796_000_000.0, 1.0, "kWh", Quantity.ENERGY_IMPORT)])
+        assert in_use * page_size <= store.used_bytes() < in_use * page_size + 64 * (page_size + 24)
+    finally:
+        store.close()
