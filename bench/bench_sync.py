@@ -1,12 +1,15 @@
 """Drain a backlog of readings through mosquitto on loopback into the receiver; one command:
 
-    .venv/bin/python bench/bench_sync.py [--readings 1000000] [--batch 10000]
+    .venv/bin/python bench/bench_sync.py [--readings 1000000] [--batch 10000] [--wire-only]
 
 The gateway side (SyncService on a SQLite store holding the backlog) runs in this process; the receiver
 is the real `carbon-gateway receiver` command in its own process, as in production; mosquitto is started
 on a free loopback port. Timed: from SyncService.start() until every batch is acknowledged (so committed
 at the receiver), which includes sealing the batches. Prints readings/s end to end, bytes per reading on
 the wire (batch messages as published, and with MQTT framing), and CPU seconds per process.
+
+First, in the same run, the wire size of the realistic field case (issue 16: 5 meters polled every
+second, 30 s batches, clock unsynchronised: at most 4 bytes per reading) beside the reference case.
 """
 
 from __future__ import annotations
@@ -86,12 +89,89 @@ def typical_readings(n: int, meters: int = 50) -> list[Reading]:
     return out[:n]
 
 
+def realistic_readings(minutes: int = 30, meters: int = 5) -> list[Reading]:
+    """The field case of issue 16: a few meters polled every second (with the poll loop's jitter), the
+    same 4 points as :func:`typical_readings`, and the system clock unsynchronised, so every reading
+    carries the reason ``clock_unsynchronised`` (gateway.clock.UNSYNCHRONISED_REASON)."""
+    import numpy as np
+
+    rng = random.Random(2)
+    out: list[Reading] = []
+    energy = [10_000.0 + 37 * m for m in range(meters)]
+    t = 1_795_000_000.0
+    for _ in range(minutes * 60):
+        for m in range(meters):
+            ts = t + m * 0.02 + rng.uniform(0, 0.03)
+            power = 50 + 10 * math.sin(ts / 600 + m)
+            energy[m] += power / 3600
+            for point, value, unit, quantity in (
+                    ("energy_import", round(energy[m] * 100) * 0.01, "kWh", Quantity.ENERGY_IMPORT),
+                    ("active_power", float(np.float32(power + rng.gauss(0, 0.2))), "kW", Quantity.ACTIVE_POWER),
+                    ("voltage_l1", float(np.float32(230 + rng.gauss(0, 0.3))), "V", Quantity.VOLTAGE),
+                    ("frequency", float(np.float32(50 + rng.gauss(0, 0.01))), "Hz", Quantity.FREQUENCY)):
+                out.append(Reading(f"meter-{m:03d}", point, ts, value, unit, quantity, reason="clock_unsynchronised"))
+        t += 1.0
+    return out
+
+
+def wire_bytes_per_reading(readings: list[Reading], batch_s: float | None, batch_readings: int = 10_000) -> float:
+    """Seal ``readings`` into batches as the outbox does (cut every ``batch_s`` seconds of readings, as
+    ``batch_max_age_s`` does on a live link, or every ``batch_readings``) and return the bytes of the
+    sealed, signed messages per reading."""
+    work = Path(tempfile.mkdtemp(prefix="bench-wire-"))
+    try:
+        ensure_gateway_key(work / "keys")
+        ensure_receiver_key(work / "rx")
+        from sync.keys import load_public
+
+        store = open_store(work / "gateway.db")
+        receiver, signer = load_public(work / "rx" / RECEIVER_PUB), ensure_gateway_key(work / "keys")
+        chunks: list[list[Reading]] = []
+        if batch_s is None:
+            chunks = [readings[i:i + batch_readings] for i in range(0, len(readings), batch_readings)]
+        else:
+            start = readings[0].timestamp
+            for r in readings:
+                k = int((r.timestamp - start) // batch_s)
+                while len(chunks) <= k:
+                    chunks.append([])
+                chunks[k].append(r)
+        total = 0
+        for chunk in chunks:
+            if not chunk:
+                continue
+            store.insert_readings(chunk)
+            seq = outbox.make_batch(store, "bench-gw", len(chunk), receiver, signer)
+            assert seq is not None
+            total += len(outbox.message(store.db, seq) or b"")
+        store.close()
+        return total / len(readings)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def wire_sizes(minutes: int = 30) -> tuple[float, float]:
+    """Print and return bytes per reading of the realistic field case and of the reference case, sealed
+    in the same run (issue 16: the field case must stay <= 4)."""
+    realistic = wire_bytes_per_reading(realistic_readings(minutes), 30.0)
+    reference = wire_bytes_per_reading(typical_readings(100_000), None, 10_000)
+    print(f"wire, realistic field:   {realistic:.2f} bytes/reading (5 meters x 4 points, 1 s polls, 30 s batches of "
+          f"~600, clock unsynchronised, {minutes} min)")
+    print(f"wire, reference:         {reference:.2f} bytes/reading (50 meters x 4 points every 5 s, batches of 10,000)")
+    return realistic, reference
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=10_000, help="readings per batch")
     parser.add_argument("--inflight", type=int, default=10)
+    parser.add_argument("--wire-only", action="store_true",
+                        help="only the wire-size cases (realistic field case and reference), no drain")
     args = parser.parse_args()
+    wire_sizes()
+    if args.wire_only:
+        return
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     procs: list[subprocess.Popen] = []
     try:

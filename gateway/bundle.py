@@ -295,8 +295,7 @@ def release(source: Path, key_path: Path, out_dir: Path, platforms: Sequence[str
                      "not included: install with --find-links to a directory holding them"}
             out = out_dir / f"carbon-gateway-{version}-{platform}.tar"
             bundles.append(write_bundle(out, sorted(wheels.glob("*.whl")), version, platform, key, extra,
-                                        systemd=[source / "systemd" / "install.sh",
-                                                 source / "systemd" / "carbon-gateway.service"]))
+                                        systemd=sorted((source / "systemd").glob("*"))))
     return bundles
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Reading, SimulatedDevice, SimulatorServer
+from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Ratios, Reading, SimulatedDevice, SimulatorServer
 from drivers import load_profile_set
 from local_store import Store, StoreError, audit, open_store
 from local_store.backup import StoreLock, apply_staged_restore, create_backup, hold_store_lock, prune_backups
@@ -512,11 +512,16 @@ class Gateway:
         return poller
 
     def test_read(self, bus_name: str, device_id: int, profile_id: str) -> list[Reading]:
-        """A test read through the bus owner, so it never collides with polling on the same line."""
+        """A test read through the bus owner, so it never collides with polling on the same line, and as a
+        transaction of its own that leaves the live plan alone. Values are primary by the CT/PT ratios of the
+        configured meter at that bus, unit and profile, if there is one (as its live values are)."""
         poller = self._pollers.get(bus_name)
         if poller is None:
             raise DriverError(f"no bus named {bus_name!r}: use one of {', '.join(sorted(self._pollers)) or '(none)'}")
-        return poller.read_once(device_id, self._profiles[profile_id])
+        meter = next((m for m in self.config.meters
+                      if (m.bus, m.device_id, m.profile) == (bus_name, device_id, profile_id)), None)
+        return poller.read_once(device_id, self._profiles[profile_id],
+                                ratios=meter.ratios if meter is not None else Ratios())
 
     def health(self) -> dict:
         """What ``/healthz`` answers: ``status`` is ok while readings are stored, else degraded, with why."""

@@ -40,5 +40,8 @@ SITE_PROFILES_DIR = Path(os.environ.get("CARBON_GATEWAY_SITE_PROFILES", "/etc/ca
 #: Where the daemon and the commissioning commands look for profiles, in load order.
 PROFILE_DIRS: tuple[Path, ...] = (PROFILES_DIR, SITE_PROFILES_DIR)
 
+#: Release public keys this box trusts for `carbon-gateway upgrade` (and for uploads in the web UI).
+RELEASE_KEYS_DIR = Path(os.environ.get("CARBON_GATEWAY_RELEASE_KEYS", "/etc/carbon-gateway/release-keys"))
+
 #: State (SQLite, keys, backups). The systemd unit sets it to /var/lib/carbon-gateway.
 DEFAULT_DATA_DIR = Path(os.environ.get("CARBON_GATEWAY_DATA_DIR", "var"))

@@ -59,17 +59,21 @@ from sync import SyncError, SyncStatus
 from sync.keys import GATEWAY_PUB, ensure_gateway_key, key_id, load_public
 from sync.mqtt import Link
 
-from gateway import metrics
+from gateway import __version__, metrics
+from gateway import upgrade as upgrades
 from gateway.clock import ClockState
 from gateway.config import ACTIVITIES, ConfigError, GatewayConfig, config_from_text, saved_config_path
 from gateway.daemon import Gateway, MeterStatus, ReloadError
+from gateway.paths import RELEASE_KEYS_DIR
+from gateway.upgrade import UpgradeError
 
 __all__ = [
     "ACTIVITIES", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
     "AuditVerification", "BackupError", "BackupFile", "BackupView", "BrokerTest", "Change", "ChartText", "ClockState",
     "DriverError", "ExceptionResponseError", "EmissionCharts", "EmissionsSummary", "DataImportError", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
     "MeterStatus", "Reading", "ReportError", "NoReportDataError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",
-    "Session", "SyncStatus", "SystemInfo", "User", "UserError", "parse_units", "suggested_activity",
+    "Session", "SyncStatus", "SystemInfo", "UpgradeError", "UpgradeView", "User", "UserError", "parse_units",
+    "suggested_activity",
 ]
 
 DAEMON = "daemon"
@@ -124,6 +128,16 @@ class KeyView:
     gateway_key: str | None    # the signing key's fingerprint; None: not made yet (sync makes it, or make_gateway_key)
     receiver_key: str          # the platform's sealing key's fingerprint, "" when none is configured
     receiver_error: str        # why the configured platform key cannot be read
+
+
+@dataclass(frozen=True)
+class UpgradeView:
+    """The upgrade page: the running version, a requested upgrade not yet run, the last outcome."""
+
+    version: str
+    trusted_keys: int                       # release keys this box trusts (0: no upload can be accepted)
+    pending: dict[str, Any] | None
+    last: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -736,6 +750,34 @@ class Runtime:
         self.record(actor, "backup.restore_staged", filename, {"readings": result.readings,
                                                               "backup_created_at": result.backup_created_at})
         return result
+
+    # -- upgrades: checked and staged here, run by carbon-gateway-upgrade.service (gateway/upgrade.py) ------
+    def upgrades(self) -> UpgradeView:
+        directory = upgrades.upgrade_dir(self.config.data_dir)
+        keys = len(list(RELEASE_KEYS_DIR.glob("*.pub"))) if RELEASE_KEYS_DIR.is_dir() else 0
+        return UpgradeView(__version__, keys, upgrades.read_json(directory / upgrades.REQUEST),
+                           upgrades.read_json(directory / upgrades.RESULT))
+
+    def request_upgrade(self, write: Callable[[IO[bytes]], None], filename: str, actor: Actor) -> dict[str, Any]:
+        """Check an uploaded release bundle (signature, every file, version) and request the upgrade.
+
+        :raises UpgradeError: refused; nothing was requested (audited either way).
+        """
+        directory = upgrades.upgrade_dir(self.config.data_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".tar", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+            request = upgrades.stage_request(Path(tmp), filename, self.config.data_dir, (RELEASE_KEYS_DIR,),
+                                             __version__, actor.name)
+        except UpgradeError as exc:
+            self.record(actor, "upgrade.refused", filename, {"reason": str(exc)})
+            raise
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        self.record(actor, "upgrade.requested", request["to"], {k: request[k] for k in ("from", "to", "release_key")})
+        return request
 
     # -- scan jobs ---------------------------------------------------------------------------------------
     def start_scan(self, bus: str, units: Sequence[int], actor: Actor, time_limit_s: float = 120.0,

@@ -49,6 +49,7 @@ from local_store.backup import BackupError, create_backup, restore_backup
 
 from gateway.bundle import Bundle, BundleError, load_public_keys, verify_bundle
 from gateway.config import GatewayConfig
+from gateway.paths import RELEASE_KEYS_DIR
 
 # Imported above, not inside the functions: once `current` is switched, a late import by this process (started
 # from current/bin/python) would load the other release's code.
@@ -65,7 +66,7 @@ class UpgradeSettings:
     """Where the releases are, what the box trusts, and how the service is stopped, started and checked."""
 
     prefix: Path = Path("/opt/carbon-gateway")
-    trusted_keys: Sequence[Path] = (Path("/etc/carbon-gateway/release-keys"),)
+    trusted_keys: Sequence[Path] = (RELEASE_KEYS_DIR,)
     stop_command: Sequence[str] = ("systemctl", "stop", "carbon-gateway")
     start_command: Sequence[str] = ("systemctl", "start", "carbon-gateway")
     health_timeout_s: float = 120.0
@@ -103,22 +104,92 @@ def current_version(prefix: Path) -> str:
     return Path(os.readlink(link)).name
 
 
-def check_bundle(bundle: Path, settings: UpgradeSettings, into: Path) -> tuple[Bundle, str]:
-    """Verify ``bundle`` and compare versions; returns it (unpacked in ``into``) and the running version.
+def check_bundle(bundle: Path, trusted_keys: Sequence[Path], running: str, force: bool, into: Path) -> Bundle:
+    """Verify ``bundle`` (unpacked into ``into``) and compare its version with ``running``.
 
     :raises UpgradeError: unsigned, tampered, untrusted, the running version, or a downgrade without force.
     """
-    running = current_version(settings.prefix)
     try:
-        verified = verify_bundle(bundle, load_public_keys(settings.trusted_keys), into)
+        verified = verify_bundle(bundle, load_public_keys(trusted_keys), into)
     except BundleError as exc:
         raise UpgradeError(str(exc)) from exc
     if verified.version == running:
-        raise UpgradeError(f"{bundle}: refused, {running} is the running release already")
-    if not settings.force and version_key(verified.version) < version_key(running):
-        raise UpgradeError(f"{bundle}: refused, a downgrade: {running} runs and the bundle is {verified.version}; "
+        raise UpgradeError(f"{bundle.name}: refused, {running} is the running release already")
+    if not force and version_key(verified.version) < version_key(running):
+        raise UpgradeError(f"{bundle.name}: refused, a downgrade: {running} runs and the bundle is {verified.version}; "
                            "to install it anyway (going back on purpose), add --force")
-    return verified, running
+    return verified
+
+
+# -- an upgrade asked for in the web UI: the daemon checks and stages it, a root unit runs it ----------------
+REQUEST = "request.json"
+RESULT = "result.json"
+
+
+def upgrade_dir(data_dir: Path) -> Path:
+    """``<data_dir>/upgrade/``: the staged bundle, request.json (watched by carbon-gateway-upgrade.path) and
+    result.json (the last outcome, shown in the web UI)."""
+    return data_dir / "upgrade"
+
+
+def stage_request(upload: Path, filename: str, data_dir: Path, trusted_keys: Sequence[Path], running: str,
+                  actor: str) -> dict[str, Any]:
+    """Check an uploaded bundle as :func:`upgrade` would, keep it and write the request; returns the request.
+
+    The daemon cannot replace its own program (its unit makes /opt read-only) nor restart itself, so the
+    upgrade runs in ``carbon-gateway-upgrade.service``, which systemd starts when the request appears.
+
+    :raises UpgradeError: refused (the upload is deleted, nothing is requested).
+    """
+    directory = upgrade_dir(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".check-", dir=directory) as scratch:
+        verified = check_bundle(upload, trusted_keys, running, False, Path(scratch))
+    bundle = directory / f"carbon-gateway-{verified.version}.tar"
+    os.replace(upload, bundle)
+    request = {"bundle": str(bundle), "from": running, "to": verified.version, "filename": filename,
+               "release_key": verified.key_fingerprint, "requested_by": actor, "requested_at": time.time()}
+    _write_json(directory / REQUEST, request)
+    return request
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_request(request_file: Path, config: GatewayConfig, settings: UpgradeSettings, log: Log = print) -> UpgradeResult:
+    """Run the upgrade a request names (carbon-gateway-upgrade.service); the request is removed first, the
+    outcome written to result.json beside it.
+
+    :raises UpgradeError: no readable request, or the upgrade was refused (also in result.json).
+    """
+    request = read_json(request_file)
+    request_file.unlink(missing_ok=True)     # once: the path unit must not start it again
+    if request is None or "bundle" not in request:
+        raise UpgradeError(f"{request_file}: no upgrade request to run")
+    outcome: dict[str, Any] = {**request, "finished_at": None}
+    try:
+        result = upgrade(Path(request["bundle"]), config, settings, log)
+    except UpgradeError as exc:
+        _write_json(request_file.with_name(RESULT), {**outcome, "outcome": "refused", "reason": str(exc),
+                                                      "finished_at": time.time()})
+        _own_like(config.data_dir)
+        raise
+    _write_json(request_file.with_name(RESULT), {**outcome, "outcome": result.outcome, "reason": result.reason,
+                                                  "store_restored": result.store_restored, "finished_at": time.time()})
+    Path(request["bundle"]).unlink(missing_ok=True)
+    _own_like(config.data_dir)
+    return result
 
 
 def _run(command: Sequence[str], what: str, log: Log, timeout_s: float = 600) -> None:
@@ -256,7 +327,8 @@ def upgrade(bundle: Path, config: GatewayConfig, settings: UpgradeSettings, log:
     """
     settings.prefix.mkdir(parents=True, exist_ok=True)
     with _exclusive(settings.prefix), tempfile.TemporaryDirectory(prefix=".bundle-", dir=settings.prefix) as scratch:
-        verified, running = check_bundle(bundle, settings, Path(scratch))
+        running = current_version(settings.prefix)
+        verified = check_bundle(bundle, settings.trusted_keys, running, settings.force, Path(scratch))
         url = health_url(config)
         before = read_health(url)
         need_ok = before is not None and before.get("status") == "ok"

@@ -13,9 +13,10 @@ import math
 from collections.abc import Mapping, Sequence
 from html import escape
 
-WIDTH = 640
-#: In viewBox units: a 640-unit chart on a 360 px phone is drawn at ~0.56, so 20 shows as ~11 px (issue 15: 8 px)
-TITLE_PX, AXIS_PX = 22, 20
+#: The viewBox width. The web UI draws a chart at most this wide (one to one on a desktop) and about 306 px wide in a
+#: card on a 360 px phone, so 18 units of text show as 18 px and 11.5 px (issue 15: 8 px on a phone).
+WIDTH = 480
+TITLE_PX, AXIS_PX = 20, 18
 SOURCE_COLOR = "#2e7d4f"
 
 
@@ -35,6 +36,13 @@ def nice_ticks(peak: float, count: int = 4) -> list[float]:
 
 def _short(label: str, n: int) -> str:
     return label if len(label) <= n else label[: n - 1] + "…"
+
+
+def _value_text(value: float) -> str:
+    """0.000054 rather than 5.4e-05: a technician reads decimals, not exponents."""
+    if value == 0 or abs(value) >= 0.001:
+        return f"{value:.4g}"
+    return f"{value:.3g}" if abs(value) < 1e-9 else f"{value:.9f}".rstrip("0")
 
 
 def _tick_text(value: float) -> str:
@@ -84,14 +92,14 @@ def bar_chart_svg(labels: Sequence[str], series: Mapping[str, Sequence[float]], 
         shown = legend.get(name, name)
         parts.append(f'<rect x="{lx}" y="{height - 22}" width="14" height="14" fill="{colors[name]}"/>'
                      f'<text x="{lx + 20}" y="{height - 8}" class="axis" font-size="{AXIS_PX}">{escape(shown)}</text>')
-        lx += 40 + 12 * len(shown)
+        lx += 36 + 11 * len(shown)
     parts.append("</svg>")
     return "".join(parts)
 
 
 def hbar_chart_svg(rows: Sequence[tuple[str, float]], title: str, color: str = SOURCE_COLOR) -> str:
     """Horizontal bars, one per row (label, value): the emissions by source."""
-    width, row_h, left = WIDTH, 36, 230
+    width, row_h, left = WIDTH, 34, 180
     height = 38 + row_h * max(1, len(rows))
     peak = max([v for _, v in rows if v > 0], default=1.0)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" class="chart" '
@@ -99,10 +107,10 @@ def hbar_chart_svg(rows: Sequence[tuple[str, float]], title: str, color: str = S
              f'<text x="0" y="24" class="chart-title" font-size="{TITLE_PX}" font-weight="bold">{escape(title)}</text>']
     for i, (label, value) in enumerate(rows):
         y = 32 + i * row_h
-        w = (width - left - 100) * value / peak if value > 0 else 0
-        parts.append(f'<text x="{left - 6}" y="{y + 23}" text-anchor="end" class="axis" '
-                     f'font-size="{AXIS_PX}">{escape(_short(label, 18))}</text>'
+        w = (width - left - 110) * value / peak if value > 0 else 0
+        parts.append(f'<text x="{left - 6}" y="{y + 22}" text-anchor="end" class="axis" '
+                     f'font-size="{AXIS_PX}">{escape(_short(label, 16))}</text>'
                      f'<rect x="{left}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" fill="{color}"/>'
-                     f'<text x="{left + w + 4:.1f}" y="{y + 23}" class="axis" font-size="{AXIS_PX}">{value:.4g}</text>')
+                     f'<text x="{left + w + 4:.1f}" y="{y + 22}" class="axis" font-size="{AXIS_PX}">{_value_text(value)}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -559,7 +559,7 @@ table {{ border-collapse: collapse; width: 100%; font-size: 0.85em; }}
 th, td {{ border: 1px solid #bbb; padding: 4px 6px; text-align: left; vertical-align: top; }}
 .kpi {{ display: flex; gap: 2em; flex-wrap: wrap; }} .kpi div {{ border: 1px solid #bbb; padding: 0.6em 1em; }}
 .kpi b {{ display: block; font-size: 1.4em; }}
-.chart {{ width: 100%; max-width: 720px; height: auto; }}
+.chart {{ width: 100%; max-width: 480px; height: auto; }}
 @media print {{ body {{ margin: 1cm; }} h2 {{ page-break-after: avoid; }} table, svg {{ page-break-inside: avoid; }} }}
 </style></head><body>
 <h1>Emissions report: {escape(p['from'])} to {escape(p['to'])} (end exclusive, UTC{escape(p['utc_offset'])})</h1>

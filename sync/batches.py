@@ -62,7 +62,7 @@ def encode_readings_v1(readings: Sequence[WireReading]) -> bytes:
 
 def decode_readings(blob: bytes) -> list[WireReading]:
     """Inverse of :func:`encode_readings`; raises :class:`BatchRejected` ("malformed") on any inconsistency."""
-    if blob[:1] == bytes([FORMAT_V2]):
+    if blob[:1] in (bytes([FORMAT_V2]), bytes([FORMAT_V3])):
         return _decode_v2(blob)
     return _decode_v1(blob)
 
@@ -109,6 +109,7 @@ def _decode_v1(blob: bytes) -> list[WireReading]:
 
 # -- version 2 -------------------------------------------------------------------------------------------
 FORMAT_V2 = 2
+FORMAT_V3 = 3       # format 2 with flags and reasons dictionary-encoded per batch (issue 16)
 MODE_DECIMAL, MODE_F32, MODE_F64 = 0, 1, 2     # how a series' values became integers
 _ROW_FLAG_INVALID, _ROW_FLAG_NO_VALUE = 1, 2
 
@@ -163,15 +164,18 @@ def _series_ints(values: np.ndarray) -> tuple[int, int, np.ndarray]:
     return MODE_F64, 0, values.view("<i8")
 
 
-def encode_readings(readings: Sequence[WireReading]) -> bytes:
-    """Readings (in reading-id order) -> version 2 payload bytes."""
+def encode_readings(readings: Sequence[WireReading], payload_format: int = FORMAT_V3) -> bytes:
+    """Readings (in reading-id order) -> payload bytes (format 3 unless told)."""
     return encode_rows([(r.reading_id, r.meter_id, r.point, r.timestamp, r.value, r.unit, r.quantity, r.quality,
-                         r.reason) for r in readings])
+                         r.reason) for r in readings], payload_format)
 
 
-def encode_rows(rows: Sequence[tuple]) -> bytes:
+def encode_rows(rows: Sequence[tuple], payload_format: int = FORMAT_V3) -> bytes:
     """Rows ``(id, meter_id, point, timestamp, value, unit, quantity, quality, reason)`` in id order ->
-    version 2 payload bytes (the outbox passes SQLite rows straight in: no per-reading objects)."""
+    payload bytes, format 3 (the outbox passes SQLite rows straight in: no per-reading objects).
+
+    :param payload_format: 2 writes the older format (for tests of receivers that must still read it).
+    """
     n = len(rows)
     if n == 0:
         raise ValueError("a batch needs at least one reading")
@@ -204,16 +208,28 @@ def encode_rows(rows: Sequence[tuple]) -> bytes:
             else np.diff(ints, prepend=np.int64(0))
         value_parts.append(deltas.astype("<i8"))
     value_col = np.concatenate(value_parts) if value_parts else np.zeros(0, "<i8")
-    meta = json.dumps({
-        "series": [list(k) for k in series], "counts": lengths.tolist(), "modes": modes,
-        "reasons": {str(i): r for i, r in enumerate(reason_c) if r},
-    }, separators=(",", ":")).encode()
+    # Flags and reason per row, dictionary-encoded per batch (issue 16): a table of the distinct
+    # (flags, reason) pairs and a u16 index per row. An unsynchronised clock puts the same reason on every
+    # reading; format 2 spelt it out once per row.
+    meta_fields: dict = {"series": [list(k) for k in series], "counts": lengths.tolist(), "modes": modes}
+    if payload_format == FORMAT_V2:
+        meta_fields["reasons"] = {str(i): r for i, r in enumerate(reason_c) if r}
+        row_column = g_flags.tobytes()
+    else:
+        kinds: dict[tuple[int, str], int] = {}
+        g_reasons = [reason_c[i] for i in order.tolist()]
+        kind_index = np.array([kinds.setdefault((f, r), len(kinds)) for f, r in zip(g_flags.tolist(), g_reasons)])
+        if len(kinds) > 65_536:
+            raise ValueError("more than 65 536 distinct (flags, reason) pairs in one batch")
+        meta_fields["kinds"] = [[f, r] for f, r in kinds]
+        row_column = np.ascontiguousarray(kind_index.astype("<u2").view("u1").reshape(-1, 2).T).tobytes()
+    meta = json.dumps(meta_fields, separators=(",", ":")).encode()
     body = b"".join([
         struct.pack("<IIQ", len(meta), n, len(value_col)), meta,
         _planes(np.diff(ids, prepend=np.int64(0))), _planes(np.diff(index, prepend=np.int64(0))),
-        _planes(ts_dd), g_flags.tobytes(), _planes(value_col),
+        _planes(ts_dd), row_column, _planes(value_col),
     ])
-    return bytes([FORMAT_V2]) + zlib.compress(body, 6)
+    return bytes([payload_format]) + zlib.compress(body, 9)
 
 
 def _decode_v2(blob: bytes) -> list[WireReading]:
@@ -225,13 +241,29 @@ def _decode_v2(blob: bytes) -> list[WireReading]:
         meta_len, n, n_values = struct.unpack_from("<IIQ", body, 0)
         meta = json.loads(body[16:16 + meta_len])
         columns = memoryview(body)[16 + meta_len:]
-        if len(columns) != 8 * n * 3 + n + 8 * n_values:
+        v3 = blob[0] == FORMAT_V3
+        row_bytes = 2 if v3 else 1          # v3: a u16 index into meta "kinds" (2 byte planes); v2: flags
+        if len(columns) != 8 * n * 3 + row_bytes * n + 8 * n_values:
             raise ValueError("column bytes do not match the row counts (truncated or padded)")
         ids = np.cumsum(_unplanes(columns[:8 * n], n))
         index = np.cumsum(_unplanes(columns[8 * n:16 * n], n))
         ts_dd = _unplanes(columns[16 * n:24 * n], n)
-        g_flags = np.frombuffer(columns[24 * n:25 * n], dtype="u1")
-        value_col = _unplanes(columns[25 * n:], n_values)
+        g_reasons: list[str] | None = None
+        if v3:
+            planes = np.frombuffer(columns[24 * n:26 * n], dtype="u1").reshape(2, n)
+            kind_index = np.ascontiguousarray(planes.T).view("<u2").reshape(n).astype("<i8")
+            kinds = meta["kinds"]
+            if not all(isinstance(k, list) and len(k) == 2 and isinstance(k[0], int) and isinstance(k[1], str)
+                       and 0 <= k[0] < 256 for k in kinds):
+                raise ValueError("kinds must be [flags, reason] pairs")
+            if n and (kind_index.max() >= len(kinds)):
+                raise ValueError("a row names a kind that is not in the table")
+            kind_flags = np.array([k[0] for k in kinds] or [0], dtype="u1")
+            g_flags = kind_flags[kind_index]
+            g_reasons = [kinds[k][1] for k in kind_index.tolist()]
+        else:
+            g_flags = np.frombuffer(columns[24 * n:25 * n], dtype="u1")
+        value_col = _unplanes(columns[24 * n + row_bytes * n:], n_values)
         series = [tuple(str(x) for x in s) for s in meta["series"]]
         lengths = np.array(meta["counts"], dtype="<i8")
         modes = meta["modes"]
@@ -271,7 +303,13 @@ def _decode_v2(blob: bytes) -> list[WireReading]:
         values[order] = g_values
         flags = np.empty(n, "u1")
         flags[order] = g_flags
-        reasons = meta.get("reasons", {})
+        if g_reasons is not None:
+            by_row = [""] * n
+            for k, row in enumerate(order.tolist()):
+                by_row[row] = g_reasons[k]
+            reasons = {str(i): r for i, r in enumerate(by_row) if r}
+        else:
+            reasons = meta.get("reasons", {})
         id_list, ts_list, value_list, flag_list, index_list = (ids.tolist(), ts.tolist(), values.tolist(),
                                                                flags.tolist(), index.tolist())
         out = []

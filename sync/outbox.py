@@ -24,7 +24,7 @@ from local_store import Store
 from local_store.connections import write_transaction
 from local_store.derived import Cursor, derived_since, is_empty
 from sync.batches import encode_derived, encode_rows
-from sync.crypto import BatchHeader, message_hash, seal
+from sync.crypto import BatchHeader, message_hash, parse_header, seal
 from sync.keys import key_id
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,38 @@ def make_derived_batch(store: Store, gateway_id: str, receiver: X25519PublicKey,
         _set_state(db, "prev_hash", message_hash(message))
         _set_state(db, "derived_cursor", json.dumps(nxt.__dict__))
     return seq
+
+
+def unseal_unsent_tail(db: sqlite_utils.Database, max_readings: int) -> tuple[int, int]:
+    """Undo the newest batches that were never published, so their readings can be sealed again in
+    larger batches: returns (how many were undone, the last reading id they held); (0, 0) when there is
+    nothing worth it (fewer than two such batches, or they would not get fewer).
+
+    Only the tail is taken: batches of the current stream, never sent, after every batch that was ever
+    published, up to the newest. Their numbers never left the gateway, so the same sequence numbers and
+    the same chain link (the first one's ``prev_hash``) are used again; nothing that left is changed.
+    """
+    with write_transaction(db):
+        current = stream(db)
+        next_seq = int(_state(db, "next_seq", "1"))
+        floor = db.execute("SELECT COALESCE(MAX(seq), 0) FROM sync_outbox WHERE attempts > 0 OR sent_at IS NOT NULL "
+                           "OR stream != ?", [current.id]).fetchone()[0]
+        rows = db.execute("SELECT seq, first_reading_id, last_reading_id, count, message FROM sync_outbox WHERE "
+                          "seq > ? AND stream = ? ORDER BY seq", [floor, current.id]).fetchall()
+        total = sum(r[3] for r in rows)
+        if len(rows) < 2 or rows[-1][0] != next_seq - 1 or -(-total // max_readings) >= len(rows) or \
+                [r[0] for r in rows] != list(range(rows[0][0], next_seq)):
+            return 0, 0
+        first = rows[0]
+        prev_hash = parse_header(bytes(first[4]))[0].prev_hash
+        db.execute("DELETE FROM sync_outbox WHERE seq >= ? AND stream = ?", [first[0], current.id])
+        _set_state(db, "next_seq", first[0])
+        _set_state(db, "last_reading_id", first[1] - 1)
+        _set_state(db, "prev_hash", prev_hash)
+        if any(r[3] == 0 for r in rows):
+            # A derived batch was undone with them: its data goes again (the receiver keeps one copy).
+            _set_state(db, "derived_cursor", "{}")
+    return len(rows), int(rows[-1][2])
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,39 @@ class SyncService:
         """Readings with ids up to this are committed at the receiver: raw data that retention may prune."""
         return outbox.synced_through(self.store.db)
 
+    def _keys(self) -> tuple[Any, Any] | None:
+        """(receiver public key, gateway signing key), or None with ``_key_error`` saying why."""
+        if self.settings.receiver_public_key is None:
+            return None
+        try:
+            keys = load_public(self.settings.receiver_public_key), ensure_gateway_key(self.settings.keys_dir)
+        except KeyFileError as exc:
+            self._key_error = str(exc)
+            return None
+        self._key_error = ""
+        return keys
+
+    def reseal_backlog(self) -> tuple[int, int]:
+        """Seal the batches that never left the gateway (cut small during an outage, every
+        ``batch_max_age_s``) again as batches of up to ``batch_max_readings``: fewer, larger messages
+        when the link returns (issue 16). Only the tail of never-published batches of the current stream
+        is resealed, under the same sequence numbers and chain; a batch that was ever published is kept
+        as it is. Returns (batches before, batches after)."""
+        keys = self._keys()
+        if keys is None:
+            return 0, 0
+        receiver, signer = keys
+        before, upto = outbox.unseal_unsent_tail(self.store.db, self.settings.batch_max_readings)
+        if not before:
+            return 0, 0
+        after = 0
+        while outbox.cursor(self.store.db) < upto and outbox.make_batch(
+                self.store, self.settings.gateway_id, self.settings.batch_max_readings, receiver, signer) is not None:
+            after += 1
+        log.info("link back: re-sealed %d unsent batches as %d (up to %d readings each)", before, after,
+                 self.settings.batch_max_readings)
+        return before, after
+
     def fill(self, force: bool = False) -> int:
         """Seal full (or old enough) batches of readings, then a batch of derived data if it is due;
         returns how many readings batches were made."""
@@ -227,13 +260,10 @@ class SyncService:
             self._key_error = ("no receiver public key configured (sync.receiver_public_key); readings wait "
                                "unbatched on disk")
             return 0
-        try:
-            receiver = load_public(self.settings.receiver_public_key)
-            signer = ensure_gateway_key(self.settings.keys_dir)
-        except KeyFileError as exc:
-            self._key_error = str(exc)
+        keys = self._keys()
+        if keys is None:
             return 0
-        self._key_error = ""
+        receiver, signer = keys
         made = 0
         while not self._stop.is_set():
             pending, oldest = outbox.pending_readings(self.store)
@@ -282,6 +312,7 @@ class SyncService:
             # A new session: what was in flight on the old one may be gone (no persistent session),
             # so send it again now rather than after ack_timeout_s; the receiver deduplicates.
             self._sessions_seen = link.connects
+            self.reseal_backlog()        # before anything of the backlog is published in this session
             outbox.forget_in_flight(db)
         now = time.time()
         slots = outbox.window(db, self.settings.max_inflight)

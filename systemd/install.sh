@@ -54,8 +54,8 @@ OPT="$ROOT$PREFIX"; ETC="$ROOT/etc/carbon-gateway"; STATE="$ROOT/var/lib/carbon-
 UNIT="$ROOT/etc/systemd/system/carbon-gateway.service"
 
 if [ "$MODE" = uninstall ]; then
-  [ -z "$ROOT" ] && run systemctl disable --now carbon-gateway.service || true
-  run rm -f "$UNIT"
+  [ -z "$ROOT" ] && run systemctl disable --now carbon-gateway.service carbon-gateway-upgrade.path || true
+  run rm -f "$UNIT" "${UNIT%.service}-upgrade.path" "${UNIT%.service}-upgrade.service"
   [ -z "$ROOT" ] && run systemctl daemon-reload
   run rm -rf "$OPT"
   echo "kept $ETC and $STATE (config, data, keys); remove them by hand if wanted"
@@ -148,9 +148,14 @@ run sed "${ROOTED[@]}" -e "s#/opt/carbon-gateway#$OPT#g" -e "s#/etc/carbon-gatew
   -e "s#/var/lib/carbon-gateway#$STATE#g" -e "s#^User=.*#User=$SERVICE_USER#" \
   -e "s#^Group=.*#Group=${GROUP:-$SERVICE_USER}#" -e "w $UNIT" -n "$UNIT_TEMPLATE"
 run chmod 0644 "$UNIT"
+# The upgrade requested in the web UI: a path unit starts the root service that runs it.
+for extra in carbon-gateway-upgrade.path carbon-gateway-upgrade.service; do
+  run sed -e "s#/opt/carbon-gateway#$OPT#g" -e "s#/etc/carbon-gateway#$ETC#g" -e "s#/var/lib/carbon-gateway#$STATE#g" \
+    -e "w $(dirname "$UNIT")/$extra" -n "$(dirname "$UNIT_TEMPLATE")/$extra"
+done
 if [ -z "$ROOT" ]; then
   run systemctl daemon-reload
-  [ "$START" = yes ] && run systemctl enable --now carbon-gateway.service
+  [ "$START" = yes ] && run systemctl enable --now carbon-gateway.service carbon-gateway-upgrade.path
   echo "installed $VERSION; first boot: open https://$(hostname -f 2>/dev/null || hostname):8443/ and set the admin password"
 else
   echo "installed $VERSION under $ROOT (unit: $UNIT); nothing on this machine was changed outside it"

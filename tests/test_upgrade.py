@@ -25,6 +25,7 @@ import pytest
 
 from gateway.bundle import (MANIFEST, SIGNATURE, load_private_key, new_release_key, release, verify_bundle,
                             write_bundle)
+from gateway.upgrade import REQUEST, RESULT, stage_request, upgrade_dir
 from tests.conftest import REPO, Wheelhouse, base_python, clean_env, free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -143,7 +144,8 @@ class Box:
         return subprocess.run([str(self.prefix / "current" / "bin" / "python"), "-m", "gateway", *args],
                               capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=self.root)
 
-    def upgrade(self, bundle: Path, wheelhouse: Wheelhouse, *extra: str) -> subprocess.CompletedProcess[str]:
+    def upgrade(self, bundle: Path | str, wheelhouse: Wheelhouse, *extra: str) -> subprocess.CompletedProcess[str]:
+        """``upgrade BUNDLE`` (or ``upgrade --request FILE`` with bundle = "--request=FILE")."""
         return self.cli("upgrade", str(bundle), "--config", str(self.config), "--data-dir", str(self.data),
                         "--prefix", str(self.prefix), "--keys", str(self.root / "etc" / "carbon-gateway" / "release-keys"),
                         "--stop-command", f"sh {self.scripts / 'stop.sh'}", "--start-command",
@@ -207,10 +209,18 @@ def test_install_offline_upgrade_roll_back_and_refuse(bundles: Bundles, wheelhou
                    message="1.0.0 healthy")
         assert box.health()["version"] == "1.0.0"
 
-        # --- upgrade to 1.1.0 ------------------------------------------------------------------------------
-        result = box.upgrade(bundles.second, wheelhouse)
+        # --- upgrade to 1.1.0, as the web UI asks for it: checked and staged by the daemon's code, run by the
+        # root unit's command (carbon-gateway-upgrade.service runs `upgrade --request`) ----------------------
+        upload = tmp_path / "upload.tar"
+        shutil.copy(bundles.second, upload)
+        stage_request(upload, "carbon-gateway-1.1.0.tar", box.data, [root / "etc" / "carbon-gateway" / "release-keys"],
+                      "1.0.0", "admin")
+        result = box.upgrade(f"--request={upgrade_dir(box.data) / REQUEST}", wheelhouse)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "upgraded 1.0.0 -> 1.1.0" in result.stdout
+        outcome = json.loads((upgrade_dir(box.data) / RESULT).read_text())
+        assert (outcome["outcome"], outcome["to"], outcome["requested_by"]) == ("upgraded", "1.1.0", "admin")
+        assert not (upgrade_dir(box.data) / REQUEST).exists()
         assert box.current() == "releases/1.1.0" and box.health()["version"] == "1.1.0"
         assert (box.prefix / "releases" / "1.0.0").is_dir()     # the previous release stays, to go back to
         backups_after_second = sorted((box.data / "backups").glob("*"))

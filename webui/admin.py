@@ -13,7 +13,7 @@ from flask_wtf.file import FileField, FileRequired
 from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp
 
-from gateway.runtime import MIN_PASSWORD_LENGTH, ApplyError, BackupError, Change, UserError
+from gateway.runtime import MIN_PASSWORD_LENGTH, ApplyError, BackupError, Change, UpgradeError, UserError
 from webui.auth import NAME_RE, actor, new_password_field, options, record, requires, runtime, user_error_text
 from webui.confirm import ConfirmField, confirmation_page
 
@@ -270,3 +270,37 @@ def backup_restore() -> Any:
             "restarts (systemctl restart carbon-gateway).",
             when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(result.backup_created_at)), n=result.readings), "ok")
     return redirect(url_for("admin.backup_page"))
+
+
+# -- upgrade --------------------------------------------------------------------------------------------------
+class UpgradeForm(FlaskForm):
+    file = FileField(_l("Release bundle (.tar)"), validators=[FileRequired(_l("Choose a file."))])
+    confirm = ConfirmField(_l("I understand that the gateway restarts with the new release, and goes back to "
+                              "this one by itself if the new one does not become healthy."))
+
+
+def _upgrade_page(form: UpgradeForm, error: str = "", status: int = 200) -> Any:
+    view = runtime().upgrades()
+    return render_template("upgrade.html", form=form, error=error, view=view), status
+
+
+@bp.get("/upgrade")
+@requires("upgrade")
+def upgrade_page() -> Any:
+    return _upgrade_page(UpgradeForm(formdata=None))
+
+
+@bp.post("/upgrade")
+@requires("upgrade")
+def upgrade_upload() -> Any:
+    form = UpgradeForm()
+    if not form.validate_on_submit():
+        return _upgrade_page(form, status=400)
+    try:
+        # checked completely here (signature, every file, version); the root upgrade unit then runs it
+        request_ = runtime().request_upgrade(form.file.data.save, form.file.data.filename or "upload", actor())
+    except UpgradeError as exc:
+        return _upgrade_page(form, _("Not upgraded: %(reason)s", reason=str(exc)), 400)
+    flash(_("Release %(version)s was checked and the upgrade is starting: the gateway restarts in a moment, "
+            "and rolls back by itself if the new release does not become healthy.", version=request_["to"]), "ok")
+    return redirect(url_for("admin.upgrade_page"))

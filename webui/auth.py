@@ -30,6 +30,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "users": frozenset({"admin"}),                               # accounts and roles
     "audit": frozenset({"admin", "technician"}),                 # read the audit log
     "backup": frozenset({"admin"}),                              # backup download, restore upload
+    "upgrade": frozenset({"admin"}),                             # upload a signed release bundle
 }
 
 #: read-only views a demo on loopback shows without login (``[web] public_dashboard``)

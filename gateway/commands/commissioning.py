@@ -118,6 +118,11 @@ def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, par
         readings = read_meter(bus, unit_id, profile, Ratios(ct, pt))
     except DriverError as exc:
         raise click.ClickException(f"unit {unit_id}: {exc}") from exc
+    ctx = click.get_current_context()
+    if profile.secondary_side and all(ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT
+                                      for name in ("ct", "pt")):
+        click.echo(f"note: {profile.id} reports secondary-side values, shown as read; give --ct (and --pt) as on "
+                   "the transformers' rating plate for primary values", err=True)
     if as_json:
         click.echo(json.dumps([{"point": r.point, "value": r.value, "unit": r.unit, "quality": r.quality,
                                 "reason": r.reason, "raw": [f"{w:04x}" for w in r.raw]} for r in readings], indent=2))

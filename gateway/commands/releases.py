@@ -8,13 +8,16 @@ from pathlib import Path
 import click
 
 from gateway.commands.operations import load_or_exit
-from gateway.upgrade import UpgradeError, UpgradeSettings, upgrade
+from gateway.upgrade import UpgradeError, UpgradeSettings, run_request, upgrade
 
 _DEFAULTS = UpgradeSettings()
 
 
 @click.command("upgrade")
-@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=False)
+@click.option("--request", "request_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Run the upgrade asked for in the web UI (<data_dir>/upgrade/request.json); "
+                   "carbon-gateway-upgrade.service does this.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               default=Path("/etc/carbon-gateway/gateway.toml"), show_default=True, help="The service's config.")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
@@ -35,7 +38,7 @@ _DEFAULTS = UpgradeSettings()
               help="The interpreter for the new release's virtual environment.")
 @click.option("--find-links", type=click.Path(path_type=Path, file_okay=False, exists=True), multiple=True,
               help="More local wheel directories (for a bundle built without its dependencies).")
-def upgrade_command(bundle: Path, config_path: Path, data_dir: Path, prefix: Path, keys: tuple[Path, ...],
+def upgrade_command(bundle: Path | None, request_file: Path | None, config_path: Path, data_dir: Path, prefix: Path, keys: tuple[Path, ...],
                     force: bool, health_timeout: float, stop_command: str, start_command: str, python: str,
                     find_links: tuple[Path, ...]) -> None:
     """Upgrade to a signed release BUNDLE (scripts/release), offline, with automatic rollback.
@@ -46,12 +49,18 @@ def upgrade_command(bundle: Path, config_path: Path, data_dir: Path, prefix: Pat
     --health-timeout: switch back, restore the store if the new release migrated it, start the old one.
     Everything goes into the audit log. Run it as root (it writes PREFIX and restarts the service).
     """
+    if (bundle is None) == (request_file is None):
+        raise click.UsageError("give a BUNDLE file, or --request FILE")
     config, _ = load_or_exit(config_path, data_dir)
     settings = UpgradeSettings(prefix=prefix, trusted_keys=keys or _DEFAULTS.trusted_keys,
                                stop_command=shlex.split(stop_command), start_command=shlex.split(start_command),
                                health_timeout_s=health_timeout, python=python, find_links=find_links, force=force)
     try:
-        result = upgrade(bundle, config, settings, log=lambda line: click.echo(line, err=True))
+        if request_file is not None:
+            result = run_request(request_file, config, settings, log=lambda line: click.echo(line, err=True))
+        else:
+            assert bundle is not None
+            result = upgrade(bundle, config, settings, log=lambda line: click.echo(line, err=True))
     except UpgradeError as exc:
         raise click.ClickException(str(exc)) from None
     if result.outcome == "upgraded":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -102,6 +103,50 @@ def stats(database: Path | str, as_json: bool) -> None:
         click.echo(f"{gateway_id}: {s['batches']} batches, {s['readings']} readings, last seq {s['last_seq']}, "
                    f"missing {s['missing_seqs']}, chain breaks {s['chain_breaks']}, quarantined {s['quarantined']}, "
                    f"rejected {s['rejections']}")
+
+
+@receiver.command("acl")
+@click.option("--passwords", "passwords_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="username:password lines for gateways and receivers (stored hashed); without a password a "
+              "client must use a client certificate (use_identity_as_username).")
+@click.option("--receiver-user", "receiver_users", multiple=True, default=("receiver",), show_default=True,
+              help="Broker username of a receiver (repeat for several).")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the JSON here (0600) instead of printing it.")
+@click.pass_context
+def acl(ctx: click.Context, passwords_file: Path | None, receiver_users: tuple[str, ...], output: Path | None) -> None:
+    """The broker ACL for the gateways in DATA_DIR/trusted/, for mosquitto's dynamic security plugin.
+
+    Each gateway may publish only on <prefix>/<gateway_id>/batch and read only its own acks; receivers
+    take every batch and publish acks; everything else is denied. Use the file as the plugin's
+    plugin_opt_config_file (docs/sync-protocol.md, "Broker access control").
+    """
+    from sync.acl import dynsec_config, read_passwords, trusted_gateway_ids
+
+    params = ctx.parent.params if ctx.parent else {}
+    data_dir = Path(params.get("data_dir") or "receiver-data")
+    try:
+        gateways = trusted_gateway_ids(data_dir / "trusted")
+        if not gateways:
+            raise SyncError(f"{data_dir / 'trusted'}: no trusted gateway keys (<gateway_id>.pub): trust the "
+                            "gateways first, then make the ACL")
+        config = dynsec_config(gateways, receiver_users, params.get("topic_prefix") or "carbon",
+                               params.get("share_group") or "receivers",
+                               read_passwords(passwords_file) if passwords_file else None)
+    except SyncError as exc:
+        raise click.ClickException(str(exc)) from exc
+    text = json.dumps(config, indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise click.ClickException(f"{output}: cannot write ({exc.strerror})") from exc
+    click.echo(f"ACL for {len(gateways)} gateway(s) and {len(receiver_users)} receiver(s) written to {output}",
+               err=True)
 
 
 @click.group(invoke_without_command=True)

@@ -25,13 +25,15 @@ needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is No
 
 
 @needs_systemd_analyze
-def test_unit_verifies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["carbon-gateway.service", "carbon-gateway-upgrade.service",
+                                  "carbon-gateway-upgrade.path"])
+def test_unit_verifies(tmp_path: Path, name: str) -> None:
     # verify also checks that ExecStart exists, so point it at this checkout's command.
-    unit = tmp_path / "carbon-gateway.service"
-    unit.write_text(UNIT.read_text().replace(UNIT_PYTHON, sys.executable))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    problems = [line for line in (result.stdout + result.stderr).splitlines()
-                if "carbon-gateway.service" in line]
+    for unit_file in UNIT.parent.glob("carbon-gateway*"):
+        (tmp_path / unit_file.name).write_text(unit_file.read_text().replace(UNIT_PYTHON, sys.executable))
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True,
+                            timeout=60)
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if "carbon-gateway" in line]
     assert result.returncode == 0 and not problems, problems
 
 
@@ -55,13 +57,15 @@ def test_install_script_dry_run_lists_the_steps() -> None:
     assert result.returncode == 0, result.stderr
     assert "-m venv /opt/carbon-gateway/releases/<version>" in result.stdout
     assert "+ ln -sfn releases/<version> /opt/carbon-gateway/current" in result.stdout
-    assert "+ systemctl enable --now carbon-gateway.service" in result.stdout
+    assert "+ systemctl enable --now carbon-gateway.service carbon-gateway-upgrade.path" in result.stdout
     assert "--groups dialout carbon-gateway" in result.stdout
     result = subprocess.run(["bash", str(ROOT / "systemd" / "install.sh"), "--dry-run", "--uninstall"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "+ systemctl disable --now carbon-gateway.service", "+ rm -f /etc/systemd/system/carbon-gateway.service",
+        "+ systemctl disable --now carbon-gateway.service carbon-gateway-upgrade.path",
+        "+ rm -f /etc/systemd/system/carbon-gateway.service /etc/systemd/system/carbon-gateway-upgrade.path "
+        "/etc/systemd/system/carbon-gateway-upgrade.service",
         "+ systemctl daemon-reload", "+ rm -rf /opt/carbon-gateway",
         "kept /etc/carbon-gateway and /var/lib/carbon-gateway (config, data, keys); remove them by hand if wanted"]
 

@@ -40,5 +40,6 @@ def test_a_stacked_bar_chart_escapes_its_labels_and_labels_at_most_five_bars() -
 
 
 def test_horizontal_bars_shorten_long_source_names() -> None:
-    svg = hbar_chart_svg([("a-very-long-source-name-indeed", 2.0), ("gas", 1.0)], "by source")
-    assert "a-very-long-sourc…" in svg and ">2<" in svg and ">1<" in svg
+    svg = hbar_chart_svg([("a-very-long-source-name-indeed", 2.0), ("gas", 1.0), ("tiny", 0.000054)], "by source")
+    assert "a-very-long-sou…" in svg and ">2<" in svg and ">1<" in svg
+    assert ">0.000054<" in svg and "e-05" not in svg, "decimals, not exponents"

@@ -157,3 +157,32 @@ def test_issue16_forged_messages_publish_no_ack_and_rejections_are_bounded(parts
     with sqlite3.connect(receiver_settings.database) as conn:
         kept = conn.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
     assert kept <= 20 + 2          # ... but at most max_rejections rows kept (trimmed every 20 // 10 = 2)
+
+
+def test_issue16_a_backlog_sealed_during_an_outage_is_resealed_into_large_batches(parts, caplog) -> None:
+    caplog.set_level("INFO", logger="sync.service")
+    store, gateway, receiver_settings = parts
+    settings = replace(gateway, batch_max_readings=1000, ack_timeout_s=30.0)
+    service = SyncService(settings, store)
+    # An outage of 15 minutes: every 30 s the outbox sealed what was read (20 readings): 30 small batches.
+    for k in range(30):
+        store.insert_readings(_readings(20, start=1_795_000_000.0 + 30 * k))
+        assert service.fill(force=True) == 1
+    small_bytes = sum(len(row.message) for row in outbox.unacked(store.db, 100))
+    receiver = Receiver(receiver_settings)
+    receiver.start()
+    service.start()                                  # the link comes back
+    try:
+        wait_until(lambda: outbox.backlog(store.db) == (0, 0), timeout_s=30, message="the backlog drained")
+    finally:
+        service.stop()
+        receiver.stop()
+    stats = receiver_stats(receiver_settings.database)["gw-1"]
+    # 600 readings in one batch (600 <= batch_max_readings = 1000), numbered 1 like the first small one.
+    assert (stats["batches"], stats["readings"], stats["last_seq"]) == (1, 600, 1)
+    assert stats["missing_seqs"] == 0 and stats["chain_breaks"] == 0
+    assert _sqlite_count(receiver_settings.database) == 600
+    assert "link back: re-sealed 30 unsent batches as 1 (up to 1000 readings each)" in caplog.text
+    with sqlite3.connect(receiver_settings.database) as conn:
+        (sent,) = conn.execute("SELECT COUNT(*) FROM batches").fetchone()
+    assert sent == 1 and small_bytes > 0

@@ -107,13 +107,22 @@ def test_payload_round_trips_exactly_and_refuses_inconsistent_columns() -> None:
         WireReading(10, "m", "pf", 1_795_000_010.1, -1e300, "-", "power_factor", "ok"),
     ]
     blob = encode_readings(readings)
-    assert blob[0] == 2 and decode_readings(blob) == readings   # bit-exact values, ids, reasons
-    assert decode_readings(encode_readings_v1(readings)) == readings   # format 1 from old outboxes still reads
-    body = zlib.decompress(blob[1:])
-    for broken in (body[:-1], body + b"\x00", body[:16] + b"[" + body[17:]):
-        with pytest.raises(BatchRejected) as info:
-            decode_readings(b"\x02" + zlib.compress(broken))
-        assert info.value.reason == "malformed"
+    assert blob[0] == 3 and decode_readings(blob) == readings   # bit-exact values, ids, reasons
+    assert decode_readings(encode_readings(readings, 2)) == readings   # formats 2 and 1 from old outboxes
+    assert decode_readings(encode_readings_v1(readings)) == readings
+    for blob in (blob, encode_readings(readings, 2)):
+        body = zlib.decompress(blob[1:])
+        for broken in (body[:-1], body + b"\x00", body[:16] + b"[" + body[17:]):
+            with pytest.raises(BatchRejected) as info:
+                decode_readings(blob[:1] + zlib.compress(broken))
+            assert info.value.reason == "malformed"
+    # Format 3: a row naming a (flags, reason) pair that is not in the batch's table.
+    body = bytearray(zlib.decompress(encode_readings(readings)[1:]))
+    meta_len = struct.unpack_from("<I", body, 0)[0]
+    body[16 + meta_len + 24 * len(readings)] = 9
+    with pytest.raises(BatchRejected) as info:
+        decode_readings(b"\x03" + zlib.compress(bytes(body)))
+    assert info.value.reason == "malformed" and "not in the table" in info.value.detail
     with pytest.raises(BatchRejected) as info:
         decode_readings(b"\x02" + zlib.compress(b"\x00" * (65 * 1024 * 1024)))   # a decompression bomb
     assert info.value.reason == "oversized"

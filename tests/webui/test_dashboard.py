@@ -68,3 +68,32 @@ def test_the_demo_shows_its_dashboard_read_only_without_login(tmp_path) -> None:
 def test_without_public_dashboard_the_dashboard_needs_a_login(client) -> None:
     assert client.get("/").location.endswith("/setup")
     assert client.get("/api/status").status_code in (302, 401)
+
+
+def test_issue15_one_clock_state_on_the_system_page_the_dashboard_and_healthz(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from drivers import load_profiles
+    from gateway.clock import ClockState
+    from gateway.config import load_config
+    from gateway.daemon import Gateway
+    from gateway.paths import PROFILES_DIR
+
+    states = iter([ClockState(False, "timedatectl", "timedatectl: NTPSynchronized=no")]
+                  + [ClockState(True, "timedatectl", "timedatectl: NTPSynchronized=yes")] * 100)
+    config = load_config(write_config(tmp_path), load_profiles(PROFILES_DIR), data_dir_override=tmp_path / "data")
+    gateway = Gateway(config, clock_probe=lambda: next(states))
+    gateway.start()
+    try:
+        client = create_app({"TESTING": True, "STATUS_CACHE_S": 0.0}, runtime=Runtime(gateway)).test_client()
+        set_up_admin(client)
+        assert client.get("/healthz").get_json()["clock_synchronized"] is False
+        assert client.get("/api/status").get_json()["clock"] == {
+            "synchronized": False, "detail": "timedatectl: NTPSynchronized=no"}
+        page = client.get("/").get_data(as_text=True)
+        assert '<p id="clock-alarm" class="error" role="alert">' in page and "NTPSynchronized=no" in page
+        assert 'id="clock-sync" data-state="no"' in client.get("/system").get_data(as_text=True)
+        gateway.check_clock()       # the scheduler's next check: synchronised now, everywhere at once
+        assert client.get("/healthz").get_json()["clock_synchronized"] is True
+        assert '<p id="clock-alarm" class="error" role="alert" hidden>' in client.get("/").get_data(as_text=True)
+        assert 'id="clock-sync" data-state="yes"' in client.get("/system").get_data(as_text=True)
+    finally:
+        gateway.stop()

@@ -70,17 +70,23 @@ def test_every_list_page_fits_a_390px_phone(browser, base_url, language: str) ->
     context.close()
 
 
-def test_delete_asks_first_without_javascript(browser, base_url, field_gateway) -> None:  # noqa: F811
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_delete_asks_first_without_javascript(browser, base_url, field_gateway, language: str) -> None:  # noqa: F811
+    words = {"en": ("Delete meter boiler-gas?", "Meter boiler-gas was deleted; its stored readings are kept.", "natural gas"),
+             "zh": ("删除仪表 boiler-gas？", "已删除仪表 boiler-gas；其已存储的读数会保留。", "天然气")}[language]
     context, page = _admin_page(browser, base_url, javascript=False)
+    page.goto(base_url + "/lang/" + {"en": "en", "zh": "zh_Hans_CN"}[language])
     page.goto(base_url + "/meters")
+    # the activity is a word in the page's language, not the id natural_gas
+    assert page.inner_text("#meter-list tr[data-meter='boiler-gas'] td[data-label]:nth-child(5)").strip() == words[2]
     page.click("#meter-list tr[data-meter='boiler-gas'] button.danger")
-    assert page.inner_text("#confirm-question") == "Delete meter boiler-gas?"
+    assert page.inner_text("#confirm-question") == words[0]
     assert "boiler-gas" in [m.id for m in field_gateway.config.meters]
     page.click("#confirm-cancel")
     assert page.locator("#meter-list tr[data-meter='boiler-gas']").count() == 1
     page.click("#meter-list tr[data-meter='boiler-gas'] button.danger")
     page.click("#confirm-yes")
-    page.wait_for_selector("text=Meter boiler-gas was deleted; its stored readings are kept.")
+    page.wait_for_selector(f"text={words[1]}")
     assert "boiler-gas" not in [m.id for m in field_gateway.config.meters]
     context.close()
 
@@ -96,4 +102,19 @@ def test_the_bus_form_shows_only_the_chosen_transports_fields(browser, base_url)
     assert not page.is_visible("#host") and not page.is_visible("#port")
     page.select_option("#transport", "rtu_over_tcp")
     assert page.is_visible("#host") and not page.is_visible("#serial_port")
+    context.close()
+
+
+@pytest.mark.parametrize("viewport", [PHONE_390, {"width": 1280, "height": 900}])
+def test_the_dashboards_bus_card_shows_every_column(browser, base_url, viewport) -> None:  # noqa: F811
+    """Issue 15: at 1280 px the bus card cut its Errors column off."""
+    context, page = _admin_page(browser, base_url)
+    page.set_viewport_size(viewport)
+    page.goto(base_url + "/")
+    page.wait_for_selector("#bus-health tr[data-bus]")
+    clipped = page.evaluate("""() => [...document.querySelectorAll('#bus-health th, #bus-health td')]
+        .filter(c => { const wrap = c.closest('.table-wrap').getBoundingClientRect(), r = c.getBoundingClientRect();
+                       return r.right > wrap.right + 1 || c.scrollWidth > c.clientWidth + 1; })
+        .map(c => c.textContent)""")
+    assert clipped == []
     context.close()
