@@ -65,10 +65,11 @@ from gateway.clock import ClockState
 from gateway.config import ACTIVITIES, ConfigError, GatewayConfig, config_from_text, saved_config_path
 from gateway.daemon import Gateway, MeterStatus, ReloadError
 from gateway.paths import RELEASE_KEYS_DIR
+from gateway.rules import BAUDRATES, BUS, METER, Rule
 from gateway.upgrade import UpgradeError
 
 __all__ = [
-    "ACTIVITIES", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
+    "ACTIVITIES", "BAUDRATES", "BUS", "METER", "Rule", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
     "AuditVerification", "BackupError", "BackupFile", "BackupView", "BrokerTest", "Change", "ChartText", "ClockState",
     "DriverError", "ExceptionResponseError", "EmissionCharts", "EmissionsSummary", "DataImportError", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
     "MeterStatus", "Reading", "ReportError", "NoReportDataError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",

@@ -25,6 +25,7 @@ from local_store.emission_rows import recalculate, write_interval_emissions
 from local_store.emissions import EmissionSettings
 from local_store.errors import FactorError, ProcessingError, UnitError
 from local_store.factors import FactorLibrary
+from local_store.units import ACTIVITIES
 from local_store.units import activity as get_activity
 from local_store.units import factor_to_canonical
 
@@ -34,19 +35,7 @@ if TYPE_CHECKING:
 
 #: Quantities that may carry an activity when a source names no point, in order of preference
 #: (a steam meter may total heat in GJ or mass in t; heat is preferred because no enthalpy is assumed).
-DEFAULT_QUANTITIES: dict[str, tuple[Quantity, ...]] = {
-    "electricity": (Quantity.ENERGY_IMPORT,),
-    "electricity_export": (Quantity.ENERGY_EXPORT,),
-    "natural_gas": (Quantity.GAS_VOLUME,),
-    "heat": (Quantity.HEAT_ENERGY,),
-    "heat_export": (Quantity.HEAT_ENERGY,),
-    "steam": (Quantity.HEAT_ENERGY, Quantity.STEAM_MASS),
-    "raw_coal": (Quantity.OTHER,),
-    "diesel": (Quantity.OTHER,),
-    "gasoline": (Quantity.OTHER,),
-    "lpg": (Quantity.OTHER,),
-    "fuel_oil": (Quantity.OTHER,),
-}
+DEFAULT_QUANTITIES: dict[str, tuple[Quantity, ...]] = {name: a.quantities for name, a in ACTIVITIES.items()}
 
 
 @dataclass(frozen=True)

@@ -292,7 +292,7 @@ def test_the_installed_daemon_under_the_units_restrictions(installed: Installed,
         assert where == "/buses", page
         where, page = browser.post("/meters/new", {"id": "pulse-1", "bus": "tcp-1", "device_id": "1",
                                                    "profile": "generic-pulse-counter", "poll_interval_s": "1",
-                                                   "activity": "electricity", "enabled": "y"})
+                                                   "activity": "none", "enabled": "y"})
         assert where == "/meters", page
         saved = tomllib.loads((installed.etc / "gateway.toml").read_text())
         assert [m["id"] for m in saved["meters"]] == ["pulse-1"] and saved["buses"][0]["port"] == simulator
@@ -310,7 +310,7 @@ def test_the_installed_daemon_under_the_units_restrictions(installed: Installed,
         data["buses"].append({"name": f"tcp-{n}", "transport": "tcp", "host": "127.0.0.1", "port": simulator,
                               "timeout_s": 1.0})
         data["meters"].append({"id": f"pulse-{n}", "bus": f"tcp-{n}", "device_id": n,
-                               "profile": "generic-pulse-counter", "poll_interval_s": 2, "activity": "electricity"})
+                               "profile": "generic-pulse-counter", "poll_interval_s": 2, "activity": "none"})
     config.write_text(tomli_w.dumps(data))
     sandbox = Sandbox(installed, tmp_path / "private-tmp")
     sandbox.start()
