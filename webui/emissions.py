@@ -137,14 +137,20 @@ def factor_choice() -> Any:
     return redirect(url_for("emissions.factors"))
 
 
+def _current_choice(rt: Any) -> ChoiceForm:
+    """The settings form as the running config has it (shown again beside another form's errors)."""
+    choice = ChoiceForm(formdata=None, data={"region": rt.config.emissions.region, "method": rt.config.emissions.method,
+                                             "gwp": rt.config.emissions.gwp})
+    choice.region.choices = options(_regions())
+    return choice
+
+
 @bp.post("/factors/custom")
 @requires("settings")
 def factor_custom() -> Any:
     rt = runtime()
     custom = CustomFactorForm()
-    choice = ChoiceForm(formdata=None, data={"region": rt.config.emissions.region, "method": rt.config.emissions.method,
-                                             "gwp": rt.config.emissions.gwp})
-    choice.region.choices = options(_regions())
+    choice = _current_choice(rt)
     if not custom.validate_on_submit():
         return _factor_page(choice, custom, status=400)
     entry = {"id": custom.id.data, "activity": custom.activity.data, "parameter": custom.parameter.data,
@@ -165,9 +171,7 @@ def factor_custom() -> Any:
 def instrument_add() -> Any:
     rt = runtime()
     form = InstrumentForm()
-    choice = ChoiceForm(formdata=None, data={"region": rt.config.emissions.region, "method": rt.config.emissions.method,
-                                             "gwp": rt.config.emissions.gwp})
-    choice.region.choices = options(_regions())
+    choice = _current_choice(rt)
     if not form.validate_on_submit():
         return _factor_page(choice, CustomFactorForm(formdata=None), status=400, instrument=form)
     fields = [form.instrument.data.strip(), form.kind.data, form.start.data.isoformat(), form.end.data.isoformat(),
