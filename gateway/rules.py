@@ -206,7 +206,7 @@ METER = _rules(
          label="Modbus unit id", label_zh="Modbus 从站地址"),
     Rule("profile", str, REQUIRED, nonempty=True, max_length=100, missing="name a profile from config/profiles/",
          label="Profile", label_zh="仪表模板"),
-    Rule("poll_interval_s", float, 5.0, 0.2, 86400, unit=" s", label="Poll every (s)", label_zh="轮询间隔（秒）"),
+    Rule("poll_interval_s", float, 5.0, 0.1, 86400, unit=" s", label="Poll every (s)", label_zh="轮询间隔（秒）"),
     Rule("enabled", bool, True, label="Poll this meter", label_zh="轮询此仪表"),
     Rule("description", str, "", max_length=200, label="Description", label_zh="描述"),
     Rule("activity", str, "none", choices=ACTIVITY_CHOICES, label="Counts as", label_zh="计为",

@@ -38,6 +38,7 @@ from typing import IO, Any, Literal
 
 import sqlite_utils
 import tomli_w
+import tomlkit
 
 from drivers import DriverError, ExceptionResponseError, Profile, Reading
 from drivers.model import Quantity
@@ -376,9 +377,10 @@ class Runtime:
 
     # -- config ------------------------------------------------------------------------------------------
     def config_data(self) -> dict[str, Any]:
-        """The running config as TOML data (a fresh copy the caller may change)."""
+        """The running config as TOML data (a fresh copy the caller may change): a ``tomlkit`` document, so
+        :meth:`apply_data` writes it back with its comments and layout (issue 12: a web edit lost them)."""
         text = self.config.text
-        return tomllib.loads(text) if text else {}
+        return tomlkit.parse(text) if text else tomlkit.document()
 
     def config_text(self) -> str:
         return self.config.text
@@ -424,7 +426,7 @@ class Runtime:
         if not self.config.text:
             # a config built in code has no TOML to edit: writing `data` would drop everything else
             raise ApplyError("the running config was not read from a TOML file, so it cannot be edited here")
-        return self.apply_text(tomli_w.dumps(dict(data)), actor, change)
+        return self.apply_text(tomlkit.dumps(data), actor, change)
 
     def reload_from_file(self, load: Callable[[], tuple[GatewayConfig, Mapping[str, Profile]]], where: str,
                          actor: Actor = Actor(DAEMON)) -> ApplyResult:

@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Any
 
+import tomlkit
 from flask import (Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for)
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
@@ -78,13 +79,23 @@ def _apply(data: dict, action: str, target: str, **detail: Any) -> str:
     return ""
 
 
+def plain(value: Any) -> Any:
+    """A tomlkit item as plain Python (for a comparison or the audit log)."""
+    return value.unwrap() if hasattr(value, "unwrap") else value
+
+
 def _put(data: dict, items: list[dict], index: int | None, table: dict, kind: str, name: str) -> str:
     """Put ``table`` at ``index`` (None: a new one), then run and save the config; "" or why not."""
-    old = None if index is None else items[index]
+    old = None if index is None else plain(items[index])
     if index is None:
         items.append(table)
-    else:
-        items[index] = table
+    else:   # in place, value by value: the comments in and around the table stay (tomlkit)
+        entry = items[index]
+        for key in [k for k in entry if k not in table]:
+            del entry[key]
+        for key, value in table.items():
+            if key not in entry or plain(entry[key]) != value:
+                entry[key] = value
     return _apply(data, f"{kind}.add" if old is None else f"{kind}.edit", f"{kind} {name}", old=old, new=table)
 
 
@@ -106,7 +117,7 @@ def _entry(table: str, key: str, value: str | None) -> tuple[dict, list[dict], A
     """The running config's data, its list ``table`` and the entry whose ``key`` is ``value``
     (None: a new one; 404 when there is no such entry)."""
     data = runtime().config_data()
-    items = data.setdefault(table, [])
+    items = data.setdefault(table, tomlkit.aot())   # written back as [[table]] entries
     index = _find(items, key, value) if value is not None else None
     return data, items, index, items[index] if index is not None else None
 
