@@ -101,10 +101,10 @@ class Receiver:
 
     def stop(self) -> None:
         self._stopped.set()
+        if self._healer is not None:
+            self._healer.join(timeout=15)   # before the link stops: it may be resuming it
         if self._link is not None:
             self._link.stop()
-        if self._healer is not None:
-            self._healer.join(timeout=10)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -113,7 +113,7 @@ class Receiver:
         # Runs on paho's network thread: an exception escaping here would stop the receiver.
         payload, topic = bytes(message.payload), message.topic
         with self._held_lock:
-            if self.db_down:               # arrived before the unsubscribe took effect: keep it for later
+            if self.db_down:               # arrived before the pause took effect: keep it for later
                 self._held.append((payload, topic))
                 return
         try:
@@ -138,15 +138,17 @@ class Receiver:
             if self.db_down:
                 return
             self.db_down = f"{type(exc).__name__}: {str(exc).strip()}"
-        log.error("receiver database unreachable (%s): stopped taking batches (other receivers of share group %r "
-                  "take them) and reconnecting with backoff; %d batch(es) held", self.db_down,
-                  self.settings.share_group, len(self._held))
-        if self._link is not None:
-            self._link.unsubscribe()
+        log.error("receiver database unreachable (%s): stopped taking batches (the broker keeps them for this "
+                  "receiver's session; other receivers of share group %r go on) and reconnecting with backoff; "
+                  "%d batch(es) held", self.db_down, self.settings.share_group, len(self._held))
         self._healer = threading.Thread(target=self._heal, name="receiver-db-heal", daemon=True)
         self._healer.start()
 
     def _heal(self) -> None:
+        if self._link is not None:
+            # Off the broker (not unsubscribed): the persistent session keeps our share of the batches
+            # queued instead of the broker dropping what nobody subscribes to (issue 16).
+            self._link.pause()
         delay = DB_RETRY_MIN_S
         while not self._stopped.wait(delay):
             delay = min(delay * 2, DB_RETRY_MAX_S)
@@ -161,11 +163,14 @@ class Receiver:
                     old.close()
                 except Exception:  # noqa: BLE001 - it is broken; only its resources go
                     pass
+            if self._link is not None and not self._stopped.is_set():
+                self._link.resume()       # back on the broker first, so the held batches' acks can go out
+                self._link.connected.wait(10.0)
             if self._drain_held():
                 log.info("receiver database reachable again: held batches stored, taking batches again")
-                if self._link is not None:
-                    self._link.subscribe()
                 return
+            if self._link is not None:
+                self._link.pause()
 
     def _drain_held(self) -> bool:
         """Process the messages held while the database was down; False if it went away again."""
