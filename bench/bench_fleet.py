@@ -130,6 +130,7 @@ class Fleet:
         self.acked: set[tuple[str, int]] = set()
         self.sent_at: dict[tuple[str, int], float] = {}
         self.resends = 0
+        self.resent: set[tuple[str, int]] = set()
         self.lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fleet", protocol=mqtt.MQTTv5)
         self.client.max_inflight_messages_set(100)   # the broker's receive maximum (max_inflight_messages)
@@ -168,6 +169,7 @@ class Fleet:
                         continue
                     if last is not None:
                         self.resends += 1
+                        self.resent.add(key)
                     self.sent_at[key] = now
                 self.client.publish(f"carbon/{gateway_id}/batch", message, qos=1)
 
@@ -233,6 +235,7 @@ def run(work: Path, port: int, pg: Postgres, receivers: int, batches: dict[str, 
                 time.sleep(0.1)
         elapsed = time.perf_counter() - started
         resends = fleet.resends
+        resent_by_wave = [len(fleet.resent & wave) for wave in waves]
         fleet.close()
     finally:
         for p in procs:
@@ -246,10 +249,12 @@ def run(work: Path, port: int, pg: Postgres, receivers: int, batches: dict[str, 
         rows, distinct = conn.execute(
             "SELECT COUNT(*), COUNT(DISTINCT (gateway_id, meter_id, point, timestamp)) FROM readings").fetchone()
         stored_batches = conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+        table_bytes = conn.execute("SELECT pg_total_relation_size('readings')").fetchone()[0]
     sent = total * readings_per_batch
     return {"receivers": receivers, "gateways": len(batches), "batches": total, "stored_batches": stored_batches,
             "readings": sent, "elapsed_s": round(elapsed, 2), "readings_per_s": round(sent / elapsed),
             "lost": sent - distinct, "duplicated": rows - distinct, "resends": resends,
+            "resent_by_wave": resent_by_wave, "pg_bytes_per_reading": round(table_bytes / max(rows, 1)),
             "restarted": {"receiver": restarted_receiver, "database": restarted_db}}
 
 

@@ -52,7 +52,9 @@ class Link:
 
     def __init__(self, broker: BrokerSettings, client_id: str,
                  on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
-                 subscriptions: tuple[str, ...] = ()) -> None:
+                 subscriptions: tuple[str, ...] = (), manual_ack: bool = False) -> None:
+        """:param manual_ack: QoS 1 messages are acknowledged to the broker only by :meth:`ack` (after
+            they were handled), so one not handled before a disconnect is delivered again."""
         self.broker = broker
         self.connected = threading.Event()
         self.last_error = ""
@@ -72,6 +74,7 @@ class Link:
                                 keyfile=str(broker.client_key) if broker.client_key else None,
                                 cert_reqs=ssl.CERT_REQUIRED)
         self.client.max_inflight_messages_set(broker.max_inflight)
+        self.client.manual_ack_set(manual_ack)
         self._failures = 0           # attempts since the last successful connect
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
@@ -212,6 +215,11 @@ class Link:
             self._unsent = [i for i in self._unsent if not _published(i)]
             self._unsent.append(info)
         return info
+
+    def ack(self, message: mqtt.MQTTMessage) -> None:
+        """PUBACK a message taken with ``manual_ack`` (after it was handled)."""
+        if message.qos > 0:
+            self.client.ack(message.mid, message.qos)
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until what was published has reached the broker (before a deliberate disconnect: a
