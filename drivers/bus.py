@@ -62,6 +62,9 @@ class MeterStats:
     crc_errors: int = 0                 # replies whose CRC did not match (noise, termination, two masters)
     framing_errors: int = 0             # replies cut short, garbage, or not matching the request
     request_latency_ms: float | None = None  # request -> reply, moving average over good replies
+    polls: int = 0                      # poll cycles started (answered or not)
+    late_polls: int = 0                 # started more than half an interval after their scheduled time
+    skipped_polls: int = 0              # scheduled times that passed with no poll (the bus was busy, issue 17)
 
 
 def _serial_char_s(bus: BusConfig) -> float:
@@ -151,6 +154,7 @@ class BusPoller:
             m.id: MeterStats(state="unknown" if m.enabled else "disabled").__dict__.copy() for m in self.meters}
         self._decoders: dict[tuple[str, str], tuple[Point, Callable[[Sequence[int]], float]]] = {}
         self._next_due = {m.id: 0.0 for m in self.meters}
+        self._on_schedule: set[str] = set()   # meters polled on their schedule (not first, not backing off)
         self._failures = {m.id: 0 for m in self.meters}
         # What each device refused, per (device id, profile id): a test read or scan with another profile
         # learns nothing the live meter's plan uses (issue 13).
@@ -165,13 +169,24 @@ class BusPoller:
 
     # -- polling ---------------------------------------------------------------------------------
     def poll_due(self, now_monotonic: float | None = None) -> list[Reading]:
-        """Poll every enabled meter whose interval has elapsed; never raises for a meter's failure."""
-        now = time.monotonic() if now_monotonic is None else now_monotonic
+        """Poll every enabled meter whose interval has elapsed; never raises for a meter's failure.
+
+        Each meter keeps a monotonic schedule (issue 17): the next poll is due one interval after the previous
+        one was *due*, not after it ran, so a slow cycle does not shift every later poll. A poll that starts
+        more than half an interval after its time counts as late; scheduled times that passed while the bus
+        was busy count as skipped (``MeterStats.late_polls``, ``skipped_polls``), so nothing is lost unseen.
+        After a failure the meter backs off and its schedule starts afresh when it answers again.
+        """
+        entered = time.monotonic()
+        now = entered if now_monotonic is None else now_monotonic
         readings: list[Reading] = []
         for meter in self.meters:
-            if not meter.enabled or self._next_due[meter.id] > now:
+            if not meter.enabled:
                 continue
-            readings.extend(self._poll_meter(meter, now))
+            started = now + (time.monotonic() - entered)   # the meters before it on the bus took time
+            if self._next_due[meter.id] > started:
+                continue
+            readings.extend(self._poll_meter(meter, started))
         return readings
 
     def next_due_in(self, now_monotonic: float | None = None) -> float:
@@ -221,8 +236,26 @@ class BusPoller:
             entries.append((point, point.address - req.address, point.count, cached[1], scale_offset))
         return tuple(entries)
 
+    def _schedule(self, meter: MeterConfig, now: float) -> float | None:
+        """Count this poll, and whether it is late or skipped times; the time it was due (None: unscheduled)."""
+        stats = self._stats[meter.id]
+        stats["polls"] += 1
+        due = self._next_due[meter.id]
+        if meter.id not in self._on_schedule:
+            return None
+        interval = meter.poll_interval_s
+        late_s = now - due
+        if late_s > interval / 2:
+            stats["late_polls"] += 1
+        skipped = int(late_s // interval)
+        if skipped > 0:
+            stats["skipped_polls"] += skipped
+            due += skipped * interval
+        return due
+
     def _poll_meter(self, meter: MeterConfig, now: float) -> list[Reading]:
         started = time.monotonic()
+        due = self._schedule(meter, now)
         missed: BusError | None = None
         try:
             readings, missed = self._read(meter.id, meter.device_id, self.profiles[meter.profile], meter.ratios)
@@ -234,6 +267,7 @@ class BusPoller:
             self._failures[meter.id] += 1
             backoff = min(meter.poll_interval_s * 2 ** (self._failures[meter.id] - 1), MAX_BACKOFF_S)
             self._next_due[meter.id] = now + backoff
+            self._on_schedule.discard(meter.id)   # back-off: no late or skipped polls until it answers again
             stats = self._stats[meter.id]
             if stats["last_error"] != error:  # log the first of identical errors only, until a success
                 log.error("meter %s (bus %s, device %d): %s; retrying in %.0f s",
@@ -243,7 +277,8 @@ class BusPoller:
         if self._failures[meter.id]:
             log.info("meter %s answers again", meter.id)
         self._failures[meter.id] = 0
-        self._next_due[meter.id] = now + meter.poll_interval_s
+        self._next_due[meter.id] = (now if due is None else due) + meter.poll_interval_s
+        self._on_schedule.add(meter.id)
         self._stats[meter.id].update(state="ok", last_error="", last_ok_at=time.time(),
                                      latency_ms=(time.monotonic() - started) * 1000)
         return readings

@@ -63,13 +63,29 @@ def _point(raw: dict[str, Any], where: str) -> Point:
             isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in nan_values):
         raise ProfileError(f"{where}.nan_values = {nan_values!r}: use a list of the integers ({low} to {high} for "
                            f"{raw['data_type']}) the meter sends for 'not available', e.g. [{high}]")
+    secondary = raw.get("secondary", "none")
+    allowed = _SECONDARY_OF.get(Quantity(raw["quantity"]), ("none",))
+    if secondary not in allowed:
+        raise ProfileError(f'{where}.secondary = "{secondary}": a {raw["quantity"]} value takes '
+                           f'{" or ".join(allowed)} (docs/profiles.md: power and energy scale with CT x PT, '
+                           "currents with the CT, voltages with the PT)")
     return Point(
         name=str(raw["name"]), address=address, data_type=raw["data_type"], quantity=Quantity(raw["quantity"]),
         unit=str(raw["unit"]), table=raw.get("table", "holding"), word_order=raw.get("word_order", "big"),
         byte_order=raw.get("byte_order", "big"), scale=float(scale), scale_register=scale_register,
         nan_values=tuple(nan_values), description=str(raw.get("description", "")),
-        secondary=raw.get("secondary", "none"),
+        secondary=secondary,
     )
+
+
+#: Which ``secondary`` marks make sense for a quantity (the ratio that turns it primary).
+_SECONDARY_OF: dict[Quantity, tuple[str, ...]] = {
+    Quantity.VOLTAGE: ("none", "voltage"),
+    Quantity.CURRENT: ("none", "current"),
+    **{q: ("none", "both", "current", "voltage") for q in (
+        Quantity.ACTIVE_POWER, Quantity.REACTIVE_POWER, Quantity.APPARENT_POWER, Quantity.ENERGY_IMPORT,
+        Quantity.ENERGY_EXPORT, Quantity.REACTIVE_ENERGY)},
+}
 
 
 _PROFILE_KEYS = {"id", "manufacturer", "model", "source", "description", "defaults", "points",

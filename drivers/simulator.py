@@ -53,6 +53,7 @@ _RATE_PER_H = {
     Quantity.GAS_VOLUME: 40.0, Quantity.HEAT_ENERGY: 5.6, Quantity.STEAM_MASS: 2.0,
     Quantity.WATER_VOLUME: 5.0, Quantity.PULSE_COUNT: 1000.0,
 }
+SECONDARY_CT_RATIO = 20.0        # the CTs (100/5 A) a simulated secondary-side meter is connected through
 SCALE_EXPONENT = -1              # what a simulated scale-factor register holds
 _SWING = 0.2                      # +-20 % load variation
 _OMEGA = 2 * math.pi / 600.0      # one load cycle every 10 minutes
@@ -115,12 +116,16 @@ class _MeterModel:
             start = 10_000.0 + 1_000.0 * self.device.device_id if rate else 12.5
             return start + rate * (t + _SWING * (1 - math.cos(_OMEGA * t)) / _OMEGA) / 3600.0
         ripple = 0.002 * math.sin(now * 1.7 + self.device.device_id)
+        # A secondary-side meter sits behind current transformers: its power and current registers hold the
+        # secondary reading (here behind 100/5 A CTs), which is what fits them (the Acrel ADL400's 16-bit
+        # power words in W top out at 32.767 kW).
+        ct = SECONDARY_CT_RATIO if point.secondary in ("current", "both") else 1.0
         if q is Quantity.ACTIVE_POWER:
-            return _RATE_PER_H[Quantity.ENERGY_IMPORT] * self.load(t)
+            return _RATE_PER_H[Quantity.ENERGY_IMPORT] * self.load(t) / ct
         if q is Quantity.VOLTAGE:
             return 230.0 * (1 + ripple)
         if q is Quantity.CURRENT:
-            return _RATE_PER_H[Quantity.ENERGY_IMPORT] * self.load(t) * 1000 / (3 * 230.0)
+            return _RATE_PER_H[Quantity.ENERGY_IMPORT] * self.load(t) * 1000 / (3 * 230.0) / ct
         if q is Quantity.FREQUENCY:
             return 50.0 + ripple
         if q is Quantity.POWER_FACTOR:

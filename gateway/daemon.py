@@ -15,13 +15,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Reading, SimulatedDevice, SimulatorServer
-from drivers import load_profile_set
+from drivers import BusConfig, BusPoller, DriverError, MeterStats, Profile, Ratios, Reading, SimulatedDevice, SimulatorServer
+from drivers import MeterConfig, load_profile_set
 from local_store import Store, StoreError, audit, open_store
 from local_store.backup import StoreLock, apply_staged_restore, create_backup, hold_store_lock, prune_backups
 from local_store.reports import EmissionsSummary, emissions_summary
@@ -82,6 +82,17 @@ class MeterStatus:
     warning: str = ""            # a configuration flag, e.g. a secondary-side meter with no CT ratio set
 
 
+@dataclass
+class _BusRun:
+    """One running bus: the key it was started with (``Gateway._bus_keys``), its owner and thread, its simulator."""
+
+    key: tuple
+    poller: BusPoller
+    thread: threading.Thread
+    stop: threading.Event
+    simulator: SimulatorServer | None
+
+
 class Gateway:
     """The running gateway. ``start()`` returns once polling has started."""
 
@@ -93,11 +104,9 @@ class Gateway:
         self._profiles = dict(profiles if profiles is not None else load_profile_set(PROFILE_DIRS).profiles)
         self.store: Store | None = None
         self.sync: SyncService | None = None
-        self._simulators: list[SimulatorServer] = []
+        self._runs: dict[str, _BusRun] = {}      # bus name -> what runs it (poller, thread, simulator)
         self._pollers: dict[str, BusPoller] = {}
-        self._bus_threads: list[threading.Thread] = []
         self._readings: queue.Queue[list[Reading]] = queue.Queue(MAX_QUEUED_BATCHES)
-        self._poll_stop = threading.Event()   # this config's bus threads; replaced on each reload
         self._reload_lock = threading.Lock()
         self.restart_needed = ""               # what a reload could not apply while running
         self._started_web = config.web
@@ -173,10 +182,13 @@ class Gateway:
     def reload(self, new_config: GatewayConfig, profiles: Mapping[str, Profile] | None = None) -> None:
         """Run ``new_config`` instead of the running one, or keep the running one.
 
-        Polling and sync stop, readings already read are stored, then buses, meters, sources,
-        emission settings and sync start with the new config. If that fails, the previous config is
-        started again and :class:`ReloadError` says what failed. The data directory cannot change
-        while running; web settings take effect at the next restart (``restart_needed`` says so).
+        Only what changed restarts (issue 12): a bus whose settings, meters (their descriptions aside) or
+        meters' profiles changed is stopped and started again, the other buses keep polling without a gap;
+        sync restarts only when ``[sync]`` changed; a description edit restarts nothing. Sources and emission
+        settings are handed to the store each time (it reprocesses only a source that changed). If the new
+        config fails to start, everything is stopped and the previous config started again, and
+        :class:`ReloadError` says what failed. The data directory cannot change while running; web settings
+        take effect at the next restart (``restart_needed`` says so).
 
         :param profiles: the profiles re-read with the new config (SIGHUP); None keeps the running ones.
         :raises ReloadError: the new config was not applied; the previous one is running.
@@ -186,7 +198,6 @@ class Gateway:
             if new_config.data_dir.resolve() != old.data_dir.resolve():
                 raise ReloadError(f"gateway.data_dir cannot change while running ({old.data_dir} -> "
                                   f"{new_config.data_dir}): restart the gateway to move its data")
-            self._stop_running()
             if profiles is not None:
                 self._profiles = dict(profiles)
             try:
@@ -206,43 +217,76 @@ class Gateway:
             log.info("config reloaded: %d bus(es), %d meter(s)", len(new_config.buses), len(new_config.meters))
             self._log_alarms(new_config)
 
+    def _bus_keys(self, config: GatewayConfig) -> dict[str, tuple]:
+        """Per bus, what its poller is built from: the bus settings, whether it is simulated, its meters without
+        their descriptions (shown, never polled) and their profiles. A bus restarts when its key changes."""
+        on_bus: dict[str, list[MeterConfig]] = {}
+        for meter in config.meters:
+            on_bus.setdefault(meter.bus, []).append(replace(meter, description=""))
+        return {bus.name: (bus, bus.name in config.simulated_buses, tuple(on_bus.get(bus.name, ())),
+                           tuple(self._profiles.get(m.profile) for m in on_bus.get(bus.name, ())))
+                for bus in config.buses}
+
     def _apply(self, config: GatewayConfig) -> None:
-        """Start what depends on the config: sources, buses (simulated ones first), sync."""
+        """Bring the running parts in line with ``config``: sources, then the buses that are new or changed
+        (simulated ones with their simulator), then sync if ``[sync]`` changed. Unchanged buses keep running."""
         assert self.store is not None
         for meter in config.meters:   # before a simulator is started for a profile that is not there
             if meter.enabled and meter.profile not in self._profiles:
                 raise DriverError(f"meter {meter.id}: unknown profile '{meter.profile}'")
+        keys = self._bus_keys(config)
         self.config = config
         self.store.configure_sources(config.sources, config.emissions)
         if config.demo_receiver_key:
             ensure_receiver_key(config.keys_dir)
-        poll_stop = threading.Event()
-        self._poll_stop = poll_stop
-        buses = [self._start_simulator(bus) if bus.name in config.simulated_buses else bus for bus in config.buses]
-        pollers: dict[str, BusPoller] = {}
-        for bus in buses:
-            pollers[bus.name] = BusPoller(bus, config.meters, self._profiles)
-        self._pollers = pollers     # one assignment: readers (web UI threads) see the old or the new set
-        for poller in pollers.values():
-            thread = threading.Thread(target=self._poll_bus, args=(poller, poll_stop), name=f"bus-{poller.bus.name}",
-                                      daemon=True)
-            self._bus_threads.append(thread)
-            thread.start()
-        if config.sync.enabled:
+        changed = [name for name, run in self._runs.items() if keys.get(name) != run.key]
+        if changed:
+            log.info("restarting bus(es) %s: their settings, meters or profiles changed", ", ".join(changed))
+        self._stop_buses(changed)
+        for bus in config.buses:
+            if bus.name not in self._runs:
+                self._start_bus(config, bus, keys[bus.name])
+        # one assignment: readers (web UI threads) see the old or the new set
+        self._pollers = {bus.name: self._runs[bus.name].poller for bus in config.buses}
+        if self.sync is not None and self.sync.settings != config.sync:
+            log.info("restarting sync: [sync] changed")
+            self.sync.stop()
+            self.sync = None
+        if config.sync.enabled and self.sync is None:
             self.sync = SyncService(config.sync, self.store)
             self.sync.start()
 
+    def _start_bus(self, config: GatewayConfig, bus: BusConfig, key: tuple) -> None:
+        simulator = self._start_simulator(config, bus) if bus.name in config.simulated_buses else None
+        served = bus if simulator is None else replace(bus, host=simulator.host, port=simulator.port)
+        try:
+            poller = BusPoller(served, config.meters, self._profiles)
+        except Exception:
+            if simulator is not None:
+                simulator.stop()
+            raise
+        stop = threading.Event()
+        thread = threading.Thread(target=self._poll_bus, args=(poller, stop), name=f"bus-{bus.name}", daemon=True)
+        self._runs[bus.name] = _BusRun(key, poller, thread, stop, simulator)
+        thread.start()
+
+    def _stop_buses(self, names: Sequence[str]) -> None:
+        """Stop these buses' threads, then close their pollers and simulators (readings already queued stay
+        queued for the store writer)."""
+        runs = [self._runs.pop(name) for name in names if name in self._runs]
+        for run in runs:
+            run.stop.set()
+        for run in runs:
+            run.thread.join(timeout=10)
+            run.poller.close()
+            if run.simulator is not None:
+                run.simulator.stop()
+            self._beats.pop(run.poller.bus.name, None)
+
     def _stop_running(self) -> None:
-        """Stop what :meth:`_apply` started; readings already read are stored, not dropped."""
-        self._poll_stop.set()
-        for thread in self._bus_threads:
-            thread.join(timeout=10)
-        self._bus_threads = []
-        for poller in self._pollers.values():
-            poller.close()
-        for simulator in self._simulators:
-            simulator.stop()
-        self._simulators = []
+        """Stop every bus and sync; readings already read are stored, not dropped."""
+        self._stop_buses(list(self._runs))
+        self._pollers = {}
         if self.store is not None:
             self.flush_readings(force=True)
         if self.sync is not None:
@@ -281,14 +325,12 @@ class Gateway:
             self._lock.release()
         log.info("gateway stopped")
 
-    def _start_simulator(self, bus: BusConfig) -> BusConfig:
-        devices = [SimulatedDevice(m.device_id, self._profiles[m.profile]) for m in self.config.meters
+    def _start_simulator(self, config: GatewayConfig, bus: BusConfig) -> SimulatorServer | None:
+        devices = [SimulatedDevice(m.device_id, self._profiles[m.profile]) for m in config.meters
                    if m.bus == bus.name and m.profile in self._profiles]
         if not devices:   # no meters on it, or only meters whose profile file is broken: nothing to serve or poll
-            return bus
-        simulator = SimulatorServer(devices, host="127.0.0.1").start()
-        self._simulators.append(simulator)
-        return replace(bus, host=simulator.host, port=simulator.port)
+            return None
+        return SimulatorServer(devices, host="127.0.0.1").start()
 
     def _start_web(self) -> None:
         if self.web_factory is None:
@@ -512,11 +554,16 @@ class Gateway:
         return poller
 
     def test_read(self, bus_name: str, device_id: int, profile_id: str) -> list[Reading]:
-        """A test read through the bus owner, so it never collides with polling on the same line."""
+        """A test read through the bus owner, so it never collides with polling on the same line, and as a
+        transaction of its own that leaves the live plan alone. Values are primary by the CT/PT ratios of the
+        configured meter at that bus, unit and profile, if there is one (as its live values are)."""
         poller = self._pollers.get(bus_name)
         if poller is None:
             raise DriverError(f"no bus named {bus_name!r}: use one of {', '.join(sorted(self._pollers)) or '(none)'}")
-        return poller.read_once(device_id, self._profiles[profile_id])
+        meter = next((m for m in self.config.meters
+                      if (m.bus, m.device_id, m.profile) == (bus_name, device_id, profile_id)), None)
+        return poller.read_once(device_id, self._profiles[profile_id],
+                                ratios=meter.ratios if meter is not None else Ratios())
 
     def health(self) -> dict:
         """What ``/healthz`` answers: ``status`` is ok while readings are stored, else degraded, with why."""

@@ -65,6 +65,12 @@ def render(gateway: Any, now: float | None = None) -> str:
     labels = [({"meter": m.meter_id, "bus": m.bus}, m) for m in meters]
     out.family("meter_requests_total", "counter", "Modbus requests sent to the meter.",
                [(lbl, m.stats.requests) for lbl, m in labels])
+    out.family("meter_polls_total", "counter", "Poll cycles of the meter started (answered or not).",
+               [(lbl, m.stats.polls) for lbl, m in labels])
+    out.family("meter_polls_late_total", "counter", "Polls started more than half an interval after their "
+               "scheduled time (the bus was busy).", [(lbl, m.stats.late_polls) for lbl, m in labels])
+    out.family("meter_polls_skipped_total", "counter", "Scheduled polls that passed without a poll (the bus was "
+               "busy for a whole interval or more).", [(lbl, m.stats.skipped_polls) for lbl, m in labels])
     out.family("meter_errors_total", "counter", "Failed requests per meter and kind.",
                [({**lbl, "kind": kind}, getattr(m.stats, attr)) for lbl, m in labels
                 for kind, attr in (("timeout", "timeouts"), ("exception", "exceptions"), ("decode", "decode_errors"))])

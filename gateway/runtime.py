@@ -38,6 +38,7 @@ from typing import IO, Any, Literal
 
 import sqlite_utils
 import tomli_w
+import tomlkit
 
 from drivers import DriverError, ExceptionResponseError, Profile, Reading
 from drivers.model import Quantity
@@ -62,10 +63,11 @@ from gateway.clock import ClockState
 from gateway.config import ACTIVITIES, ConfigError, GatewayConfig, config_from_text, saved_config_path
 from gateway.daemon import Gateway, MeterStatus, ReloadError
 from gateway.paths import RELEASE_KEYS_DIR
+from gateway.rules import BAUDRATES, BUS, METER, Rule
 from gateway.upgrade import UpgradeError
 
 __all__ = [
-    "ACTIVITIES", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
+    "ACTIVITIES", "BAUDRATES", "BUS", "METER", "Rule", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
     "AuditVerification", "BackupError", "BackupFile", "BackupView", "BrokerTest", "Change", "ChartText", "ClockState",
     "DriverError", "ExceptionResponseError", "EmissionCharts", "EmissionsSummary", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
     "MeterStatus", "Reading", "ReportError", "NoReportDataError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",
@@ -371,9 +373,10 @@ class Runtime:
 
     # -- config ------------------------------------------------------------------------------------------
     def config_data(self) -> dict[str, Any]:
-        """The running config as TOML data (a fresh copy the caller may change)."""
+        """The running config as TOML data (a fresh copy the caller may change): a ``tomlkit`` document, so
+        :meth:`apply_data` writes it back with its comments and layout (issue 12: a web edit lost them)."""
         text = self.config.text
-        return tomllib.loads(text) if text else {}
+        return tomlkit.parse(text) if text else tomlkit.document()
 
     def config_text(self) -> str:
         return self.config.text
@@ -419,7 +422,7 @@ class Runtime:
         if not self.config.text:
             # a config built in code has no TOML to edit: writing `data` would drop everything else
             raise ApplyError("the running config was not read from a TOML file, so it cannot be edited here")
-        return self.apply_text(tomli_w.dumps(dict(data)), actor, change)
+        return self.apply_text(tomlkit.dumps(data), actor, change)
 
     def reload_from_file(self, load: Callable[[], tuple[GatewayConfig, Mapping[str, Profile]]], where: str,
                          actor: Actor = Actor(DAEMON)) -> ApplyResult:

@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from local_store.errors import StoreError
 from local_store.keyfiles import create_key_file
+from local_store.readings import highest_reading_id, reading_count
 
 MAGIC = b"CARBONGW-BACKUP\n"
 FORMAT_VERSION = 1
@@ -411,7 +412,7 @@ def _check_database(path: Path, backup_file: Path) -> tuple[int, int]:
             if not applied:
                 raise BackupError(f"{backup_file}: the database inside is not a gateway store (no schema); "
                                   f"nothing was replaced")
-            readings = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+            readings = reading_count(conn)
             has_audit = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'audit_log'").fetchone()
             audit_entries = conn.execute("SELECT count(*) FROM audit_log").fetchone()[0] if has_audit else 0
         finally:
@@ -451,10 +452,8 @@ def _mark_restored(path: Path, backup_created_at: float) -> None:
     reused (issue 16)."""
     conn = sqlite3.connect(path)
     try:
-        allocated = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'readings'").fetchone()[0]
-        highest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0]
         marker = {"id": secrets.token_hex(8), "at": time.time(), "backup_created_at": backup_created_at,
-                  "next_reading_id": max(int(allocated), int(highest)) + 1}
+                  "next_reading_id": highest_reading_id(conn) + 1}
         with conn:
             conn.execute("INSERT INTO store_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
                          "value = excluded.value", (RESTORED_META_KEY, json.dumps(marker)))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sqlite3
 import threading
 import time
@@ -28,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from drivers.model import Quantity, Reading
+from drivers.model import Reading
 from local_store import pipeline
 from local_store import preprocess as pp
+from local_store import readings as rd
 from local_store.connections import connect, write_transaction
 from local_store.emission_rows import recalculate, refresh_hourly, write_activity_emissions
 from local_store.emissions import EmissionArrays, EmissionSettings
@@ -98,6 +98,13 @@ class ActivityData:
     row: int                      # the line of the file
 
 
+def _rules_of(settings_json: str) -> dict:
+    """A source's settings as stored, without what is only shown (the description)."""
+    settings = json.loads(settings_json)
+    settings.pop("description", None)
+    return settings
+
+
 @dataclass
 class Store:
     """The gateway's SQLite store. Create with :func:`open_store`."""
@@ -110,6 +117,7 @@ class Store:
     _conns_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _library: FactorLibrary | None = field(default=None, repr=False)
+    _series: rd.SeriesCache = field(default_factory=rd.SeriesCache, repr=False)
 
     # -- connections -----------------------------------------------------------------------------
     @property
@@ -172,60 +180,51 @@ class Store:
     def insert_readings(self, readings: Sequence[Reading], origin: str = "poll") -> int:
         """Store readings in one durable transaction; returns how many were stored.
 
+        Readings of one meter at one time are stored as one poll row (``local_store/readings.py``).
         Invalid readings are kept with their reason (their value is NULL).
         """
-        rows = []
-        for r in readings:
-            value = r.value if r.quality == "ok" and r.value is not None and math.isfinite(r.value) else None
-            quality = r.quality if value is not None else "invalid"
-            reason = r.reason or ("" if value is not None or r.quality == "invalid" else "value is not a finite number")
-            quantity = r.quantity.value if isinstance(r.quantity, Quantity) else str(r.quantity)
-            rows.append((r.meter_id, r.point, float(r.timestamp), value, r.unit, quantity, quality, reason, origin))
-        if not rows:
+        polls = rd.group_polls(readings)
+        if not polls:
             return 0
         db = self.db
-        with write_transaction(db):
-            cur = db.conn.executemany(
-                "INSERT INTO readings (meter_id, point, timestamp, value, unit, quantity, quality, reason, origin)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            last_id = db.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-            # Keep a newest-per-point table so the dashboard never scans the readings table.
-            first_id = last_id - len(rows) + 1
-            db.conn.execute(
-                "INSERT INTO latest_readings (meter_id, point, reading_id, timestamp, value, unit, quantity, quality, reason)"
-                " SELECT meter_id, point, id, timestamp, value, unit, quantity, quality, reason FROM readings"
-                " WHERE id >= ? AND true"
-                " ON CONFLICT (meter_id, point) DO UPDATE SET reading_id = excluded.reading_id,"
-                " timestamp = excluded.timestamp, value = excluded.value, unit = excluded.unit,"
-                " quantity = excluded.quantity, quality = excluded.quality, reason = excluded.reason"
-                " WHERE excluded.timestamp >= latest_readings.timestamp", (first_id,))
-        return cur.rowcount if cur.rowcount >= 0 else len(rows)
+        # Series ids made inside a caller's transaction are not remembered: it may still roll back.
+        cache = self._series if not db.conn.in_transaction else rd.SeriesCache()
+        try:
+            with write_transaction(db):
+                return rd.insert_polls(db, cache, polls, None if origin == "poll" else origin)
+        except BaseException:
+            cache.forget()
+            raise
 
     def latest_readings(self) -> list[StoredReading]:
         """The newest reading per (meter, point), by timestamp."""
-        rows = self.db.execute(
-            "SELECT l.reading_id, l.meter_id, l.point, l.timestamp, l.value, l.unit, l.quantity, l.quality,"
-            " l.reason, r.status FROM latest_readings l LEFT JOIN readings r ON r.id = l.reading_id"
-            " ORDER BY l.meter_id, l.point").fetchall()
-        return [StoredReading(*row) for row in rows]
+        db = self.db
+        polls = db.execute("SELECT p.id, p.series, p.timestamp, p.n, p.vals, p.bad, p.origin FROM series_latest s"
+                           " JOIN polls p ON p.id = s.last_id ORDER BY p.id").fetchall()
+        newest: dict[tuple[str, str], tuple] = {}
+        for row in rd.expand(db, polls, with_status=True):
+            key = (row[1], row[2])
+            if key not in newest or row[3] >= newest[key][3]:
+                newest[key] = row
+        return [StoredReading(*newest[k]) for k in sorted(newest)]
 
     def readings_after(self, reading_id: int, limit: int) -> list[StoredReading]:
         """Stored raw readings with id > ``reading_id``, in id order, at most ``limit``."""
-        rows = self.db.execute(
-            "SELECT id, meter_id, point, timestamp, value, unit, quantity, quality, reason, status"
-            " FROM readings WHERE id > ? ORDER BY id LIMIT ?", (int(reading_id), int(limit))).fetchall()
-        return [StoredReading(*row) for row in rows]
+        return [StoredReading(*row) for row in rd.readings_after(self.db, int(reading_id), int(limit), with_status=True)]
 
     # -- for sync: what is stored and not yet batched ------------------------------------------------
     def last_reading_id(self) -> int:
-        """The highest reading id stored (0: none). Ids only grow and are never reused (AUTOINCREMENT)."""
-        row = self.db.execute("SELECT MAX(id) FROM readings").fetchone()
-        return int(row[0] or 0)
+        """The highest reading id stored (0: none). Ids only grow and are never reused."""
+        row = self.db.execute("SELECT id + n - 1 FROM polls ORDER BY id DESC LIMIT 1").fetchone()
+        return int(row[0]) if row else 0
 
     def first_timestamp_after(self, reading_id: int) -> float | None:
         """Timestamp of the first reading with an id above ``reading_id`` (None: there is none)."""
-        row = self.db.execute("SELECT timestamp FROM readings WHERE id > ? ORDER BY id LIMIT 1",
-                              (int(reading_id),)).fetchone()
+        db = self.db
+        poll = rd.poll_of(db, int(reading_id) + 1)
+        if poll is not None:
+            return float(poll[2])
+        row = db.execute("SELECT timestamp FROM polls WHERE id > ? ORDER BY id LIMIT 1", (int(reading_id),)).fetchone()
         return None if row is None else float(row[0])
 
     def sync_rows(self, reading_id: int, limit: int) -> list[tuple]:
@@ -235,10 +234,7 @@ class Store:
         Read on the calling thread's connection, so inside the caller's transaction (the outbox seals a
         batch and moves its cursor in one).
         """
-        return self.db.execute(
-            "SELECT id, meter_id, point, timestamp, value, unit, quantity, COALESCE(quality, 'ok'),"
-            " COALESCE(reason, '') FROM readings WHERE id > ? ORDER BY id LIMIT ?",
-            (int(reading_id), int(limit))).fetchall()
+        return rd.readings_after(self.db, int(reading_id), int(limit))
 
     # -- disk budget ---------------------------------------------------------------------------------
     def used_bytes(self) -> int:
@@ -286,35 +282,44 @@ class Store:
                                   " ('meter', 'imported') AND enabled = 1 GROUP BY meter_id").fetchall())
         # Future timestamps (a clock jump) must not move the cutoff forward: only plausible ones count.
         plausible_until = time.time() + pp.CumulativeRules().clock_jump_s
-        for meter_id, point in db.execute("SELECT meter_id, point FROM latest_readings").fetchall():
-            newest = db.execute("SELECT MAX(timestamp) FROM readings WHERE meter_id = ? AND point = ? AND timestamp"
-                                " <= ?", (meter_id, point, plausible_until)).fetchone()[0]
+        all_series = db.execute("SELECT id, meter_id FROM series").fetchall()
+        newest_of: dict[str, float] = {}      # per meter: its live polls and its imports are one history
+        for series, meter_id in all_series:
+            newest = db.execute("SELECT timestamp FROM polls WHERE series = ? AND timestamp <= ? ORDER BY timestamp"
+                                " DESC LIMIT 1", (series, plausible_until)).fetchone()
+            if newest is not None:
+                newest_of[meter_id] = max(newest_of.get(meter_id, newest[0]), newest[0])
+        for series, meter_id in all_series:
+            newest = newest_of.get(meter_id)
             if newest is None:
                 continue
             cutoff = newest - keep_s if older_than_ts is None else min(newest - keep_s, older_than_ts)
-            anchor = db.execute("SELECT id FROM readings WHERE meter_id = ? AND point = ? AND timestamp < ? AND"
-                                " value IS NOT NULL AND timestamp >= 946684800 ORDER BY timestamp DESC LIMIT 1",
-                                (meter_id, point, cutoff)).fetchone()
+            # The poll before the cutoff stays: the next run bridges from it.
+            anchor = db.execute("SELECT id FROM polls WHERE series = ? AND timestamp < ? AND timestamp >= ?"
+                                " ORDER BY timestamp DESC LIMIT 1", (series, cutoff, rd.PLAUSIBLE_FROM)).fetchone()
             max_id = min(synced_through, cursors.get(meter_id, synced_through))
-            limits.append((meter_id, point, cutoff, anchor[0] if anchor else 0, max_id))
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS prune_limits (meter_id TEXT, point TEXT, cutoff REAL,"
-                   " anchor_id INTEGER, max_id INTEGER, PRIMARY KEY (meter_id, point))")
+            limits.append((series, cutoff, anchor[0] if anchor else 0, max_id))
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS prune_polls (series INTEGER PRIMARY KEY, cutoff REAL,"
+                   " anchor_id INTEGER, max_id INTEGER)")
         with write_transaction(db):
-            db.execute("DELETE FROM temp.prune_limits")
-            db.conn.executemany("INSERT INTO temp.prune_limits VALUES (?, ?, ?, ?, ?)", limits)
+            db.execute("DELETE FROM temp.prune_polls")
+            db.conn.executemany("INSERT INTO temp.prune_polls VALUES (?, ?, ?, ?)", limits)
         used = before
         after = 0      # everything below the last id deleted was examined: do not scan it again
         while used > target_bytes:
             with write_transaction(db):
                 rows = db.execute(
-                    "SELECT r.id, r.timestamp FROM readings r JOIN temp.prune_limits p ON p.meter_id = r.meter_id"
-                    " AND p.point = r.point WHERE r.id > ? AND r.id <= ? AND r.id <= p.max_id AND r.timestamp < p.cutoff"
-                    " AND r.id != p.anchor_id ORDER BY r.id LIMIT ?", (after, int(synced_through), int(chunk))).fetchall()
+                    "SELECT p.id, p.timestamp, p.n FROM polls p JOIN temp.prune_polls l ON l.series = p.series"
+                    " WHERE p.id > ? AND p.id + p.n - 1 <= ? AND p.id + p.n - 1 <= l.max_id AND p.timestamp < l.cutoff"
+                    " AND p.id != l.anchor_id ORDER BY p.id LIMIT ?", (after, int(synced_through), int(chunk))).fetchall()
                 if not rows:
                     break
-                db.conn.executemany("DELETE FROM readings WHERE id = ?", [(r[0],) for r in rows])
-            deleted += len(rows)
-            through_id = after = rows[-1][0]
+                db.conn.executemany("DELETE FROM polls WHERE id = ?", [(r[0],) for r in rows])
+                db.conn.executemany("DELETE FROM reading_status WHERE id >= ? AND id < ?",
+                                    [(r[0], r[0] + r[2]) for r in rows])
+            deleted += sum(r[2] for r in rows)
+            after = rows[-1][0]
+            through_id = rows[-1][0] + rows[-1][2] - 1
             newest = max(r[1] for r in rows)
             until_ts = newest if until_ts is None else max(until_ts, newest)
             # Move the deleted pages out of the WAL so that they count as free (best effort: a reader may
@@ -368,7 +373,9 @@ class Store:
                                " enabled, processed_reading_id, updated_at) VALUES (?, 'meter', ?, ?, ?, ?, ?, ?, 1, 0, ?)",
                                (s.id, s.activity, s.meter_id, s.point, quantity, blob, s.description, now))
                 else:
-                    restart = old[0] != s.meter_id or old[1] != s.point or old[2] != s.activity or old[3] != blob
+                    # a new description is shown, not computed: it does not reprocess the source (issue 12)
+                    restart = (old[0] != s.meter_id or old[1] != s.point or old[2] != s.activity
+                               or _rules_of(old[3]) != _rules_of(blob))
                     db.execute("UPDATE sources SET kind = 'meter', activity = ?, meter_id = ?, point = ?, quantity = ?,"
                                " settings = ?, description = ?, enabled = 1, updated_at = ?"
                                + (", processed_reading_id = 0" if restart else "") + " WHERE id = ?",
@@ -486,9 +493,10 @@ class Store:
 
     def stored_reading(self, meter_id: str, point: str, timestamp: float) -> tuple[str, float | None, str] | None:
         """(origin, value, unit) of a stored reading of the series at that timestamp, if there is one."""
-        row = self.db.execute("SELECT origin, value, unit FROM readings WHERE meter_id = ? AND point = ?"
-                              " AND timestamp = ? LIMIT 1", (meter_id, point, timestamp)).fetchone()
-        return None if row is None else (row[0], row[1], row[2])
+        rows = rd.series_rows(self.db, meter_id, point, "p.timestamp = ?", (float(timestamp),),
+                              "p.id + ?idx, COALESCE(p.origin, 'poll'), json_extract(p.vals, '$[?idx]'),"
+                              " (SELECT unit FROM series_points WHERE series = p.series AND idx = ?idx)")
+        return None if not rows else (rows[0][1], rows[0][2], rows[0][3])
 
     def activity_stored(self, source_id: str, activity: str, start: float, end: float, amount_original: float,
                         unit_original: str) -> bool:
@@ -511,10 +519,9 @@ class Store:
         Computed on demand from the raw readings (no emission depends on them, so nothing is stored).
         """
         interval_s = interval_s or self.settings.interval_s
-        rows = self.db.execute("SELECT timestamp, value FROM readings WHERE meter_id = ? AND point = ? AND timestamp >= ?"
-                               " AND timestamp < ? ORDER BY id", (meter_id, point, start, end)).fetchall()
-        t = np.array([r[0] for r in rows], dtype=np.float64)
-        v = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=np.float64)
+        rows = rd.series_rows(self.db, meter_id, point, "p.timestamp >= ? AND p.timestamp < ?", (start, end))
+        t = np.array([r[1] for r in rows], dtype=np.float64)
+        v = np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float64)
         kt, kv, status, _ = pp.clean_instantaneous(t, v, rules)
         starts, means, counts = pp.resample_mean(kt, kv, interval_s)
         return [{"start": int(a), "mean": float(m), "count": int(c)} for a, m, c in zip(starts, means, counts) if c]
@@ -537,6 +544,10 @@ def open_store(path: Path | str, settings: EmissionSettings | None = None) -> St
         db = store.db
         if not migrations.applied(db):
             refuse_foreign(db, path)      # before enable_wal, which would already change the file
+            # A new store gets 1 KiB pages: each commit rewrites whole pages in the WAL, and the poll rows
+            # of one second fill a fraction of one (docs/performance.md, "Flash"). Set before the first table.
+            if not db.table_names():
+                db.execute("PRAGMA page_size = 1024")
         db.enable_wal()
         # The lock is taken before looking at pending migrations, so the daemon and a CLI command
         # starting together cannot both apply the same migration.

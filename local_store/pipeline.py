@@ -20,11 +20,13 @@ import sqlite_utils
 from drivers.model import Quantity
 from local_store import audit
 from local_store import preprocess as pp
+from local_store import readings as rd
 from local_store.connections import write_transaction
 from local_store.emission_rows import recalculate, write_interval_emissions
 from local_store.emissions import EmissionSettings
 from local_store.errors import FactorError, ProcessingError, UnitError
 from local_store.factors import FactorLibrary
+from local_store.units import ACTIVITIES
 from local_store.units import activity as get_activity
 from local_store.units import factor_to_canonical
 
@@ -34,19 +36,7 @@ if TYPE_CHECKING:
 
 #: Quantities that may carry an activity when a source names no point, in order of preference
 #: (a steam meter may total heat in GJ or mass in t; heat is preferred because no enthalpy is assumed).
-DEFAULT_QUANTITIES: dict[str, tuple[Quantity, ...]] = {
-    "electricity": (Quantity.ENERGY_IMPORT,),
-    "electricity_export": (Quantity.ENERGY_EXPORT,),
-    "natural_gas": (Quantity.GAS_VOLUME,),
-    "heat": (Quantity.HEAT_ENERGY,),
-    "heat_export": (Quantity.HEAT_ENERGY,),
-    "steam": (Quantity.HEAT_ENERGY, Quantity.STEAM_MASS),
-    "raw_coal": (Quantity.OTHER,),
-    "diesel": (Quantity.OTHER,),
-    "gasoline": (Quantity.OTHER,),
-    "lpg": (Quantity.OTHER,),
-    "fuel_oil": (Quantity.OTHER,),
-}
+DEFAULT_QUANTITIES: dict[str, tuple[Quantity, ...]] = {name: a.quantities for name, a in ACTIVITIES.items()}
 
 
 @dataclass(frozen=True)
@@ -173,7 +163,8 @@ def series_point(db: sqlite_utils.Database, s: SourceSettings) -> str | None:
         return s.point
     for q in DEFAULT_QUANTITIES[s.activity]:
         quantity = q.value
-        points = [r[0] for r in db.execute("SELECT point FROM latest_readings WHERE meter_id = ? AND quantity = ?",
+        points = [r[0] for r in db.execute("SELECT DISTINCT sp.point FROM series_points sp JOIN series x ON"
+                                           " x.id = sp.series WHERE x.meter_id = ? AND sp.quantity = ?",
                                            (s.meter_id, quantity))]
         if len(points) > 1:
             raise ProcessingError(f"meter {s.meter_id}: several points measure {quantity} "
@@ -181,8 +172,8 @@ def series_point(db: sqlite_utils.Database, s: SourceSettings) -> str | None:
                                   f"meter's {s.activity} source")
         if points:
             return points[0]
-    others = [r[0] for r in db.execute("SELECT point FROM latest_readings WHERE meter_id = ? ORDER BY point",
-                                       (s.meter_id,))]
+    others = [r[0] for r in db.execute("SELECT DISTINCT sp.point FROM series_points sp JOIN series x ON"
+                                       " x.id = sp.series WHERE x.meter_id = ? ORDER BY sp.point", (s.meter_id,))]
     if others:
         # The meter is polled but none of its points fits the activity: a config error, say so.
         wanted = " or ".join(q.value for q in DEFAULT_QUANTITIES[s.activity])
@@ -197,32 +188,50 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
     if point is None:
         return (0, 0, 0, 0)
     cursor = db.execute("SELECT processed_reading_id FROM sources WHERE id = ?", (s.id,)).fetchone()[0]
-    until_sql = "" if until is None else " AND timestamp <= ?"
-    params: tuple = (s.meter_id, point, cursor) + (() if until is None else (until,))
+    layouts = rd.meter_series(db, s.meter_id, point)
+    until_sql = "" if until is None else " AND p.timestamp <= ?"
+    until_p: tuple = () if until is None else (until,)
+    value = "json_extract(p.vals, '$[?idx]')"
     # Readings stamped before 2000 (an RTC that lost power) cannot be placed in time: they are
     # marked invalid below but still move the cursor.
-    t_min, max_id = db.execute(
-        "SELECT MIN(CASE WHEN timestamp >= 946684800 THEN timestamp END), MAX(id) FROM readings"
-        " WHERE meter_id = ? AND point = ? AND id > ?" + until_sql, params).fetchone()
-    if max_id is None:
+    new = rd.series_rows(db, s.meter_id, point, "p.id > ? - ?idx" + until_sql, (cursor, *until_p),
+                         "p.id + ?idx, p.timestamp")
+    if not new:
         return (0, 0, 0, 0)
-    if t_min is None:
-        db.execute("UPDATE readings SET status = 'invalid', flags = ? WHERE meter_id = ? AND point = ? AND id > ?"
-                   " AND id <= ?", (int(pp.Reason.CLOCK_JUMP), s.meter_id, point, cursor, int(max_id)))
-        db.execute("UPDATE sources SET processed_reading_id = ? WHERE id = ?", (int(max_id), s.id))
+    max_id = max(r[0] for r in new)
+    stamps = [r[1] for r in new if r[1] >= rd.PLAUSIBLE_FROM]
+    undated = [(int(pp.Reason.CLOCK_JUMP), r[0]) for r in new if r[1] < rd.PLAUSIBLE_FROM]
+    if undated:
+        db.conn.executemany("INSERT OR REPLACE INTO reading_status (id, status, flags) VALUES (?, 'invalid', ?)",
+                            [(i, f) for f, i in undated])
+    if not stamps:
+        _processed(db, s, point, max_id)
         return (0, 0, 0, 0)
+    t_min = min(stamps)
     interval = store.settings.interval_s
     context = max(store.context_s, (s.frozen_after_s or 0) + interval)
     window = math.floor(t_min / interval) * interval - context
-    before = db.execute("SELECT MAX(timestamp) FROM readings WHERE meter_id = ? AND point = ? AND timestamp < ?"
-                        " AND value IS NOT NULL AND timestamp >= 946684800", (s.meter_id, point, window)).fetchone()[0]
+    before = None
+    for sid, idx in layouts:
+        row = db.execute(f"SELECT p.timestamp FROM polls p WHERE p.series = ? AND p.timestamp < ? AND p.timestamp >= ?"
+                         f" AND {value.replace('?idx', str(idx))} IS NOT NULL ORDER BY p.timestamp DESC LIMIT 1",
+                         (sid, window, rd.PLAUSIBLE_FROM)).fetchone()
+        if row is not None and (before is None or row[0] > before):
+            before = row[0]
     lo = before if before is not None else window
-    rows = db.execute(
-        "SELECT id, timestamp, value, unit, status, flags, origin FROM readings WHERE meter_id = ? AND point = ?"
-        " AND timestamp >= ?" + until_sql + " ORDER BY id",
-        (s.meter_id, point, lo) + (() if until is None else (until,))).fetchall()
+    rows: list[tuple] = []
+    for sid, idx in layouts:
+        unit = db.execute("SELECT unit FROM series_points WHERE series = ? AND idx = ?", (sid, idx)).fetchone()[0]
+        rows.extend((r[0], r[1], r[2], unit, r[3]) for r in db.execute(
+            f"SELECT p.id + {idx}, p.timestamp, {value.replace('?idx', str(idx))}, COALESCE(p.origin, 'poll')"
+            f" FROM polls p WHERE p.series = ? AND p.timestamp >= ?" + until_sql, (sid, lo, *until_p)))
+    if len(layouts) > 1:
+        rows.sort(key=lambda r: r[0])
     if not rows:
+        _processed(db, s, point, max_id)
         return (0, 0, 0, 0)
+    stored_status = rd.status_between(db, rows[0][0], rows[-1][0]) if len(layouts) == 1 else \
+        rd.status_between(db, min(r[0] for r in rows), max(r[0] for r in rows))
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     t = np.array([r[1] for r in rows], dtype=np.float64)
     v = np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float64)
@@ -240,34 +249,35 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
             # rollover_at is the register's own wrap value (e.g. 65536 kWh); the rules see canonical values.
             rules = dataclasses.replace(rules, rollover_at=s.rollover_at * mult)
     canonical_unit = get_activity(s.activity).unit
-    polled = np.array([r[6] == "poll" for r in rows], dtype=bool)     # imported: time order only
+    polled = np.array([r[4] == "poll" for r in rows], dtype=bool)     # imported: time order only
     clean = pp.clean_cumulative(t, v, rules, now=time.time() + 60, polled=polled)
     first_kept = clean.t[0] if len(clean.t) else None
     if first_kept is None:
         replace_from = None
-    elif before is None and db.execute("SELECT 1 FROM readings WHERE meter_id = ? AND point = ? AND timestamp < ?"
-                                       " AND value IS NOT NULL AND timestamp >= 946684800 LIMIT 1",
-                                       (s.meter_id, point, first_kept)).fetchone() is None:
+    elif before is None and not any(db.execute(
+            f"SELECT 1 FROM polls p WHERE p.series = ? AND p.timestamp < ? AND p.timestamp >= ?"
+            f" AND {value.replace('?idx', str(idx))} IS NOT NULL LIMIT 1", (sid, first_kept, rd.PLAUSIBLE_FROM)).fetchone()
+            for sid, idx in layouts):
         replace_from = math.floor(first_kept / interval) * interval      # the series starts here
     else:
         replace_from = math.ceil(first_kept / interval) * interval       # earlier intervals keep their value
     iv = pp.to_intervals(clean, interval, start=replace_from)
 
-    # Reading flags: new readings are marked measured in one statement, then only the rows whose
-    # status or flags differ (typically a handful) are updated one by one.
-    db.execute("UPDATE readings SET status = 'measured', flags = 0 WHERE meter_id = ? AND point = ? AND id > ?"
-               " AND id <= ? AND timestamp >= ?" + until_sql,
-               (s.meter_id, point, cursor, int(max_id), lo) + (() if until is None else (until,)))
-    db.execute("UPDATE readings SET status = 'invalid', flags = ? WHERE meter_id = ? AND point = ? AND id > ?"
-               " AND id <= ? AND timestamp < 946684800", (int(pp.Reason.CLOCK_JUMP), s.meter_id, point, cursor,
-                                                           int(max_id)))
-    old_status = np.array([r[4] if r[0] <= cursor else "measured" for r in rows], dtype=object)
-    old_flags = np.array([r[5] if r[0] <= cursor else 0 for r in rows], dtype=np.int64)
+    # Reading status is sparse: only readings that are not plainly measured have a row; new readings
+    # count as measured (processed_points), so only the few that differ are written.
+    old = [stored_status.get(int(r[0]), ("measured", 0)) if r[0] <= cursor else ("measured", 0) for r in rows]
+    old_status = np.array([o[0] for o in old], dtype=object)
+    old_flags = np.array([o[1] for o in old], dtype=np.int64)
     status_names = np.array(pp.STATUS_NAMES, dtype=object)[clean.status]
     diff = np.flatnonzero((old_status != status_names) | (old_flags != clean.reasons))
-    if len(diff):
-        db.conn.executemany("UPDATE readings SET status = ?, flags = ? WHERE id = ?",
-                            [(status_names[i], int(clean.reasons[i]), int(ids[i])) for i in diff])
+    plain = [(int(ids[i]),) for i in diff if status_names[i] == "measured" and not clean.reasons[i]]
+    if plain:
+        db.conn.executemany("DELETE FROM reading_status WHERE id = ?", plain)
+    flagged = [(int(ids[i]), status_names[i], int(clean.reasons[i])) for i in diff
+               if status_names[i] != "measured" or clean.reasons[i]]
+    if flagged:
+        db.conn.executemany("INSERT OR REPLACE INTO reading_status (id, status, flags) VALUES (?, ?, ?)", flagged)
+    _processed(db, s, point, max_id)
 
     n_emis = 0
     if replace_from is not None and len(iv):
@@ -293,8 +303,14 @@ def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibra
                        "reprocessed", "from": _fmt_ts(replace_from), "rows_superseded": superseded,
                 "superseded_at": db.execute("SELECT MAX(superseded_at) FROM emissions WHERE source_id = ?",
                                             (s.id,)).fetchone()[0]})
-    db.execute("UPDATE sources SET processed_reading_id = ? WHERE id = ?", (int(max_id), s.id))
     return (1, len(rows), len(iv), n_emis)
+
+
+def _processed(db: sqlite_utils.Database, s: SourceSettings, point: str, max_id: int) -> None:
+    """Move the source's cursor, and mark the point's readings up to ``max_id`` as processed."""
+    db.execute("UPDATE sources SET processed_reading_id = ? WHERE id = ?", (int(max_id), s.id))
+    db.execute("INSERT INTO processed_points (meter_id, point, through_id) VALUES (?, ?, ?) ON CONFLICT (meter_id,"
+               " point) DO UPDATE SET through_id = MAX(through_id, excluded.through_id)", (s.meter_id, point, int(max_id)))
 
 
 def maybe_recalculate(store: Store, db: sqlite_utils.Database, library: FactorLibrary) -> int:

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from local_store.charts import bar_chart_svg
 from local_store.errors import NoReportDataError, ReportError
 from local_store.factors import Factor, applies_to, vintage_note
+from local_store.readings import reading_counts
 
 if TYPE_CHECKING:
     from local_store.db import Store
@@ -313,20 +314,8 @@ def _vintage_flags(db, p: dict, factors: list[dict]) -> list[dict]:
 
 
 def _reading_counts(db, s: float, e: float) -> dict[str, int]:
-    """Readings in the period by preprocessing status (index-only counts; not-measured via a partial index)."""
-    counts = {"measured": 0, "estimated": 0, "invalid": 0, "unprocessed": 0}
-    series = db.execute("SELECT DISTINCT meter_id, point FROM latest_readings").fetchall()
-    for meter_id, point in series:
-        total = db.execute("SELECT COUNT(*) FROM readings INDEXED BY readings_series_ts WHERE meter_id = ? AND point = ?"
-                           " AND timestamp >= ? AND timestamp < ?", (meter_id, point, s, e)).fetchone()[0]
-        other = 0
-        for status, n in db.execute("SELECT status, COUNT(*) FROM readings INDEXED BY readings_flagged"
-                                    " WHERE meter_id = ? AND point = ? AND timestamp >= ? AND timestamp < ?"
-                                    " AND status IS NOT 'measured' GROUP BY status", (meter_id, point, s, e)):
-            counts[status or "unprocessed"] += n
-            other += n
-        counts["measured"] += total - other
-    return counts
+    """Readings in the period by preprocessing status (the store's sparse status, ``local_store/readings.py``)."""
+    return reading_counts(db, s, e)
 
 
 def _market_based(store: Store, s: float, e: float, electricity_mwh: float, electricity_loc_t: float,

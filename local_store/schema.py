@@ -6,6 +6,7 @@ A migration is never edited once released: a change is a new migration at the en
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import sqlite_utils
@@ -13,6 +14,7 @@ from sqlite_utils.migrations import Migrations
 
 from local_store.emission_rows import HOURLY_GROUP, HOURLY_SELECT
 from local_store.errors import SchemaError
+from local_store.readings import SCHEMA, SeriesCache
 
 migrations = Migrations("local_store")
 
@@ -198,6 +200,74 @@ def m006_sync_stream(db: sqlite_utils.Database) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(sync_outbox)").fetchall()}
     if "stream" not in columns:
         db.execute("ALTER TABLE sync_outbox ADD COLUMN stream TEXT NOT NULL DEFAULT ''")
+
+
+@migrations()
+def m007_packed_readings(db: sqlite_utils.Database) -> None:
+    """Readings for flash (issue 17): one row per poll (``local_store/readings.py``) instead of one per value.
+
+    The v0.1 ``readings`` rows move over with their ids: consecutive ids of one meter at one time and of one
+    origin become one poll. Statuses other than plainly measured go to ``reading_status``; the highest
+    processed id per point to ``processed_points``. The old table, its three indexes and
+    ``latest_readings`` are dropped; a ``readings`` view shows the same columns.
+    """
+    db.executescript(SCHEMA.replace("CREATE VIEW readings", "CREATE VIEW readings_packed"))
+    floor = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+    cache = SeriesCache()
+    polls: list[tuple] = []
+    status: list[tuple] = []
+    processed: dict[tuple[str, str], int] = {}
+    run: list[tuple] = []
+
+    def flush_run() -> None:
+        if not run:
+            return
+        first = run[0]
+        layout = tuple((r[2], r[5], r[6]) for r in run)
+        sid = cache.series_id(db, first[1], layout)
+        bad = {str(i): [r[7], r[8]] for i, r in enumerate(run) if r[7] != "ok" or r[8]}
+        polls.append((first[0], sid, first[3], len(run), json.dumps([r[4] for r in run], separators=(",", ":")),
+                      json.dumps(bad, separators=(",", ":")) if bad else None,
+                      None if first[9] == "poll" else first[9]))
+        run.clear()
+
+    last_id = 0
+    for row in db.execute("SELECT id, meter_id, point, timestamp, value, unit, quantity, quality, reason, origin,"
+                          " status, flags FROM readings ORDER BY id"):
+        rid = row[0]
+        if run and (rid != run[-1][0] + 1 or row[1] != run[0][1] or row[3] != run[0][3] or row[9] != run[0][9]
+                    or any(r[2] == row[2] for r in run)):
+            flush_run()
+        run.append(row)
+        if row[10] is not None:
+            key = (row[1], row[2])
+            processed[key] = max(processed.get(key, 0), rid)
+            if row[10] != "measured" or row[11]:
+                status.append((rid, row[10], row[11]))
+        last_id = rid
+        if len(polls) >= 50_000:
+            db.conn.executemany("INSERT INTO polls (id, series, timestamp, n, vals, bad, origin) VALUES (?,?,?,?,?,?,?)",
+                                polls)
+            polls.clear()
+    flush_run()
+    db.conn.executemany("INSERT INTO polls (id, series, timestamp, n, vals, bad, origin) VALUES (?,?,?,?,?,?,?)", polls)
+    db.conn.executemany("INSERT INTO reading_status (id, status, flags) VALUES (?, ?, ?)", status)
+    db.conn.executemany("INSERT INTO processed_points (meter_id, point, through_id) VALUES (?, ?, ?)",
+                        [(m, p, i) for (m, p), i in processed.items()])
+    # The newest poll per series, for the dashboard.
+    db.execute("INSERT INTO series_latest (series, last_id, last_ts) SELECT s.id, p.id, p.timestamp FROM series s"
+               " JOIN polls p ON p.id = (SELECT id FROM polls WHERE series = s.id ORDER BY timestamp DESC, id DESC"
+               " LIMIT 1)")
+    # Ids are never reused: the next reading id is past every id v0.1 handed out (deleted ones too).
+    next_id = max(int(floor[0]) if floor else 0, last_id) + 1
+    db.execute("INSERT INTO store_meta (key, value) VALUES ('next_reading_id', ?) ON CONFLICT (key) DO UPDATE"
+               " SET value = excluded.value", (str(next_id),))
+    db.executescript("""
+    DROP TABLE readings;
+    DROP TABLE latest_readings;
+    DROP VIEW readings_packed;
+    """)
+    db.executescript(SCHEMA[SCHEMA.index("CREATE VIEW readings"):])
 
 
 def apply_migrations(db: sqlite_utils.Database, path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from drivers.model import Quantity
 from local_store.errors import UnitError
 
 Scope = Literal[1, 2]
@@ -28,26 +29,39 @@ class Activity:
     #: installation can consume (docs/models.md, "Plausibility bounds"). An imported amount or a
     #: register step above it is refused; a polled step above it is flagged ``spike`` and dropped.
     max_rate_per_h: float = 1e6
+    #: quantities a meter point may measure to carry this activity when a source names no point, in order
+    #: of preference (a steam meter may total heat in GJ or mass in t; heat first: no enthalpy is assumed)
+    quantities: tuple[Quantity, ...] = ()
+    label: str = ""           # what a person reads (web UI, reports), English ...
+    label_zh: str = ""        # ... and Chinese
     description: str = ""
     custom: bool = False      # declared in a factor file ([[activities]]), not built in
 
 
+#: The one list of activities (issue 12): the config's [[meters]] activity, the web forms, factor files and
+#: CSV import all take their choices from here.
 ACTIVITIES: dict[str, Activity] = {a.name: a for a in (
     # Bounds are a rate no meter of the kind can reach, not a site's normal load: 2 000 MWh/h is a
     # 2 GW draw (more than the largest single industrial consumers); 10 000 GJ/h is 2.8 GW of heat;
     # 500 000 m3/h of natural gas is about 5 GW; 1 000 t/h of coal or 200 t/h of a liquid fuel is
     # more than a large power station burns.
-    Activity("electricity", "MWh", "electricity", 2, 2, max_rate_per_h=2000.0),
-    Activity("electricity_export", "MWh", "electricity", 2, 2, export=True, max_rate_per_h=2000.0),
-    Activity("heat", "GJ", "heat", 2, 2, max_rate_per_h=10_000.0),
-    Activity("steam", "GJ", "heat", 2, 2, max_rate_per_h=10_000.0),
-    Activity("heat_export", "GJ", "heat", 2, 2, export=True, max_rate_per_h=10_000.0),
-    Activity("natural_gas", "m3", "fuel", 1, 1, max_rate_per_h=500_000.0),
-    Activity("raw_coal", "t", "fuel", 1, 1, max_rate_per_h=1000.0),
-    Activity("diesel", "t", "fuel", 1, 1, max_rate_per_h=200.0),
-    Activity("gasoline", "t", "fuel", 1, 1, max_rate_per_h=200.0),
-    Activity("lpg", "t", "fuel", 1, 1, max_rate_per_h=200.0),
-    Activity("fuel_oil", "t", "fuel", 1, 1, max_rate_per_h=200.0),
+    Activity("electricity", "MWh", "electricity", 2, 2, max_rate_per_h=2000.0, quantities=(Quantity.ENERGY_IMPORT,),
+             label="purchased electricity", label_zh="外购电力"),
+    Activity("electricity_export", "MWh", "electricity", 2, 2, export=True, max_rate_per_h=2000.0, quantities=(Quantity.ENERGY_EXPORT,),
+             label="exported electricity", label_zh="输出电力"),
+    Activity("natural_gas", "m3", "fuel", 1, 1, max_rate_per_h=500_000.0, quantities=(Quantity.GAS_VOLUME,),
+             label="natural gas", label_zh="天然气"),
+    Activity("raw_coal", "t", "fuel", 1, 1, max_rate_per_h=1000.0, quantities=(Quantity.OTHER,), label="raw coal", label_zh="原煤"),
+    Activity("diesel", "t", "fuel", 1, 1, max_rate_per_h=200.0, quantities=(Quantity.OTHER,), label="diesel", label_zh="柴油"),
+    Activity("gasoline", "t", "fuel", 1, 1, max_rate_per_h=200.0, quantities=(Quantity.OTHER,), label="gasoline", label_zh="汽油"),
+    Activity("lpg", "t", "fuel", 1, 1, max_rate_per_h=200.0, quantities=(Quantity.OTHER,), label="LPG", label_zh="液化石油气"),
+    Activity("fuel_oil", "t", "fuel", 1, 1, max_rate_per_h=200.0, quantities=(Quantity.OTHER,), label="fuel oil", label_zh="燃料油"),
+    Activity("heat", "GJ", "heat", 2, 2, max_rate_per_h=10_000.0, quantities=(Quantity.HEAT_ENERGY,),
+             label="purchased heat", label_zh="外购热力"),
+    Activity("heat_export", "GJ", "heat", 2, 2, export=True, max_rate_per_h=10_000.0, quantities=(Quantity.HEAT_ENERGY,),
+             label="exported heat", label_zh="输出热力"),
+    Activity("steam", "GJ", "heat", 2, 2, max_rate_per_h=10_000.0, quantities=(Quantity.HEAT_ENERGY, Quantity.STEAM_MASS),
+             label="purchased steam", label_zh="外购蒸汽"),
 )}
 
 #: The largest register value accepted from a file or a meter, in the register's own unit: past 2**53

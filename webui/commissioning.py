@@ -6,41 +6,38 @@ import logging
 import time
 from typing import Any
 
+import tomlkit
 from flask import (Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for)
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
-from wtforms import BooleanField, FloatField, IntegerField, SelectField, StringField
-from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
+from wtforms import SelectField, StringField
+from wtforms.validators import InputRequired, Length, Optional, Regexp, ValidationError
 
-from gateway.runtime import ACTIVITIES, ApplyError, Change, DriverError, ExceptionResponseError, parse_units
+from gateway.runtime import BAUDRATES, BUS, METER, ApplyError, Change, DriverError, ExceptionResponseError, parse_units
 from webui.auth import actor, options, record, requires, runtime
 from webui.confirm import confirmation_page
-from webui.labels import ACTIVITY_LABELS, TRANSPORT_LABELS
+from webui.fields import field
 
 bp = Blueprint("commissioning", __name__)
 log = logging.getLogger(__name__)
 
-ID_RE = Regexp(r"^[A-Za-z0-9_.\-]{1,40}$", message=_l("Use 1-40 letters, digits, '-', '_' or '.'."))
-TRANSPORTS = list(TRANSPORT_LABELS.items())
-BAUDRATES = [(str(b), str(b)) for b in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)]
-
 
 # -- buses ---------------------------------------------------------------------------------------------------
+# Fields, ranges, labels and messages come from the config rules (gateway.rules), so a form accepts what the
+# config file accepts and says it the same way (issue 12).
 class BusForm(FlaskForm):
-    name = StringField(_l("Name"), validators=[InputRequired(), ID_RE])
-    transport = SelectField(_l("Transport"), choices=options(TRANSPORTS))
-    host = StringField(_l("Host (TCP)"), validators=[Optional(), Length(max=253),
-                                                      Regexp(r"^[A-Za-z0-9.\-:]+$", message=_l("Use a host name or IP address."))])
-    port = IntegerField(_l("Port (TCP)"), validators=[Optional(), NumberRange(1, 65535, _l("Use a port from 1 to 65535."))])
-    serial_port = StringField(_l("Serial port (RTU)"), validators=[
-        Optional(), Regexp(r"^/dev/[A-Za-z0-9_./\-]+$", message=_l("Use a device path such as /dev/ttyUSB0."))])
-    baudrate = SelectField(_l("Baud rate"), choices=options(BAUDRATES), default="9600")
-    parity = SelectField(_l("Parity"), choices=options([("N", _l("none")), ("E", _l("even")), ("O", _l("odd"))]))
-    stopbits = SelectField(_l("Stop bits"), choices=options([("1", "1"), ("2", "2")]))
-    timeout_s = FloatField(_l("Reply timeout (s)"), default=1, render_kw={"inputmode": "decimal"}, validators=[
-        InputRequired(_l("Enter a number.")), NumberRange(0.05, 30, _l("Use a value from 0.05 to 30."))])
+    name = field(BUS["name"])
+    transport = field(BUS["transport"])
+    host = field(BUS["host"], required=False, default=None)   # a TCP bus names its host: no guess
+    port = field(BUS["port"], required=False, default=None)
+    serial_port = field(BUS["serial_port"], extra=[
+        Regexp(r"^/dev/[A-Za-z0-9_./\-]+$", message=_l("Use a device path such as /dev/ttyUSB0."))])
+    baudrate = field(BUS["baudrate"], select=[(str(b), str(b)) for b in BAUDRATES], default="9600")
+    parity = field(BUS["parity"])
+    stopbits = field(BUS["stopbits"])
+    timeout_s = field(BUS["timeout_s"], required=True)
 
     def validate(self, extra_validators: Any = None) -> bool:
         ok = super().validate(extra_validators)
@@ -82,13 +79,23 @@ def _apply(data: dict, action: str, target: str, **detail: Any) -> str:
     return ""
 
 
+def plain(value: Any) -> Any:
+    """A tomlkit item as plain Python (for a comparison or the audit log)."""
+    return value.unwrap() if hasattr(value, "unwrap") else value
+
+
 def _put(data: dict, items: list[dict], index: int | None, table: dict, kind: str, name: str) -> str:
     """Put ``table`` at ``index`` (None: a new one), then run and save the config; "" or why not."""
-    old = None if index is None else items[index]
+    old = None if index is None else plain(items[index])
     if index is None:
         items.append(table)
-    else:
-        items[index] = table
+    else:   # in place, value by value: the comments in and around the table stay (tomlkit)
+        entry = items[index]
+        for key in [k for k in entry if k not in table]:
+            del entry[key]
+        for key, value in table.items():
+            if key not in entry or plain(entry[key]) != value:
+                entry[key] = value
     return _apply(data, f"{kind}.add" if old is None else f"{kind}.edit", f"{kind} {name}", old=old, new=table)
 
 
@@ -110,7 +117,7 @@ def _entry(table: str, key: str, value: str | None) -> tuple[dict, list[dict], A
     """The running config's data, its list ``table`` and the entry whose ``key`` is ``value``
     (None: a new one; 404 when there is no such entry)."""
     data = runtime().config_data()
-    items = data.setdefault(table, [])
+    items = data.setdefault(table, tomlkit.aot())   # written back as [[table]] entries
     index = _find(items, key, value) if value is not None else None
     return data, items, index, items[index] if index is not None else None
 
@@ -162,20 +169,18 @@ def bus_delete(name: str) -> Any:
 
 # -- meters --------------------------------------------------------------------------------------------------
 class MeterForm(FlaskForm):
-    id = StringField(_l("Meter id"), validators=[InputRequired(), ID_RE])
-    description = StringField(_l("Description"), validators=[Optional(), Length(max=200)])
-    bus = SelectField(_l("Bus"), validators=[InputRequired()])
-    device_id = IntegerField(_l("Modbus unit id"), validators=[
-        InputRequired(_l("Enter a whole number.")), NumberRange(1, 247, _l("Use a unit id from 1 to 247."))])
-    profile = StringField(_l("Profile"), validators=[InputRequired(), Length(max=100)],
-                          render_kw={"list": "profiles", "autocomplete": "off"})
-    poll_interval_s = FloatField(_l("Poll every (s)"), default=5, render_kw={"inputmode": "decimal"}, validators=[
-        InputRequired(_l("Enter a number.")), NumberRange(0.2, 86400, _l("Use a value from 0.2 to 86400."))])
-    activity = SelectField(_l("Counts as"), choices=options([(a, ACTIVITY_LABELS[a]) for a in ACTIVITIES]), default="none")
-    # Instrument-transformer ratios (issue 13), written as on the rating plate; the config check says what is wrong.
+    id = field(METER["id"])
+    description = field(METER["description"])
+    bus = field(METER["bus"], select=[])
+    device_id = field(METER["device_id"])
+    profile = field(METER["profile"], render_kw={"list": "profiles", "autocomplete": "off"})
+    poll_interval_s = field(METER["poll_interval_s"], required=True)
+    activity = field(METER["activity"])
+    # Instrument-transformer ratios (issue 13), written as on the rating plate ("100/5": text, not a number
+    # field); the config rule (gateway.rules, drivers.parse_ratio) says what is wrong.
     ct_ratio = StringField(_l("CT ratio, e.g. 100/5 (1: direct)"), validators=[Optional(), Length(max=40)])
     pt_ratio = StringField(_l("PT ratio, e.g. 10000/100 (empty: none)"), validators=[Optional(), Length(max=40)])
-    enabled = BooleanField(_l("Poll this meter"), default=True)
+    enabled = field(METER["enabled"])
 
     def validate_profile(self, field: Any) -> None:
         if field.data not in runtime().profiles():
@@ -246,11 +251,9 @@ def meter_delete(meter_id: str) -> Any:
 
 # -- test-read -----------------------------------------------------------------------------------------------
 class TestReadForm(FlaskForm):
-    bus = SelectField(_l("Bus"), validators=[InputRequired()])
-    device_id = IntegerField(_l("Modbus unit id"), validators=[
-        InputRequired(_l("Enter a whole number.")), NumberRange(1, 247, _l("Use a unit id from 1 to 247."))])
-    profile = StringField(_l("Profile"), validators=[InputRequired(), Length(max=100)],
-                          render_kw={"list": "profiles", "autocomplete": "off"})
+    bus = field(METER["bus"], select=[])
+    device_id = field(METER["device_id"])
+    profile = field(METER["profile"], render_kw={"list": "profiles", "autocomplete": "off"})
 
     validate_profile = MeterForm.validate_profile
 

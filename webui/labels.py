@@ -1,18 +1,14 @@
 """What a person reads for an id the gateway stores: activities, transports (issue 15: zh-CN showed
-``natural_gas``). One table, used by the forms' choices and by the ``activity``/``transport`` filters."""
+``natural_gas``). One table, used by the forms' choices and by the ``activity``/``transport`` filters: the config rules'
+choices (``gateway.rules``; the activities' names come from ``local_store.units``) in English and Chinese."""
 
 from __future__ import annotations
 
-from flask_babel import lazy_gettext as _l
+from gateway.runtime import BUS, METER
+from webui.fields import words
 
-ACTIVITY_LABELS = {
-    "electricity": _l("purchased electricity"), "electricity_export": _l("exported electricity"),
-    "natural_gas": _l("natural gas"), "raw_coal": _l("raw coal"), "diesel": _l("diesel"), "gasoline": _l("gasoline"),
-    "lpg": _l("LPG"), "fuel_oil": _l("fuel oil"), "heat": _l("purchased heat"), "heat_export": _l("exported heat"),
-    "steam": _l("purchased steam"), "none": _l("none (not counted)"),
-}
-TRANSPORT_LABELS = {"tcp": _l("Modbus TCP"), "rtu": _l("Modbus RTU (serial)"),
-                    "rtu_over_tcp": _l("RTU over TCP (serial device server)")}
+ACTIVITY_LABELS = {c.value: words(c.label, c.label_zh) for c in METER["activity"].choices}
+TRANSPORT_LABELS = {c.value: words(c.label, c.label_zh) for c in BUS["transport"].choices}
 
 
 def activity_label(activity: str | None) -> str:

@@ -10,11 +10,12 @@ import threading
 import click
 
 from drivers import (BusConfig, DriverError, Profile, Ratios, Reading, SimulatedDevice, SimulatorServer, load_profiles,
-                     parse_ratio, read_meter)
+                     read_meter)
 from drivers.model import SerialSettings
 from drivers.simulator import FAULTS
 
 from gateway.paths import PROFILE_DIRS
+from gateway.rules import BUS, METER, click_option
 
 
 class _Seconds(click.FloatRange):
@@ -27,25 +28,12 @@ class _Seconds(click.FloatRange):
         return seconds
 
 
-class _Ratio(click.ParamType):
-    """A transformer ratio as on the rating plate: ``100/5``, ``20`` (``drivers.parse_ratio``)."""
-
-    name = "RATIO"
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_ratio(value, "ct_ratio" if param is not None and param.name == "ct" else "pt_ratio")
-        except ValueError as exc:
-            self.fail(f"{value!r}: {exc}", param, ctx)
-
-
 def _ratio_options(command):  # type: ignore[no-untyped-def]
-    """--ct and --pt: values the profile marks secondary-side are shown primary (issue 13)."""
-    command = click.option("--pt", "pt", type=_Ratio(), default=1.0, show_default=True,
+    """--ct and --pt, checked by the [[meters]] ct_ratio/pt_ratio rules: values the profile marks secondary-side
+    are shown primary (issue 13)."""
+    command = click_option(METER["pt_ratio"], "--pt", "pt", default=1.0,
                            help="Voltage transformer ratio, e.g. 10000/100 (values shown primary).")(command)
-    return click.option("--ct", "ct", type=_Ratio(), default=1.0, show_default=True,
+    return click_option(METER["ct_ratio"], "--ct", "ct", default=1.0,
                         help="Current transformer ratio, e.g. 100/5 (values shown primary).")(command)
 
 
@@ -57,15 +45,15 @@ def all_energy_invalid(readings: list[Reading]) -> str | None:
     return "every energy point is invalid (" + "; ".join(f"{r.point}: {r.reason}" for r in counters) + ")"
 
 
-#: The ranges a [[buses]] table accepts (gateway/config.py); 0 baud or a negative timeout is a typo.
-_BAUD = click.IntRange(300, 115200)
-_TIMEOUT = _Seconds(0.05, 30)
+# The bus and meter options are checked by the config's rules (gateway/rules.py): the range a [[buses]]
+# table accepts is the range --baud and --timeout accept, with the same message.
+_PORT = BUS["port"]
 
 
 def host_port(value: str, param_hint: str = "--tcp", example: str = "192.168.1.50:502") -> tuple[str, int]:
-    """``HOST:PORT`` with a port from 1 to 65535, or a usage error naming the option."""
+    """``HOST:PORT`` with a port the config accepts (1 to 65535), or a usage error naming the option."""
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not host or not port.isdigit() or not _PORT.low <= int(port) <= _PORT.high:  # type: ignore[operator]
         raise click.BadParameter(f"'{value}': use HOST:PORT with a port from 1 to 65535, e.g. {example}",
                                  param_hint=param_hint)
     return host, int(port)
@@ -90,16 +78,16 @@ def _profile(profile_id: str) -> Profile:
 @click.option("--tcp", metavar="HOST:PORT", help="Modbus TCP endpoint.")
 @click.option("--serial", metavar="DEVICE", help="Serial port for Modbus RTU, e.g. /dev/ttyUSB0.")
 @click.option("--rtu-over-tcp", is_flag=True, help="With --tcp: a serial device server passing RTU frames.")
-@click.option("--baud", type=_BAUD, default=9600, show_default=True)
-@click.option("--parity", type=click.Choice(["N", "E", "O"]), default="N", show_default=True)
-@click.option("--stopbits", type=click.Choice(["1", "2"]), default="1", show_default=True)
-@click.option("--unit", "unit_id", type=click.IntRange(1, 247), required=True, help="Modbus unit id, 1-247.")
+@click_option(BUS["baudrate"], "--baud")
+@click_option(BUS["parity"], "--parity")
+@click_option(BUS["stopbits"], "--stopbits")
+@click_option(METER["device_id"], "--unit", "unit_id", default=None, required=True, help="Modbus unit id, 1-247.")
 @click.option("--profile", "profile_id", required=True, help="Profile id from config/profiles/.")
-@click.option("--timeout", "timeout_s", type=_TIMEOUT, default=1.0, show_default=True, help="Reply timeout in seconds.")
+@click_option(BUS["timeout_s"], "--timeout", "timeout_s", help="Reply timeout in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.option("--raw", is_flag=True, help="Show the raw registers in hex beside each value (spot a wrong byte order).")
 @_ratio_options
-def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, parity: str, stopbits: str, unit_id: int, profile_id: str,
+def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, parity: str, stopbits: int, unit_id: int, profile_id: str,
          timeout_s: float, as_json: bool, raw: bool, ct: float, pt: float) -> None:
     """One-shot test read of one meter: every point of its profile with value and unit.
 
@@ -112,12 +100,17 @@ def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, par
         host, port = host_port(tcp)
         bus = BusConfig("cli", "rtu_over_tcp" if rtu_over_tcp else "tcp", host=host, port=port, timeout_s=timeout_s)
     else:
-        bus = BusConfig("cli", "rtu", serial=SerialSettings(serial or "", baud, parity, int(stopbits)),  # type: ignore[arg-type]
+        bus = BusConfig("cli", "rtu", serial=SerialSettings(serial or "", baud, parity, stopbits),  # type: ignore[arg-type]
                         timeout_s=timeout_s)
     try:
         readings = read_meter(bus, unit_id, profile, Ratios(ct, pt))
     except DriverError as exc:
         raise click.ClickException(f"unit {unit_id}: {exc}") from exc
+    ctx = click.get_current_context()
+    if profile.secondary_side and all(ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT
+                                      for name in ("ct", "pt")):
+        click.echo(f"note: {profile.id} reports secondary-side values, shown as read; give --ct (and --pt) as on "
+                   "the transformers' rating plate for primary values", err=True)
     if as_json:
         click.echo(json.dumps([{"point": r.point, "value": r.value, "unit": r.unit, "quality": r.quality,
                                 "reason": r.reason, "raw": [f"{w:04x}" for w in r.raw]} for r in readings], indent=2))
@@ -135,12 +128,12 @@ def read(tcp: str | None, serial: str | None, rtu_over_tcp: bool, baud: int, par
 @click.command()
 @click.option("--profile", "profile_ids", multiple=True, required=True,
               help="Profile to serve; repeat together with --unit for several meters.")
-@click.option("--unit", "unit_ids", type=click.IntRange(1, 247), multiple=True, required=True,
+@click_option(METER["device_id"], "--unit", "unit_ids", default=None, multiple=True, required=True,
               help="Unit id of the meter with the --profile at the same position.")
 @click.option("--tcp", default="127.0.0.1:5020", show_default=True, metavar="127.0.0.1:PORT",
               help="Loopback address and port to serve Modbus TCP on.")
 @click.option("--serial", metavar="DEVICE", help="Serve Modbus RTU on this serial device instead of TCP.")
-@click.option("--baud", type=_BAUD, default=9600, show_default=True, help="Baud rate with --serial.")
+@click_option(BUS["baudrate"], "--baud", help="Baud rate with --serial.")
 @click.option("--rtu-over-tcp", is_flag=True, help="Serve RTU frames over TCP, like a serial device server.")
 @click.option("--fault", "faults", multiple=True, metavar="UNIT:FAULT",
               help="Make unit UNIT misbehave; FAULT is one of " + ", ".join(f"{k} ({v})" for k, v in FAULTS.items())
@@ -188,7 +181,7 @@ def simulate(profile_ids: tuple[str, ...], unit_ids: tuple[int, ...], tcp: str, 
 @click.option("--parity", "parities", default="N", show_default=True,
               help="Parities to try on serial, e.g. N,E (each with every baud rate).")
 @click.option("--units", "units_text", default="1-247", show_default=True, help="Unit ids to probe, e.g. 1-10,20.")
-@click.option("--timeout", "timeout_s", type=_TIMEOUT, default=0.2, show_default=True,
+@click_option(BUS["timeout_s"], "--timeout", "timeout_s", default=0.2,
               help="Seconds to wait for each unit id; the scan takes at most about units x timeout per baud rate.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @_ratio_options
@@ -207,11 +200,13 @@ def scan(tcp: str | None, rtu_over_tcp: bool, serial: str | None, bauds: str, pa
     try:
         units = parse_units(units_text)
         baud_rates = [int(b) for b in bauds.split(",")] if serial else [0]
-        if any(not 300 <= b <= 115200 for b in baud_rates if serial):
-            raise ValueError(f"'{bauds}': baud rates run from 300 to 115200, e.g. 9600,19200")
+        baud_rule, parity_rule = BUS["baudrate"], BUS["parity"]
+        if any(not baud_rule.low <= b <= baud_rule.high for b in baud_rates if serial):  # type: ignore[operator]
+            raise ValueError(f"'{bauds}': baud rates run {baud_rule.range_text().removesuffix(' baud')}, e.g. 9600,19200")
         parity_list = [p.strip().upper() for p in parities.split(",")] if serial else ["N"]
-        if any(p not in ("N", "E", "O") for p in parity_list):
-            raise ValueError(f"'{parities}': parity is N, E or O, e.g. N,E")
+        if any(p not in parity_rule.values() for p in parity_list):
+            *others, last = parity_rule.values()
+            raise ValueError(f"'{parities}': parity is {', '.join(others)} or {last}, e.g. N,E")
     except ValueError as exc:
         raise click.BadParameter(str(exc).replace("invalid literal for int() with base 10", "not a number"),
                                  param_hint="--units/--bauds") from exc

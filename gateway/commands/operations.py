@@ -14,7 +14,7 @@ from drivers import DriverError, Profile, ProfileError, load_profile_set
 from local_store import StoreError
 from sync import SyncError
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, check_web_port, load_config
 from gateway.logs import configure_logging, under_journald
 from gateway.notify import Notifier, WatchdogFeeder, watchdog_interval_s
 from gateway.paths import PROFILE_DIRS
@@ -68,6 +68,10 @@ def run(config_path: Path | None, data_dir: Path | None, log_level: str) -> None
 
     configure_logging(log_level)
     config, profiles = load_or_exit(config_path, data_dir)
+    try:
+        check_web_port(config)       # before the data directory is written
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from exc
     stop, reload_requested = threading.Event(), threading.Event()
     # Signal handlers only set flags; the main thread does the work.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

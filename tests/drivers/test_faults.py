@@ -13,10 +13,11 @@ import pytest
 from drivers import (BusConfig, BusError, BusPoller, DriverError, MeterConfig, SerialSettings, SimulatedDevice,
                      SimulatorServer)
 from drivers import load_profiles
-from tests.conftest import open_pty_pair
+from tests.conftest import open_pty_pair, sdm630_basic
 
-PROFILES = load_profiles(Path(__file__).resolve().parents[2] / "config" / "profiles")
-SDM630 = PROFILES["eastron-sdm630"]        # input registers 0..11, 52..53, 70..75: three requests
+SHIPPED = load_profiles(Path(__file__).resolve().parents[2] / "config" / "profiles")
+SDM630 = sdm630_basic(SHIPPED["eastron-sdm630"])        # input registers 0..11, 52..53, 70..75: three requests
+PROFILES = {**SHIPPED, SDM630.id: SDM630}
 TIMEOUT_S = 0.3
 
 #: unit id -> fault; unit 1 is a healthy meter.

@@ -14,6 +14,7 @@ from drivers import BusConfig, BusPoller, MeterConfig, SerialSettings, Simulated
 from drivers import load_profiles
 from drivers.model import Point, Profile, Quantity
 from drivers.planner import BusCost, DeviceLimits, fewest_requests, one_request_per_point, plan_reads
+from tests.conftest import sdm630_basic
 
 PROFILES = load_profiles(Path(__file__).resolve().parents[2] / "config" / "profiles")
 
@@ -93,7 +94,7 @@ def test_plan_is_optimal_in_bus_time(seed: int) -> None:
 
 
 def test_baselines() -> None:
-    sdm630 = PROFILES["eastron-sdm630"]
+    sdm630 = sdm630_basic(PROFILES["eastron-sdm630"])
     assert len(one_request_per_point(sdm630)) == len(sdm630.points)
     assert _ranges(fewest_requests(sdm630)) == [(0, 76)]
     assert _ranges(plan_reads(sdm630, 10, cost=RTU_9600)) == [(0, 12), (52, 2), (70, 6)]

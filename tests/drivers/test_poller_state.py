@@ -179,8 +179,8 @@ def test_rtu_over_tcp_keeps_its_connection_through_timeouts_and_late_replies() -
                     poller.read_registers(unit, "holding", 0x2006, 2)
                 assert str(error.value) == "no reply within 0.3 s to holding registers 8198..8199"
             time.sleep(0.5)                     # unit 2's late reply has arrived by now
-            voltage = poller.read_once(1, DTSU666)[0]
-            assert voltage.point == "voltage_l1" and 220 < voltage.value < 240
+            voltage = next(r for r in poller.read_once(1, DTSU666) if r.point == "voltage_l1")
+            assert voltage.quality == "ok" and 220 < voltage.value < 240
             assert poller._client.socket is connection and connection.getsockname() == local
         finally:
             poller.close()

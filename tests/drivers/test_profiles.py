@@ -125,6 +125,15 @@ def test_profile_values_are_plausible_for_its_quantities(profile_id: str) -> Non
     ('name = "v"\naddress = 0\ndata_type = "u16"\nquantity = "voltage"\nunit = "V"\nwordorder = "big"',
      "points[0].wordorder: unknown key; use one of address, byte_order, data_type, description, name, "
      "nan_values, quantity, scale, scale_register, secondary, table, unit, word_order"),
+    # CT/PT marks (issue 13): only the ratio that makes sense for the quantity.
+    ('name = "v"\naddress = 0\ndata_type = "u16"\nquantity = "voltage"\nunit = "V"\nsecondary = "current"',
+     'points[0].secondary = "current": a voltage value takes none or voltage (docs/profiles.md: power and energy '
+     "scale with CT x PT, currents with the CT, voltages with the PT)"),
+    ('name = "f"\naddress = 0\ndata_type = "u16"\nquantity = "frequency"\nunit = "Hz"\nsecondary = "both"',
+     'points[0].secondary = "both": a frequency value takes none (docs/profiles.md: power and energy scale with '
+     "CT x PT, currents with the CT, voltages with the PT)"),
+    ('name = "v"\naddress = 0\ndata_type = "u16"\nquantity = "voltage"\nunit = "V"\nsecondary = "ct"',
+     'points[0].secondary = "ct": use one of none, current, voltage, both'),
     # Bad-input sweep: these raised ValueError/TypeError or were accepted.
     ('name = "v"\naddress = 0\ndata_type = "u16"\nquantity = "voltage"\nunit = "V"\nnan_values = ["a"]',
      "points[0].nan_values = ['a']: use a list of the integers (0 to 65535 for u16) the meter sends for "

@@ -76,9 +76,13 @@ def test_read_ct_json_prints_primary_values(libmodbus_slave: Path, tmp_path: Pat
         with_both = runner.invoke(main, [*base, "--ct", "100/5", "--pt", "10000/100"])
     for result in (plain, with_ct, with_both):
         assert result.exit_code == 0, result.output
-    plain_values = {r["point"]: r["value"] for r in json.loads(plain.output)}
-    ct_values = {r["point"]: r for r in json.loads(with_ct.output)}
-    both = {r["point"]: r["value"] for r in json.loads(with_both.output)}
+    plain_values = {r["point"]: r["value"] for r in json.loads(plain.stdout)}
+    ct_values = {r["point"]: r for r in json.loads(with_ct.stdout)}
+    both = {r["point"]: r["value"] for r in json.loads(with_both.stdout)}
+    # Without --ct/--pt the technician is told the values are secondary-side; with them, not.
+    assert plain.stderr == ("note: chint-dtsu666 reports secondary-side values, shown as read; give --ct (and --pt) "
+                            "as on the transformers' rating plate for primary values\n")
+    assert with_ct.stderr == with_both.stderr == ""
     assert plain_values["energy_import"] == 1.5 and plain_values["current_l1"] == 1.5
     # CT 100/5 = 20: energy 1.5 kWh x 20 = 30 kWh, current 1.5 A x 20 = 30 A, voltage unchanged (no PT).
     assert ct_values["energy_import"]["value"] == pytest.approx(30.0)

@@ -11,6 +11,7 @@ from drivers import (BusConfig, BusPoller, MeterConfig, ProfileError, SerialSett
                      SimulatorServer, load_profile, load_profiles, read_meter)
 from drivers.decode import decode_point, encode_point
 from drivers.model import Point, Profile, Quantity
+from tests.conftest import sdm630_basic
 
 PROFILES = load_profiles(Path(__file__).resolve().parents[2] / "config" / "profiles")
 
@@ -53,7 +54,8 @@ def test_dead_meter_costs_one_timeout_and_backs_off(tcp_simulator) -> None:
     bus = BusConfig("t", "tcp", port=server.port, timeout_s=0.3)
     meters = [MeterConfig("alive", "t", unit_of["eastron-sdm630"], "eastron-sdm630", 1.0),
               MeterConfig("dead", "t", 200, "eastron-sdm630", 1.0)]
-    poller = BusPoller(bus, meters, PROFILES)
+    # The ten basic SDM630 points: three requests (input registers 0..11, 52..53, 70..75).
+    poller = BusPoller(bus, meters, {**PROFILES, "eastron-sdm630": sdm630_basic(PROFILES["eastron-sdm630"])})
     try:
         now = time.monotonic()
         readings = poller.poll_due(now)
@@ -65,6 +67,29 @@ def test_dead_meter_costs_one_timeout_and_backs_off(tcp_simulator) -> None:
         for offset, dead_requests in ((1.5, 2), (2.5, 2), (3.6, 3), (5.7, 3), (7.7, 4)):
             assert poller.poll_due(now + offset), f"live meter not polled at +{offset} s"
             assert poller.stats()["dead"].requests == dead_requests, offset
+    finally:
+        poller.close()
+
+
+def test_issue17_polls_keep_a_monotonic_schedule_and_count_late_and_skipped_ones(tcp_simulator) -> None:
+    server, unit_of = tcp_simulator
+    bus = BusConfig("t", "tcp", port=server.port, timeout_s=2.0)
+    poller = BusPoller(bus, [MeterConfig("m", "t", unit_of["eastron-sdm630"], "eastron-sdm630", 1.0)], PROFILES)
+    try:
+        # (time of the round, polled?); the schedule is 0, 1, 2, 3, ... s from the first poll (plus the few
+        # microseconds into the round the first poll started, hence 1.05 and 3.05 rather than 1 and 3).
+        rounds = [(0.0, True),    # starts the schedule: next due at 1
+                  (1.05, True),   # on time; next due at 2
+                  (2.7, True),    # 0.7 s late (> half an interval): late; next due at 3, not 3.7
+                  (3.05, True),   # on time again: the late poll did not shift the schedule
+                  (6.2, True),    # due at 4: late, and the slots at 4 and 5 passed with no poll: 2 skipped; next 7
+                  (6.9, False),   # nothing due
+                  (7.1, True)]    # the slot at 7
+        for now, polled in rounds:
+            assert bool(poller.poll_due(now)) == polled, now
+        stats = poller.stats()["m"]
+        # 6 polls + 2 skipped = the 8 slots 0..7; late: the rounds at 2.7 and 6.2
+        assert (stats.polls, stats.late_polls, stats.skipped_polls) == (6, 2, 2), stats
     finally:
         poller.close()
 

@@ -69,6 +69,8 @@ def test_a_ct_ratio_stores_and_reports_primary_energy(tmp_path: Path, dtsu666: S
             return [r for r in gateway.store.readings_after(0, 10_000) if r.point == "energy_import"]
         wait_until(lambda: len(energies()) >= 4, timeout_s=60, message="four stored energy readings")
         live = {v["point"]: v["value"] for v in gateway.meter_status()[0].values}
+        # A test read of the configured meter (the web UI's) is primary too.
+        tested = {r.point: r for r in gateway.test_read("lv", 1, "chint-dtsu666")}
         stored = energies()
         gateway.store.process()
         today = date.today()
@@ -83,6 +85,8 @@ def test_a_ct_ratio_stores_and_reports_primary_energy(tmp_path: Path, dtsu666: S
         secondary = dtsu666.expected(1, "energy_import", reading.timestamp)
         assert reading.value == pytest.approx(20 * secondary, abs=20 * 0.05), reading
         assert secondary > 10_000   # so a secondary value could never pass for the primary one
+    secondary = dtsu666.expected(1, "energy_import", tested["energy_import"].timestamp)
+    assert tested["energy_import"].value == pytest.approx(20 * secondary, abs=20 * 0.05)
     # Live values are primary too: voltage (no PT) as read, current x 20.
     assert 220 < live["voltage_l1"] < 240
     assert live["current_l1"] == pytest.approx(20 * dtsu666.expected(1, "current_l1", time.time()), rel=0.3)
@@ -127,3 +131,42 @@ def test_a_bad_ratio_in_the_config_names_place_and_fix(tmp_path: Path, line: str
     with pytest.raises(ConfigError) as error:
         config_from_text(_config(1502, tmp_path, line), "gw.toml", PROFILES)
     assert str(error.value) == f"gw.toml: {message}"
+
+
+def test_a_wrong_profile_test_read_and_scan_through_the_daemon_keep_the_meter_polled(
+        tmp_path: Path, dtsu666: SimulatorServer) -> None:
+    """Issue 13: the web UI's test read (Gateway.test_read) with acrel-adl400 against the running DTSU666 and a
+    scan through the bus owner (Gateway.bus_poller) leave the meter polled, every reading valid."""
+    from drivers import DriverError
+    from drivers.scan import scan_bus
+
+    config = config_from_text(_config(dtsu666.port, tmp_path / "data", "ct_ratio = 1"), "gw.toml", PROFILES)
+    gateway = Gateway(config, PROFILES)
+    gateway.start()
+    try:
+        def energies() -> list:
+            return [r for r in gateway.store.readings_after(0, 10_000) if r.point == "energy_import"]
+        wait_until(lambda: len(energies()) >= 2, timeout_s=60, message="the meter polled")
+        poller = gateway.bus_poller("lv")
+        plan = poller.plan(1, PROFILES["chint-dtsu666"])
+        with pytest.raises(DriverError) as error:
+            gateway.test_read("lv", 1, "acrel-adl400")
+        assert "refuses every register of profile acrel-adl400" in str(error.value)
+        (found,) = scan_bus(poller.bus, [1, 2], PROFILES, poller=poller)
+        assert found.profile == "chint-dtsu666"
+        before = len(energies())
+        wait_until(lambda: len(energies()) >= before + 4, timeout_s=60, message="four more polls")
+        status = gateway.meter_status()[0]
+        stored = gateway.store.readings_after(0, 10_000)
+        assert poller.plan(1, PROFILES["chint-dtsu666"]) == plan
+        assert set(poller.limits()) <= {(1, "chint-dtsu666")}
+    finally:
+        gateway.stop()
+    assert status.stats.state == "ok" and status.stats.exceptions == 0
+    # every poll cycle (one timestamp) stored every point, valid; the newest may still have been in flight
+    cycles: dict[float, set[str]] = {}
+    for reading in stored:
+        assert reading.quality == "ok", reading
+        cycles.setdefault(reading.timestamp, set()).add(reading.point)
+    names = {p.name for p in PROFILES["chint-dtsu666"].points}
+    assert len(cycles) >= 6 and all(points == names for _, points in sorted(cycles.items())[:-1])

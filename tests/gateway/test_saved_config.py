@@ -23,7 +23,7 @@ def test_the_embedded_default_is_never_written_and_a_saved_file_is_preferred(tmp
 
 def test_a_config_file_given_with_config_is_written_in_place(tmp_path: Path) -> None:
     path = tmp_path / "plant.toml"
-    path.write_text('[gateway]\nid = "plant"\n')
+    path.write_text('[gateway]\nid = "plant"\n\n[sync]\nenabled = false\n')
     config = load_config(path, load_profiles(PROFILES_DIR), data_dir_override=tmp_path / "data")
     assert saved_config_path(config) == path
     assert config_from_text(path.read_text(), "upload", {}, tmp_path).gateway_id == "plant"

@@ -135,3 +135,43 @@ def test_watchdog_keeps_pinging_while_meters_are_dead_but_the_loop_runs(tmp_path
         sock.close()
     assert messages[0].startswith("READY=1"), messages
     assert messages.count("WATCHDOG=1") >= 2, messages
+
+
+def test_the_production_template_waits_for_the_first_boot_setup(tmp_path: Path) -> None:
+    """install.sh's config: no simulated bus, no demo key, no public dashboard, HTTPS; the service says it waits."""
+    from drivers import load_profile_set
+    from gateway.config import load_config
+    from gateway.paths import CONFIG_DIR, PROFILES_DIR
+
+    template = CONFIG_DIR / "production.toml"
+    web_port = free_port()
+    config = tmp_path / "gateway.toml"
+    # on a test machine the UI listens on loopback only; everything else as installed
+    config.write_text(template.read_text().replace('host = "0.0.0.0"', 'host = "127.0.0.1"')
+                      .replace("port = 8443", f"port = {web_port}"))
+    found = load_profile_set(PROFILES_DIR)
+    loaded = load_config(template, found.profiles, data_dir_override=tmp_path / "d")
+    assert not loaded.buses and not loaded.meters and not loaded.simulated_buses and not loaded.demo_receiver_key
+    assert loaded.web.tls and not loaded.web.public_dashboard and loaded.web.host == "0.0.0.0"
+    assert not loaded.sync.enabled and loaded.data_dir == tmp_path / "d"
+    notify_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(1.0)
+    env = {**os.environ, "NOTIFY_SOCKET": notify_path}
+    process = subprocess.Popen([str(EXE), "run", "--config", str(config), "--data-dir", str(tmp_path / "d")],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    messages: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not messages:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                pass
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        sock.close()
+    assert messages == ["READY=1\nSTATUS=no meters yet: waiting for the first-boot setup in the web UI"], messages
+    assert (tmp_path / "d" / "web" / "cert.pem").exists()      # HTTPS: a self-signed certificate on first boot

@@ -30,7 +30,7 @@ def test_the_site_time_zone_defines_the_days_of_imports_and_reports(tmp_path: Pa
 
 
 def test_site_timezone_in_the_config(tmp_path: Path) -> None:
-    base = {"gateway": {"id": "gw-1", "data_dir": str(tmp_path)}}
+    base = {"gateway": {"id": "gw-1", "data_dir": str(tmp_path)}, "sync": {"enabled": False}}
     config = parse_config({**base, "site": {"timezone": "Asia/Shanghai"}}, "gateway.toml", {})
     assert config.emissions.timezone == "Asia/Shanghai"
     with pytest.raises(ConfigError) as exc:

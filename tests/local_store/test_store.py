@@ -39,7 +39,8 @@ def test_open_store_creates_schema_in_wal_mode(tmp_path: Path) -> None:
         assert store.db.journal_mode == "wal"
         assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
         tables = set(store.db.table_names())
-        assert {"readings", "intervals", "emissions", "factors", "sources", "activity_data",
+        assert "readings" in store.db.view_names()       # one row per reading, over the packed polls (issue 17)
+        assert {"polls", "series", "intervals", "emissions", "factors", "sources", "activity_data",
                 "instruments", "audit_log", "_sqlite_migrations"} <= tables
         assert schema_version(store.db) == len(migrations._migrations)
     # Re-opening applies nothing twice.

@@ -168,6 +168,7 @@ ROUTES = [
     ("/config/import", "GET", "admin"), ("/cloud", "GET", "admin"), ("/users", "GET", "admin"),
     ("/backup", "GET", "admin"), ("/backup/files/nobody", "GET", "admin"),
     ("/backup/now", "POST", "admin"), ("/backup/restore", "POST", "admin"),
+    ("/upgrade", "GET", "admin"), ("/upgrade", "POST", "admin"),
     ("/buses/new", "POST", "admin tech"), ("/buses/demo-bus/edit", "POST", "admin tech"),
     ("/buses/demo-bus/delete", "POST", "admin tech"), ("/meters/new", "POST", "admin tech"),
     ("/meters/main-incomer/edit", "POST", "admin tech"), ("/meters/boiler-gas/delete", "POST", "admin tech"),

@@ -8,7 +8,9 @@ import json
 import re
 import time
 
+from gateway.runtime import Actor, Runtime
 from local_store import audit
+from sync.keys import ensure_receiver_key
 from tests.conftest import wait_until
 from tests.webui.conftest import PASSWORDS, ROLES, add_users, csrf_token, login, post
 from webui import create_app
@@ -89,6 +91,12 @@ def test_cloud_settings_test_connection_and_fingerprint(admin, gateway, mqtt_bro
     assert [e.target for e in audit.entries(gateway.store.db) if e.action == "keys.create"] == ["gateway signing key"]
     assert post(admin, "/cloud/key", form_url="/cloud").status_code == 302          # made once: nothing new
     assert len([e for e in audit.entries(gateway.store.db) if e.action == "keys.create"]) == 1
+    form = {"enabled": "y", "broker_host": "127.0.0.1", "broker_port": str(mqtt_broker.port), "topic_prefix": "carbon"}
+    refused = text(post(admin, "/cloud", form))     # sync without the platform's key would never send anything
+    assert "Not applied: web UI: sync.receiver_public_key is missing: with sync.enabled = true" in refused
+    ensure_receiver_key(keys_dir)                    # the platform's key pair, as `carbon-gateway keys --receiver`
+    Runtime(gateway).apply_text(gateway.config.text.replace(
+        "[sync]\n", f'[sync]\nreceiver_public_key = "{keys_dir / "receiver-sealing.pub"}"\n', 1), Actor("test"))
     response = post(admin, "/cloud", {"enabled": "y", "broker_host": "127.0.0.1", "broker_port": str(mqtt_broker.port),
                                       "topic_prefix": "carbon", "password": "s3cret"})
     assert response.status_code == 302, text(response)
