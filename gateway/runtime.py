@@ -31,7 +31,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -43,14 +43,17 @@ import tomlkit
 from drivers import DriverError, ExceptionResponseError, Profile, Reading
 from drivers.model import Quantity
 from drivers.scan import ScanResult, parse_units, scan_bus
-from local_store import FactorError, NoReportDataError, ReportError, Store, audit, users
+from local_store import DataImportError, FactorError, NoReportDataError, ReportError, Store, audit, users
 from local_store import backup as backups
 from local_store.audit import AuditEntry, AuditVerification
 from local_store.backup import BackupError, RestoreResult
 from local_store.charts import bar_chart_svg, hbar_chart_svg
 from local_store.db import write_transaction
 from local_store.factors import default_factor_files, describe, load_library
-from local_store.reports import BY_CHOICES, By, EmissionsSummary, build_report, render_csv, render_html
+from local_store.importer import add_instrument, list_instruments
+from local_store.trace import render_text as render_trace
+from local_store.trace import trace
+from local_store.reports import BY_CHOICES, By, EmissionsSummary, build_report, render_csv, render_html, site_tz
 from local_store.units import ACTIVITIES as _FACTOR_ACTIVITIES
 from local_store.users import MIN_PASSWORD_LENGTH, Session, User, UserError
 from sync import SyncError, SyncStatus
@@ -69,7 +72,7 @@ from gateway.upgrade import UpgradeError
 __all__ = [
     "ACTIVITIES", "BAUDRATES", "BUS", "METER", "Rule", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
     "AuditVerification", "BackupError", "BackupFile", "BackupView", "BrokerTest", "Change", "ChartText", "ClockState",
-    "DriverError", "ExceptionResponseError", "EmissionCharts", "EmissionsSummary", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
+    "DriverError", "ExceptionResponseError", "EmissionCharts", "EmissionsSummary", "DataImportError", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
     "MeterStatus", "Reading", "ReportError", "NoReportDataError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",
     "Session", "SyncStatus", "SystemInfo", "UpgradeError", "UpgradeView", "User", "UserError", "parse_units",
     "suggested_activity",
@@ -160,6 +163,7 @@ class FactorView:
     gwp: str
     include_ch4_n2o: bool
     custom_file: Path
+    instruments: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -462,8 +466,23 @@ class Runtime:
         s = self.config.emissions
         factors = describe(sorted(library.factors, key=lambda f: (f.activity, f.parameter, f.region, f.valid_from)))
         regions = tuple(sorted({f.region for f in library.factors}))
+        store = self._store()
+        tz = site_tz(store.settings)
+        instruments = tuple({**i, "start": datetime.fromtimestamp(i["start_ts"], tz).date().isoformat(),
+                             "end": datetime.fromtimestamp(i["end_ts"], tz).date().isoformat()}
+                            for i in list_instruments(store))
         return FactorView(tuple(factors), regions, s.region, s.method, s.gwp, s.include_ch4_n2o,
-                          self.custom_factor_file())
+                          self.custom_factor_file(), instruments)
+
+    def add_instrument(self, fields: Sequence[str], actor: Actor) -> None:
+        """Add one contractual instrument (the fields of an instruments CSV row), checked like an imported row.
+
+        :raises DataImportError: naming every problem; nothing was written.
+        """
+        result = add_instrument(self._store(), list(fields), place="web form")
+        if result.rows:
+            self.record(actor, "instruments.add", f"instrument {fields[0]}",
+                        dict(zip(("instrument", "kind", "start", "end", "amount", "unit", "emission_factor"), fields)))
 
     def add_factor(self, entry: Mapping[str, Any], actor: Actor) -> None:
         """Add one factor to the custom factor file (made and named in ``[emissions] factor_files`` on first use),
@@ -504,6 +523,27 @@ class Runtime:
         self._store().reload_factors()
         self.record(actor, "factors.add", f"factor {entry['id']}",
                     {"entry": json.loads(json.dumps(dict(entry), default=str))})
+
+    def trace(self, source_id: str, at: str) -> dict[str, Any]:
+        """The chain behind one figure (``local_store.trace``); ``at`` is an ISO time in the site's time zone,
+        or empty for the source's newest figure.
+
+        :raises ReportError: unknown source, a time without a figure, or a time that does not parse.
+        """
+        store = self._store()
+        if at.strip():
+            try:
+                when = datetime.fromisoformat(at.strip())
+            except ValueError:
+                raise ReportError(f"{at!r} is not a time: use 2026-03-10T08:07") from None
+            ts = (when if when.tzinfo else when.replace(tzinfo=site_tz(store.settings))).timestamp()
+        else:
+            row = store.db.execute("SELECT MAX(start_ts) FROM emissions WHERE source_id = ? AND superseded_at IS NULL",
+                                   (source_id,)).fetchone()
+            ts = float(row[0]) if row and row[0] is not None else 0.0
+        chain = trace(store, source_id, ts)
+        chain["text"] = render_trace(chain)
+        return chain
 
     # -- reports and charts ------------------------------------------------------------------------------
     def report(self, start: date, end: date, by: By) -> dict[str, Any]:

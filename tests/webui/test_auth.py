@@ -173,6 +173,7 @@ ROUTES = [
     ("/buses/demo-bus/delete", "POST", "admin tech"), ("/meters/new", "POST", "admin tech"),
     ("/meters/main-incomer/edit", "POST", "admin tech"), ("/meters/boiler-gas/delete", "POST", "admin tech"),
     ("/test-read", "POST", "admin tech"), ("/scan", "POST", "admin tech"),
+    ("/trace", "GET", "admin tech viewer"), ("/factors/instruments", "POST", "admin"),
     ("/factors/choice", "POST", "admin"), ("/factors/custom", "POST", "admin"), ("/config/import", "POST", "admin"),
     ("/cloud", "POST", "admin"), ("/cloud/test", "POST", "admin"), ("/cloud/key", "POST", "admin"), ("/users", "POST", "admin"), ("/users/viewer/role", "POST", "admin"),
     ("/users/viewer/password", "POST", "admin"), ("/users/nobody/delete", "POST", "admin"),
