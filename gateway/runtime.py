@@ -39,6 +39,8 @@ from typing import IO, Any, Literal
 import sqlite_utils
 import tomli_w
 import tomlkit
+import tomlkit.items
+from tomlkit.exceptions import TOMLKitError
 
 from drivers import DriverError, ExceptionResponseError, Profile, Reading
 from drivers.model import Quantity
@@ -63,14 +65,16 @@ from sync.mqtt import Link
 from gateway import __version__, metrics
 from gateway import upgrade as upgrades
 from gateway.clock import ClockState
-from gateway.config import ACTIVITIES, ConfigError, GatewayConfig, config_from_text, saved_config_path
+from gateway.config import (ACTIVITIES, EMPTY_CONFIG, ConfigDiff, ConfigError, GatewayConfig, config_from_text,
+                            diff_config_data, saved_config_path)
 from gateway.daemon import Gateway, MeterStatus, ReloadError
 from gateway.paths import RELEASE_KEYS_DIR
-from gateway.rules import BAUDRATES, BUS, METER, Rule
+from gateway.rules import BAUDRATES, BUS, METER, Rule, secret_keys
+from gateway.tomlguard import TomlGuardError, checked_text
 from gateway.upgrade import UpgradeError
 
 __all__ = [
-    "ACTIVITIES", "BAUDRATES", "BUS", "METER", "Rule", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
+    "ACTIVITIES", "BAUDRATES", "BUS", "METER", "Rule", "ConfigDiff", "ImportPreview", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
     "AuditVerification", "BackupError", "BackupFile", "BackupView", "BrokerTest", "Change", "ChartText", "ClockState",
     "DriverError", "ExceptionResponseError", "EmissionCharts", "EmissionsSummary", "DataImportError", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
     "MeterStatus", "Reading", "ReportError", "NoReportDataError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",
@@ -106,6 +110,25 @@ class Change:
     action: str
     target: str = ""
     detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: how long a previewed import can be confirmed
+IMPORT_PREVIEW_S = 1800.0
+
+
+@dataclass(frozen=True)
+class ImportPreview:
+    """A checked upload waiting for its confirm step: what it changes against the running config."""
+
+    token: str
+    file: str
+    diff: ConfigDiff
+    old_sha256: str
+    new_sha256: str
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -303,6 +326,8 @@ class Runtime:
         self._apply_lock = threading.Lock()    # one change at a time: two technicians never overwrite each other
         self._scans: dict[str, _ScanWork] = {}
         self._scans_lock = threading.Lock()
+        self._staged: dict[str, tuple[ImportPreview, str, float]] = {}   # token -> previewed import
+        self._staged_lock = threading.Lock()
 
     # -- state -------------------------------------------------------------------------------------------
     @property
@@ -427,6 +452,78 @@ class Runtime:
             # a config built in code has no TOML to edit: writing `data` would drop everything else
             raise ApplyError("the running config was not read from a TOML file, so it cannot be edited here")
         return self.apply_text(tomlkit.dumps(data), actor, change)
+
+    # -- config import and export (issue 15) ---------------------------------------------------------------
+    def preview_import(self, raw: bytes, filename: str) -> ImportPreview:
+        """Check an uploaded config and what it would change; nothing runs until :meth:`confirm_import`.
+
+        The file is read through the TOML guard (``gateway.tomlguard``: size, depth, keys, time and memory in
+        a child process); it keeps this gateway's id and data directory; it is validated as a config file is
+        (ids and names by the same rules as the forms).
+
+        :raises ApplyError: the file is refused, with the reason (nothing is staged).
+        """
+        try:
+            text = checked_text(raw)
+            doc = tomlkit.parse(text)
+        except (TomlGuardError, TOMLKitError) as exc:
+            raise ApplyError(f"{filename}: {exc}") from exc
+        if not doc:
+            raise ApplyError(f"{filename}: {EMPTY_CONFIG}")
+        gateway = doc.setdefault("gateway", tomlkit.table())
+        if not isinstance(gateway, dict):
+            raise ApplyError(f"{filename}: gateway must be a table: write it as [gateway] with key = value lines")
+        # another gateway's file: this gateway keeps its own id and data directory, as its file writes them
+        old_text = self.config.text
+        old_data = tomllib.loads(old_text) if old_text else {}
+        gateway["id"] = self.config.gateway_id
+        if "data_dir" in old_data.get("gateway", {}):
+            gateway["data_dir"] = old_data["gateway"]["data_dir"]
+        elif "data_dir" in gateway:
+            del gateway["data_dir"]
+        text = tomlkit.dumps(doc)
+        self.validate_text(text, origin=filename)
+        diff = diff_config_data(old_data, tomllib.loads(text))
+        preview = ImportPreview(secrets.token_urlsafe(16), filename, diff, _sha256(old_text), _sha256(text))
+        with self._staged_lock:
+            now = time.monotonic()
+            for token in [t for t, (_, _, at) in self._staged.items() if now - at > IMPORT_PREVIEW_S]:
+                del self._staged[token]
+            while len(self._staged) >= 4:        # a few previews at a time; each holds at most the file's text
+                del self._staged[next(iter(self._staged))]
+            self._staged[preview.token] = (preview, text, now)
+        return preview
+
+    def confirm_import(self, token: str, actor: Actor) -> ApplyResult:
+        """Run and save a previewed import; the audit entry keeps both config hashes and the diff.
+
+        :raises ApplyError: the preview expired or was used, the running config changed since, or it did not run.
+        """
+        with self._staged_lock:
+            staged = self._staged.pop(token, None)
+        if staged is None or time.monotonic() - staged[2] > IMPORT_PREVIEW_S:
+            raise ApplyError("this preview has expired or was already used: upload the file again")
+        preview, text, _ = staged
+        if _sha256(self.config.text) != preview.old_sha256:
+            raise ApplyError("the running config changed since the preview: upload the file again to see what "
+                             "the import changes now")
+        detail = {"file": preview.file, "old_sha256": preview.old_sha256, "new_sha256": preview.new_sha256,
+                  "diff": preview.diff.summary(), "removes_every_meter": preview.diff.removes_every_meter}
+        return self.apply_text(text, actor, Change("config.import", "config", detail), origin=preview.file)
+
+    def export_text(self, include_secrets: bool = False) -> str:
+        """The running config as TOML. Secrets (``gateway.rules``: the broker password, the metrics token) are
+        left out, with a comment where each was, unless ``include_secrets`` (an administrator who asks)."""
+        text = self.config.text
+        if include_secrets or not text:
+            return text
+        doc = tomlkit.parse(text)
+        for section, key in secret_keys():
+            table = doc.get(section)
+            if isinstance(table, tomlkit.items.Table) and key in table:
+                del table[key]
+                table.add(tomlkit.comment(f"{key} = (a secret, left out of this export: set it where you import this)"))
+        return tomlkit.dumps(doc)
 
     def reload_from_file(self, load: Callable[[], tuple[GatewayConfig, Mapping[str, Profile]]], where: str,
                          actor: Actor = Actor(DAEMON)) -> ApplyResult:

@@ -175,6 +175,7 @@ ROUTES = [
     ("/test-read", "POST", "admin tech"), ("/scan", "POST", "admin tech"),
     ("/trace", "GET", "admin tech viewer"), ("/factors/instruments", "POST", "admin"),
     ("/factors/choice", "POST", "admin"), ("/factors/custom", "POST", "admin"), ("/config/import", "POST", "admin"),
+    ("/config/import/confirm", "POST", "admin"),
     ("/cloud", "POST", "admin"), ("/cloud/test", "POST", "admin"), ("/cloud/key", "POST", "admin"), ("/users", "POST", "admin"), ("/users/viewer/role", "POST", "admin"),
     ("/users/viewer/password", "POST", "admin"), ("/users/nobody/delete", "POST", "admin"),
     ("/account/password", "POST", "admin tech viewer"),
