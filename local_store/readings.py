@@ -360,11 +360,17 @@ def reading_counts(db: sqlite_utils.Database, start: float, end: float) -> dict[
                             (start, end)).fetchall()
     n = {int(r[0]): int(r[1]) for r in db.execute("SELECT id, n FROM series")}
     total = sum(n[sid] * k for sid, k in per_series)
+    # Processed readings: one pass over the period's polls (the time index holds series and id), joined to
+    # each processed point's (series, index, processed through) -- not one pass per point.
+    limits = [(sid, idx, int(through)) for meter_id, point, through in
+              db.execute("SELECT meter_id, point, through_id FROM processed_points").fetchall()
+              for sid, idx in meter_series(db, meter_id, point)]
     processed = 0
-    for meter_id, point, through in db.execute("SELECT meter_id, point, through_id FROM processed_points").fetchall():
-        for sid, idx in meter_series(db, meter_id, point):
-            processed += db.execute("SELECT COUNT(*) FROM polls WHERE series = ? AND timestamp >= ? AND timestamp < ?"
-                                    " AND id <= ?", (sid, start, end, through - idx)).fetchone()[0]
+    if limits:
+        processed = int(db.execute(
+            "SELECT COUNT(*) FROM polls p JOIN (SELECT j.value ->> 0 AS series, j.value ->> 1 AS idx, j.value ->> 2"
+            " AS through FROM json_each(?) j) l ON l.series = p.series WHERE p.timestamp >= ? AND p.timestamp < ?"
+            " AND p.id + l.idx <= l.through", (json.dumps(limits), start, end)).fetchone()[0])
     flagged = 0
     for status, k in db.execute(
             "SELECT rs.status, COUNT(*) FROM reading_status rs JOIN polls p ON p.id = (SELECT MAX(id) FROM polls"

@@ -38,3 +38,29 @@ def test_sync_rows_of_just_stored_polls_equal_what_sqlite_holds(tmp_path: Path) 
         assert store._recent.rows(50, 100, store.last_reading_id()) is None
         rows = store.sync_rows(50, 100)
         assert [r[0] for r in rows] == list(range(51, 64)) and rows[-1][1] == "m3"
+
+
+def test_report_reading_counts_agree_with_the_per_reading_view(tmp_path: Path) -> None:
+    from local_store import SourceSettings
+    with open_store(tmp_path / "gateway.db") as store:
+        store.configure_sources([SourceSettings("m1", "electricity")])
+        readings = []
+        for k in range(200):       # every 5 minutes; m1's register steps back once (a reset) and is NaN twice
+            value = 5000.0 + 3.0 * k if k != 120 else 10.0
+            readings += _poll("m1", T0 + 300 * k, k)
+            readings[-3] = Reading("m1", "energy_import", T0 + 300 * k, float("nan") if k in (50, 51) else value,
+                                   "kWh", Quantity.ENERGY_IMPORT)
+            readings += _poll("m2", T0 + 300 * k, k)
+        store.insert_readings(readings)
+        store.process()
+        for start, end in ((T0, T0 + 300 * 200), (T0 + 300 * 40, T0 + 300 * 130), (T0 - 10, T0)):
+            counts = rd.reading_counts(store.db, start, end)
+            by_view = dict.fromkeys(("measured", "estimated", "invalid", "unprocessed"), 0)
+            for status, n in store.db.execute("SELECT status, COUNT(*) FROM readings WHERE timestamp >= ? AND"
+                                              " timestamp < ? GROUP BY status", (start, end)):
+                by_view[status or "unprocessed"] += n
+            assert counts == by_view
+        # 2 meters x 3 points x 200 polls = 1200 readings; only m1's 200 energy readings are processed.
+        total = rd.reading_counts(store.db, T0, T0 + 300 * 200)
+        assert sum(total.values()) == 1200 and total["unprocessed"] == 1000
+        assert total["invalid"] >= 2                   # the two NaN readings at least
