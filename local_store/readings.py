@@ -367,10 +367,18 @@ def reading_counts(db: sqlite_utils.Database, start: float, end: float) -> dict[
               for sid, idx in meter_series(db, meter_id, point)]
     processed = 0
     if limits:
+        # A temporary table with a key: a json_each() on the join's inner side is parsed again for every poll.
+        was_open = db.conn.in_transaction
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS count_limits (series INTEGER, idx INTEGER, through INTEGER,"
+                   " PRIMARY KEY (series, idx))")
+        db.execute("DELETE FROM temp.count_limits")
+        db.conn.executemany("INSERT OR REPLACE INTO temp.count_limits VALUES (?, ?, ?)", limits)
         processed = int(db.execute(
-            "SELECT COUNT(*) FROM polls p JOIN (SELECT j.value ->> 0 AS series, j.value ->> 1 AS idx, j.value ->> 2"
-            " AS through FROM json_each(?) j) l ON l.series = p.series WHERE p.timestamp >= ? AND p.timestamp < ?"
-            " AND p.id + l.idx <= l.through", (json.dumps(limits), start, end)).fetchone()[0])
+            "SELECT COUNT(*) FROM polls p JOIN temp.count_limits l ON l.series = p.series WHERE p.timestamp >= ?"
+            " AND p.timestamp < ? AND p.id + l.idx <= l.through", (start, end)).fetchone()[0])
+        db.execute("DELETE FROM temp.count_limits")
+        if not was_open and db.conn.in_transaction:
+            db.conn.commit()       # sqlite3 opened a transaction for the temporary rows: do not leave it open
     flagged = 0
     for status, k in db.execute(
             "SELECT rs.status, COUNT(*) FROM reading_status rs JOIN polls p ON p.id = (SELECT MAX(id) FROM polls"
