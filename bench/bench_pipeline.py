@@ -187,7 +187,7 @@ def main() -> None:
         after = plain_rate(port, plans, min(args.seconds, 10.0) / 5)
 
         readings = (polls1 - polls0) * len(profile.points)
-        polled = sum(s.polls for s in gateway.bus_poller("bench").stats().values()) * len(profile.points)
+        polled = sum(s.polls for s in poller.stats().values()) * len(profile.points)
         cpu = cpu1 - cpu0
         daemon = readings / cpu
         plain = (before + after) / 2
