@@ -26,7 +26,7 @@ from local_store.units import ACTIVITIES as ACTIVITY_KINDS
 from sync import BrokerSettings, SyncSettings
 
 from gateway.paths import DEFAULT_CONFIG, DEFAULT_DATA_DIR
-from gateway.rules import (BACKUP, BUS, EMISSIONS, GATEWAY, METER, SECTIONS, SITE, SOURCE_RULE_KEYS, SYNC, WEB,
+from gateway.rules import (BACKUP, BUS, EMISSIONS, GATEWAY, LIST_SECTIONS, METER, SECTIONS, SITE, SOURCE_RULE_KEYS, SYNC, WEB,
                            FieldError, Rule)
 
 #: the activities a meter may carry, "none" included (from the emission library's list, local_store.units)
@@ -120,6 +120,61 @@ def ratio_warning(meter: MeterConfig, profile: Profile) -> str | None:
     return (f"{profile.id} reports secondary-side values and the transformer ratio cannot be read from the "
             f"meter: set {missing} in its [[meters]] entry, e.g. {example} (1 for a direct connection); "
             "until then values are stored as read, unscaled")
+
+
+#: an empty file is refused (issue 12: it started a default gateway; issue 15: an import removed everything)
+EMPTY_CONFIG = ("the config is empty: an empty file would start a gateway with no buses, meters or sync; start from "
+                "config/gateway.toml (docs/configuration.md) and give at least [gateway] id")
+
+
+@dataclass(frozen=True)
+class ConfigDiff:
+    """What a new config changes against the running one (the import preview, and its audit entry).
+
+    ``added``/``removed``/``changed`` map ``buses`` and ``meters`` to names and ids, and every other table to
+    the keys whose value changed (values are not shown: some are secrets).
+    """
+
+    added: Mapping[str, tuple[str, ...]]
+    removed: Mapping[str, tuple[str, ...]]
+    changed: Mapping[str, tuple[str, ...]]
+    removes_every_meter: bool
+
+    @property
+    def empty(self) -> bool:
+        return not any((*self.added.values(), *self.removed.values(), *self.changed.values()))
+
+    def summary(self) -> str:
+        """One line for the audit log, e.g. ``meters: +m4 -m1 ~m2; sync: broker_host, tls``."""
+        parts = []
+        for table in SECTIONS:
+            marks = [f"+{n}" for n in self.added.get(table, ())] + [f"-{n}" for n in self.removed.get(table, ())]
+            marks += [f"~{n}" for n in self.changed.get(table, ())] if table in LIST_SECTIONS else \
+                list(self.changed.get(table, ()))
+            if marks:
+                parts.append(f"{table}: {(' ' if table in LIST_SECTIONS else ', ').join(marks)}")
+        return "; ".join(parts) or "no change"
+
+
+def diff_config_data(old: Mapping[str, Any], new: Mapping[str, Any]) -> ConfigDiff:
+    """Compare two configs as TOML data, table by table (``gateway.rules.SECTIONS``)."""
+    added: dict[str, tuple[str, ...]] = {}
+    removed: dict[str, tuple[str, ...]] = {}
+    changed: dict[str, tuple[str, ...]] = {}
+    for table in SECTIONS:
+        if table in LIST_SECTIONS:
+            key = "name" if table == "buses" else "id"
+            before = {str(t.get(key)): t for t in old.get(table, []) if isinstance(t, Mapping)}
+            after = {str(t.get(key)): t for t in new.get(table, []) if isinstance(t, Mapping)}
+            added[table] = tuple(n for n in after if n not in before)
+            removed[table] = tuple(n for n in before if n not in after)
+            changed[table] = tuple(n for n in after if n in before and before[n] != after[n])
+        else:
+            a, b = old.get(table, {}), new.get(table, {})
+            a, b = (a if isinstance(a, Mapping) else {}), (b if isinstance(b, Mapping) else {})
+            changed[table] = tuple(sorted(k for k in {*a, *b} if a.get(k) != b.get(k)))
+    return ConfigDiff(added, removed, changed,
+                      removes_every_meter=bool(old.get("meters")) and not new.get("meters"))
 
 
 def disabled_reason(profile: str, error: str) -> str:
@@ -295,9 +350,7 @@ def parse_config(data: Mapping[str, Any], origin: str, profiles: Mapping[str, Pr
     """
     broken = broken_profiles or {}
     if not data:
-        raise ConfigError(f"{origin}: the config is empty: an empty file would start a gateway with no buses, "
-                          "meters or sync; start from config/gateway.toml (docs/configuration.md) and give at least "
-                          "[gateway] id")
+        raise ConfigError(f"{origin}: {EMPTY_CONFIG}")
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{origin}: {unknown[0]}: unknown key; use one of {', '.join(sorted(SECTIONS))}")

@@ -31,25 +31,31 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import sqlite_utils
 import tomli_w
+import tomlkit
+import tomlkit.items
+from tomlkit.exceptions import TOMLKitError
 
 from drivers import DriverError, ExceptionResponseError, Profile, Reading
 from drivers.model import Quantity
 from drivers.scan import ScanResult, parse_units, scan_bus
-from local_store import FactorError, NoReportDataError, ReportError, Store, audit, users
+from local_store import DataImportError, FactorError, NoReportDataError, ReportError, Store, audit, users
 from local_store import backup as backups
 from local_store.audit import AuditEntry, AuditVerification
 from local_store.backup import BackupError, RestoreResult
 from local_store.charts import bar_chart_svg, hbar_chart_svg
 from local_store.db import write_transaction
 from local_store.factors import default_factor_files, describe, load_library
-from local_store.reports import BY_CHOICES, By, EmissionsSummary, build_report, render_csv, render_html
+from local_store.importer import add_instrument, list_instruments
+from local_store.trace import render_text as render_trace
+from local_store.trace import trace
+from local_store.reports import BY_CHOICES, By, EmissionsSummary, build_report, render_csv, render_html, site_tz
 from local_store.units import ACTIVITIES as _FACTOR_ACTIVITIES
 from local_store.users import MIN_PASSWORD_LENGTH, Session, User, UserError
 from sync import SyncError, SyncStatus
@@ -59,16 +65,18 @@ from sync.mqtt import Link
 from gateway import __version__, metrics
 from gateway import upgrade as upgrades
 from gateway.clock import ClockState
-from gateway.config import ACTIVITIES, ConfigError, GatewayConfig, config_from_text, saved_config_path
+from gateway.config import (ACTIVITIES, EMPTY_CONFIG, ConfigDiff, ConfigError, GatewayConfig, config_from_text,
+                            diff_config_data, saved_config_path)
 from gateway.daemon import Gateway, MeterStatus, ReloadError
 from gateway.paths import RELEASE_KEYS_DIR
-from gateway.rules import BAUDRATES, BUS, METER, Rule
+from gateway.rules import BAUDRATES, BUS, METER, Rule, secret_keys
+from gateway.tomlguard import TomlGuardError, checked_text
 from gateway.upgrade import UpgradeError
 
 __all__ = [
-    "ACTIVITIES", "BAUDRATES", "BUS", "METER", "Rule", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
+    "ACTIVITIES", "BAUDRATES", "BUS", "METER", "Rule", "ConfigDiff", "ImportPreview", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
     "AuditVerification", "BackupError", "BackupFile", "BackupView", "BrokerTest", "Change", "ChartText", "ClockState",
-    "DriverError", "ExceptionResponseError", "EmissionCharts", "EmissionsSummary", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
+    "DriverError", "ExceptionResponseError", "EmissionCharts", "EmissionsSummary", "DataImportError", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
     "MeterStatus", "Reading", "ReportError", "NoReportDataError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",
     "Session", "SyncStatus", "SystemInfo", "UpgradeError", "UpgradeView", "User", "UserError", "parse_units",
     "suggested_activity",
@@ -102,6 +110,25 @@ class Change:
     action: str
     target: str = ""
     detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: how long a previewed import can be confirmed
+IMPORT_PREVIEW_S = 1800.0
+
+
+@dataclass(frozen=True)
+class ImportPreview:
+    """A checked upload waiting for its confirm step: what it changes against the running config."""
+
+    token: str
+    file: str
+    diff: ConfigDiff
+    old_sha256: str
+    new_sha256: str
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -159,6 +186,7 @@ class FactorView:
     gwp: str
     include_ch4_n2o: bool
     custom_file: Path
+    instruments: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -298,6 +326,8 @@ class Runtime:
         self._apply_lock = threading.Lock()    # one change at a time: two technicians never overwrite each other
         self._scans: dict[str, _ScanWork] = {}
         self._scans_lock = threading.Lock()
+        self._staged: dict[str, tuple[ImportPreview, str, float]] = {}   # token -> previewed import
+        self._staged_lock = threading.Lock()
 
     # -- state -------------------------------------------------------------------------------------------
     @property
@@ -372,9 +402,10 @@ class Runtime:
 
     # -- config ------------------------------------------------------------------------------------------
     def config_data(self) -> dict[str, Any]:
-        """The running config as TOML data (a fresh copy the caller may change)."""
+        """The running config as TOML data (a fresh copy the caller may change): a ``tomlkit`` document, so
+        :meth:`apply_data` writes it back with its comments and layout (issue 12: a web edit lost them)."""
         text = self.config.text
-        return tomllib.loads(text) if text else {}
+        return tomlkit.parse(text) if text else tomlkit.document()
 
     def config_text(self) -> str:
         return self.config.text
@@ -420,7 +451,79 @@ class Runtime:
         if not self.config.text:
             # a config built in code has no TOML to edit: writing `data` would drop everything else
             raise ApplyError("the running config was not read from a TOML file, so it cannot be edited here")
-        return self.apply_text(tomli_w.dumps(dict(data)), actor, change)
+        return self.apply_text(tomlkit.dumps(data), actor, change)
+
+    # -- config import and export (issue 15) ---------------------------------------------------------------
+    def preview_import(self, raw: bytes, filename: str) -> ImportPreview:
+        """Check an uploaded config and what it would change; nothing runs until :meth:`confirm_import`.
+
+        The file is read through the TOML guard (``gateway.tomlguard``: size, depth, keys, time and memory in
+        a child process); it keeps this gateway's id and data directory; it is validated as a config file is
+        (ids and names by the same rules as the forms).
+
+        :raises ApplyError: the file is refused, with the reason (nothing is staged).
+        """
+        try:
+            text = checked_text(raw)
+            doc = tomlkit.parse(text)
+        except (TomlGuardError, TOMLKitError) as exc:
+            raise ApplyError(f"{filename}: {exc}") from exc
+        if not doc:
+            raise ApplyError(f"{filename}: {EMPTY_CONFIG}")
+        gateway = doc.setdefault("gateway", tomlkit.table())
+        if not isinstance(gateway, dict):
+            raise ApplyError(f"{filename}: gateway must be a table: write it as [gateway] with key = value lines")
+        # another gateway's file: this gateway keeps its own id and data directory, as its file writes them
+        old_text = self.config.text
+        old_data = tomllib.loads(old_text) if old_text else {}
+        gateway["id"] = self.config.gateway_id
+        if "data_dir" in old_data.get("gateway", {}):
+            gateway["data_dir"] = old_data["gateway"]["data_dir"]
+        elif "data_dir" in gateway:
+            del gateway["data_dir"]
+        text = tomlkit.dumps(doc)
+        self.validate_text(text, origin=filename)
+        diff = diff_config_data(old_data, tomllib.loads(text))
+        preview = ImportPreview(secrets.token_urlsafe(16), filename, diff, _sha256(old_text), _sha256(text))
+        with self._staged_lock:
+            now = time.monotonic()
+            for token in [t for t, (_, _, at) in self._staged.items() if now - at > IMPORT_PREVIEW_S]:
+                del self._staged[token]
+            while len(self._staged) >= 4:        # a few previews at a time; each holds at most the file's text
+                del self._staged[next(iter(self._staged))]
+            self._staged[preview.token] = (preview, text, now)
+        return preview
+
+    def confirm_import(self, token: str, actor: Actor) -> ApplyResult:
+        """Run and save a previewed import; the audit entry keeps both config hashes and the diff.
+
+        :raises ApplyError: the preview expired or was used, the running config changed since, or it did not run.
+        """
+        with self._staged_lock:
+            staged = self._staged.pop(token, None)
+        if staged is None or time.monotonic() - staged[2] > IMPORT_PREVIEW_S:
+            raise ApplyError("this preview has expired or was already used: upload the file again")
+        preview, text, _ = staged
+        if _sha256(self.config.text) != preview.old_sha256:
+            raise ApplyError("the running config changed since the preview: upload the file again to see what "
+                             "the import changes now")
+        detail = {"file": preview.file, "old_sha256": preview.old_sha256, "new_sha256": preview.new_sha256,
+                  "diff": preview.diff.summary(), "removes_every_meter": preview.diff.removes_every_meter}
+        return self.apply_text(text, actor, Change("config.import", "config", detail), origin=preview.file)
+
+    def export_text(self, include_secrets: bool = False) -> str:
+        """The running config as TOML. Secrets (``gateway.rules``: the broker password, the metrics token) are
+        left out, with a comment where each was, unless ``include_secrets`` (an administrator who asks)."""
+        text = self.config.text
+        if include_secrets or not text:
+            return text
+        doc = tomlkit.parse(text)
+        for section, key in secret_keys():
+            table = doc.get(section)
+            if isinstance(table, tomlkit.items.Table) and key in table:
+                del table[key]
+                table.add(tomlkit.comment(f"{key} = (a secret, left out of this export: set it where you import this)"))
+        return tomlkit.dumps(doc)
 
     def reload_from_file(self, load: Callable[[], tuple[GatewayConfig, Mapping[str, Profile]]], where: str,
                          actor: Actor = Actor(DAEMON)) -> ApplyResult:
@@ -460,8 +563,23 @@ class Runtime:
         s = self.config.emissions
         factors = describe(sorted(library.factors, key=lambda f: (f.activity, f.parameter, f.region, f.valid_from)))
         regions = tuple(sorted({f.region for f in library.factors}))
+        store = self._store()
+        tz = site_tz(store.settings)
+        instruments = tuple({**i, "start": datetime.fromtimestamp(i["start_ts"], tz).date().isoformat(),
+                             "end": datetime.fromtimestamp(i["end_ts"], tz).date().isoformat()}
+                            for i in list_instruments(store))
         return FactorView(tuple(factors), regions, s.region, s.method, s.gwp, s.include_ch4_n2o,
-                          self.custom_factor_file())
+                          self.custom_factor_file(), instruments)
+
+    def add_instrument(self, fields: Sequence[str], actor: Actor) -> None:
+        """Add one contractual instrument (the fields of an instruments CSV row), checked like an imported row.
+
+        :raises DataImportError: naming every problem; nothing was written.
+        """
+        result = add_instrument(self._store(), list(fields), place="web form")
+        if result.rows:
+            self.record(actor, "instruments.add", f"instrument {fields[0]}",
+                        dict(zip(("instrument", "kind", "start", "end", "amount", "unit", "emission_factor"), fields)))
 
     def add_factor(self, entry: Mapping[str, Any], actor: Actor) -> None:
         """Add one factor to the custom factor file (made and named in ``[emissions] factor_files`` on first use),
@@ -502,6 +620,27 @@ class Runtime:
         self._store().reload_factors()
         self.record(actor, "factors.add", f"factor {entry['id']}",
                     {"entry": json.loads(json.dumps(dict(entry), default=str))})
+
+    def trace(self, source_id: str, at: str) -> dict[str, Any]:
+        """The chain behind one figure (``local_store.trace``); ``at`` is an ISO time in the site's time zone,
+        or empty for the source's newest figure.
+
+        :raises ReportError: unknown source, a time without a figure, or a time that does not parse.
+        """
+        store = self._store()
+        if at.strip():
+            try:
+                when = datetime.fromisoformat(at.strip())
+            except ValueError:
+                raise ReportError(f"{at!r} is not a time: use 2026-03-10T08:07") from None
+            ts = (when if when.tzinfo else when.replace(tzinfo=site_tz(store.settings))).timestamp()
+        else:
+            row = store.db.execute("SELECT MAX(start_ts) FROM emissions WHERE source_id = ? AND superseded_at IS NULL",
+                                   (source_id,)).fetchone()
+            ts = float(row[0]) if row and row[0] is not None else 0.0
+        chain = trace(store, source_id, ts)
+        chain["text"] = render_trace(chain)
+        return chain
 
     # -- reports and charts ------------------------------------------------------------------------------
     def report(self, start: date, end: date, by: By) -> dict[str, Any]:

@@ -281,6 +281,14 @@ def record_audit(config: GatewayConfig, actor: str, action: str, target: str, de
     _own_like(config.data_dir)
 
 
+def _record(config: GatewayConfig, action: str, target: str, detail: dict[str, Any], log: Log) -> None:
+    """The audit entry of an upgrade; a store that refuses it does not undo what was done (it is logged)."""
+    try:
+        record_audit(config, "upgrade", action, target, detail)
+    except Exception as exc:  # noqa: BLE001 - a full or broken store: say so, the upgrade itself stands
+        log(f"could not write the audit entry {action} ({exc}): {json.dumps(detail, default=str)}")
+
+
 @contextlib.contextmanager
 def _exclusive(prefix: Path) -> Iterator[None]:
     with open(prefix / ".upgrade.lock", "a+") as handle:
@@ -339,13 +347,17 @@ def upgrade(bundle: Path, config: GatewayConfig, settings: UpgradeSettings, log:
         install_release(verified, settings, log)
         detail: dict[str, Any] = {"from": running, "to": verified.version, "bundle": bundle.name,
                                   "release_key": verified.key_fingerprint, "backup": str(backup) if backup else None}
-        _run(settings.stop_command, "stopping the service", log)
+        _run(settings.stop_command, "stopping the service", log)   # fails: nothing switched, the old one runs on
         _switch(settings.prefix, verified.version)
-        _run(settings.start_command, "starting the new release", log)
-        healthy, seen = wait_healthy(url, verified.version, need_ok, settings.health_timeout_s)
+        try:
+            _run(settings.start_command, "starting the new release", log)
+        except UpgradeError as exc:      # from here on every failure ends in the rollback, never in a dead box
+            healthy, seen = False, str(exc)
+        else:
+            healthy, seen = wait_healthy(url, verified.version, need_ok, settings.health_timeout_s)
         if healthy:
             log(f"upgraded to {verified.version}: /healthz answers ({seen})")
-            record_audit(config, "upgrade", "upgrade.done", verified.version, detail)
+            _record(config, "upgrade.done", verified.version, detail, log)
             return UpgradeResult("upgraded", running, verified.version, backup)
         reason = (f"{verified.version} was not healthy within {settings.health_timeout_s:g} s "
                   f"(/healthz: {seen}{'; status ok was required, as before the upgrade' if need_ok else ''})")
@@ -370,20 +382,31 @@ def _backup(config: GatewayConfig, log: Log) -> Path | None:
 def _roll_back(config: GatewayConfig, settings: UpgradeSettings, running: str, failed: str, backup: Path | None,
                migrations_before: frozenset[tuple[str, str]], url: str, need_ok: bool, reason: str,
                detail: dict[str, Any], log: Log) -> UpgradeResult:
-    _run(settings.stop_command, "stopping the failed release", log)
+    problems: list[str] = []
+
+    def attempt(step: Callable[[], object]) -> bool:
+        """Each step of the way back is tried even when one before it failed; failures are reported."""
+        try:
+            step()
+        except (UpgradeError, BackupError, OSError) as exc:
+            log(f"rollback: {exc}")
+            problems.append(str(exc))
+            return False
+        return True
+
+    attempt(lambda: _run(settings.stop_command, "stopping the failed release", log))
     _switch(settings.prefix, running)
     restored = False
     migrated = _migrations(config.database) - migrations_before
     if migrated and backup is not None:
         log(f"{failed} migrated the store ({', '.join(sorted(n for _, n in migrated))}): restoring {backup}")
-        restore_backup(backup, config.database, config.backup_key, config.audit_key)
+        restored = attempt(lambda: restore_backup(backup, config.database, config.backup_key, config.audit_key))
         _own_like(config.data_dir)
-        restored = True
-    _run(settings.start_command, f"starting {running} again", log)
+    attempt(lambda: _run(settings.start_command, f"starting {running} again", log))
     healthy, seen = wait_healthy(url, running, need_ok, settings.health_timeout_s)
     detail = {**detail, "reason": reason, "store_restored": restored, "migrations": sorted(n for _, n in migrated),
-              "back_healthy": healthy, "health_after": seen}
-    record_audit(config, "upgrade", "upgrade.rolled_back", failed, detail)
+              "back_healthy": healthy, "health_after": seen, "problems": problems}
+    _record(config, "upgrade.rolled_back", failed, detail, log)
     if healthy:
         log(f"rolled back to {running}: /healthz answers ({seen})")
     else:

@@ -95,8 +95,10 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
     merged: dict[tuple, list] = {}
     by_key: dict[str, dict] = {}
     refs: set[str] = set()
+    source_refs: dict[tuple[str, str], set[str]] = {}
     for src, act, unit, scope, cat, frefs, k, *nums in grouped:
         acc = merged.setdefault((src, act, unit, scope, cat), [0.0] * len(nums))
+        source_refs.setdefault((src, act), set()).update(x for x in frefs.split(",") if x)
         for i, x in enumerate(nums):
             acc[i] += x or 0
         refs.update(x for x in frefs.split(",") if x)
@@ -123,7 +125,7 @@ def build_report(store: Store, start: date, end: date, by: By = "source", tz: tz
         by_source.append({"source": src, "activity": act, "consumption": _r(amount), "unit": unit,
                           "energy_gj": _r(gj), "co2_t": _r(co2), "ch4_t": _r(ch4, 9), "n2o_t": _r(n2o, 9),
                           "tco2e": _r(co2e), "scope": scope, "iso_category": cat,
-                          "share_measured": _r(share, 4)})
+                          "share_measured": _r(share, 4), "factor_refs": sorted(source_refs.get((src, act), ()))})
         if act.endswith("_export"):
             exported[act] = exported.get(act, 0.0) - co2e
         else:

@@ -44,7 +44,7 @@ def trace(store: Store, source_id: str, ts: float) -> dict:
                      (source_id,)).fetchone()
     if src is None:
         known = [r[0] for r in db.execute("SELECT id FROM sources ORDER BY id LIMIT 20")]
-        raise ReportError(f"no source {source_id!r} in {store.path}: use one of {', '.join(known) or '(none yet)'}")
+        raise ReportError(f"no source {source_id!r}: use one of {', '.join(known) or '(none yet)'}")
     rows = db.execute(
         "SELECT id, origin, start_ts, end_ts, amount, unit, co2_t, ch4_t, n2o_t, co2e_t, status, measured_fraction,"
         " factor_refs, region, gwp, calculated_at, superseded_at FROM emissions WHERE source_id = ? AND start_ts <= ?"

@@ -324,3 +324,32 @@ def _decode_v2(blob: bytes) -> list[WireReading]:
         raise
     except (zlib.error, struct.error, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
         raise BatchRejected("malformed", f"payload does not decode: {exc}") from exc
+
+
+# -- derived data (issue 14 part 8) ---------------------------------------------------------------------
+#: Tables of a ``derived`` batch and their columns, in order (docs/sync-protocol.md, "Derived data").
+DERIVED_TABLES: dict[str, int] = {"emissions": 21, "intervals": 10, "factors": 12, "activity_data": 11,
+                                  "instruments": 8}
+
+
+def encode_derived(payload: dict) -> bytes:
+    """A ``derived`` payload: ``b"D1"`` + zlib of compact JSON ``{table: [rows]}`` (no NaN, no infinity)."""
+    body = {name: payload.get(name, []) for name in DERIVED_TABLES}
+    return b"D1" + zlib.compress(json.dumps(body, separators=(",", ":"), allow_nan=False).encode(), 6)
+
+
+def decode_derived(blob: bytes) -> dict:
+    """:raises ValueError: for anything but a well-formed ``derived`` payload."""
+    if blob[:2] != b"D1":
+        raise ValueError("not a derived payload (expected version D1)")
+    try:
+        body = json.loads(zlib.decompressobj().decompress(blob[2:], MAX_PLAINTEXT_BYTES))
+    except (zlib.error, ValueError) as exc:
+        raise ValueError(f"derived payload does not decode: {exc}") from None
+    if not isinstance(body, dict) or set(body) != set(DERIVED_TABLES):
+        raise ValueError(f"derived payload must hold exactly the tables {', '.join(DERIVED_TABLES)}")
+    for name, width in DERIVED_TABLES.items():
+        rows = body[name]
+        if not isinstance(rows, list) or any(not isinstance(r, list) or len(r) != width for r in rows):
+            raise ValueError(f"derived payload: every row of {name} must be a list of {width} values")
+    return body

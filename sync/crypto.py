@@ -28,7 +28,7 @@ _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM
 
 
 #: What a batch carries (header ``kind``); a receiver refuses a kind it does not know as ``malformed``.
-KINDS = ("readings",)
+KINDS = ("readings", "derived")
 
 
 @dataclass(frozen=True)

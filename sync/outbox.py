@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from local_store import Store
 from local_store.connections import write_transaction
-from sync.batches import encode_rows
+from local_store.derived import Cursor, derived_since, is_empty
+from sync.batches import encode_derived, encode_rows
 from sync.crypto import BatchHeader, message_hash, parse_header, seal
 from sync.keys import key_id
 
@@ -121,6 +122,7 @@ def new_stream(db: sqlite_utils.Database) -> Stream:
         first_reading_id = int(first) if first is not None else cursor(db) + 1
         db.execute("DELETE FROM sync_outbox WHERE stream = ?", [current.id])
         _set_state(db, "last_reading_id", first_reading_id - 1)
+        _set_state(db, "derived_cursor", "{}")      # derived data is sent again in full; the receiver keeps one copy
         new = Stream(secrets.token_hex(8), (*(current.lineage or (("", 1, 1),)),))
         new = Stream(new.id, (*new.lineage, (new.id, int(_state(db, "next_seq", "1")), first_reading_id)))
         _set_state(db, "stream", new.id)
@@ -151,6 +153,38 @@ def make_batch(store: Store, gateway_id: str, max_readings: int,
     return seq
 
 
+def make_derived_batch(store: Store, gateway_id: str, receiver: X25519PublicKey,
+                       signer: Ed25519PrivateKey) -> int | None:
+    """Seal the derived data changed since the last derived batch (issue 14 part 8) into the outbox.
+
+    It takes the next sequence number and joins the hash chain like a readings batch, so it is signed,
+    ordered and acknowledged the same way; it carries no readings (``count`` 0 in the outbox, and its
+    reading range is empty at the current reading cursor, so pruning is not held back).
+    :returns: its sequence number, or None when nothing changed.
+    """
+    db = store.db
+    with write_transaction(db):
+        saved = json.loads(_state(db, "derived_cursor", "{}"))
+        payload, nxt = derived_since(store, Cursor(**saved))
+        if is_empty(payload):
+            return None
+        seq = int(_state(db, "next_seq", "1"))
+        current = stream(db)
+        rows = sum(len(payload[k]) for k in ("emissions", "activity_data", "instruments"))
+        header = BatchHeader(gateway_id=gateway_id, seq=seq, prev_hash=_state(db, "prev_hash", ""),
+                             gateway_key_id=key_id(signer.public_key()), receiver_key_id=key_id(receiver),
+                             count=rows, created_at=time.time(), stream=current.id, lineage=current.lineage,
+                             kind="derived")
+        message = seal(header, encode_derived(payload), receiver, signer)
+        at = cursor(db)
+        db.execute("INSERT INTO sync_outbox(seq, first_reading_id, last_reading_id, count, message, created_at, "
+                   "stream) VALUES (?, ?, ?, 0, ?, ?, ?)", [seq, at + 1, at, message, header.created_at, current.id])
+        _set_state(db, "next_seq", seq + 1)
+        _set_state(db, "prev_hash", message_hash(message))
+        _set_state(db, "derived_cursor", json.dumps(nxt.__dict__))
+    return seq
+
+
 def unseal_unsent_tail(db: sqlite_utils.Database, max_readings: int) -> tuple[int, int]:
     """Undo the newest batches that were never published, so their readings can be sealed again in
     larger batches: returns (how many were undone, the last reading id they held); (0, 0) when there is
@@ -177,6 +211,9 @@ def unseal_unsent_tail(db: sqlite_utils.Database, max_readings: int) -> tuple[in
         _set_state(db, "next_seq", first[0])
         _set_state(db, "last_reading_id", first[1] - 1)
         _set_state(db, "prev_hash", prev_hash)
+        if any(r[3] == 0 for r in rows):
+            # A derived batch was undone with them: its data goes again (the receiver keeps one copy).
+            _set_state(db, "derived_cursor", "{}")
     return len(rows), int(rows[-1][2])
 
 

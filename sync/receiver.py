@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from sync.batches import decode_readings
+from sync.batches import decode_derived, decode_readings
 from sync.crypto import KINDS, BatchHeader, message_hash, open_message, parse_header, verify_signature
 from sync.errors import BatchRejected, KeyFileError
 from sync.keys import receiver_keys, trusted_gateway_keys
@@ -204,10 +204,18 @@ class Receiver:
             if header.kind not in KINDS:
                 raise BatchRejected("malformed", f"batch kind {header.kind!r} is not known to this receiver "
                                     f"(it reads {', '.join(KINDS)}): upgrade the receiver")
-            readings = decode_readings(payload)
-            if len(readings) != header.count:
-                raise BatchRejected("malformed", f"header says {header.count} readings, payload has {len(readings)}")
-            status = self._store(header, message, readings)
+            derived: dict | None = None
+            readings: list = []
+            if header.kind == "derived":
+                try:
+                    derived = decode_derived(payload)
+                except ValueError as exc:
+                    raise BatchRejected("malformed", str(exc)) from None
+            else:
+                readings = decode_readings(payload)
+                if len(readings) != header.count:
+                    raise BatchRejected("malformed", f"header says {header.count} readings, payload has {len(readings)}")
+            status = self._store(header, message, readings, derived)
             return header.gateway_id, self._ack(header, status)
         except KeyFileError as exc:  # a trusted key file that does not parse: the operator must fix it
             self._reject(header, "unknown_key", str(exc))
@@ -245,11 +253,11 @@ class Receiver:
                 self._conn.execute("DELETE FROM rejections WHERE id <= (SELECT MAX(id) FROM rejections) - ?",
                                    (self.settings.max_rejections,))
 
-    def _store(self, header: BatchHeader, message: bytes, readings: list) -> str:
+    def _store(self, header: BatchHeader, message: bytes, readings: list, derived: dict | None = None) -> str:
         assert self._conn is not None
         for attempt in range(3):
             try:
-                status = self._store_once(header, message, readings)
+                status = self._store_once(header, message, readings, derived)
                 break
             except self._conn.integrity_errors:
                 # Another receiver of the shared subscription committed the same batch between our
@@ -261,7 +269,7 @@ class Receiver:
                                 "different content; quarantined")
         return status
 
-    def _store_once(self, header: BatchHeader, message: bytes, readings: list) -> str:
+    def _store_once(self, header: BatchHeader, message: bytes, readings: list, derived: dict | None = None) -> str:
         digest = message_hash(message)
         db = self._conn
         assert db is not None
@@ -310,7 +318,52 @@ class Receiver:
                 "quality, reason, stream) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 [(gateway, r.reading_id, header.seq, r.meter_id, r.point, r.timestamp, r.value, r.unit,
                   r.quantity, r.quality, r.reason, header.origin(r.reading_id)) for r in readings])
+            if derived is not None:
+                _store_derived(db, gateway, header.seq, derived)
         return "committed"
+
+
+def _store_derived(db: ReceiverDb, gateway: str, seq: int, d: dict) -> None:
+    """Store a ``derived`` batch's rows: one row per emission version (a repeat only updates when it was
+    superseded), the newest interval and factor rows, activity data and instruments once (issue 14)."""
+    db.executemany(
+        "INSERT INTO derived_emissions (gateway_id, source_id, activity, origin, start_ts, end_ts, amount, unit, "
+        "energy_gj, co2_t, ch4_t, n2o_t, co2e_t, scope, iso_category, factor_refs, gwp, region, status, "
+        "measured_fraction, calculated_at, superseded_at, seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT (gateway_id, source_id, activity, origin, start_ts, calculated_at) DO UPDATE SET "
+        "superseded_at = excluded.superseded_at, seq = excluded.seq",
+        [(gateway, *row, seq) for row in d["emissions"]])
+    db.executemany(
+        "INSERT INTO derived_intervals (gateway_id, source_id, start_ts, end_ts, amount, unit, status, "
+        "measured_fraction, flags, covered_s, complete) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT "
+        "(gateway_id, source_id, start_ts) DO UPDATE SET end_ts = excluded.end_ts, amount = excluded.amount, "
+        "status = excluded.status, measured_fraction = excluded.measured_fraction, flags = excluded.flags, "
+        "covered_s = excluded.covered_s, complete = excluded.complete",
+        [(gateway, *row) for row in d["intervals"]])
+    db.executemany(
+        "INSERT INTO derived_factors (gateway_id, ref, id, version, valid_from, valid_to, activity, parameter, value, "
+        "unit, region, year, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        [(gateway, *row) for row in d["factors"]])
+    db.executemany(
+        "INSERT INTO derived_activity (gateway_id, activity_id, source_id, activity, start_ts, end_ts, amount, unit, "
+        "amount_original, unit_original, origin, line) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        [(gateway, *row) for row in d["activity_data"]])
+    db.executemany(
+        "INSERT INTO derived_instruments (gateway_id, instrument_id, kind, source_id, start_ts, end_ts, mwh, "
+        "factor_t_per_mwh, reference) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        [(gateway, *row) for row in d["instruments"]])
+
+
+def recomputed_tco2e(db: ReceiverDb, gateway_id: str, start_ts: float, end_ts: float) -> float:
+    """The gateway's location-based total for [start_ts, end_ts), recomputed from the derived data received:
+    per figure (source, activity, origin, start) its newest version, unless superseded, counted with the
+    share of its time inside the period, as the gateway's reports count it."""
+    rows = db.query(
+        "SELECT e.start_ts, e.end_ts, e.co2e_t FROM derived_emissions e WHERE e.gateway_id = ? AND e.superseded_at "
+        "IS NULL AND e.start_ts < ? AND e.end_ts > ? AND e.calculated_at = (SELECT MAX(calculated_at) FROM "
+        "derived_emissions n WHERE n.gateway_id = e.gateway_id AND n.source_id = e.source_id AND n.activity = "
+        "e.activity AND n.origin = e.origin AND n.start_ts = e.start_ts)", (gateway_id, end_ts, start_ts))
+    return sum(co2e * (min(b, end_ts) - max(a, start_ts)) / max(b - a, 1) for a, b, co2e in rows)
 
 
 def receiver_stats(database: Path | str) -> dict[str, dict]:

@@ -69,6 +69,7 @@ class SyncService:
     """Fills the outbox and publishes it; see docs/sync-protocol.md for ordering and acknowledgements."""
 
     def __init__(self, settings: SyncSettings, store: Store) -> None:
+        self._derived_at = -1e9
         self.settings = settings
         self.store = store
         self._acks: queue.Queue[tuple[str, int]] = queue.Queue()
@@ -253,7 +254,8 @@ class SyncService:
         return before, after
 
     def fill(self, force: bool = False) -> int:
-        """Seal full (or old enough) batches; returns how many were made."""
+        """Seal full (or old enough) batches of readings, then a batch of derived data if it is due;
+        returns how many readings batches were made."""
         if self.settings.receiver_public_key is None:
             self._key_error = ("no receiver public key configured (sync.receiver_public_key); readings wait "
                                "unbatched on disk")
@@ -267,12 +269,23 @@ class SyncService:
             pending, oldest = outbox.pending_readings(self.store)
             old_enough = oldest is not None and time.time() - oldest >= self.settings.batch_max_age_s
             if not pending or not (force or old_enough or pending >= self.settings.batch_max_readings):
-                return made
+                break
             if outbox.make_batch(self.store, self.settings.gateway_id, self.settings.batch_max_readings,
                                  receiver, signer) is None:  # type: ignore[arg-type]
-                return made
+                break
             made += 1
+        if not self._stop.is_set():
+            self._fill_derived(force, receiver, signer)
         return made
+
+    def _fill_derived(self, force: bool, receiver: Any, signer: Any) -> None:
+        """Derived data (emissions, intervals, factors, activity data, instruments) at most once per
+        ``batch_max_age_s``, after the readings it was computed from (issue 14 part 8)."""
+        now = time.monotonic()
+        if not force and now - self._derived_at < max(self.settings.batch_max_age_s, 1.0):
+            return
+        self._derived_at = now
+        outbox.make_derived_batch(self.store, self.settings.gateway_id, receiver, signer)
 
     def _take_tokens(self, size: int) -> bool:
         """Token bucket for ``bandwidth_bytes_per_s``; a message larger than one second's worth waits for a full bucket."""

@@ -92,12 +92,57 @@ def _r003_rejection_counts(db: ReceiverDb) -> None:
                    (gateway_id, reason, count))
 
 
+# Derived data (issue 14 part 8): one row per emission *version* (a recalculation adds a version; the
+# current one of a figure is the newest by calculated_at), and the rows that explain it.
+_DERIVED = """
+CREATE TABLE IF NOT EXISTS derived_emissions (
+    gateway_id TEXT NOT NULL, source_id TEXT NOT NULL, activity TEXT NOT NULL, origin TEXT NOT NULL,
+    start_ts BIGINT NOT NULL, end_ts BIGINT NOT NULL, amount {real} NOT NULL, unit TEXT NOT NULL,
+    energy_gj {real} NOT NULL, co2_t {real} NOT NULL, ch4_t {real} NOT NULL, n2o_t {real} NOT NULL,
+    co2e_t {real} NOT NULL, scope INTEGER NOT NULL, iso_category INTEGER NOT NULL, factor_refs TEXT NOT NULL,
+    gwp TEXT NOT NULL, region TEXT NOT NULL, status TEXT NOT NULL, measured_fraction {real} NOT NULL,
+    calculated_at {real} NOT NULL, superseded_at {real}, seq BIGINT NOT NULL,
+    PRIMARY KEY (gateway_id, source_id, activity, origin, start_ts, calculated_at)
+);
+CREATE TABLE IF NOT EXISTS derived_intervals (
+    gateway_id TEXT NOT NULL, source_id TEXT NOT NULL, start_ts BIGINT NOT NULL, end_ts BIGINT NOT NULL,
+    amount {real} NOT NULL, unit TEXT NOT NULL, status TEXT NOT NULL, measured_fraction {real} NOT NULL,
+    flags BIGINT NOT NULL, covered_s {real} NOT NULL, complete INTEGER NOT NULL,
+    PRIMARY KEY (gateway_id, source_id, start_ts)
+);
+CREATE TABLE IF NOT EXISTS derived_factors (
+    gateway_id TEXT NOT NULL, ref TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, valid_from TEXT NOT NULL,
+    valid_to TEXT, activity TEXT NOT NULL, parameter TEXT NOT NULL, value {real} NOT NULL, unit TEXT NOT NULL,
+    region TEXT NOT NULL, year INTEGER NOT NULL, source TEXT NOT NULL,
+    PRIMARY KEY (gateway_id, ref)
+);
+CREATE TABLE IF NOT EXISTS derived_activity (
+    gateway_id TEXT NOT NULL, activity_id BIGINT NOT NULL, source_id TEXT NOT NULL, activity TEXT NOT NULL,
+    start_ts BIGINT NOT NULL, end_ts BIGINT NOT NULL, amount {real} NOT NULL, unit TEXT NOT NULL,
+    amount_original {real} NOT NULL, unit_original TEXT NOT NULL, origin TEXT NOT NULL, line BIGINT,
+    PRIMARY KEY (gateway_id, activity_id)
+);
+CREATE TABLE IF NOT EXISTS derived_instruments (
+    gateway_id TEXT NOT NULL, instrument_id BIGINT NOT NULL, kind TEXT NOT NULL, source_id TEXT,
+    start_ts BIGINT NOT NULL, end_ts BIGINT NOT NULL, mwh {real} NOT NULL, factor_t_per_mwh {real} NOT NULL,
+    reference TEXT NOT NULL,
+    PRIMARY KEY (gateway_id, instrument_id)
+)
+"""
+
+
+def _r004_derived(db: ReceiverDb) -> None:
+    """Tables for the derived data of ``derived`` batches (issue 14 part 8)."""
+    _statements(db, _DERIVED)
+
+
 #: The receiver's migrations in order. A released migration is never edited: a change is a new entry at the
 #: end. Each runs once per database, inside the transaction that records it in ``receiver_migrations``.
 MIGRATIONS: tuple[tuple[str, Callable[[ReceiverDb], None]], ...] = (
     ("r001_tables", _r001_tables),
     ("r002_sync_streams", _r002_sync_streams),
     ("r003_rejection_counts", _r003_rejection_counts),
+    ("r004_derived", _r004_derived),
 )
 
 

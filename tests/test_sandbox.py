@@ -3,7 +3,7 @@
 The unit's restrictions are reproduced without systemd as PID 1 (this machine has none):
 - ProtectSystem=strict: a private mount namespace (``unshare -m``) where every file system is remounted
   read-only except the unit's ReadWritePaths= (and a private scratch directory for PrivateTmp=);
-- TasksMax=: a pids cgroup (v1) with pids.max set to the unit's value;
+- TasksMax=, MemoryMax=: a pids and a memory cgroup (v1) with the unit's limits;
 - User=/Group=, NoNewPrivileges=, CapabilityBoundingSet=: ``setpriv`` to the service user (here ``nobody``,
   as no user may be created on this machine), no new privileges, no capabilities.
 Each part that the kernel refuses is skipped with the reason; none is skipped silently.
@@ -79,6 +79,20 @@ class Installed:
     def tasks_max(self) -> int:
         return int(self.unit["TasksMax"][0])
 
+    @property
+    def memory_max(self) -> int:
+        value = self.unit["MemoryMax"][0]
+        return int(value[:-1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[value[-1]]
+
+
+def _own_cgroup(controller: str) -> Path | None:
+    """This process's cgroup (v1) of ``controller``, under /sys/fs/cgroup/<controller>."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return Path("/sys/fs/cgroup") / controller / path.lstrip("/")
+    return None
+
 
 @pytest.fixture(scope="module")
 def installed(wheelhouse: Wheelhouse) -> Iterator[Installed]:
@@ -122,6 +136,7 @@ class Sandbox:
     def __init__(self, installed: Installed, scratch: Path) -> None:
         self.installed = installed
         self.cgroup: Path | None = None
+        self.memory_cgroup: Path | None = None
         self.skipped: list[str] = []
         self.scratch = scratch      # PrivateTmp=: the daemon's own writable temporary directory
         self.scratch.mkdir(exist_ok=True)
@@ -138,6 +153,14 @@ class Sandbox:
             join_cgroup = f"echo $$ > {self.cgroup}/cgroup.procs"
         else:
             self.skipped.append("TasksMax: no writable pids cgroup (v1) on this machine")
+        memory = _own_cgroup("memory")
+        if memory is not None and os.access(memory, os.W_OK):
+            self.memory_cgroup = memory / f"carbon-gateway-test-{os.getpid()}-{time.monotonic_ns()}"
+            self.memory_cgroup.mkdir()
+            (self.memory_cgroup / "memory.limit_in_bytes").write_text(str(self.installed.memory_max))
+            join_cgroup += f"\necho $$ > {self.memory_cgroup}/cgroup.procs"
+        else:
+            self.skipped.append("MemoryMax: no writable memory cgroup (v1) on this machine")
         # Every mount of the system read-only (ProtectSystem=strict), then the allowed paths writable again.
         script = f"""
 set -eu
@@ -178,6 +201,11 @@ exec setpriv --reuid {unit["User"][0]} --regid {unit["Group"][0]} --clear-groups
         peak = self.cgroup / "pids.peak"
         return int(peak.read_text()) if peak.exists() else None
 
+    def memory_peak(self) -> int | None:
+        if self.memory_cgroup is None:
+            return None
+        return int((self.memory_cgroup / "memory.max_usage_in_bytes").read_text())
+
     def stop(self) -> tuple[int, str]:
         assert self.process is not None
         if self.process.poll() is None:
@@ -187,11 +215,11 @@ exec setpriv --reuid {unit["User"][0]} --regid {unit["Group"][0]} --clear-groups
         except subprocess.TimeoutExpired:
             self.process.kill()
             output, _ = self.process.communicate(timeout=30)
-        if self.cgroup is not None:
+        for cgroup in (self.cgroup, self.memory_cgroup):
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
+            while cgroup is not None and time.monotonic() < deadline:
                 try:
-                    self.cgroup.rmdir()
+                    cgroup.rmdir()
                     break
                 except OSError:
                     time.sleep(0.1)
@@ -324,12 +352,15 @@ def test_the_installed_daemon_under_the_units_restrictions(installed: Installed,
         wait_until(lambda: not sandbox.alive() or len(_answering(browser)) == 100, timeout_s=150, interval_s=1,
                    message="values from all 100 meters, each on its own bus")
         assert sandbox.alive(), sandbox.output()
-        peak = sandbox.pids_peak()
+        peak, memory_peak = sandbox.pids_peak(), sandbox.memory_peak()
     finally:
         code, output = sandbox.stop()
     assert code == 0, output
     assert "can't start new thread" not in output and "Traceback" not in output, output
-    print(f"100 buses: pids.peak {peak} of TasksMax {installed.tasks_max}")
+    print(f"100 buses: pids.peak {peak} of TasksMax {installed.tasks_max}, memory peak {memory_peak} of "
+          f"MemoryMax {installed.memory_max}")
+    if memory_peak is not None:      # the daemon was not killed by the limit (it is alive above), and kept below it
+        assert memory_peak < installed.memory_max, (memory_peak, installed.memory_max)
     if peak is not None:
         # one thread per bus and the rest: well inside TasksMax, with room for as many buses again
         assert 100 < peak <= installed.tasks_max // 2, (peak, installed.tasks_max)

@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Any
 
+import tomlkit
 from flask import (Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for)
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
@@ -15,7 +16,7 @@ from wtforms import SelectField, StringField
 from wtforms.validators import InputRequired, Length, Optional, Regexp, ValidationError
 
 from gateway.runtime import BAUDRATES, BUS, METER, ApplyError, Change, DriverError, ExceptionResponseError, parse_units
-from webui.auth import actor, options, record, requires, runtime
+from webui.auth import actor, can, options, record, requires, runtime
 from webui.confirm import confirmation_page
 from webui.fields import field
 
@@ -78,13 +79,23 @@ def _apply(data: dict, action: str, target: str, **detail: Any) -> str:
     return ""
 
 
+def plain(value: Any) -> Any:
+    """A tomlkit item as plain Python (for a comparison or the audit log)."""
+    return value.unwrap() if hasattr(value, "unwrap") else value
+
+
 def _put(data: dict, items: list[dict], index: int | None, table: dict, kind: str, name: str) -> str:
     """Put ``table`` at ``index`` (None: a new one), then run and save the config; "" or why not."""
-    old = None if index is None else items[index]
+    old = None if index is None else plain(items[index])
     if index is None:
         items.append(table)
-    else:
-        items[index] = table
+    else:   # in place, value by value: the comments in and around the table stay (tomlkit)
+        entry = items[index]
+        for key in [k for k in entry if k not in table]:
+            del entry[key]
+        for key, value in table.items():
+            if key not in entry or plain(entry[key]) != value:
+                entry[key] = value
     return _apply(data, f"{kind}.add" if old is None else f"{kind}.edit", f"{kind} {name}", old=old, new=table)
 
 
@@ -106,7 +117,7 @@ def _entry(table: str, key: str, value: str | None) -> tuple[dict, list[dict], A
     """The running config's data, its list ``table`` and the entry whose ``key`` is ``value``
     (None: a new one; 404 when there is no such entry)."""
     data = runtime().config_data()
-    items = data.setdefault(table, [])
+    items = data.setdefault(table, tomlkit.aot())   # written back as [[table]] entries
     index = _find(items, key, value) if value is not None else None
     return data, items, index, items[index] if index is not None else None
 
@@ -343,6 +354,11 @@ def scan_continue(job_id: str) -> Any:
 
 
 # -- config export / import ----------------------------------------------------------------------------------
+IMPORT_MAX_BYTES = 1_000_000
+#: the parts of a config the import preview lists (the gateway's id and data directory are never imported)
+IMPORT_TABLES = ("buses", "meters", "emissions", "site", "sync", "web", "backup")
+
+
 class ImportForm(FlaskForm):
     file = FileField(_l("Config file (TOML)"), validators=[FileRequired(_l("Choose a file."))])
 
@@ -350,46 +366,46 @@ class ImportForm(FlaskForm):
 @bp.get("/config/export")
 @requires("commission")
 def config_export() -> Any:
+    """The running config as TOML. Secrets (the broker password, the metrics token) are never in a technician's
+    export, and left out of an administrator's too unless asked for with ``?secrets=1`` (issue 15)."""
     rt = runtime()
-    record("config.export", "config")
-    return Response(rt.config_text(), mimetype="application/toml",
+    include = request.args.get("secrets") == "1"
+    if include and not can("settings"):
+        abort(403)
+    record("config.export", "config", secrets=include)
+    return Response(rt.export_text(include_secrets=include), mimetype="application/toml",
                     headers={"Content-Disposition": f'attachment; filename="{rt.config.gateway_id}.toml"'})
 
 
 @bp.route("/config/import", methods=["GET", "POST"])
 @requires("settings")
 def config_import() -> Any:
-    import tomllib
-
-    import tomli_w
-
+    """Upload, then a preview of what changes against the running config, then a confirm step (issue 15)."""
     form = ImportForm()
     error = ""
     if form.validate_on_submit():
-        raw = form.file.data.read(1_000_001)
-        try:
-            if len(raw) > 1_000_000:
-                raise ValueError(_("The file is larger than 1 MB."))
-            data = tomllib.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
-            form.file.errors = [_("Not a TOML file: %(reason)s", reason=str(exc))]
+        name = form.file.data.filename or "upload"
+        try:   # the guard refuses anything over its size, so reading one byte more is enough to tell
+            preview = runtime().preview_import(form.file.data.read(IMPORT_MAX_BYTES + 1), name)
+        except ApplyError as exc:
+            error = _("Not applied: %(reason)s", reason=str(exc))
         else:
-            # another gateway's file: this gateway keeps its own id and data directory
-            gateway = data.setdefault("gateway", {}) if isinstance(data.get("gateway", {}), dict) else None
-            if gateway is None:
-                form.file.errors = [_("Not a gateway config: [gateway] must be a table.")]
-            else:
-                gateway.update(id=runtime().config.gateway_id, data_dir=str(runtime().config.data_dir))
-                try:
-                    runtime().apply_text(tomli_w.dumps(data), actor(),
-                                         Change("config.import", "config", {"file": form.file.data.filename or ""}),
-                                         origin=form.file.data.filename or "upload")
-                except ApplyError as exc:
-                    error = _("Not applied: %(reason)s", reason=str(exc))
-                else:
-                    flash(_("The config was imported and is running."), "ok")
-                    return redirect(url_for("commissioning.meters"))
+            return render_template("import_preview.html", preview=preview, tables=IMPORT_TABLES)
     return render_template("form_page.html", form=form, title=_("Import a config"), multipart=True, error=error,
-                           submit=_("Import"),
+                           submit=_("Preview the import"),
                            intro=_("Buses, meters, emissions, cloud and web settings are taken from the file; this "
                                    "gateway keeps its own id and data directory.")), 400 if form.errors or error else 200
+
+
+@bp.post("/config/import/confirm")
+@requires("settings")
+def config_import_confirm() -> Any:
+    if not FlaskForm().validate_on_submit():
+        abort(400)
+    try:
+        runtime().confirm_import(request.form.get("token", ""), actor())
+    except ApplyError as exc:
+        flash(_("Not applied: %(reason)s", reason=str(exc)), "error")
+        return redirect(url_for("commissioning.config_import"))
+    flash(_("The config was imported and is running."), "ok")
+    return redirect(url_for("commissioning.meters"))

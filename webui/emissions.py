@@ -13,7 +13,8 @@ from markupsafe import Markup
 from wtforms import BooleanField, DateField, FloatField, IntegerField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp, ValidationError
 
-from gateway.runtime import BY_CHOICES, FACTOR_ACTIVITIES, ApplyError, Change, ChartText, FactorError, NoReportDataError, ReportError
+from gateway.runtime import (BY_CHOICES, FACTOR_ACTIVITIES, ApplyError, Change, ChartText, DataImportError, FactorError,
+                             NoReportDataError, ReportError)
 from webui.labels import ACTIVITY_LABELS
 from webui.auth import actor, options, requires, runtime
 
@@ -30,6 +31,21 @@ def charts() -> Any:
     # the SVG is made by local_store.charts from numbers and escaped labels: safe to put in the page as it is
     return render_template("emissions.html", report=view.report, charts=[Markup(c) for c in view.charts], per=per,
                            start=view.start, end=view.end - timedelta(days=1))
+
+
+@bp.get("/trace")
+@requires("view")
+def trace_figure() -> Any:
+    """Drill down from a report figure to its raw readings (issue 14): readings, flags, interval, factor, tCO2e."""
+    source = request.args.get("source", "").strip()[:80]
+    at = request.args.get("at", "").strip()[:40]
+    chain, error = None, ""
+    if source:
+        try:
+            chain = runtime().trace(source, at)
+        except ReportError as exc:
+            error = str(exc)
+    return render_template("trace.html", source=source, at=at, chain=chain, error=error), 400 if error else 200
 
 
 # -- factors -------------------------------------------------------------------------------------------------
@@ -63,10 +79,28 @@ class CustomFactorForm(FlaskForm):
             raise ValidationError(_("Must be after the start date."))
 
 
-def _factor_page(choice: ChoiceForm, custom: CustomFactorForm, error: str = "", status: int = 200) -> Any:
+class InstrumentForm(FlaskForm):
+    """A green certificate, green power trade or PPA (issue 14): the fields of an instruments CSV row."""
+
+    instrument = StringField(_l("Certificate or contract number"), validators=[InputRequired(), Length(max=80)])
+    kind = SelectField(_l("Kind"), choices=options([("certificate", _l("green electricity certificate")),
+                                                     ("green_power", _l("green power trade")), ("ppa", "PPA")]))
+    start = DateField(_l("Valid from"), validators=[InputRequired(_l("Enter a date."))])
+    end = DateField(_l("Valid until (exclusive)"), validators=[InputRequired(_l("Enter a date."))])
+    amount = FloatField(_l("Electricity covered"), render_kw={"inputmode": "decimal"}, validators=[
+        InputRequired(_l("Enter a number.")), NumberRange(0, 1e9, _l("Use a number of 0 or more."))])
+    unit = SelectField(_l("Unit"), choices=options([("MWh", "MWh"), ("kWh", "kWh")]))
+    emission_factor = FloatField(_l("Emission factor (tCO2/MWh, 0 for renewables)"), default=0.0,
+                                 render_kw={"inputmode": "decimal"},
+                                 validators=[InputRequired(_l("Enter a number.")), NumberRange(0, 2, _l("Use 0 to 2."))])
+
+
+def _factor_page(choice: ChoiceForm, custom: CustomFactorForm, error: str = "", status: int = 200,
+                 instrument: InstrumentForm | None = None) -> Any:
     view = runtime().factors()
     return render_template("factors.html", factors=view.factors, choice=choice, custom=custom, settings=view,
-                           error=error, custom_file=view.custom_file), status
+                           error=error, custom_file=view.custom_file, instruments=view.instruments,
+                           instrument=instrument or InstrumentForm(formdata=None)), status
 
 
 def _regions() -> list[tuple[str, str]]:
@@ -103,14 +137,20 @@ def factor_choice() -> Any:
     return redirect(url_for("emissions.factors"))
 
 
+def _current_choice(rt: Any) -> ChoiceForm:
+    """The settings form as the running config has it (shown again beside another form's errors)."""
+    choice = ChoiceForm(formdata=None, data={"region": rt.config.emissions.region, "method": rt.config.emissions.method,
+                                             "gwp": rt.config.emissions.gwp})
+    choice.region.choices = options(_regions())
+    return choice
+
+
 @bp.post("/factors/custom")
 @requires("settings")
 def factor_custom() -> Any:
     rt = runtime()
     custom = CustomFactorForm()
-    choice = ChoiceForm(formdata=None, data={"region": rt.config.emissions.region, "method": rt.config.emissions.method,
-                                             "gwp": rt.config.emissions.gwp})
-    choice.region.choices = options(_regions())
+    choice = _current_choice(rt)
     if not custom.validate_on_submit():
         return _factor_page(choice, custom, status=400)
     entry = {"id": custom.id.data, "activity": custom.activity.data, "parameter": custom.parameter.data,
@@ -123,6 +163,26 @@ def factor_custom() -> Any:
     except (FactorError, ApplyError) as exc:
         return _factor_page(choice, custom, _("Not added: %(reason)s", reason=str(exc)), 400)
     flash(_("Factor %(id)s was added; emissions are recalculated.", id=entry["id"]), "ok")
+    return redirect(url_for("emissions.factors"))
+
+
+@bp.post("/factors/instruments")
+@requires("settings")
+def instrument_add() -> Any:
+    rt = runtime()
+    form = InstrumentForm()
+    choice = _current_choice(rt)
+    if not form.validate_on_submit():
+        return _factor_page(choice, CustomFactorForm(formdata=None), status=400, instrument=form)
+    fields = [form.instrument.data.strip(), form.kind.data, form.start.data.isoformat(), form.end.data.isoformat(),
+              repr(float(form.amount.data)), form.unit.data, repr(float(form.emission_factor.data))]
+    try:
+        rt.add_instrument(fields, actor())
+    except DataImportError as exc:
+        reason = "; ".join(e.split(": ", 1)[-1] for e in exc.errors)
+        return _factor_page(choice, CustomFactorForm(formdata=None), _("Not added: %(reason)s", reason=reason), 400,
+                            instrument=form)
+    flash(_("Instrument %(id)s was added; market-based reports count it.", id=fields[0]), "ok")
     return redirect(url_for("emissions.factors"))
 
 

@@ -86,13 +86,21 @@ class _Day(click.ParamType):
                    "--from today --to tomorrow is today.")
 @click.option("--by", type=click.Choice(BY_CHOICES), default="source", show_default=True,
               help="How to break the total down.")
-@click.option("--format", "fmt", type=click.Choice(["json", "csv", "html"]), default="json", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "html", "filing"]), default="json",
+              show_default=True, help="filing: the print-ready A4 report to file (organisation, sources with factor "
+                                      "and vintage, instruments, completeness, uncertainty; see --profile, --lang).")
 @click.option("--method", type=click.Choice(["location", "market"]), default=None,
               help="Electricity method for total_tco2e (default: the gateway's setting).")
+@click.option("--profile", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML with organisation, site, gateway, boundary, base_year, method_statement, exclusions and "
+                   "uncertainty assumptions, for --format filing.")
+@click.option("--lang", type=click.Choice(["zh-CN", "en"]), default="zh-CN", show_default=True,
+              help="Language of --format filing.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write to this file instead of standard output.")
 @_DATA_DIR
-def report(start, end, by: str, fmt: str, method: str | None, output: Path | None, data_dir: Path | None) -> None:
+def report(start, end, by: str, fmt: str, method: str | None, profile: Path | None, lang: str, output: Path | None,
+           data_dir: Path | None) -> None:
     """Emissions for a period: total tCO2e, by scope, by source, factors used, data quality."""
     from local_store import reports as r
 
@@ -113,6 +121,13 @@ def report(start, end, by: str, fmt: str, method: str | None, output: Path | Non
         text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     elif fmt == "csv":
         text = r.render_csv(data)
+    elif fmt == "filing":
+        from local_store.filing import FilingProfile, load_profile, render_filing_html
+
+        try:
+            text = render_filing_html(data, load_profile(profile) if profile else FilingProfile(), lang)
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
     else:
         text = r.render_html(data)
     if output:

@@ -67,6 +67,11 @@ def test_healthz_and_metrics(gateway: Gateway) -> None:
     free = [s for s in samples if s.startswith("carbon_gateway_disk_free_bytes{")]
     assert len(free) == 1 and int(free[0].split()[-1]) > 0
     assert "# TYPE carbon_gateway_meter_requests_total counter" in lines
+    # Issue 17: read cycles, late and skipped ones are counted per meter.
+    polls = [s for s in samples if s.startswith('carbon_gateway_meter_polls_total{meter="main-incomer",')]
+    assert len(polls) == 1 and int(polls[0].split()[-1]) >= 1
+    assert any(s.startswith('carbon_gateway_meter_polls_late_total{meter="main-incomer",') for s in samples)
+    assert "# TYPE carbon_gateway_meter_polls_skipped_total counter" in lines
 
 
 def test_healthz_says_degraded_while_the_store_refuses_writes(gateway: Gateway) -> None:

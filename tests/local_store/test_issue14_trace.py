@@ -88,7 +88,7 @@ def test_trace_explains_an_unknown_source_or_time(tmp_path: Path) -> None:
     f = readings(tmp_path, "a.csv", [("2023-06-01T08:00:00+08:00", 100), ("2023-06-01T08:15:00+08:00", 110)])
     runner.invoke(main, ["import", str(f), *data])
     res = runner.invoke(main, ["trace", "m2", "--at", "2023-06-01T08:07:00+08:00", *data])
-    assert res.exit_code == 1 and f"Error: no source 'm2' in {tmp_path / 'gateway.db'}: use one of m1" in res.output
+    assert res.exit_code == 1 and "Error: no source 'm2': use one of m1" in res.output
     res = runner.invoke(main, ["trace", "m1", "--at", "2024-01-01T00:00:00+08:00", *data])
     assert res.exit_code == 1
     assert ("source m1: no emission row at 2023-12-31T16:00:00+00:00: it has emissions from "

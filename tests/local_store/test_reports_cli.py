@@ -78,7 +78,7 @@ def test_cli_report_json_csv_html(tmp_path: Path) -> None:
     assert data["by_source"][0] | {"tco2e": 0} == {
         "source": "main", "activity": "electricity", "consumption": 24.0, "unit": "MWh", "energy_gj": 86.4,
         "co2_t": pytest.approx(24 * 0.5306), "ch4_t": 0.0, "n2o_t": 0.0, "tco2e": 0, "scope": 2, "iso_category": 2,
-        "share_measured": 1.0}
+        "share_measured": 1.0, "factor_refs": ["cn.grid.national/2023@1"]}
     assert [f["id"] for f in data["factors"]] == ["cn.grid.national"]
     assert data["data_quality"]["readings"]["measured"] == 96    # the 97th reading is the next day's midnight
 

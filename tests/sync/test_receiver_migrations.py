@@ -59,7 +59,7 @@ def test_a_database_made_before_the_migration_set_is_adopted_with_its_rows(tmp_p
     conn.close()
     db = ReceiverDb(path)
     try:
-        assert db.applied_migrations() == ["r001_tables", "r002_sync_streams", "r003_rejection_counts"]
+        assert db.applied_migrations() == ["r001_tables", "r002_sync_streams", "r003_rejection_counts", "r004_derived"]
         # The totals the capped rejection rows no longer carry alone (issue 16): 2 + 1 rows before.
         assert sorted(db.query("SELECT gateway_id, reason, count FROM rejection_counts")) == [
             ("?", "malformed", 1), ("gw", "bad_signature", 2)]

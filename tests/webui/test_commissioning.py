@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
+import re
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +17,8 @@ import pytest
 
 from local_store import audit
 from tests.conftest import wait_until
-from tests.webui.conftest import DEMO_TOML, post, set_up_admin, start_gateway, write_config
-from gateway.runtime import Runtime
+from tests.webui.conftest import DEMO_TOML, add_users, login, post, set_up_admin, start_gateway, write_config
+from gateway.runtime import Actor, Runtime
 from webui import create_app
 
 
@@ -123,29 +126,119 @@ def test_edit_and_delete_a_meter_and_the_change_survives_a_restart(admin, gatewa
         restarted.stop()
 
 
-def test_config_export_and_import(admin, gateway) -> None:
+def _upload(client, content: bytes, name: str):  # type: ignore[no-untyped-def]
+    return post(client, "/config/import", {"file": (io.BytesIO(content), name)}, content_type="multipart/form-data")
+
+
+def _confirm(client, page: str):  # type: ignore[no-untyped-def]
+    token = re.search(r'name="token" value="([^"]+)"', page)
+    assert token, page
+    return post(client, "/config/import/confirm", {"token": token.group(1)}, form_url="/config/import")
+
+
+def test_config_export_and_import_with_a_preview_and_a_confirm_step(admin, gateway) -> None:
+    """Issue 15: the import showed no preview and applied at once; the audit entry kept only the file name."""
     exported = admin.get("/config/export")
     assert exported.headers["Content-Disposition"] == 'attachment; filename="test-gw.toml"'
     data = tomllib.loads(exported.get_data(as_text=True))
+    assert data["meters"][0]["id"] == "main-incomer"
+    old_text = gateway.config.text
     data_text = exported.get_data(as_text=True).replace('id = "test-gw"', 'id = "other-gw"').replace(
-        "poll_interval_s = 1\n", "poll_interval_s = 4\n")
-    response = post(admin, "/config/import", {"file": (io.BytesIO(data_text.encode()), "plant-b.toml")},
-                    content_type="multipart/form-data")
+        "poll_interval_s = 1\n", "poll_interval_s = 4\n").replace('[[meters]]\nid = "boiler-gas"',
+                                                                   '[[meters]]\nid = "boiler-2"', 1)
+    preview = _upload(admin, data_text.encode(), "plant-b.toml")
+    page = text(preview)
+    assert preview.status_code == 200 and "Import plant-b.toml?" in page
+    diff = re.search(r'<tr data-table="meters"><td>meters</td>\s*<td class="added">([^<]*)</td>\s*'
+                     r'<td class="removed">([^<]*)</td>\s*<td class="changed">([^<]*)</td>', page)
+    assert diff and diff.groups() == ("boiler-2", "boiler-gas", "main-incomer"), page
+    assert 'id="import-removes-every-meter"' not in page
+    assert gateway.config.text == old_text, "nothing runs before the confirm step"
+    response = _confirm(admin, page)
     assert response.status_code == 302, text(response)
     assert gateway.config.gateway_id == "test-gw", "the gateway keeps its own id"
-    assert {m.poll_interval_s for m in gateway.config.meters} == {4.0}
-    assert data["meters"][0]["id"] == "main-incomer"
-    bad = post(admin, "/config/import", {"file": (io.BytesIO(b"[[meters]]\nid = 3\n"), "bad.toml")},
-               content_type="multipart/form-data")
-    assert bad.status_code == 400
-    # the rules table checks a table's keys in its order: id before device_id
-    assert ("Not applied: bad.toml: meters[0].id = 3: use 1-40 letters, digits, '-', '_' or '.', "
-            'e.g. id = "main-incomer"') in text(bad)
-    garbage = post(admin, "/config/import", {"file": (io.BytesIO(b"\xff\xfe[[["), "x.toml")},
-                   content_type="multipart/form-data")
-    assert "Not a TOML file:" in text(garbage)
-    empty = post(admin, "/config/import", {}, content_type="multipart/form-data")
-    assert "Choose a file." in text(empty)
+    assert [(m.id, m.poll_interval_s) for m in gateway.config.meters] == [("main-incomer", 4.0), ("boiler-2", 4.0)]
+    entry = [e for e in audit.entries(gateway.store.db) if e.action == "config.import"][-1]
+    assert entry.detail["old_sha256"] == hashlib.sha256(old_text.encode()).hexdigest()
+    assert entry.detail["new_sha256"] == hashlib.sha256(gateway.config.text.encode()).hexdigest()
+    assert entry.detail["diff"] == "meters: +boiler-2 -boiler-gas ~main-incomer" and entry.detail["file"] == "plant-b.toml"
+    again = _confirm(admin, page)                   # a preview is used once
+    assert "this preview has expired or was already used: upload the file again" in text(admin.get(again.location))
+
+
+def test_an_import_is_refused_with_the_reason(admin, gateway) -> None:
+    running = gateway.config.text
+    for content, name, message in [
+        (b"[[meters]]\nid = 3\n", "bad.toml",
+         "Not applied: bad.toml: meters[0].id = 3: use 1-40 letters, digits, '-', '_' or '.', e.g. id = \"main-incomer\""),
+        (b"\xff\xfe[[[", "x.toml", "Not applied: x.toml: not UTF-8 text (byte 0 is 0xff): save it as UTF-8"),
+        (b"# nothing but a comment\n", "empty.toml", "Not applied: empty.toml: the config is empty: "),
+        # ids and names are checked as the forms check them (issue 15: a 2,000-character id broke the dashboard)
+        (running.replace('id = "main-incomer"', 'id = "panel/1"').encode(), "slash.toml",
+         'Not applied: slash.toml: meters[0].id = "panel/1": use 1-40 letters, digits'),
+        (running.replace('id = "main-incomer"', f'id = "{"m" * 2000}"').encode(), "long.toml",
+         "Not applied: long.toml: meters[0].id = "),
+    ]:
+        page = text(_upload(admin, content, name))
+        assert message in page, page
+    assert gateway.config.text == running
+    assert "Choose a file." in text(post(admin, "/config/import", {}, content_type="multipart/form-data"))
+
+
+def test_an_import_that_removes_every_meter_says_so(admin, gateway) -> None:
+    without_meters = re.sub(r"\[\[meters\]\][^\[]*", "", gateway.config.text)
+    assert "[[meters]]" not in without_meters
+    page = text(_upload(admin, without_meters.encode(), "bare.toml"))
+    assert 'id="import-removes-every-meter"' in page and "This import removes every meter" in page
+    assert len(gateway.config.meters) == 2
+    assert _confirm(admin, page).status_code == 302
+    assert gateway.config.meters == ()
+
+
+def _rss_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024   # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bomb,reason", [
+    (b"a = " + b"[" * 50_000 + b"]" * 50_000, "tables or arrays are nested too deeply (at most 8 levels are read)"),
+    (b"a" + b".a" * 50_000 + b" = 1\n", "line 1: a key of 50001 dotted parts; tables are nested too deeply"),
+])
+def test_toml_bombs_are_refused_within_a_second_without_growing_the_daemon(admin, gateway, bomb: bytes,
+                                                                          reason: str) -> None:
+    """Issue 15: deep nesting answered 500 with a 3,000-line traceback; 100 KB of dotted keys took 75 s and left
+    the daemon at 9.5 GB. Both are 100 KB here; they are parsed, if at all, in a child process with limits."""
+    assert len(bomb) >= 100_000
+    _upload(admin, b"[gateway]\n", "warm-up.toml")  # the import path's code and templates loaded once
+    before = _rss_mb()
+    started = time.monotonic()
+    response = _upload(admin, bomb, "bomb.toml")
+    took = time.monotonic() - started
+    assert response.status_code == 400 and f"Not applied: bomb.toml: {reason}" in text(response)
+    assert took < 1.0, f"refused after {took:.2f} s"
+    assert _rss_mb() - before < 20, "the daemon's memory grew"
+
+
+def test_secrets_are_never_in_a_technicians_export_and_redacted_in_an_admins(admin, gateway) -> None:
+    """Issue 15: a technician could read the broker password through /config/export."""
+    with_secret = gateway.config.text.replace("[sync]\nenabled = false", '[sync]\nenabled = false\npassword = "s3cret-broker"'
+                                              ).replace("[web]\nenabled = false",
+                                                        '[web]\nenabled = false\nmetrics_token = "0123456789abcdef-token"')
+    Runtime(gateway).apply_text(with_secret, Actor("test"))
+    add_users(admin)
+    tech = admin.application.test_client()
+    login(tech, "tech")
+    exported = tech.get("/config/export").get_data(as_text=True)
+    assert "s3cret-broker" not in exported and "0123456789abcdef-token" not in exported
+    assert "# password = (a secret, left out of this export: set it where you import this)" in exported
+    assert tomllib.loads(exported)["meters"][0]["id"] == "main-incomer"     # the rest is there and still TOML
+    assert tech.get("/config/export?secrets=1").status_code == 403
+    redacted = admin.get("/config/export").get_data(as_text=True)
+    assert "s3cret-broker" not in redacted and "0123456789abcdef-token" not in redacted
+    full = admin.get("/config/export?secrets=1").get_data(as_text=True)
+    assert 'password = "s3cret-broker"' in full and "0123456789abcdef-token" in full
+    exports = [e.detail["secrets"] for e in audit.entries(gateway.store.db) if e.action == "config.export"]
+    assert exports == [True, False, False]       # newest first: the admin who asked, the admin, the technician
 
 
 def test_a_config_built_in_code_is_not_overwritten_by_an_edit(admin, gateway) -> None:
@@ -212,3 +305,22 @@ def test_meter_form_sets_ct_and_pt_ratios_and_the_dashboard_flags_a_meter_withou
     assert [m["warning"] for m in admin.get("/api/status").get_json()["meters"] if m["id"] == "lv-feeder"] == [
         warning + ', e.g. ct_ratio = "100/5" (1 for a direct connection); until then values are stored as read, '
                   "unscaled"]
+
+
+def test_comments_survive_a_web_edit(admin, gateway, tmp_path) -> None:
+    """Issue 12: a web edit rewrote the TOML from its data and lost every comment (tomlkit keeps them)."""
+    commented = gateway.config.text.replace('[[meters]]\nid = "main-incomer"',
+                                            '# panel 3, feeder to the press line\n[[meters]]\nid = "main-incomer"', 1)
+    commented = commented.replace('activity = "natural_gas"', 'activity = "natural_gas"   # boiler house only', 1)
+    assert commented.count("#") == 2
+    Runtime(gateway).apply_text(commented, Actor("test"))
+    response = post(admin, "/meters/main-incomer/edit", {"id": "main-incomer", "bus": "demo-bus", "device_id": "1",
+                                                         "profile": "eastron-sdm630", "poll_interval_s": "2",
+                                                         "activity": "electricity", "description": "Press line",
+                                                         "enabled": "y"})
+    assert response.status_code == 302, text(response)
+    saved = (tmp_path / "gateway.toml").read_text()
+    assert "# panel 3, feeder to the press line\n[[meters]]" in saved
+    assert 'activity = "natural_gas"   # boiler house only' in saved
+    meter = tomllib.loads(saved)["meters"][0]
+    assert (meter["description"], meter["poll_interval_s"]) == ("Press line", 2.0)
