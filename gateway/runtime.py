@@ -69,12 +69,12 @@ from gateway.config import (ACTIVITIES, EMPTY_CONFIG, ConfigDiff, ConfigError, G
                             diff_config_data, saved_config_path)
 from gateway.daemon import Gateway, MeterStatus, ReloadError
 from gateway.paths import RELEASE_KEYS_DIR
-from gateway.rules import BAUDRATES, BUS, METER, Rule, secret_keys
+from gateway.rules import BAUDRATES, BUS, METER, SYNC, Rule, secret_keys
 from gateway.tomlguard import TomlGuardError, checked_text
 from gateway.upgrade import UpgradeError
 
 __all__ = [
-    "ACTIVITIES", "BAUDRATES", "BUS", "METER", "Rule", "ConfigDiff", "ImportPreview", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
+    "ACTIVITIES", "BAUDRATES", "BUS", "METER", "SYNC", "Rule", "ConfigDiff", "ImportPreview", "BY_CHOICES", "METRICS_CONTENT_TYPE", "MIN_PASSWORD_LENGTH", "Actor", "ApplyError", "ApplyResult", "AuditEntry",
     "AuditVerification", "BackupError", "BackupFile", "BackupView", "BrokerTest", "Change", "ChartText", "ClockState",
     "DriverError", "ExceptionResponseError", "EmissionCharts", "EmissionsSummary", "DataImportError", "FACTOR_ACTIVITIES", "FactorError", "FactorView", "GatewayConfig", "KeyView",
     "MeterStatus", "Reading", "ReportError", "NoReportDataError", "RestoreResult", "Runtime", "ScanFound", "ScanJob", "ScanResult",

@@ -18,6 +18,9 @@ An upgrade, in order:
 5. if it does not within the bound: stop it, switch back, restore the pre-upgrade store if the new release
    migrated it, start the old release and wait for it.
 
+Two releases stay: the running one and the one to go back to; older ones (and a release that was rolled back)
+are deleted, since each is a whole virtual environment.
+
 Everything is recorded in the store's audit log (actor ``upgrade``) once the store is settled, so a restore
 during the rollback cannot take the record with it.
 """
@@ -357,13 +360,31 @@ def upgrade(bundle: Path, config: GatewayConfig, settings: UpgradeSettings, log:
             healthy, seen = wait_healthy(url, verified.version, need_ok, settings.health_timeout_s)
         if healthy:
             log(f"upgraded to {verified.version}: /healthz answers ({seen})")
-            _record(config, "upgrade.done", verified.version, detail, log)
+            _record(config, "upgrade.done", verified.version, {**detail, "removed": _prune(settings.prefix,
+                                                                                          {verified.version, running}, log)}, log)
             return UpgradeResult("upgraded", running, verified.version, backup)
         reason = (f"{verified.version} was not healthy within {settings.health_timeout_s:g} s "
                   f"(/healthz: {seen}{'; status ok was required, as before the upgrade' if need_ok else ''})")
         log(f"rolling back: {reason}")
         return _roll_back(config, settings, running, verified.version, backup, migrations_before, url, need_ok,
                           reason, detail, log)
+
+
+def _other_releases(prefix: Path, but: str) -> set[str]:
+    return {p.name for p in (prefix / "releases").iterdir() if p.is_dir() and p.name != but}
+
+
+def _prune(prefix: Path, keep: set[str], log: Log) -> list[str]:
+    """Delete releases other than ``keep`` (the running one and the one to go back to): a release is a whole
+    virtual environment, and a box's SD card is small. Returns the versions removed."""
+    removed = []
+    for release in sorted((prefix / "releases").iterdir()):
+        if release.is_dir() and release.name not in keep and not release.name.startswith("."):
+            shutil.rmtree(release, ignore_errors=True)
+            removed.append(release.name)
+    if removed:
+        log(f"removed the releases no longer needed: {', '.join(removed)}")
+    return removed
 
 
 def _backup(config: GatewayConfig, log: Log) -> Path | None:
@@ -406,6 +427,8 @@ def _roll_back(config: GatewayConfig, settings: UpgradeSettings, running: str, f
     healthy, seen = wait_healthy(url, running, need_ok, settings.health_timeout_s)
     detail = {**detail, "reason": reason, "store_restored": restored, "migrations": sorted(n for _, n in migrated),
               "back_healthy": healthy, "health_after": seen, "problems": problems}
+    if healthy:      # the failed release is of no further use; a retry installs it afresh
+        detail["removed"] = _prune(settings.prefix, {running} | _other_releases(settings.prefix, failed), log)
     _record(config, "upgrade.rolled_back", failed, detail, log)
     if healthy:
         log(f"rolled back to {running}: /healthz answers ({seen})")

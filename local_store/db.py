@@ -118,6 +118,7 @@ class Store:
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _library: FactorLibrary | None = field(default=None, repr=False)
     _series: rd.SeriesCache = field(default_factory=rd.SeriesCache, repr=False)
+    _recent: rd.RecentPolls = field(default_factory=rd.RecentPolls, repr=False)
 
     # -- connections -----------------------------------------------------------------------------
     @property
@@ -187,14 +188,23 @@ class Store:
         if not polls:
             return 0
         db = self.db
-        # Series ids made inside a caller's transaction are not remembered: it may still roll back.
-        cache = self._series if not db.conn.in_transaction else rd.SeriesCache()
+        # Series ids made inside a caller's transaction are not remembered: it may still roll back. Nor are
+        # the polls for sync, for the same reason.
+        nested = db.conn.in_transaction
+        cache = self._series if not nested else rd.SeriesCache()
+        ids: list[int] = []
+        kind = None if origin == "poll" else origin
         try:
             with write_transaction(db):
-                return rd.insert_polls(db, cache, polls, None if origin == "poll" else origin)
+                count = rd.insert_polls(db, cache, polls, kind, ids)
         except BaseException:
             cache.forget()
             raise
+        if nested:
+            self._recent.clear()
+        else:
+            self._recent.add(ids, polls, kind)
+        return count
 
     def latest_readings(self) -> list[StoredReading]:
         """The newest reading per (meter, point), by timestamp."""
@@ -234,7 +244,8 @@ class Store:
         Read on the calling thread's connection, so inside the caller's transaction (the outbox seals a
         batch and moves its cursor in one).
         """
-        return rd.readings_after(self.db, int(reading_id), int(limit))
+        held = self._recent.rows(int(reading_id), int(limit), self.last_reading_id())
+        return held if held is not None else rd.readings_after(self.db, int(reading_id), int(limit))
 
     # -- disk budget ---------------------------------------------------------------------------------
     def used_bytes(self) -> int:

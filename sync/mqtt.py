@@ -39,19 +39,30 @@ class BrokerSettings:
     session_expiry_s: int = 0
 
 
+def _published(info: mqtt.MQTTMessageInfo) -> bool:
+    """Handed to the broker, or failed for good (paho raises for a publish made while disconnected)."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return True
+
+
 class Link:
     """A paho client that reconnects by itself and remembers why it is not connected."""
 
     def __init__(self, broker: BrokerSettings, client_id: str,
                  on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
-                 subscriptions: tuple[str, ...] = ()) -> None:
+                 subscriptions: tuple[str, ...] = (), manual_ack: bool = False) -> None:
+        """:param manual_ack: QoS 1 messages are acknowledged to the broker only by :meth:`ack` (after
+            they were handled), so one not handled before a disconnect is delivered again."""
         self.broker = broker
         self.connected = threading.Event()
         self.last_error = ""
         self.connected_at = 0.0            # wall clock of the current session's start
         self.connects = 0                 # sessions so far; a new one means in-flight messages may be lost
         self._stopping = False
-        self._paused = False
+        self._unsent: list[mqtt.MQTTMessageInfo] = []     # QoS 1 publishes not yet handed to the broker
+        self._unsent_lock = threading.Lock()
         self._subscriptions = subscriptions
         self._on_message = on_message
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -63,6 +74,7 @@ class Link:
                                 keyfile=str(broker.client_key) if broker.client_key else None,
                                 cert_reqs=ssl.CERT_REQUIRED)
         self.client.max_inflight_messages_set(broker.max_inflight)
+        self.client.manual_ack_set(manual_ack)
         self._failures = 0           # attempts since the last successful connect
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
@@ -90,24 +102,31 @@ class Link:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self.flush()
         self._stopping = True
         try:
             self.client.disconnect()   # a normal disconnect: the broker keeps a persistent session
         finally:
             self.client.loop_stop()
 
-    def subscribe(self) -> None:
-        """Subscribe (again) to the link's topics, e.g. after :meth:`unsubscribe`."""
-        self._paused = False
-        for topic in self._subscriptions:
-            self.client.subscribe(topic, qos=1)
+    def pause(self) -> None:
+        """Disconnect on purpose (e.g. the receiver's database is down) and stay away until :meth:`resume`.
 
-    def unsubscribe(self) -> None:
-        """Stop taking messages (e.g. the receiver's database is down: peers in its share group take the
-        load); stays so across reconnects until :meth:`subscribe`."""
-        self._paused = True
-        for topic in self._subscriptions:
-            self.client.unsubscribe(topic)
+        With a persistent session (``session_expiry_s``) the broker keeps the subscriptions and queues
+        the QoS 1 messages for us, so nothing is dropped meanwhile; peers in a share group go on.
+        """
+        self.flush()
+        self._stopping = True
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+        self.connected.clear()
+
+    def resume(self) -> None:
+        """Connect again after :meth:`pause`."""
+        self._stopping = False
+        self.start()
 
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -118,9 +137,8 @@ class Link:
             return
         self.last_error = ""
         self._failures = 0
-        if not self._paused:
-            for topic in self._subscriptions:
-                client.subscribe(topic, qos=1)
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
         self.connects += 1
         self.connected_at = time.time()
         self.connected.set()
@@ -192,4 +210,27 @@ class Link:
             self._on_message(message)
 
     def publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(topic, payload, qos=1)
+        info = self.client.publish(topic, payload, qos=1)
+        with self._unsent_lock:
+            self._unsent = [i for i in self._unsent if not _published(i)]
+            self._unsent.append(info)
+        return info
+
+    def ack(self, message: mqtt.MQTTMessage) -> None:
+        """PUBACK a message taken with ``manual_ack`` (after it was handled)."""
+        if message.qos > 0:
+            self.client.ack(message.mid, message.qos)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until what was published has reached the broker (before a deliberate disconnect: a
+        receiver's acks queued behind incoming batches would otherwise be dropped with the connection,
+        and their gateways would wait out the ack timeout). True if everything went."""
+        deadline = time.monotonic() + timeout_s
+        with self._unsent_lock:
+            pending = list(self._unsent)
+        for info in pending:
+            while not _published(info) and self.connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        with self._unsent_lock:
+            self._unsent = [i for i in self._unsent if not _published(i)]
+            return not self._unsent

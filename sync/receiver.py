@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 #: Rejection rows kept (oldest go first); ``rejection_counts`` keeps the totals by gateway and reason.
 MAX_REJECTIONS = 10_000
 #: Reconnecting to a database that went away: the wait doubles from the first to the last.
-DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 30.0
+DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 5.0
 #: Rejections answered with a "rejected" ack: only where the gateway's signature has been checked, so a
 #: forged message never makes the receiver publish on a gateway's ack topic (issue 16).
 
@@ -95,26 +95,31 @@ class Receiver:
         self._receiver_key()  # fail at start, not on the first batch
         self._conn = connect(self.settings.database)
         topic = f"$share/{self.settings.share_group}/{self.settings.topic_prefix}/+/batch"
+        # Manual acks: a batch is PUBACKed to the broker only once it is stored and its ack published, so
+        # one taken but not handled when the receiver stops is delivered again to its session (issue 16).
         self._link = Link(self.settings.broker, client_id=self.settings.client_id or f"receiver-{id(self):x}",
-                          on_message=self._on_message, subscriptions=(topic,))
+                          on_message=self._on_message, subscriptions=(topic,), manual_ack=True)
         self._link.start()
 
     def stop(self) -> None:
-        self._stopped.set()
+        self._stopped.set()          # from now on messages are left to the broker (not handled, not acked)
+        if self._healer is not None:
+            self._healer.join(timeout=15)   # before the link stops: it may be resuming it
         if self._link is not None:
             self._link.stop()
-        if self._healer is not None:
-            self._healer.join(timeout=10)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     def _on_message(self, message: Any) -> None:
         # Runs on paho's network thread: an exception escaping here would stop the receiver.
+        if self._stopped.is_set():         # stopping: the broker delivers it again to this session
+            return
         payload, topic = bytes(message.payload), message.topic
         with self._held_lock:
-            if self.db_down:               # arrived before the unsubscribe took effect: keep it for later
+            if self.db_down:               # arrived before the pause took effect: keep it for later
                 self._held.append((payload, topic))
+                self._link_ack(message)
                 return
         try:
             self._process(payload, topic)
@@ -123,6 +128,11 @@ class Receiver:
                 self._database_lost(payload, topic, exc)
             else:
                 log.exception("receiver could not process a message on %s; not acknowledged", topic)
+        self._link_ack(message)
+
+    def _link_ack(self, message: Any) -> None:
+        if self._link is not None:
+            self._link.ack(message)
 
     def _process(self, payload: bytes, topic: str | None) -> None:
         ack = self.handle(payload, topic=topic)
@@ -138,15 +148,17 @@ class Receiver:
             if self.db_down:
                 return
             self.db_down = f"{type(exc).__name__}: {str(exc).strip()}"
-        log.error("receiver database unreachable (%s): stopped taking batches (other receivers of share group %r "
-                  "take them) and reconnecting with backoff; %d batch(es) held", self.db_down,
-                  self.settings.share_group, len(self._held))
-        if self._link is not None:
-            self._link.unsubscribe()
+        log.error("receiver database unreachable (%s): stopped taking batches (the broker keeps them for this "
+                  "receiver's session; other receivers of share group %r go on) and reconnecting with backoff; "
+                  "%d batch(es) held", self.db_down, self.settings.share_group, len(self._held))
         self._healer = threading.Thread(target=self._heal, name="receiver-db-heal", daemon=True)
         self._healer.start()
 
     def _heal(self) -> None:
+        if self._link is not None:
+            # Off the broker (not unsubscribed): the persistent session keeps our share of the batches
+            # queued instead of the broker dropping what nobody subscribes to (issue 16).
+            self._link.pause()
         delay = DB_RETRY_MIN_S
         while not self._stopped.wait(delay):
             delay = min(delay * 2, DB_RETRY_MAX_S)
@@ -161,11 +173,14 @@ class Receiver:
                     old.close()
                 except Exception:  # noqa: BLE001 - it is broken; only its resources go
                     pass
+            if self._link is not None and not self._stopped.is_set():
+                self._link.resume()       # back on the broker first, so the held batches' acks can go out
+                self._link.connected.wait(10.0)
             if self._drain_held():
                 log.info("receiver database reachable again: held batches stored, taking batches again")
-                if self._link is not None:
-                    self._link.subscribe()
                 return
+            if self._link is not None:
+                self._link.pause()
 
     def _drain_held(self) -> bool:
         """Process the messages held while the database was down; False if it went away again."""

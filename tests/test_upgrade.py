@@ -232,6 +232,7 @@ def test_install_offline_upgrade_roll_back_and_refuse(bundles: Bundles, wheelhou
         assert "rolled back to 1.1.0" in result.stdout and "the pre-upgrade store was restored" in result.stdout
         assert "m900_upgrade_rollback_test" in result.stderr
         assert box.current() == "releases/1.1.0"
+        assert sorted(p.name for p in (box.prefix / "releases").iterdir()) == ["1.0.0", "1.1.0"]   # 1.2.0 removed
         wait_until(lambda: box.health().get("status") == "ok", timeout_s=60, interval_s=0.5,
                    message="1.1.0 healthy again")
         assert box.health()["version"] == "1.1.0"

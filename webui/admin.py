@@ -10,12 +10,13 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
-from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField
-from wtforms.validators import InputRequired, Length, NumberRange, Optional, Regexp
+from wtforms import BooleanField, PasswordField, SelectField, StringField
+from wtforms.validators import InputRequired, Length, Optional, Regexp
 
-from gateway.runtime import MIN_PASSWORD_LENGTH, ApplyError, BackupError, Change, UpgradeError, UserError
+from gateway.runtime import MIN_PASSWORD_LENGTH, SYNC, ApplyError, BackupError, Change, UpgradeError, UserError
 from webui.auth import NAME_RE, actor, new_password_field, options, record, requires, runtime, user_error_text
 from webui.confirm import ConfirmField, confirmation_page
+from webui.fields import field
 
 bp = Blueprint("admin", __name__)
 
@@ -134,16 +135,16 @@ def system() -> Any:
 
 # -- cloud and keys ------------------------------------------------------------------------------------------
 class CloudForm(FlaskForm):
+    # the [sync] rules of the config (gateway.rules), so the form accepts what the file accepts
     enabled = BooleanField(_l("Send data to the platform"))
-    broker_host = StringField(_l("Broker host"), validators=[InputRequired(), Length(max=253), Regexp(
-        r"^[A-Za-z0-9.\-:]+$", message=_l("Use a host name or IP address."))])
-    broker_port = IntegerField(_l("Broker port"), validators=[
-        InputRequired(_l("Enter a whole number.")), NumberRange(1, 65535, _l("Use a port from 1 to 65535."))])
-    tls = BooleanField(_l("TLS"))
-    ca_file = StringField(_l("CA certificate file"), validators=[Optional(), Length(max=300)])
-    username = StringField(_l("User name"), validators=[Optional(), Length(max=200)])
+    broker_host = field(SYNC["broker_host"], required=True, default=None)
+    broker_port = field(SYNC["broker_port"], required=True, default=None)
+    tls = field(SYNC["tls"], default=None)
+    ca_file = field(SYNC["ca_file"])
+    username = field(SYNC["username"])
     password = PasswordField(_l("Password (empty: keep the current one)"), validators=[Optional(), Length(max=200)])
-    topic_prefix = StringField(_l("Topic prefix"), validators=[InputRequired(), Regexp(
+    # stricter than the config's rule (no wildcards): what a platform's topics look like
+    topic_prefix = field(SYNC["topic_prefix"], required=True, default=None, extra=[Regexp(
         r"^[A-Za-z0-9_\-/]{1,100}$", message=_l("Use letters, digits, '-', '_' and '/'."))])
 
 

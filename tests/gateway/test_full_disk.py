@@ -117,6 +117,10 @@ def test_issue16_a_full_disk_without_a_reserve_counts_the_lost_readings_loudly_a
     gw.start()
     try:
         wait_until(lambda: gw.last_store_ok, timeout_s=20, message="readings stored")
+        # Some readings must be waiting for sync before the disk fills, or there is nothing whose count could be
+        # kept: on a loaded machine the first sync tick can come after the fill (a flaky 0 > 0 in CI).
+        wait_until(lambda: (gw.sync_status() is not None and gw.sync_status().backlog_readings > 0),  # type: ignore[union-attr]
+                   timeout_s=20, message="readings waiting for sync")
         _fill(small_disk)
         wait_until(lambda: gw.store_error, timeout_s=20, message="the store refusing writes")
         wait_until(lambda: gw.sync_status() and gw.sync_status().last_error.startswith("sync failed:"),  # type: ignore[union-attr]
