@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--meters", type=int, default=10)
     parser.add_argument("--profile", default="eastron-sdm630", help="a profile id from config/profiles/")
     parser.add_argument("--intervals", default="0.1,0.2", help="poll intervals in seconds, comma-separated")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating runs (daemon, plain, daemon, ...) per interval")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)   # the daemon's warnings (e.g. an unsynchronised clock) are not figures
     profile_file = ROOT / "config" / "profiles" / f"{args.profile}.toml"
@@ -187,11 +188,20 @@ def main() -> None:
         for interval_s in (float(v) for v in args.intervals.split(",")):
             print(f"\npoll interval {interval_s:g} s: {args.meters * args.seconds / interval_s:,.0f} polls scheduled "
                   f"per run\n{'':<18}{'polls':>8}{'late':>7}{'skipped':>9}{'late %':>10}{'skipped %':>11}")
-            run_dir = work / f"daemon-{interval_s:g}"
-            run_dir.mkdir()
-            print(Counts.line(run_daemon(run_dir, port, args.meters, profile, interval_s, args.seconds), "gateway daemon"),
-                  flush=True)
-            print(Counts.line(run_plain(port, plans, interval_s, args.seconds), "plain pymodbus"), flush=True)
+            totals = {"gateway daemon": Counts(), "plain pymodbus": Counts()}
+            for n in range(args.rounds):
+                run_dir = work / f"daemon-{interval_s:g}-{n}"
+                run_dir.mkdir()
+                for label, counts in (("gateway daemon", run_daemon(run_dir, port, args.meters, profile, interval_s,
+                                                                    args.seconds)),
+                                      ("plain pymodbus", run_plain(port, plans, interval_s, args.seconds))):
+                    print(counts.line(label), flush=True)
+                    total = totals[label]
+                    total.polls, total.late, total.skipped = (total.polls + counts.polls, total.late + counts.late,
+                                                              total.skipped + counts.skipped)
+            if args.rounds > 1:
+                for label, total in totals.items():
+                    print(total.line(f"{label.split()[0]}, all runs"))
     finally:
         simulator.terminate()
         simulator.wait(timeout=10)
