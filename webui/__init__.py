@@ -68,6 +68,7 @@ def create_app(test_config: dict | None = None, runtime: Runtime | None = None) 
 
     app.add_template_filter(labels.activity_label, "activity")
     app.add_template_filter(labels.transport_label, "transport")
+    app.add_template_filter(labels.part_label, "config_part")
 
     @app.template_filter("utc")
     def utc(ts: float | None) -> str:

@@ -11,6 +11,17 @@ ACTIVITY_LABELS = {c.value: words(c.label, c.label_zh) for c in METER["activity"
 TRANSPORT_LABELS = {c.value: words(c.label, c.label_zh) for c in BUS["transport"].choices}
 
 
+#: the config file's tables, as the import preview names them
+PART_LABELS = {"buses": words("Buses", "总线"), "meters": words("Meters", "仪表"),
+               "emissions": words("Emission settings", "排放设置"), "site": words("Site", "站点"),
+               "sync": words("Cloud (sync)", "云端同步"), "web": words("Web UI", "网页界面"),
+               "backup": words("Backups", "备份")}
+
+
+def part_label(table: str) -> str:
+    return str(PART_LABELS.get(table, table))
+
+
 def activity_label(activity: str | None) -> str:
     """The activity's name in the user's language; an id without a label (a custom one) as it is."""
     return str(ACTIVITY_LABELS.get(activity or "none", activity))

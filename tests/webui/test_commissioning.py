@@ -149,8 +149,8 @@ def test_config_export_and_import_with_a_preview_and_a_confirm_step(admin, gatew
     preview = _upload(admin, data_text.encode(), "plant-b.toml")
     page = text(preview)
     assert preview.status_code == 200 and "Import plant-b.toml?" in page
-    diff = re.search(r'<tr data-table="meters"><td>meters</td>\s*<td class="added">([^<]*)</td>\s*'
-                     r'<td class="removed">([^<]*)</td>\s*<td class="changed">([^<]*)</td>', page)
+    diff = re.search(r'<tr data-table="meters"><td data-label="Part">Meters</td>\s*<td class="added" data-label="Added">([^<]*)</td>\s*'
+                     r'<td class="removed" data-label="Removed">([^<]*)</td>\s*<td class="changed" data-label="Changed">([^<]*)</td>', page)
     assert diff and diff.groups() == ("boiler-2", "boiler-gas", "main-incomer"), page
     assert 'id="import-removes-every-meter"' not in page
     assert gateway.config.text == old_text, "nothing runs before the confirm step"

@@ -118,3 +118,30 @@ def test_the_dashboards_bus_card_shows_every_column(browser, base_url, viewport)
         .map(c => c.textContent)""")
     assert clipped == []
     context.close()
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_a_config_import_is_previewed_on_a_phone_and_applied_only_when_confirmed(
+        browser, base_url, field_gateway, language: str) -> None:  # noqa: F811
+    """Issue 15: an empty file was applied at once and removed every meter; now a preview comes first."""
+    import re
+
+    context, page = _admin_page(browser, base_url)
+    page.goto(base_url + "/lang/" + {"en": "en", "zh": "zh_Hans_CN"}[language])
+    without_meters = re.sub(r"\[\[meters\]\][^\[]*", "", field_gateway.config.text)
+    page.goto(base_url + "/config/import")
+    page.set_input_files("#file", files=[{"name": "bare.toml", "mimeType": "application/toml",
+                                          "buffer": without_meters.encode()}])
+    page.click("form.card button[type=submit]")
+    page.wait_for_selector("#import-question")
+    assert page.is_visible("#import-removes-every-meter")
+    meters_row = page.inner_text("#import-diff tr[data-table='meters']")
+    assert {"en": "Meters", "zh": "仪表"}[language] in meters_row and "boiler-gas" in meters_row
+    layout = page.evaluate(LAYOUT, "#import-diff")
+    assert layout["pageWidth"] <= layout["viewWidth"] + 1 and layout["narrow"] == 0, layout
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"phone390-{language}-import-preview.png"), full_page=True)
+    assert len(field_gateway.config.meters) == 2, "nothing is applied before the confirm step"
+    page.click("#import-cancel")
+    assert len(field_gateway.config.meters) == 2
+    context.close()
