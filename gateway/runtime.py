@@ -51,6 +51,7 @@ from local_store.audit import AuditEntry, AuditVerification
 from local_store.backup import BackupError, RestoreResult
 from local_store.charts import bar_chart_svg, hbar_chart_svg
 from local_store.db import write_transaction
+from local_store.files import fsync_dir, write_atomically
 from local_store.factors import default_factor_files, describe, load_library
 from local_store.importer import add_instrument, list_instruments
 from local_store.trace import render_text as render_trace
@@ -443,7 +444,7 @@ class Runtime:
                 os.replace(tmp, path)
             finally:
                 Path(tmp).unlink(missing_ok=True)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return ApplyResult(new, self.restart_needed)
 
     def apply_data(self, data: Mapping[str, Any], actor: Actor, change: Change | None = None) -> ApplyResult:
@@ -1002,29 +1003,4 @@ def _units_text(units: Sequence[int]) -> str:
         i = j + 1
     return ",".join(parts)
 
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so a power cut leaves the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 

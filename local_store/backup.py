@@ -47,6 +47,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from local_store.errors import StoreError
+from local_store.files import fsync_dir
 from local_store.keyfiles import create_key_file
 from local_store.readings import highest_reading_id, reading_count
 
@@ -198,14 +199,6 @@ def _applied_migrations(conn: sqlite3.Connection) -> tuple[str, ...]:
         return ()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _next_name(dest_dir: Path, now: float) -> Path:
     # A sequence number orders backups even when the clock steps backwards (retention keeps the newest).
     seqs = [int(m.group(1)) for p in dest_dir.iterdir() if (m := _NAME.match(p.name))]
@@ -293,7 +286,7 @@ def create_backup(store_path: Path, dest_dir: Path, key_path: Path, now: float |
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, path)
-        _fsync_dir(dest_dir)
+        fsync_dir(dest_dir)
         return path
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"{store_path}: cannot take the snapshot for a backup ({exc}): free space beside the "
@@ -541,7 +534,7 @@ def _swap_in(temp: Path, store_path: Path) -> Path | None:
             if side.exists():
                 os.replace(side, Path(str(previous) + suffix))
     os.replace(temp, store_path)
-    _fsync_dir(store_path.parent)
+    fsync_dir(store_path.parent)
     return previous
 
 
@@ -620,7 +613,7 @@ def stage_restore(backup_file: Path, store_path: Path, key_path: Path, audit_key
         temp.unlink(missing_ok=True)
         raise
     os.replace(temp, staged_path(store_path))
-    _fsync_dir(store_path.parent)
+    fsync_dir(store_path.parent)
     return RestoreResult(store_path, float(meta.get("created_at", 0)), readings, audit_entries, None, staged=True,
                          audit_key=outcome)
 

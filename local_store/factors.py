@@ -32,6 +32,7 @@ import numpy as np
 
 from drivers.errors import not_utf8
 from local_store.errors import FactorError, UnitError
+from local_store.files import write_atomically
 from local_store.units import ACTIVITIES, CUSTOM_KINDS, Activity, register_activity
 from local_store.units import builtin_activities
 
@@ -380,16 +381,7 @@ def add_factor(path: Path, entry: dict, other_files: Sequence[Path] = ()) -> Fac
         except FactorError as exc:
             raise FactorError(str(exc).replace(str(trial), str(path))) from None
         added = [f for f in library.factors if f.file == str(trial)][-1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    write_atomically(path, text)
     return Factor(**{**added.__dict__, "file": str(path)})
 
 

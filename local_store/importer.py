@@ -75,6 +75,23 @@ class ImportResult:
                 f"{self.emission_rows} emission rows, {self.tco2e:.6g} tCO2e{note}")
 
 
+def _period(start_s: str, end_s: str, tz: tzinfo, problems: list[str]) -> tuple[float | None, float | None]:
+    """A row's start and exclusive end; each that cannot be read is None, with its problem appended."""
+    start = end = None
+    try:
+        start = _parse_when(start_s, tz, need_offset=False)
+    except ValueError as exc:
+        problems.append(f"start = {start_s!r}: {exc}; use a date like 2025-01-01")
+    try:
+        end = _parse_when(end_s, tz, need_offset=False)
+    except ValueError as exc:
+        problems.append(f"end = {end_s!r}: {exc}; use a date like 2026-01-01")
+    if start is not None and end is not None and end <= start:
+        problems.append(f"end {end_s} is not after start {start_s}: the end is exclusive, "
+                        f"e.g. 2025-01-01,2026-01-01 is the year 2025")
+    return start, end
+
+
 def _parse_when(text: str, tz: tzinfo, need_offset: bool) -> float:
     text = text.strip()
     if len(text) == 10:
@@ -203,19 +220,7 @@ def _import_activity(store: Store, path: Path, rows: list[_Row], tz: tzinfo) -> 
             problems.append("source is empty: name the meter or installation, e.g. boiler-1")
         if act not in ACTIVITIES:
             problems.append(f"activity = {act!r}: use one of {', '.join(builtin_activities())}")
-        try:
-            start = _parse_when(start_s, tz, need_offset=False)
-        except ValueError as exc:
-            problems.append(f"start = {start_s!r}: {exc}; use a date like 2025-01-01")
-            start = None
-        try:
-            end = _parse_when(end_s, tz, need_offset=False)
-        except ValueError as exc:
-            problems.append(f"end = {end_s!r}: {exc}; use a date like 2026-01-01")
-            end = None
-        if start is not None and end is not None and end <= start:
-            problems.append(f"end {end_s} is not after start {start_s}: the end is exclusive, "
-                            f"e.g. 2025-01-01,2026-01-01 is the year 2025")
+        start, end = _period(start_s, end_s, tz, problems)
         try:
             amount = _number(amount_s)
             if amount < 0:
@@ -506,19 +511,7 @@ def _import_instruments(store: Store, path: Path, rows: list[_Row], tz: tzinfo) 
             problems.append("instrument is empty: give the certificate or contract number, e.g. GEC-2025-000123")
         if kind not in INSTRUMENT_KINDS:
             problems.append(f"kind = {kind!r}: use one of {', '.join(INSTRUMENT_KINDS)}")
-        try:
-            start = _parse_when(start_s, tz, need_offset=False)
-        except ValueError as exc:
-            problems.append(f"start = {start_s!r}: {exc}; use a date like 2025-01-01")
-            start = None
-        try:
-            end = _parse_when(end_s, tz, need_offset=False)
-        except ValueError as exc:
-            problems.append(f"end = {end_s!r}: {exc}; use a date like 2026-01-01")
-            end = None
-        if start is not None and end is not None and end <= start:
-            problems.append(f"end {end_s} is not after start {start_s}: the end is exclusive, "
-                            f"e.g. 2025-01-01,2026-01-01 is the year 2025")
+        start, end = _period(start_s, end_s, tz, problems)
         mult = _INSTRUMENT_UNITS.get(unit)
         if mult is None:
             problems.append(f"unit = {unit!r}: use MWh or kWh")
