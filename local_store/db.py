@@ -115,7 +115,8 @@ class Store:
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _conns: dict[threading.Thread, sqlite_utils.Database] = field(default_factory=dict, repr=False)
     _conns_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    #: serialises processing, source configuration and migrations within this process
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _library: FactorLibrary | None = field(default=None, repr=False)
     _series: rd.SeriesCache = field(default_factory=rd.SeriesCache, repr=False)
     _recent: rd.RecentPolls = field(default_factory=rd.RecentPolls, repr=False)
@@ -562,7 +563,7 @@ def open_store(path: Path | str, settings: EmissionSettings | None = None) -> St
         db.enable_wal()
         # The lock is taken before looking at pending migrations, so the daemon and a CLI command
         # starting together cannot both apply the same migration.
-        with store._lock, write_transaction(db):
+        with store.lock, write_transaction(db):
             apply_migrations(db, path)
     except SchemaError:
         store.close()

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import sqlite_utils
@@ -30,8 +31,21 @@ from local_store.units import ACTIVITIES
 from local_store.units import activity as get_activity
 from local_store.units import factor_to_canonical
 
-if TYPE_CHECKING:
-    from local_store.db import Store
+
+
+class ProcessingStore(Protocol):
+    """What the pipeline needs of a store (``local_store.db.Store``, which calls into this module)."""
+
+    @property
+    def db(self) -> sqlite_utils.Database: ...
+    @property
+    def library(self) -> FactorLibrary: ...
+    @property
+    def settings(self) -> EmissionSettings: ...
+    @property
+    def context_s(self) -> float: ...
+    @property
+    def lock(self) -> threading.RLock: ...
 
 
 #: Quantities that may carry an activity when a source names no point, in order of preference
@@ -124,7 +138,7 @@ def record_factors(db: sqlite_utils.Database, library: FactorLibrary) -> None:
                 f"on the entry (or the file's [library] version) so the old results stay traceable")
 
 
-def process(store: Store, until: float | None = None) -> ProcessResult:
+def process(store: ProcessingStore, until: float | None = None) -> ProcessResult:
     """Preprocess new readings into interval consumption and compute their emissions.
 
     Each source is processed in its own transaction; a source that fails (unknown unit, missing
@@ -136,7 +150,7 @@ def process(store: Store, until: float | None = None) -> ProcessResult:
     """
     db = store.db
     library = store.library
-    with store._lock:
+    with store.lock:
         recalculated = maybe_recalculate(store, db, library)
         totals = [0, 0, 0, 0]
         errors: list[str] = []
@@ -182,7 +196,7 @@ def series_point(db: sqlite_utils.Database, s: SourceSettings) -> str | None:
     return None
 
 
-def process_source(store: Store, db: sqlite_utils.Database, library: FactorLibrary, s: SourceSettings,
+def process_source(store: ProcessingStore, db: sqlite_utils.Database, library: FactorLibrary, s: SourceSettings,
                     until: float | None) -> tuple[int, int, int, int]:
     point = series_point(db, s)
     if point is None:
@@ -313,7 +327,7 @@ def _processed(db: sqlite_utils.Database, s: SourceSettings, point: str, max_id:
                " point) DO UPDATE SET through_id = MAX(through_id, excluded.through_id)", (s.meter_id, point, int(max_id)))
 
 
-def maybe_recalculate(store: Store, db: sqlite_utils.Database, library: FactorLibrary) -> int:
+def maybe_recalculate(store: ProcessingStore, db: sqlite_utils.Database, library: FactorLibrary) -> int:
     """Recalculate current emission rows when factors or settings changed; keep the old rows."""
     fp = fingerprint(store.settings, library)
     row = db.execute("SELECT value FROM store_meta WHERE key = 'factor_fingerprint'").fetchone()

@@ -110,3 +110,23 @@ def test_the_checker_sees_deferred_and_relative_imports(tmp_path: Path) -> None:
     source = tmp_path / "mod.py"
     source.write_text("def f():\n    from webui import create_app\nfrom . import sibling\n", encoding="utf-8")
     assert _imports("gateway.mod", source) == {"webui", "webui.create_app", "gateway", "gateway.sibling"}
+
+
+def test_no_module_imports_itself_round_a_circle() -> None:
+    """Within a layer too: local_store.db -> local_store.pipeline -> local_store.db was one (a TYPE_CHECKING
+    import of ``Store``). A package's ``__init__`` re-exporting its own modules is not counted."""
+    modules = _modules()
+    edges = {name: {t for t in targets if t in modules and not name.startswith(t + ".")}
+             for name, targets in _graph().items()}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"cycle: {' -> '.join((*path[path.index(module):], module))}"
+        if module in done:
+            return
+        for target in sorted(edges[module]):
+            visit(target, (*path, module))
+        done.add(module)
+
+    for module in sorted(edges):
+        visit(module, ())
