@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -106,25 +107,20 @@ def test_ready_then_watchdog_pings_only_while_polling(tmp_path: Path) -> None:
     assert "STOPPING=1" in messages and process.returncode == 0
 
 
-def test_watchdog_keeps_pinging_while_meters_are_dead_but_the_loop_runs(tmp_path: Path) -> None:
-    """A dead meter is an alarm, not a hang: restarting would not revive it and would lose held readings."""
+def _notifications(tmp_path: Path, config: Path, enough: Callable[[list[str]], bool], timeout_s: float,
+                   env: dict[str, str] | None = None) -> list[str]:
+    """Run the daemon with a notify socket as systemd gives it; the messages it sent until ``enough`` of them."""
     notify_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(notify_path)
     sock.settimeout(0.5)
-    dead_port = free_port()
-    config = tmp_path / "gw.toml"
-    config.write_text((ROOT / "config" / "gateway.toml").read_text()
-                      .replace("simulated = true", f"port = {dead_port}")
-                      .replace("[web]\nenabled = true", "[web]\nenabled = false")
-                      .replace("[sync]\nenabled = true", "[sync]\nenabled = false"))
-    env = {**os.environ, "NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "1000000"}
     process = subprocess.Popen([str(EXE), "run", "--config", str(config), "--data-dir", str(tmp_path / "d")],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               env={**os.environ, "NOTIFY_SOCKET": notify_path, **(env or {})},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     messages: list[str] = []
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and messages.count("WATCHDOG=1") < 2:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not enough(messages):
             try:
                 messages.append(sock.recv(4096).decode())
             except TimeoutError:
@@ -133,6 +129,19 @@ def test_watchdog_keeps_pinging_while_meters_are_dead_but_the_loop_runs(tmp_path
         process.terminate()
         process.wait(timeout=30)
         sock.close()
+    return messages
+
+
+def test_watchdog_keeps_pinging_while_meters_are_dead_but_the_loop_runs(tmp_path: Path) -> None:
+    """A dead meter is an alarm, not a hang: restarting would not revive it and would lose held readings."""
+    dead_port = free_port()
+    config = tmp_path / "gw.toml"
+    config.write_text((ROOT / "config" / "gateway.toml").read_text()
+                      .replace("simulated = true", f"port = {dead_port}")
+                      .replace("[web]\nenabled = true", "[web]\nenabled = false")
+                      .replace("[sync]\nenabled = true", "[sync]\nenabled = false"))
+    messages = _notifications(tmp_path, config, lambda m: m.count("WATCHDOG=1") >= 2, timeout_s=20,
+                              env={"WATCHDOG_USEC": "1000000"})
     assert messages[0].startswith("READY=1"), messages
     assert messages.count("WATCHDOG=1") >= 2, messages
 
@@ -154,24 +163,6 @@ def test_the_production_template_waits_for_the_first_boot_setup(tmp_path: Path) 
     assert not loaded.buses and not loaded.meters and not loaded.simulated_buses and not loaded.demo_receiver_key
     assert loaded.web.tls and not loaded.web.public_dashboard and loaded.web.host == "0.0.0.0"
     assert not loaded.sync.enabled and loaded.data_dir == tmp_path / "d"
-    notify_path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(notify_path)
-    sock.settimeout(1.0)
-    env = {**os.environ, "NOTIFY_SOCKET": notify_path}
-    process = subprocess.Popen([str(EXE), "run", "--config", str(config), "--data-dir", str(tmp_path / "d")],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    messages: list[str] = []
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not messages:
-            try:
-                messages.append(sock.recv(4096).decode())
-            except TimeoutError:
-                pass
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        sock.close()
+    messages = _notifications(tmp_path, config, lambda m: bool(m), timeout_s=60)
     assert messages == ["READY=1\nSTATUS=no meters yet: waiting for the first-boot setup in the web UI"], messages
     assert (tmp_path / "d" / "web" / "cert.pem").exists()      # HTTPS: a self-signed certificate on first boot
