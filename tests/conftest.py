@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import threading
 import time
@@ -165,6 +166,19 @@ class PtyPair:
 
     device_side: str
     gateway_side: str
+
+
+def modbus_tcp_exchange(port: int, pdu: bytes, unit: int) -> bytes:
+    """One raw Modbus TCP request to 127.0.0.1:``port``; the reply's PDU (function code and data)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(struct.pack(">HHHB", 0x0102, 0, len(pdu) + 1, unit) + pdu)
+        reply = b""
+        while len(reply) < 7 or len(reply) < 6 + struct.unpack(">H", reply[4:6])[0]:
+            chunk = sock.recv(300)
+            assert chunk, f"connection closed after {reply.hex(' ')}"
+            reply += chunk
+    assert reply[:2] == b"\x01\x02" and reply[6] == unit, reply.hex(" ")
+    return reply[7:]
 
 
 @contextlib.contextmanager

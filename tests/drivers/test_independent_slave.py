@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from drivers import BusConfig, BusPoller, ExceptionResponseError, SerialSettings
-from tests.conftest import open_pty_pair
+from tests.conftest import modbus_tcp_exchange, open_pty_pair
 from tests.independent_slave import IndependentSlave
 
 # Words picked by hand: 0x4366 0x0000 is IEEE 754 230.0 (sign 0, exponent 0x86 = 134 -> 2^7,
@@ -62,22 +62,6 @@ def test_rtu_answers_only_its_own_unit(libmodbus_slave: Path, tmp_path: Path) ->
             poller.close()
 
 
-def _tcp_exchange(port: int, pdu: bytes, unit: int = 7) -> bytes:
-    """One raw Modbus TCP request; returns the reply's PDU (function code and data)."""
-    import socket
-    import struct
-
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(struct.pack(">HHHB", 0x1234, 0, len(pdu) + 1, unit) + pdu)
-        reply = b""
-        while len(reply) < 7 or len(reply) < 6 + struct.unpack(">H", reply[4:6])[0]:
-            chunk = sock.recv(260)
-            assert chunk, f"connection closed after {reply.hex(' ')}"
-            reply += chunk
-    assert reply[:2] == b"\x12\x34" and reply[6] == unit
-    return reply[7:]
-
-
 @pytest.mark.parametrize("refuse_writes,pdu,expected", [
     (0, bytes([3, 0x20, 0x06, 0, 0]), bytes([0x83, 3])),          # count 0: illegal data value
     (0, bytes([4, 0, 0, 0, 126]), bytes([0x84, 3])),              # count 126 > 125: illegal data value
@@ -91,7 +75,7 @@ def test_libmodbus_answers(libmodbus_slave: Path, tmp_path: Path, refuse_writes:
                            expected: bytes) -> None:
     """What libmodbus answers to edge requests: the reference the simulator is compared with."""
     with IndependentSlave(libmodbus_slave, TABLE, workdir=tmp_path, unit=7, refuse_writes=refuse_writes) as slave:
-        assert _tcp_exchange(slave.port, pdu) == expected
+        assert modbus_tcp_exchange(slave.port, pdu, 7) == expected
         # and a refused write leaves the register as it was
-        assert _tcp_exchange(slave.port, bytes([3, 0x20, 0x09, 0, 1])) == bytes(
+        assert modbus_tcp_exchange(slave.port, bytes([3, 0x20, 0x09, 0, 1]), 7) == bytes(
             [3, 2, 0xAB, 0xCD] if expected[0] == 6 else [3, 2, 0x12, 0x34])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pymodbus.framer import FramerRTU
 
 from drivers import SimulatedDevice, SimulatorServer, load_profiles
 from drivers.simulator import _MeterModel
-from tests.conftest import open_pty_pair
+from tests.conftest import modbus_tcp_exchange, open_pty_pair
 from tests.independent_slave import IndependentSlave
 
 PROFILES = load_profiles(Path(__file__).resolve().parents[2] / "config" / "profiles")
@@ -32,16 +31,7 @@ FROZEN_AT = 1_700_000_000.0
 
 
 def _tcp(port: int, pdu: bytes, unit: int = UNIT) -> bytes:
-    """One Modbus TCP request; the reply's PDU (function code and data)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(struct.pack(">HHHB", 0x0102, 0, len(pdu) + 1, unit) + pdu)
-        reply = b""
-        while len(reply) < 7 or len(reply) < 6 + struct.unpack(">H", reply[4:6])[0]:
-            chunk = sock.recv(300)
-            assert chunk, f"connection closed after {reply.hex(' ')}"
-            reply += chunk
-    assert reply[:2] == b"\x01\x02" and reply[6] == unit, reply.hex(" ")
-    return reply[7:]
+    return modbus_tcp_exchange(port, pdu, unit)
 
 
 def _rtu_frame(pdu: bytes, unit: int = UNIT) -> bytes:
